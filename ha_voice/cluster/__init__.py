@@ -1,0 +1,1 @@
+"""The cluster: election core (pure) and, in later modules, the I/O shell around it."""

@@ -1,0 +1,207 @@
+"""What goes into the election core and what comes out of it.
+
+Inputs are frozen dataclasses, each carrying `now`: the node's monotonic clock in seconds, read by
+the shell (only `clock.py` reads it). The core returns one `Effects` per input. The shell applies
+an `Effects` in this order, and only in this order:
+
+1. `persist`: write `HardState` durably (fsync) — before anything below, because a vote or a
+   heartbeat of a new term that leaves before its term is on disk can be contradicted after a
+   crash.
+2. `send`: hand every `Outgoing` to the transport, in order.
+3. `actions`: carry out each `Action` in order. The core orders them so that the robot is
+   stopped before the endpoint is withdrawn when stepping down, and the robot is made safe
+   (`BecomePrimary`) before the endpoint is published when taking over.
+
+Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from ha_voice.cluster.protocol import LogPosition, Message, NodeId
+
+__all__ = [
+    "Action",
+    "BecomePrimary",
+    "Effects",
+    "Event",
+    "HardState",
+    "LogAdvanced",
+    "MessageReceived",
+    "Outgoing",
+    "PublishEndpoint",
+    "RobotReachability",
+    "Role",
+    "RoleChanged",
+    "Serviceability",
+    "ShutdownRequested",
+    "StepDownRefused",
+    "StepDownRequested",
+    "StopRobot",
+    "Tick",
+    "WithdrawEndpoint",
+]
+
+
+class Role(enum.Enum):
+    """What a node is doing in the election."""
+
+    BACKUP = "backup"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    PRIMARY = "primary"
+    FAULT = "fault"
+    WITNESS = "witness"
+
+
+@dataclass(frozen=True)
+class HardState:
+    """What must survive a crash: the term and whom we voted for in it (Raft §5.1, §5.2)."""
+
+    term: int = 0
+    voted_for: NodeId | None = None
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time has passed; the shell calls this no later than `Election.next_deadline`."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """A message that the codec has authenticated arrived from a peer."""
+
+    message: Message
+    now: float
+
+
+@dataclass(frozen=True)
+class RobotReachability:
+    """Whether this node can reach the robot; a node that cannot does not lead."""
+
+    reachable: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class Serviceability:
+    """Whether this node can serve at all (model loaded, disk writable); `reason` if not."""
+
+    serviceable: bool
+    now: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StepDownRequested:
+    """An operator asks the primary to hand over, to `target` or to the best backup."""
+
+    now: float
+    target: NodeId | None = None
+
+
+@dataclass(frozen=True)
+class ShutdownRequested:
+    """The node is stopping: hand over if primary, then never stand for election again."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class LogAdvanced:
+    """The local journal's last entry moved; used by the up-to-date check of votes."""
+
+    position: LogPosition
+    now: float
+
+
+Event: TypeAlias = (
+    Tick
+    | MessageReceived
+    | RobotReachability
+    | Serviceability
+    | StepDownRequested
+    | ShutdownRequested
+    | LogAdvanced
+)
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """Send `message` to node `to`."""
+
+    to: NodeId
+    message: Message
+
+
+@dataclass(frozen=True)
+class StopRobot:
+    """Stop commanding the robot now: end every motion stream, send nothing more."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class WithdrawEndpoint:
+    """Remove the virtual endpoint (mDNS goodbye, floating IP) this node held in `term`."""
+
+    term: int
+
+
+@dataclass(frozen=True)
+class BecomePrimary:
+    """This node leads `term`: bring the robot to its safe state before accepting commands."""
+
+    term: int
+
+
+@dataclass(frozen=True)
+class PublishEndpoint:
+    """Advertise the virtual endpoint for `term` (after the robot is safe)."""
+
+    term: int
+
+
+@dataclass(frozen=True)
+class RoleChanged:
+    """The role moved from `old` to `new`: for logs, metrics and the notify hook."""
+
+    old: Role
+    new: Role
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StepDownRefused:
+    """A step-down request was not carried out, and why (no eligible backup, not primary)."""
+
+    reason: str
+
+
+Action: TypeAlias = (
+    StopRobot | WithdrawEndpoint | BecomePrimary | PublishEndpoint | RoleChanged | StepDownRefused
+)
+
+
+@dataclass(frozen=True)
+class Effects:
+    """The outcome of one input; apply `persist`, then `send`, then `actions` (module docstring)."""
+
+    persist: HardState | None = None
+    send: tuple[Outgoing, ...] = ()
+    actions: tuple[Action, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.persist is not None or bool(self.send) or bool(self.actions)

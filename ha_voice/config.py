@@ -1,0 +1,911 @@
+"""The daemon's configuration: one typed model from which every source and the docs derive.
+
+Invariants:
+- Each setting is declared once, as a field of `Config`: its TOML key is the field name, its
+  environment variable `HA_VOICE_<NAME>`, its flag `--<name-with-dashes>`, and its row in
+  docs/configuration.md comes from the field's type, default, bounds and description.
+- Every field has a unit in its name or type, a default, a bound and a description saying why.
+- Sources stack key by key: defaults < TOML file < environment < flags.
+- A `Config` that exists is safe to run: bounds, peer syntax, membership rules and the election
+  timers' lease inequality (`ha_voice.cluster.timers`) are all checked when it is built.
+- Loading fails only with `ConfigError`, one line per problem, each naming the source, the key,
+  the value, what is allowed and a fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
+
+from annotated_types import Ge, Le, MaxLen
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, core_schema
+
+from ha_voice.cluster.protocol import MAX_NODE_ID_BYTES, MIN_KEY_BYTES
+from ha_voice.cluster.timers import (
+    PROFILES,
+    ElectionTimers,
+    TimerProfile,
+    max_safe_lease_s,
+    timers_for,
+)
+from ha_voice.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "ENV_PREFIX",
+    "FIELDS",
+    "REGENERATE_DOCS",
+    "Config",
+    "PeerSpec",
+    "Rule",
+    "add_arguments",
+    "default_node_id",
+    "flags_from_namespace",
+    "load_config",
+    "main",
+    "read_cluster_key",
+    "render_markdown",
+    "render_toml",
+]
+
+ENV_PREFIX: Final = "HA_VOICE_"
+CONFIG_ENV: Final = "HA_VOICE_CONFIG"
+DEFAULT_CONFIG_PATH: Final = Path("/etc/ha-voice/config.toml")
+REGENERATE_DOCS: Final = "python -m ha_voice.config --markdown > docs/configuration.md"
+
+_PORT_MAX: Final = 65535
+# The cluster name is the mDNS instance label of the service; 32 leaves room in the 63-byte
+# DNS label for the suffixes zeroconf adds on a name conflict.
+_CLUSTER_MAX: Final = 32
+# The primary heartbeats every peer each interval; a voice cluster of Jetsons has 2 to 5 boards.
+_MAX_PEERS: Final = 15
+_TIMER_FIELDS: Final = (
+    "heartbeat_interval_s",
+    "election_timeout_s",
+    "lease_timeout_s",
+    "priority_skew_s",
+    "election_jitter_s",
+)
+# faster-whisper's own size names (faster_whisper.utils._MODELS); anything with a "/" is a
+# local directory or a Hugging Face repo id, as faster-whisper itself decides.
+_WHISPER_SIZES: Final = (
+    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "distil-small.en", "medium",
+    "medium.en", "distil-medium.en", "large-v1", "large-v2", "large-v3", "large",
+    "distil-large-v2", "distil-large-v3", "distil-large-v3.5", "large-v3-turbo", "turbo",
+)  # fmt: skip
+_PEER_FORMAT: Final = "NODE_ID or NODE_ID@HOST:PORT"
+
+
+def _name_pattern(max_chars: int) -> str:
+    return rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{max_chars - 1}}}$"
+
+
+_NODE_ID_PATTERN: Final = _name_pattern(MAX_NODE_ID_BYTES)
+_PEER_RE: Final = re.compile(
+    rf"(?P<node>{_NODE_ID_PATTERN[1:-1]})"
+    r"(?:@(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):(?P<port>[0-9]{1,5}))?"
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A bound that pydantic metadata cannot state: `check` returns the value or raises
+    ValueError, and `text` words the bound for the docs and the error messages."""
+
+    text: str
+    check: Callable[[Any], Any]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One parsed peer entry: a node id and, where multicast is blocked, its static address."""
+
+    node_id: str
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, entry: str) -> PeerSpec:
+        """`NODE_ID` or `NODE_ID@HOST:PORT` parsed; ValueError naming the entry otherwise."""
+        match = _PEER_RE.fullmatch(entry)
+        if match is None:
+            raise ValueError(f"{entry!r} is not {_PEER_FORMAT}")
+        if match["port"] is None:
+            return cls(match["node"])
+        port = int(match["port"])
+        if not 1 <= port <= _PORT_MAX:
+            raise ValueError(f"port {port} in {entry!r} is outside 1 to {_PORT_MAX}")
+        return cls(match["node"], match["host"], port)
+
+    def __str__(self) -> str:
+        return self.node_id if self.host is None else f"{self.node_id}@{self.host}:{self.port}"
+
+
+def default_node_id() -> str:
+    """This host's name made a valid node id ("node" if nothing of it is left)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")
+    return cleaned[:MAX_NODE_ID_BYTES] or "node"
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError(f"{str(path)!r} is a relative path")
+    return path
+
+
+def _ipv4(text: str) -> str:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+    return text
+
+
+def _peer_list(entries: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for entry in entries:
+        node = PeerSpec.parse(entry).node_id
+        if node in seen:
+            raise ValueError(f"node id {node!r} is listed twice")
+        seen.add(node)
+    return entries
+
+
+def _witness(entry: str | None) -> str | None:
+    if entry is not None:
+        PeerSpec.parse(entry)
+    return entry
+
+
+def _whisper_model(name: str) -> str:
+    if "/" not in name and name not in _WHISPER_SIZES:
+        raise ValueError(f"{name!r} is no faster-whisper model size")
+    return name
+
+
+def _language_code(value: object) -> object:
+    # The seed passes a BCP 47 tag such as "nl-NL"; Whisper and the vocabularies use "nl".
+    if isinstance(value, str):
+        return re.split(r"[-_]", value.strip(), maxsplit=1)[0].lower()
+    return value
+
+
+Port = Annotated[int, Field(ge=1, le=_PORT_MAX)]
+IPv4Text = Annotated[str, Rule("an IPv4 address such as 192.168.123.161", _ipv4)]
+AbsolutePath = Annotated[Path, Rule("an absolute path", _absolute)]
+
+
+class Config(BaseModel):
+    """The daemon's whole configuration; each field is one TOML key, variable and flag."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str = Field(
+        default_factory=default_node_id,
+        pattern=_NODE_ID_PATTERN,
+        json_schema_extra={"default_text": "<host name>"},
+        description="This node's unique name in the cluster, 1 to 64 bytes of letters, digits, "
+        "'.', '_' and '-', because the wire protocol carries it length-prefixed in at most 64 "
+        "bytes; the sanitised host name is the default as it is already unique on a LAN.",
+    )
+    cluster: str = Field(
+        default="ha-voice",
+        pattern=_name_pattern(_CLUSTER_MAX),
+        description="The cluster's name, the same on all of its nodes, at most 32 characters of "
+        "letters, digits, '.', '_' and '-' because it becomes the mDNS instance label of the "
+        "service and keys the message MACs, so two clusters on one LAN never mix.",
+    )
+    cluster_key_file: AbsolutePath = Field(
+        default=Path("/etc/ha-voice/cluster.key"),
+        description="Absolute path of the shared secret (at least 16 bytes, the same file on "
+        "every node) that authenticates every cluster message with HMAC-SHA256; absolute "
+        "because systemd starts the daemon in /, and only the path is checked at load.",
+    )
+    state_dir: AbsolutePath = Field(
+        default=Path("/var/lib/ha-voice"),
+        description="Absolute path of the directory that holds the durable term, vote and "
+        "command journal (SQLite), absolute so it never depends on the working directory.",
+    )
+    priority: int = Field(
+        default=100,
+        ge=1,
+        le=254,
+        description="Election priority from 1 to 254, higher wins, so the best healthy backup "
+        "stands first; 0 and 255 are left out as in VRRP (RFC 5798), where 0 means release "
+        "and 255 the address owner.",
+    )
+    peers: Annotated[list[str], Rule(f"each {_PEER_FORMAT}, no node id twice", _peer_list)] = Field(
+        default_factory=list,
+        max_length=_MAX_PEERS,
+        description="The other voting nodes, each NODE_ID or NODE_ID@HOST:PORT (a static "
+        "address where multicast is blocked), at most 15 because the primary heartbeats "
+        "each of them every interval; never this node itself.",
+    )
+    witness: Annotated[str | None, Rule(_PEER_FORMAT, _witness)] = Field(
+        default=None,
+        description="A node that votes but never leads (e.g. on the robot's own PC), written "
+        "like a peer entry, unset for none; it gives two full nodes a majority without "
+        "two_node's split-brain risk.",
+    )
+    two_node: bool = Field(
+        default=False,
+        description="Let either of exactly two nodes (one peer, no witness) lead alone while "
+        "it reaches the robot; off by default because a network partition then makes two "
+        "primaries (split brain), so prefer a witness.",
+    )
+    preempt: bool = Field(
+        default=False,
+        description="Whether a returning node of higher priority takes leadership back after "
+        "preempt_delay_s; off by default because every handover pauses robot commands.",
+    )
+    preempt_delay_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Seconds a returning higher-priority node must stay healthy before it "
+        "preempts, 0 to 3600, so a node that reboots in a loop never takes over between crashes.",
+    )
+    timer_profile: TimerProfile = Field(
+        default="wired",
+        description="The election timers to start from: wired for Ethernet, wifi for longer "
+        "timers that survive a lossy radio link (see Timer profiles); the five timer keys "
+        "each override one of its values.",
+    )
+    heartbeat_interval_s: float | None = Field(
+        default=None,
+        ge=0.01,
+        le=5.0,
+        description="Seconds between the primary's heartbeats, 0.01 to 5, unset for the "
+        "profile's; faster than 10 ms adds packets but no faster detection than scheduling "
+        "jitter allows, slower than 5 s makes a failover take tens of seconds.",
+    )
+    election_timeout_s: float | None = Field(
+        default=None,
+        ge=0.03,
+        le=120,
+        description="Seconds a backup waits without a valid heartbeat before it stands for "
+        "election, 0.03 to 120, unset for the profile's; it must span at least 3 heartbeat "
+        "intervals (VRRP's three missed adverts), checked at load.",
+    )
+    lease_timeout_s: float | None = Field(
+        default=None,
+        ge=0.02,
+        le=120,
+        description="Seconds the primary may command the robot after its last quorum "
+        "acknowledgement, 0.02 to 120, unset to derive it; it must stay below "
+        "election_timeout_s x (1 - drift) / (1 + drift) so two primaries never overlap.",
+    )
+    priority_skew_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Largest extra election delay in seconds that a lower priority adds, 0 to "
+        "10, unset for the profile's, so the highest-priority healthy backup stands first.",
+    )
+    election_jitter_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Largest random delay in seconds added to each election timeout, 0 to 10, "
+        "unset for the profile's, so backups of equal priority rarely stand at once (Raft).",
+    )
+    clock_drift_ppm: int = Field(
+        default=10_000,
+        ge=0,
+        le=100_000,
+        description="Bound on how far any node's clock rate may stray from real time, in parts "
+        "per million, 0 to 100000; 10000 (1 %) is far above crystal drift (~50 ppm) and NTP "
+        "slewing (500 ppm), covers frequency scaling and VM steal, and costs 2 % of the lease.",
+    )
+    listen_address: IPv4Text = Field(
+        default="0.0.0.0",
+        description="IPv4 address the cluster's UDP socket binds to, 0.0.0.0 for every "
+        "interface; IPv4 only because the Go2's own network is IPv4.",
+    )
+    cluster_port: Port = Field(
+        default=7405,
+        description="UDP port for heartbeats, votes and replication, 1 to 65535 (0 would let "
+        "the OS pick one that peers cannot find).",
+    )
+    port: Port = Field(
+        default=8888,
+        description="TCP port of the HTTP API, 1 to 65535, 8888 as the seed's --port so "
+        "existing clients keep working.",
+    )
+    robot_ip: IPv4Text = Field(
+        default="192.168.123.161",
+        description="IPv4 address of the Go2 (the seed's --robot-ip), by default the address "
+        "of the robot's Ethernet port.",
+    )
+    network_interface: str = Field(
+        default="eth0",
+        pattern=_name_pattern(15),
+        description="Network interface on the robot's network that the Unitree SDK binds to "
+        "(the seed's --network-interface), at most 15 characters as Linux allows (IFNAMSIZ).",
+    )
+    whisper_model: Annotated[
+        str,
+        Rule(f"one of {', '.join(_WHISPER_SIZES)}, or a path or repo id with '/'", _whisper_model),
+    ] = Field(
+        default="medium",
+        description="The faster-whisper model: a size name, downloaded on first use, or a "
+        "model directory or Hugging Face repo id containing '/'; medium as in the seed.",
+    )
+    language: Annotated[Literal["nl", "en"], BeforeValidator(_language_code)] = Field(
+        default="nl",
+        description="Spoken language, nl or en, because the intent vocabularies exist for "
+        "these only; a regional tag such as the seed's nl-NL is cut to its language code.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="Least severe log level written; info by default because debug logs "
+        "every heartbeat.",
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_non_bools(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic's lax mode reads true as 1; in a config file that is always a mistake.
+        field = cls.model_fields[info.field_name or ""]
+        if isinstance(value, bool) and field.annotation is not bool:
+            raise ValueError("true/false is not allowed here")
+        return value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Config:
+        problems = self._membership_problems() + self._timer_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def peer_specs(self) -> tuple[PeerSpec, ...]:
+        """The peers, parsed."""
+        return tuple(PeerSpec.parse(entry) for entry in self.peers)
+
+    @property
+    def witness_spec(self) -> PeerSpec | None:
+        """The witness, parsed, or None."""
+        return None if self.witness is None else PeerSpec.parse(self.witness)
+
+    def election_timers(self) -> ElectionTimers:
+        """The profile's timers with this config's overrides; ValueError if they are unsafe."""
+        overrides = {name: getattr(self, name) for name in _TIMER_FIELDS}
+        return timers_for(
+            self.timer_profile,
+            **{name: value for name, value in overrides.items() if value is not None},
+            clock_drift=self.clock_drift_ppm / 1e6,
+            preempt_delay_s=self.preempt_delay_s,
+        )
+
+    def _membership_problems(self) -> list[str]:
+        peer_ids = [spec.node_id for spec in self.peer_specs]
+        witness = self.witness_spec
+        found = []
+        if self.node_id in peer_ids:
+            found.append(
+                f"peers lists this node's own node_id {self.node_id!r}; allowed: the other "
+                f"nodes only; fix: remove {self.node_id!r} from peers"
+            )
+        if witness is not None and witness.node_id in {self.node_id, *peer_ids}:
+            found.append(
+                f"witness {witness.node_id!r} is also node_id or in peers; allowed: a node that "
+                "is neither; fix: name a separate witness node or remove it from peers"
+            )
+        if self.two_node and (len(peer_ids) != 1 or witness is not None):
+            found.append(
+                f"two_node = true found {len(peer_ids)} peers"
+                f"{' and a witness' if witness else ''}; allowed: only with exactly one peer "
+                "and no witness; fix: set two_node = false, and for two nodes add a witness "
+                "(a third voter that never leads), which keeps a majority without split brain"
+            )
+        return found
+
+    def _timer_problems(self) -> list[str]:
+        try:
+            self.election_timers()
+        except ValueError as exc:
+            base = PROFILES[self.timer_profile]
+            timeout = self.election_timeout_s or base.election_timeout_s  # never 0: ge=0.03
+            heartbeat = self.heartbeat_interval_s or base.heartbeat_interval_s
+            limit = max_safe_lease_s(timeout, self.clock_drift_ppm / 1e6)
+            return [
+                f"unsafe election timers ({exc}); keys involved: heartbeat_interval_s, "
+                "election_timeout_s, lease_timeout_s, clock_drift_ppm; allowed: "
+                f"election_timeout_s >= 3 x heartbeat_interval_s ({3 * heartbeat:g} s) and "
+                f"2 x heartbeat_interval_s ({2 * heartbeat:g} s) <= lease_timeout_s < "
+                f"{limit:.4f} s; fix: unset lease_timeout_s so it follows election_timeout_s, "
+                "or raise election_timeout_s, or lower clock_drift_ppm"
+            ]
+        return []
+
+
+FIELDS: Final = tuple(Config.model_fields)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a value came from, and how the operator changes it there."""
+
+    where: str
+    fix: str
+
+
+_Settings = dict[str, tuple[object, _Origin]]
+_DEFAULT: Final = _Origin("default", "set the key explicitly")
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, object] | None = None,
+) -> Config:
+    """Defaults < TOML file < `HA_VOICE_*` environment < flags; ConfigError listing every fault.
+
+    Without `path`, the file named by `HA_VOICE_CONFIG` is read, else the default path if it
+    exists. `env` defaults to `os.environ`; in `flags` a None value means "not given".
+    """
+    env = os.environ if env is None else env
+    settings: _Settings = {}
+    problems: list[str] = []
+    for found, wrong in (
+        _file_layer(_config_path(path, env)),
+        _env_layer(env),
+        _flag_layer(flags or {}),
+    ):
+        settings.update(found)
+        problems.extend(wrong)
+    try:
+        config = Config.model_validate({key: value for key, (value, _) in settings.items()})
+    except ValidationError as exc:
+        problems.extend(_translate(exc, settings))
+    else:
+        if not problems:
+            return config
+    raise ConfigError(_summary(problems))
+
+
+def read_cluster_key(config: Config) -> bytes:
+    """The shared cluster key from `config.cluster_key_file`; ConfigError with the fix if bad."""
+    path = config.cluster_key_file
+    fix = f"create one with: head -c 32 /dev/urandom > {path}; chmod 600 {path}"
+    problem = f"cluster_key_file = {str(path)!r}"
+    allowed = f"allowed: a file of at least {MIN_KEY_BYTES} bytes, the same on every node"
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{problem}: no such file; {allowed}; fix: {fix}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{problem}: cannot be read ({exc.strerror}); {allowed}; fix: let the ha-voice "
+            f"user read it (chown it, chmod 600), or {fix}"
+        ) from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(f"{problem}: only {len(key)} bytes; {allowed}; fix: {fix}")
+    return key
+
+
+def _config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    if path is not None:
+        return path
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def _file_layer(path: Path | None) -> tuple[_Settings, list[str]]:
+    if path is None:
+        return {}, []
+    where = f"config file {path}"
+    settings: _Settings = {}
+    problems = []
+    for key, value in _read_toml(path).items():
+        if key in FIELDS:
+            settings[key] = (value, _Origin(where, f"edit {key} in {path}"))
+        else:
+            problems.append(_unknown(where, key, value, str))
+    return settings, problems
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        fix = f"create it (keys: docs/configuration.md) or name an existing file in {CONFIG_ENV}"
+        raise ConfigError(_summary([f"config file {path}: no such file; fix: {fix}"])) from None
+    except (OSError, UnicodeError) as exc:
+        fix = "make it a UTF-8 text file that the ha-voice user can read"
+        raise ConfigError(
+            _summary([f"config file {path}: unreadable ({exc}); fix: {fix}"])
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        fix = 'correct that line (text needs quotes: node_id = "jetson-1")'
+        raise ConfigError(
+            _summary([f"config file {path}: TOML syntax error: {exc}; fix: {fix}"])
+        ) from None
+
+
+def _env_layer(env: Mapping[str, str]) -> tuple[_Settings, list[str]]:
+    settings: _Settings = {}
+    problems = []
+    for var, raw in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        key = var.removeprefix(ENV_PREFIX).lower()
+        where = f"environment variable {var}"
+        if key in FIELDS and var == _env_name(key):
+            settings[key] = (_from_text(key, raw), _Origin(where, f"change or unset {var}"))
+        else:
+            problems.append(_unknown(where, key, raw, _env_name))
+    return settings, problems
+
+
+def _flag_layer(flags: Mapping[str, object]) -> tuple[_Settings, list[str]]:
+    settings: _Settings = {}
+    problems = []
+    for key, value in flags.items():
+        if value is None:
+            continue
+        where = f"flag {_flag_name(key)}"
+        if key in FIELDS:
+            settings[key] = (_from_flag(key, value), _Origin(where, f"change {_flag_name(key)}"))
+        else:
+            problems.append(_unknown(where, key, value, _flag_name))
+    return settings, problems
+
+
+def _from_text(key: str, raw: str) -> object:
+    info = Config.model_fields[key]
+    text = raw.strip()
+    if not text and _is_optional(info):
+        return None
+    return _split(text) if get_origin(info.annotation) is list else text
+
+
+def _from_flag(key: str, value: object) -> object:
+    if isinstance(value, str):
+        return _from_text(key, value)
+    if isinstance(value, list | tuple):
+        return [part for item in value for part in _split(str(item))]
+    return value
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _unknown(where: str, key: str, value: object, spell: Callable[[str], str]) -> str:
+    guess = difflib.get_close_matches(key.lower().replace("-", "_"), FIELDS, n=1)
+    fix = f"rename it to {spell(guess[0])} (the closest key) or remove it" if guess else "remove it"
+    return (
+        f"{where}: unknown key {key!r} = {_show(value)}; allowed: the keys in "
+        f"docs/configuration.md; fix: {fix}"
+    )
+
+
+# pydantic error types reworded with their context; any other type keeps pydantic's message.
+_REASONS: Final = {
+    "greater_than_equal": "below the minimum {ge}",
+    "less_than_equal": "above the maximum {le}",
+    "string_pattern_mismatch": "does not match the pattern",
+    "literal_error": "not one of the choices",
+    "too_long": "too long ({actual_length} > {max_length})",
+}
+
+
+def _translate(exc: ValidationError, settings: _Settings) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        if err["loc"]:
+            lines.append(_field_problem(err, settings))
+        else:
+            lines.extend(_relation_problem(line, settings) for line in _reason(err).splitlines())
+    return lines
+
+
+def _field_problem(err: ErrorDetails, settings: _Settings) -> str:
+    loc = err["loc"]
+    key = str(loc[0])
+    value, origin = settings.get(key, (err["input"], _DEFAULT))
+    label, shown = (key, value) if len(loc) == 1 else (f"{key}[{loc[1]}]", err["input"])
+    return (
+        f"{origin.where}: {label} = {_show(shown)}: {_reason(err)}; allowed: "
+        f"{_bounds_text(key)}; fix: {origin.fix} (default: {_default_text(key)})"
+    )
+
+
+def _relation_problem(line: str, settings: _Settings) -> str:
+    named = [key for key in FIELDS if key in settings and re.search(rf"\b{key}\b", line)]
+    sources = ", ".join(
+        f"{settings[key][1].where} ({key} = {_show(settings[key][0])})" for key in named
+    )
+    return f"{sources or 'defaults'}: {line}"
+
+
+def _reason(err: ErrorDetails) -> str:
+    ctx = err.get("ctx", {})
+    if err["type"] == "value_error":
+        return str(ctx["error"])
+    template = _REASONS.get(err["type"])
+    if template is not None:
+        return template.format(**ctx)
+    return err["msg"][:1].lower() + err["msg"][1:]
+
+
+def _summary(problems: list[str]) -> str:
+    noun = "problem" if len(problems) == 1 else "problems"
+    return f"invalid configuration ({len(problems)} {noun}):\n" + "\n".join(
+        f"  {problem}" for problem in problems
+    )
+
+
+# --- describing fields ---------------------------------------------------------------------
+
+_TYPE_NAMES: Final[dict[Any, str]] = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    Path: "path",
+}
+_UNITS: Final = (("_s", "seconds"), ("_ppm", "parts per million"), ("port", "port number"))
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def _flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _is_optional(info: FieldInfo) -> bool:
+    return type(None) in get_args(info.annotation)
+
+
+def _core_type(info: FieldInfo) -> Any:
+    args = [arg for arg in get_args(info.annotation) if arg is not type(None)]
+    return args[0] if _is_optional(info) else info.annotation
+
+
+def _type_text(key: str) -> str:
+    core = _core_type(Config.model_fields[key])
+    origin = get_origin(core)
+    base = {Literal: "string", list: "list of strings"}.get(origin) or _TYPE_NAMES[core]
+    unit = next((unit for suffix, unit in _UNITS if key.endswith(suffix)), None)
+    return f"{base}, {unit}" if unit else base
+
+
+def _bounds_text(key: str) -> str:
+    """The field's bounds in words, from its type and metadata alone."""
+    info = Config.model_fields[key]
+    core = _core_type(info)
+    parts = []
+    if core is bool:
+        parts.append("true or false")
+    if get_origin(core) is Literal:
+        parts.append("one of " + ", ".join(map(str, get_args(core))))
+    low = next((m.ge for m in info.metadata if isinstance(m, Ge)), None)
+    high = next((m.le for m in info.metadata if isinstance(m, Le)), None)
+    if low is not None and high is not None:
+        parts.append(f"{low} to {high}")
+    for meta in info.metadata:
+        if isinstance(meta, MaxLen):
+            parts.append(f"at most {meta.max_length} entries")
+        elif isinstance(meta, Rule):
+            parts.append(meta.text)
+        elif pattern := getattr(meta, "pattern", None):
+            parts.append(f"matches `{pattern}`")
+    if _is_optional(info):
+        parts.append("or unset")
+    return "; ".join(parts)
+
+
+def _default_text(key: str) -> str:
+    info = Config.model_fields[key]
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and "default_text" in extra:
+        return str(extra["default_text"])
+    value = info.get_default(call_default_factory=True)
+    return "unset" if value is None else _toml_value(value)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, str | Path):
+        # JSON's string escapes are a subset of TOML basic strings'.
+        return json.dumps(str(value))
+    return repr(value)
+
+
+_show = _toml_value
+
+
+# --- command line and rendering ------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--kebab-case` flag per field, all defaulting to None so unset flags never override."""
+    group = parser.add_argument_group("configuration (overrides the file and HA_VOICE_*)")
+    for key, info in Config.model_fields.items():
+        # argparse expands "%" in help text; descriptions may mention percentages.
+        help_text = f"{info.description} Default: {_default_text(key)}.".replace("%", "%%")
+        if info.annotation is bool:
+            action = argparse.BooleanOptionalAction
+            group.add_argument(_flag_name(key), dest=key, action=action, help=help_text)
+        elif get_origin(info.annotation) is list:
+            group.add_argument(
+                _flag_name(key), dest=key, action="append", metavar="ITEM[,ITEM]", help=help_text
+            )
+        else:
+            group.add_argument(_flag_name(key), dest=key, metavar=_metavar(key), help=help_text)
+
+
+def _metavar(key: str) -> str:
+    core = _core_type(Config.model_fields[key])
+    if get_origin(core) is Literal:
+        return "{" + ",".join(map(str, get_args(core))) + "}"
+    return "SECONDS" if key.endswith("_s") else key.upper()
+
+
+def flags_from_namespace(namespace: argparse.Namespace) -> dict[str, object]:
+    """The config flags given on the command line, keyed by field name, for `load_config`."""
+    given = {key: getattr(namespace, key, None) for key in FIELDS}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as TOML; an unset key shows as a comment with what is used."""
+    timers = config.election_timers()
+    lines = ["# ha-voice effective configuration"]
+    for key in FIELDS:
+        value = getattr(config, key)
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+        elif key in _TIMER_FIELDS:
+            used = _toml_value(getattr(timers, key))
+            lines.append(f"# {key} = {used}  (from timer_profile {config.timer_profile})")
+        else:
+            lines.append(f"# {key} is unset")
+    return "\n".join(lines) + "\n"
+
+
+_INTRO: Final = f"""# Configuration
+
+<!-- Generated from ha_voice/config.py; edit that file, then run: {REGENERATE_DOCS} -->
+
+ha-voice has one flat set of keys. Each key can come from four sources; a later one wins:
+
+1. the default in the table below;
+2. a TOML file with top-level keys (no sections): the file named by `{CONFIG_ENV}`, else
+   `{DEFAULT_CONFIG_PATH}` if it exists; to unset an optional key, leave it out;
+3. environment variables `{ENV_PREFIX}<KEY>` in upper case; lists are comma-separated, booleans
+   `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`, and an empty value unsets an optional key;
+4. command-line flags `--<key-with-dashes>` (booleans also `--no-<key>`; list flags repeat or
+   take commas).
+
+Everything is checked at start. `python -m ha_voice.config --check FILE` prints the effective
+configuration as TOML, or every problem, one per line, each naming its source, the key, the
+value, what is allowed and a fix (exit status 2). Unknown keys are errors, with the closest
+valid key suggested.
+
+## Timer profiles
+
+`timer_profile` picks the election timers (seconds); each timer key overrides one of them, and an
+unset `lease_timeout_s` follows a changed `election_timeout_s`, `heartbeat_interval_s` or
+`clock_drift_ppm`. Every combination must keep
+`lease_timeout_s / (1 - drift) < election_timeout_s / (1 + drift)` and
+`election_timeout_s >= 3 x heartbeat_interval_s` (ha_voice/cluster/timers.py), or loading fails.
+"""
+
+
+def render_markdown() -> str:
+    """The text of docs/configuration.md, generated from `Config` and the timer profiles."""
+    return "\n".join([_INTRO, *_profile_table(), "", "## Keys", "", *_key_table()]) + "\n"
+
+
+def _profile_table() -> list[str]:
+    rows = [_profile_row(name, timers) for name, timers in PROFILES.items()]
+    return _table(["timer_profile", *_TIMER_FIELDS, "clock_drift_ppm"], rows)
+
+
+def _profile_row(name: str, timers: ElectionTimers) -> list[str]:
+    durations = [f"{getattr(timers, key):g}" for key in _TIMER_FIELDS]
+    return [f"`{name}`", *durations, f"{timers.clock_drift * 1e6:g}"]
+
+
+def _key_table() -> list[str]:
+    rows = []
+    for key, info in Config.model_fields.items():
+        flag = f"`{_flag_name(key)}`"
+        if info.annotation is bool:
+            flag += f", `--no-{_flag_name(key)[2:]}`"
+        rows.append(
+            [
+                f"`{key}`",
+                _type_text(key),
+                f"`{_default_text(key)}`",
+                _bounds_text(key),
+                f"`{_env_name(key)}`",
+                flag,
+                info.description or "",
+            ]
+        )
+    header = ["key", "type, unit", "default", "bounds", "env var", "flag", "description"]
+    return _table(header, rows)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), line(["---"] * len(header)), *(line(row) for row in rows)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`--markdown` prints the docs page; `--check FILE` validates FILE (exit 2 on error)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ha_voice.config", description="Check or document the configuration."
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
+    mode.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and HA_VOICE_*")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(render_markdown())
+        return 0
+    try:
+        config = load_config(args.check)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    sys.stdout.write(render_toml(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

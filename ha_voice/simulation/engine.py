@@ -1,0 +1,341 @@
+"""A deterministic, seeded, virtual-time cluster of election cores on a hostile network.
+
+Each node runs the real `Election` and the real `Codec` (HMAC, replay window), so every byte
+the simulation moves is a byte the daemon would move. What is virtual: time (one heap of
+events), the network (`network.py`), the disk (a node's `HardState` survives a crash, its soft
+state does not), and each node's clock, which runs at its own rate: local = offset + rate × t.
+
+A node is up, crashed, or paused. A paused process keeps its clock running but handles
+nothing: datagrams and ticks wait in its socket buffer and are handled, in order, when it
+resumes — the way a SIGSTOPped daemon behaves.
+
+Observers see every step: `(virtual time, node, event, effects)`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ha_voice.cluster.election import Election
+from ha_voice.cluster.events import (
+    Effects,
+    Event,
+    HardState,
+    MessageReceived,
+    RobotReachability,
+    Role,
+    ShutdownRequested,
+    StepDownRequested,
+    Tick,
+)
+from ha_voice.cluster.membership import Membership
+from ha_voice.cluster.protocol import Codec, DecodeError, NodeId
+from ha_voice.cluster.timers import ElectionTimers, TimerProfile, timers_for
+from ha_voice.simulation.network import LinkConditions, Network
+
+__all__ = ["ClusterSpec", "SimCluster", "SimNode"]
+
+_KEY = b"simulated-cluster-key-32-bytes!!"
+# How late a tick fires after the deadline asked for: the event loop's scheduling slack.
+_TICK_SLACK_S = 0.001
+
+Observer = Callable[[float, "SimNode", Event, Effects], None]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The shape of a simulated cluster."""
+
+    nodes: int
+    witness: bool = False
+    two_node: bool = False
+    profile: TimerProfile = "wired"
+    priorities: tuple[int, ...] = ()
+    preempt: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = [f"{self.nodes}n"]
+        if self.witness:
+            parts.append("witness")
+        if self.two_node:
+            parts.append("two_node")
+        if self.profile != "wired":
+            parts.append(self.profile)
+        return "+".join(parts)
+
+    @classmethod
+    def from_name(cls, name: str) -> ClusterSpec:
+        """The spec whose `name` is `name`, e.g. "3n+witness" or "2n+two_node+wifi"."""
+        head, *flags = name.split("+")
+        unknown = set(flags) - {"witness", "two_node", "wifi"}
+        if not head.endswith("n") or not head[:-1].isdigit() or unknown:
+            raise ValueError(f"bad cluster spec {name!r}: expected 3n, 3n+witness, 2n+two_node…")
+        return cls(
+            int(head[:-1]),
+            witness="witness" in flags,
+            two_node="two_node" in flags,
+            profile="wifi" if "wifi" in flags else "wired",
+        )
+
+    @property
+    def node_ids(self) -> list[NodeId]:
+        ids = [f"n{i + 1}" for i in range(self.nodes)]
+        return [*ids, "w"] if self.witness else ids
+
+    def priority(self, node: NodeId) -> int:
+        if node == "w" or not self.priorities:
+            return 100
+        return self.priorities[int(node[1:]) - 1]
+
+    def timers(self) -> ElectionTimers:
+        return timers_for(self.profile)
+
+
+@dataclass
+class SimNode:
+    """One simulated process: its clock, its disk and, while up, its election core."""
+
+    node_id: NodeId
+    rate: float
+    offset: float
+    hard: HardState = field(default_factory=HardState)
+    boots: int = 0
+    election: Election | None = None
+    codec: Codec | None = None
+    paused: bool = False
+    buffered: list[tuple[str, Any]] = field(default_factory=list)
+    robot_reachable: bool = True
+    tick_token: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def local(self, t: float) -> float:
+        return self.offset + self.rate * t
+
+    def virtual(self, local: float) -> float:
+        return (local - self.offset) / self.rate
+
+    @property
+    def up(self) -> bool:
+        return self.election is not None
+
+    def valid_primary(self, t: float) -> bool:
+        """Up (or paused) and primary with an unexpired lease at virtual time t."""
+        return self.election is not None and self.election.lease_valid(self.local(t))
+
+
+class SimCluster:
+    """Runs a `ClusterSpec` under a seed; nemesis methods inject faults."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        seed: int,
+        *,
+        conditions: LinkConditions | None = None,
+        drift: float | None = None,
+        timers: ElectionTimers | None = None,
+    ) -> None:
+        self.spec = spec
+        self.seed = seed
+        self.timers = timers or spec.timers()
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.network = Network(random.Random(self.rng.random()), conditions or LinkConditions())
+        self.observers: list[Observer] = []
+        # Called with the virtual time after a process is started, killed or resumed.
+        self.on_process_change: list[Callable[[float], None]] = []
+        self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = 0
+        drift = self.timers.clock_drift if drift is None else drift
+        self.nodes = {
+            node: SimNode(node, self._pick_rate(drift), self.rng.uniform(0, 1000))
+            for node in spec.node_ids
+        }
+
+    def _pick_rate(self, drift: float) -> float:
+        # Half the nodes sit at the edges of the allowed drift: the worst case is the point.
+        if self.rng.random() < 0.5:
+            return 1 + self.rng.choice((-drift, drift))
+        return 1 + self.rng.uniform(-drift, drift)
+
+    # --- the event loop --------------------------------------------------------------------
+
+    def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` at virtual time `t`."""
+        self._seq += 1
+        heapq.heappush(self._queue, (t, self._seq, fn, args))
+
+    def run_until(self, t: float) -> None:
+        while self._queue and self._queue[0][0] <= t:
+            when, _, fn, args = heapq.heappop(self._queue)
+            self.now = when
+            fn(*args)
+        self.now = t
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def membership(self, node: NodeId) -> Membership:
+        spec = self.spec
+        peers = [n for n in spec.node_ids if n != "w"]
+        return Membership.from_config(
+            node,
+            peers,
+            "w" if spec.witness else None,
+            two_node=spec.two_node,
+        )
+
+    def start_all(self) -> None:
+        for node in self.nodes:
+            self.start(node)
+
+    def start(self, node_id: NodeId) -> None:
+        """Boot a node from what its disk holds."""
+        node = self.nodes[node_id]
+        node.boots += 1
+        local = node.local(self.now)
+        node.election = Election(
+            membership=self.membership(node_id),
+            timers=self.timers,
+            priority=self.spec.priority(node_id),
+            hard_state=node.hard,
+            rng=random.Random(f"{self.seed}/{node_id}/{node.boots}"),
+            now=local,
+            preempt=self.spec.preempt,
+        )
+        node.codec = Codec(cluster="sim", cluster_key=_KEY, node_id=node_id, boot_id=node.boots)
+        node.paused = False
+        node.buffered.clear()
+        if not node.robot_reachable:
+            self._step(node, RobotReachability(False, local))
+        self._schedule_tick(node)
+        self._process_changed()
+
+    def crash(self, node_id: NodeId) -> None:
+        """Kill the process: soft state and buffered input are gone, the disk stays."""
+        node = self.nodes[node_id]
+        node.election = None
+        node.codec = None
+        node.paused = False
+        node.buffered.clear()
+        node.tick_token += 1
+        self._process_changed()
+
+    def pause(self, node_id: NodeId) -> None:
+        node = self.nodes[node_id]
+        if node.up:
+            node.paused = True
+
+    def resume(self, node_id: NodeId) -> None:
+        node = self.nodes[node_id]
+        if not node.paused:
+            return
+        node.paused = False
+        backlog, node.buffered = node.buffered, []
+        for kind, payload in backlog:
+            if node.up and not node.paused:
+                self._handle(node, kind, payload)
+        if node.up:
+            self._tick(node, node.tick_token)
+        self._process_changed()
+
+    def _process_changed(self) -> None:
+        for callback in self.on_process_change:
+            callback(self.now)
+
+    def set_robot_reachable(self, node_id: NodeId, reachable: bool) -> None:
+        node = self.nodes[node_id]
+        node.robot_reachable = reachable
+        self.inject(node_id, RobotReachability(reachable, node.local(self.now)))
+
+    def request_step_down(self, node_id: NodeId, target: NodeId | None = None) -> None:
+        node = self.nodes[node_id]
+        self.inject(node_id, StepDownRequested(node.local(self.now), target))
+
+    def request_shutdown(self, node_id: NodeId) -> None:
+        node = self.nodes[node_id]
+        self.inject(node_id, ShutdownRequested(node.local(self.now)))
+
+    def inject(self, node_id: NodeId, event: Event) -> None:
+        """Hand an input straight to a node's core, as its shell would (buffered if paused)."""
+        node = self.nodes[node_id]
+        if not node.up:
+            return
+        if node.paused:
+            node.buffered.append(("event", event))
+        else:
+            self._step(node, event)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def role(self, node_id: NodeId) -> Role | None:
+        election = self.nodes[node_id].election
+        return election.role if election else None
+
+    def primaries(self) -> list[NodeId]:
+        """Nodes that are primary with a valid lease right now."""
+        return [n for n, node in self.nodes.items() if node.valid_primary(self.now)]
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _step(self, node: SimNode, event: Event) -> None:
+        assert node.election is not None
+        assert node.codec is not None
+        effects = node.election.step(event)
+        if effects.persist is not None:
+            node.hard = effects.persist
+        for out in effects.send:
+            data = node.codec.encode(out.to, out.message)
+            for delay, payload in self.network.transmit(node.node_id, out.to, data):
+                self.at(self.now + delay, self._arrive, out.to, payload)
+        for observer in self.observers:
+            observer(self.now, node, event, effects)
+        self._schedule_tick(node)
+
+    def _schedule_tick(self, node: SimNode) -> None:
+        if node.election is None:
+            return
+        node.tick_token += 1
+        deadline = node.election.next_deadline()
+        if deadline == math.inf:
+            return
+        due = max(node.virtual(deadline), self.now)
+        slack = self.rng.uniform(0.0, _TICK_SLACK_S)
+        self.at(due + slack, self._tick, node, node.tick_token)
+
+    def _tick(self, node: SimNode, token: int) -> None:
+        if token != node.tick_token or not node.up:
+            return
+        if node.paused:
+            node.buffered.append(("tick", None))
+            return
+        self._step(node, Tick(node.local(self.now)))
+
+    def _arrive(self, node_id: NodeId, data: bytes) -> None:
+        node = self.nodes[node_id]
+        if not node.up:
+            return
+        if node.paused:
+            node.buffered.append(("datagram", data))
+            return
+        self._handle(node, "datagram", data)
+
+    def _handle(self, node: SimNode, kind: str, payload: Any) -> None:
+        if kind == "tick":
+            self._step(node, Tick(node.local(self.now)))
+        elif kind == "event":
+            # Buffered while paused: the shell reads the clock when it finally gets to run.
+            self._step(node, replace(payload, now=node.local(self.now)))
+        else:
+            assert node.codec is not None
+            try:
+                message = node.codec.decode(payload)
+            except DecodeError as exc:
+                node.dropped[exc.reason] = node.dropped.get(exc.reason, 0) + 1
+                return
+            self._step(node, MessageReceived(message, node.local(self.now)))

@@ -1,0 +1,453 @@
+"""The configuration model, its sources, its error messages and its generated docs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import pytest
+from annotated_types import Ge, Le, MaxLen
+from pydantic.fields import FieldInfo
+
+from ha_voice import config as config_module
+from ha_voice.cluster.timers import PROFILES, max_safe_lease_s
+from ha_voice.config import (
+    FIELDS,
+    REGENERATE_DOCS,
+    Config,
+    PeerSpec,
+    Rule,
+    add_arguments,
+    default_node_id,
+    flags_from_namespace,
+    load_config,
+    main,
+    read_cluster_key,
+    render_markdown,
+    render_toml,
+)
+from ha_voice.errors import ConfigError
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees this machine's /etc/ha-voice/config.toml or HA_VOICE_* variables."""
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    for var in [var for var in os.environ if var.startswith("HA_VOICE_")]:
+        monkeypatch.delenv(var)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(**kwargs: Any) -> str:
+    kwargs.setdefault("env", {})
+    with pytest.raises(ConfigError) as caught:
+        load_config(**kwargs)
+    return str(caught.value)
+
+
+# --- defaults and sources ------------------------------------------------------------------
+
+
+def test_defaults_load_with_an_empty_environment() -> None:
+    config = load_config(env={})
+    assert config == Config()
+    assert config.node_id == default_node_id()
+    assert (config.priority, config.port, config.cluster_port) == (100, 8888, 7405)
+    assert (config.language, config.whisper_model, config.timer_profile) == (
+        "nl",
+        "medium",
+        "wired",
+    )
+    assert (config.peers, config.witness, config.two_node) == ([], None, False)
+    assert config.election_timers() == PROFILES["wired"]
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [
+        ("jetson-1", "jetson-1"),
+        ("jetson 1/lab", "jetson-1-lab"),
+        ("_x.local", "x.local"),
+        ("é" * 100, "node"),
+        ("a" * 100, "a" * 64),
+    ],
+)
+def test_default_node_id_is_the_sanitised_hostname(
+    monkeypatch: pytest.MonkeyPatch, hostname: str, expected: str
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: hostname)
+    assert default_node_id() == expected
+    assert Config().node_id == expected
+
+
+def test_precedence_is_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, 'priority = 10\nport = 9000\nrobot_ip = "10.0.0.1"\nlog_level = "debug"\n'
+    )
+    env = {"HA_VOICE_PRIORITY": "20", "HA_VOICE_PORT": "9001"}
+    flags = {"priority": 30, "log_level": None}
+    config = load_config(path, env=env, flags=flags)
+    assert config.priority == 30  # flag beats environment beats file
+    assert config.port == 9001  # environment beats file
+    assert config.robot_ip == "10.0.0.1"  # file beats default
+    assert config.log_level == "debug"  # a None flag means "not given"
+
+
+def test_environment_conventions() -> None:
+    env = {
+        "HA_VOICE_PEERS": " b , c@10.0.0.3:7405,",
+        "HA_VOICE_PREEMPT": "yes",
+        "HA_VOICE_TWO_NODE": "off",
+        "HA_VOICE_HEARTBEAT_INTERVAL_S": "",
+        "HA_VOICE_WITNESS": "w",
+    }
+    config = load_config(env=env)
+    assert config.peers == ["b", "c@10.0.0.3:7405"]
+    assert (config.preempt, config.two_node) == (True, False)
+    assert config.heartbeat_interval_s is None
+    assert config.witness_spec == PeerSpec("w")
+
+
+@pytest.mark.parametrize("word", ["true", "1", "yes", "on", "TRUE"])
+def test_environment_booleans(word: str) -> None:
+    assert load_config(env={"HA_VOICE_PREEMPT": word}).preempt is True
+
+
+def test_config_file_named_by_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "priority = 42\n")
+    assert load_config(env={"HA_VOICE_CONFIG": str(path)}).priority == 42
+    missing = load_error(env={"HA_VOICE_CONFIG": str(tmp_path / "nope.toml")})
+    assert "nope.toml: no such file" in missing
+
+
+def test_default_config_path_is_read_only_when_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "priority = 7\n")
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", path)
+    assert load_config(env={}).priority == 7
+
+
+def test_peer_specs_are_parsed() -> None:
+    config = Config(node_id="a", peers=["b", "c@10.0.0.3:7405", "d@jetson-d.local:1"])
+    assert config.peer_specs == (
+        PeerSpec("b"),
+        PeerSpec("c", "10.0.0.3", 7405),
+        PeerSpec("d", "jetson-d.local", 1),
+    )
+    assert [str(spec) for spec in config.peer_specs] == config.peers
+
+
+@pytest.mark.parametrize("tag", ["nl-NL", "nl_NL", "NL", " nl ", "nl"])
+def test_language_tags_are_cut_to_the_language_code(tag: str) -> None:
+    assert load_config(env={"HA_VOICE_LANGUAGE": tag}).language == "nl"
+    assert Config.model_validate({"language": tag}).language == "nl"
+
+
+def test_election_timers_follow_profile_and_overrides() -> None:
+    config = Config(timer_profile="wifi", election_timeout_s=3.0, clock_drift_ppm=1000)
+    timers = config.election_timers()
+    assert timers.heartbeat_interval_s == PROFILES["wifi"].heartbeat_interval_s
+    assert (timers.election_timeout_s, timers.clock_drift) == (3.0, 0.001)
+    assert timers.lease_timeout_s < max_safe_lease_s(3.0, 0.001)
+    assert timers.preempt_delay_s == config.preempt_delay_s
+
+
+# --- errors --------------------------------------------------------------------------------
+
+WIRED_LIMIT = f"{max_safe_lease_s(PROFILES['wired'].election_timeout_s, 0.01):.4f}"
+
+BAD: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
+    "out of range in file": (
+        {"file": "priority = 300\n"},
+        ("priority = 300", "config file", "1 to 254", "fix: edit priority"),
+    ),
+    "wrong type in env": (
+        {"env": {"HA_VOICE_CLUSTER_PORT": "abc"}},
+        ("cluster_port", "HA_VOICE_CLUSTER_PORT", "1 to 65535", "change or unset"),
+    ),
+    "bool for a number": ({"file": "priority = true\n"}, ("priority", "config file", "1 to 254")),
+    "nan": ({"env": {"HA_VOICE_PREEMPT_DELAY_S": "nan"}}, ("preempt_delay_s", "0 to 3600")),
+    "bad peer syntax": (
+        {"flags": {"peers": ["b@jetson-b"]}},
+        ("peers", "flag --peers", "NODE_ID or NODE_ID@HOST:PORT", "'b@jetson-b'"),
+    ),
+    "peer port out of range": (
+        {"env": {"HA_VOICE_PEERS": "b@10.0.0.2:70000"}},
+        ("peers", "HA_VOICE_PEERS", "outside 1 to 65535"),
+    ),
+    "duplicate peer": (
+        {"file": 'peers = ["b", "b@10.0.0.2:7405"]\n'},
+        ("peers", "config file", "listed twice", "no node id twice"),
+    ),
+    "two_node with two peers": (
+        {"file": 'two_node = true\npeers = ["b", "c"]\n'},
+        ("two_node", "config file", "exactly one peer and no witness", "add a witness"),
+    ),
+    "two_node with a witness": (
+        {"env": {"HA_VOICE_TWO_NODE": "1", "HA_VOICE_PEERS": "b", "HA_VOICE_WITNESS": "w"}},
+        ("two_node", "HA_VOICE_TWO_NODE", "HA_VOICE_WITNESS", "no witness"),
+    ),
+    "peers holds node_id": (
+        {"env": {"HA_VOICE_NODE_ID": "a", "HA_VOICE_PEERS": "a,b"}},
+        ("peers", "node_id", "HA_VOICE_PEERS", "other nodes only", "remove 'a'"),
+    ),
+    "witness is a peer": (
+        {"flags": {"peers": "b", "witness": "b", "node_id": "a"}},
+        ("witness", "flag --witness", "neither"),
+    ),
+    "unknown file key": (
+        {"file": "heartbeat_interval = 0.1\n"},
+        ("config file", "'heartbeat_interval'", "rename it to heartbeat_interval_s"),
+    ),
+    "unknown env var": (
+        {"env": {"HA_VOICE_PRIORTY": "3"}},
+        ("environment variable HA_VOICE_PRIORTY", "rename it to HA_VOICE_PRIORITY"),
+    ),
+    "unknown flag": ({"flags": {"robotip": "1.2.3.4"}}, ("flag --robotip", "--robot-ip")),
+    "toml syntax error": (
+        {"file": "priority = 10\nnode_id = jetson\n"},
+        ("config file", "TOML syntax error", "line 2", "quotes"),
+    ),
+    "unsafe lease": (
+        {"env": {"HA_VOICE_LEASE_TIMEOUT_S": "0.6"}},
+        (
+            "HA_VOICE_LEASE_TIMEOUT_S",
+            "lease_timeout_s",
+            "election_timeout_s",
+            "clock_drift_ppm",
+            f"< {WIRED_LIMIT} s",
+            "fix: unset lease_timeout_s",
+        ),
+    ),
+    "election timeout under three heartbeats": (
+        {"flags": {"heartbeat_interval_s": 0.5}},
+        ("flag --heartbeat-interval-s", "heartbeat_interval_s", "3 heartbeat intervals"),
+    ),
+    "bad language": (
+        {"flags": {"language": "fr-FR"}},
+        ('language = "fr-FR"', "flag --language", "one of nl, en"),
+    ),
+    "relative path": (
+        {"file": 'state_dir = "var/lib"\n'},
+        ("state_dir", "config file", "an absolute path"),
+    ),
+    "bad node id": (
+        {"env": {"HA_VOICE_NODE_ID": "-jetson"}},
+        ("node_id", "HA_VOICE_NODE_ID", "[A-Za-z0-9._-]{0,63}"),
+    ),
+    "cluster name too long": ({"env": {"HA_VOICE_CLUSTER": "c" * 33}}, ("cluster", "{0,31}")),
+    "bad ip": ({"flags": {"robot_ip": "192.168.123.300"}}, ("robot_ip", "an IPv4 address")),
+    "unknown whisper size": (
+        {"env": {"HA_VOICE_WHISPER_MODEL": "huge"}},
+        ("whisper_model", "'huge'", "large-v3", "'/'"),
+    ),
+    "bad profile": ({"env": {"HA_VOICE_TIMER_PROFILE": "lte"}}, ("timer_profile", "wired, wifi")),
+    "too many peers": (
+        {"env": {"HA_VOICE_PEERS": ",".join(f"n{i}" for i in range(16))}},
+        ("peers", "at most 15 entries"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_each_bad_value_names_source_key_value_bounds_and_fix(tmp_path: Path, case: str) -> None:
+    given, expected = BAD[case]
+    kwargs = {key: value for key, value in given.items() if key != "file"}
+    if "file" in given:
+        kwargs["path"] = write(tmp_path, given["file"])
+    message = load_error(**kwargs)
+    assert message.startswith("invalid configuration (1 problem):\n")
+    assert "fix:" in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} missing from:\n{message}"
+    assert "pydantic" not in message
+
+
+def test_every_problem_is_listed_one_per_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'priority = 0\nlangauge = "nl"\n')
+    env = {"HA_VOICE_PORT": "70000", "HA_VOICE_TWO_NODE": "maybe"}
+    lines = load_error(path=path, env=env).splitlines()
+    assert lines[0] == "invalid configuration (4 problems):"
+    problems = lines[1:]
+    assert len(problems) == 4
+    for key in ("priority", "langauge", "port", "two_node"):
+        assert sum(key in line for line in problems) >= 1
+    assert any("rename it to language" in line for line in problems)
+
+
+def test_a_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    message = load_error(path=tmp_path / "missing.toml")
+    assert "missing.toml: no such file; fix: create it" in message
+
+
+def test_a_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"priority = \xff\n")
+    assert "unreadable" in load_error(path=path)
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(prog="ha-voice run")
+    add_arguments(result)
+    return result
+
+
+def test_seed_flags_round_trip() -> None:
+    argv = "--robot-ip 192.168.123.161 --network-interface eth0 --port 8888 "
+    argv += "--whisper-model medium --language nl-NL"
+    flags = flags_from_namespace(parser().parse_args(argv.split()))
+    assert flags == {
+        "robot_ip": "192.168.123.161",
+        "network_interface": "eth0",
+        "port": "8888",
+        "whisper_model": "medium",
+        "language": "nl-NL",
+    }
+    config = load_config(env={}, flags=flags)
+    assert (config.robot_ip, config.network_interface, config.port) == (
+        "192.168.123.161",
+        "eth0",
+        8888,
+    )
+    assert (config.whisper_model, config.language) == ("medium", "nl")
+
+
+def test_unset_flags_do_not_override(tmp_path: Path) -> None:
+    flags = flags_from_namespace(parser().parse_args([]))
+    assert flags == {}
+    assert load_config(write(tmp_path, "priority = 5\n"), env={}, flags=flags).priority == 5
+
+
+def test_boolean_and_list_flags() -> None:
+    argv = ["--two-node", "--peers", "b", "--no-preempt", "--node-id", "a"]
+    flags = flags_from_namespace(parser().parse_args(argv))
+    assert (flags["two_node"], flags["preempt"]) == (True, False)
+    argv = ["--peers", "b,c", "--peers", "d@10.0.0.4:7405", "--lease-timeout-s", "0.3"]
+    config = load_config(env={}, flags=flags_from_namespace(parser().parse_args(argv)))
+    assert config.peers == ["b", "c", "d@10.0.0.4:7405"]
+    assert config.lease_timeout_s == 0.3
+
+
+def test_every_field_has_one_flag_with_its_description() -> None:
+    text = parser().format_help()  # also proves "%" in a description does not break argparse
+    options = {option for action in parser()._actions for option in action.option_strings}
+    for key in FIELDS:
+        assert "--" + key.replace("_", "-") in options
+    assert "--no-two-node" in options
+    assert "Default: 7405." in text
+
+
+# --- cluster key ---------------------------------------------------------------------------
+
+
+def test_read_cluster_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "cluster.key"
+    key_file.write_bytes(b"k" * 32)
+    assert read_cluster_key(Config(cluster_key_file=key_file)) == b"k" * 32
+
+
+@pytest.mark.parametrize("kind", ["missing", "short", "directory"])
+def test_read_cluster_key_errors_name_the_key_and_the_fix(tmp_path: Path, kind: str) -> None:
+    key_file = tmp_path / "cluster.key"
+    if kind == "short":
+        key_file.write_bytes(b"k" * 15)
+    elif kind == "directory":
+        key_file.mkdir()
+    with pytest.raises(ConfigError) as caught:
+        read_cluster_key(Config(cluster_key_file=key_file))
+    message = str(caught.value)
+    assert f"cluster_key_file = '{key_file}'" in message
+    assert f"head -c 32 /dev/urandom > {key_file}; chmod 600 {key_file}" in message
+    assert "at least 16 bytes" in message
+
+
+# --- the model itself and its docs ---------------------------------------------------------
+
+
+def has_bound(info: FieldInfo) -> bool:
+    args = get_args(info.annotation)
+    core = args[0] if type(None) in args else info.annotation
+    if core is bool or get_origin(core) is Literal:
+        return True
+    bounded = (Ge, Le, MaxLen, Rule)
+    return any(isinstance(m, bounded) or getattr(m, "pattern", None) for m in info.metadata)
+
+
+@pytest.mark.parametrize("key", FIELDS)
+def test_every_field_has_description_default_bound_and_unit(key: str) -> None:
+    info = Config.model_fields[key]
+    assert info.description, key
+    assert info.description.endswith("."), key
+    assert not info.is_required(), key
+    assert has_bound(info), key
+
+
+def test_model_is_frozen_and_forbids_extra_keys() -> None:
+    config = Config()
+    with pytest.raises(ValueError, match="frozen"):
+        config.priority = 1
+    with pytest.raises(ValueError, match="extra"):
+        Config.model_validate({"prioriti": 1})
+
+
+def test_render_toml_round_trips(tmp_path: Path) -> None:
+    config = Config(
+        node_id="jetson-a",
+        peers=["b", "c@10.0.0.3:7405"],
+        witness="w@10.0.0.9:7405",
+        priority=150,
+        election_timeout_s=1.0,
+        language="en",
+        state_dir=Path('/srv/ha "voice"'),
+    )
+    text = render_toml(config)
+    assert "# lease_timeout_s = " in text  # an unset timer shows the value in use
+    assert load_config(write(tmp_path, text), env={}) == config
+
+
+def test_docs_match_the_model() -> None:
+    expected = render_markdown()
+    actual = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
+    assert actual == expected, f"docs/configuration.md is out of date; run: {REGENERATE_DOCS}"
+
+
+def test_markdown_lists_every_key_with_its_sources() -> None:
+    text = render_markdown()
+    for key in FIELDS:
+        assert f"| `{key}` |" in text
+        assert f"`HA_VOICE_{key.upper()}`" in text
+    for profile in PROFILES:
+        assert f"| `{profile}` |" in text
+
+
+def test_main_check_prints_the_effective_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--check", str(write(tmp_path, "priority = 9\n"))]) == 0
+    assert "priority = 9\n" in capsys.readouterr().out
+
+
+def test_main_check_reports_errors_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--check", str(write(tmp_path, "priority = 999\n"))]) == 2
+    assert "priority = 999" in capsys.readouterr().err
+
+
+def test_main_markdown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--markdown"]) == 0
+    assert capsys.readouterr().out == render_markdown()
