@@ -352,7 +352,9 @@ class _ReplayGuard:
             self._senders[sender] = (boot_id, seq, 1)
         else:
             _boot, highest, window = known
-            if seq > highest:
+            if seq - highest >= REPLAY_WINDOW:
+                window, highest = 1, seq  # everything older has slid out of the window
+            elif seq > highest:
                 window = (window << (seq - highest) | 1) & ((1 << REPLAY_WINDOW) - 1)
                 highest = seq
             else:

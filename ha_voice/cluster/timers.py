@@ -15,12 +15,16 @@ Pure: numbers in, numbers out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Final, Literal, TypeAlias
 
 __all__ = ["PROFILES", "ElectionTimers", "TimerProfile", "max_safe_lease_s", "timers_for"]
 
 TimerProfile: TypeAlias = Literal["wired", "wifi"]
+
+# Slack for "at least N heartbeats" checks: 3 x 0.1 is 0.30000000000000004 in binary.
+_ROUNDING: Final = 1e-9
 
 
 def max_safe_lease_s(election_timeout_s: float, clock_drift: float) -> float:
@@ -50,13 +54,26 @@ class ElectionTimers:
     def problems(self) -> list[str]:
         """Every broken relation between the timers, worded for an operator."""
         found = []
+        for name in (
+            "heartbeat_interval_s",
+            "election_timeout_s",
+            "lease_timeout_s",
+            "priority_skew_s",
+            "election_jitter_s",
+            "preempt_delay_s",
+            "clock_drift",
+        ):
+            if not math.isfinite(getattr(self, name)):
+                found.append(f"{name} must be a finite number, not {getattr(self, name)}")
+        if found:
+            return found
         if not 0 <= self.clock_drift < 0.5:
             found.append(f"clock_drift {self.clock_drift} must be in [0, 0.5)")
             return found
         if self.heartbeat_interval_s <= 0:
             found.append("heartbeat_interval_s must be positive")
             return found
-        if self.election_timeout_s < 3 * self.heartbeat_interval_s:
+        if self.election_timeout_s < 3 * self.heartbeat_interval_s - _ROUNDING:
             found.append(
                 f"election_timeout_s ({self.election_timeout_s}) must be at least 3 heartbeat "
                 f"intervals ({3 * self.heartbeat_interval_s:g}): VRRP's three missed adverts"
@@ -67,7 +84,7 @@ class ElectionTimers:
                 f"lease_timeout_s ({self.lease_timeout_s}) must be below election_timeout_s "
                 f"x (1-drift)/(1+drift) = {limit:.4f}, or two primaries could overlap"
             )
-        if self.lease_timeout_s < 2 * self.heartbeat_interval_s:
+        if self.lease_timeout_s < 2 * self.heartbeat_interval_s - _ROUNDING:
             found.append(
                 f"lease_timeout_s ({self.lease_timeout_s}) must cover at least 2 heartbeat "
                 f"intervals ({2 * self.heartbeat_interval_s:g}), or one lost ack ends the lease"

@@ -82,17 +82,12 @@ class Timeline:
     primaries: list[tuple[float, tuple[NodeId, ...]]] = field(default_factory=list)
     role_changes: list[tuple[float, NodeId, Role, Role, int]] = field(default_factory=list)
 
-    def first_primary_after(self, t0: float) -> tuple[float, NodeId] | None:
-        """The first time at or after `t0` with a valid primary, and that primary."""
-        state: tuple[NodeId, ...] = ()
-        for t, nodes in self.primaries:
-            if t <= t0:
-                state = nodes
-            elif state:
-                return t0, state[0]
-            elif nodes:
+    def first_healthy_primary(self, hold_s: float) -> tuple[float, NodeId] | None:
+        """The first primary whose lease then stayed valid for `hold_s`, and when it started."""
+        for (t, nodes), following in zip(self.primaries, [*self.primaries[1:], None], strict=True):
+            if len(nodes) == 1 and (following is None or following[0] - t >= hold_s):
                 return t, nodes[0]
-        return (t0, state[0]) if state else None
+        return None
 
     def settled_since(self, t0: float) -> tuple[float, NodeId] | None:
         """When the final primary became primary for good (not before `t0`), and who it is.

@@ -280,7 +280,8 @@ def run_stability(
     cluster.start_all()
     cluster.run_until(duration_s)
     result = _result(spec, seed, "stability", cluster, checker, trace, 0)
-    first = checker.timeline.first_primary_after(0.0)
+    # Healthy: it has held its lease for one election timeout; the race at boot does not count.
+    first = checker.timeline.first_healthy_primary(cluster.timers.election_timeout_s)
     if first is None:
         result.liveness.append("no primary at all")
     else:

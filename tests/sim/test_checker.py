@@ -1,0 +1,81 @@
+"""The checker is not vacuous: cores broken on purpose are caught."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ha_voice.cluster.election import Election
+from ha_voice.errors import LocalError
+from ha_voice.simulation import engine
+from ha_voice.simulation.checker import Checker
+from ha_voice.simulation.engine import ClusterSpec, SimCluster
+from ha_voice.simulation.schedules import run_hostile
+
+
+def _overlaps(cluster: SimCluster, checker: Checker) -> list[str]:
+    return [v for v in checker.violations if "two primaries with valid leases" in v]
+
+
+def _cut_primary_from_one_backup(cluster: SimCluster) -> SimCluster:
+    checker = Checker(cluster)
+    cluster.start_all()
+    cluster.run_until(2.0)
+    (primary,) = cluster.primaries()
+    victim = next(n for n in cluster.nodes if n != primary)
+    # The other backup still hears the primary and must refuse to help the victim take over.
+    cluster.network.partition({primary}, {victim})
+    cluster.run_until(5.0)
+    cluster.checker = checker  # type: ignore[attr-defined]
+    return cluster
+
+
+def test_a_correct_core_keeps_its_primary_when_one_backup_is_cut_off() -> None:
+    cluster = _cut_primary_from_one_backup(SimCluster(ClusterSpec(3), 3))
+    assert cluster.checker.violations == []  # type: ignore[attr-defined]
+
+
+def test_without_stickiness_a_cut_off_backup_makes_a_second_primary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Forgetful(Election):
+        def _sticky(self, now: float) -> bool:
+            return False
+
+    monkeypatch.setattr(engine, "Election", Forgetful)
+    cluster = _cut_primary_from_one_backup(SimCluster(ClusterSpec(3), 3))
+    assert _overlaps(cluster, cluster.checker)  # type: ignore[attr-defined]
+
+
+def test_a_lease_longer_than_the_refusal_window_is_caught() -> None:
+    spec = ClusterSpec(3)
+    timers = spec.timers()
+    unsafe = replace(timers, lease_timeout_s=timers.lease_timeout_s / 2)  # valid shape...
+    object.__setattr__(unsafe, "lease_timeout_s", 3 * timers.election_timeout_s)  # ...then not
+    cluster = SimCluster(spec, 11, timers=unsafe)
+    checker = Checker(cluster)
+    cluster.start_all()
+    cluster.run_until(2.0)
+    (primary,) = cluster.primaries()
+    cluster.network.partition({primary}, set(cluster.nodes) - {primary})
+    cluster.run_until(4.0)
+    assert _overlaps(cluster, checker)
+
+
+def test_double_voting_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Promiscuous(Election):
+        def _answer_vote(self, msg, now, out):  # type: ignore[no-untyped-def]
+            self.voted_for = None
+            super()._answer_vote(msg, now, out)
+
+    monkeypatch.setattr(engine, "Election", Promiscuous)
+    found: list[str] = []
+    for seed in range(40):
+        try:
+            found += run_hostile(ClusterSpec(5), seed).safety
+        except LocalError as exc:  # a primary that hears another primary of its term
+            found.append(str(exc))
+        if found:
+            break
+    assert any("voted twice" in v or "two primaries" in v for v in found)

@@ -1,0 +1,555 @@
+"""The wire codec: round trips, size bound, every drop reason, the replay window, hostile bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import math
+import random
+import struct
+from collections.abc import Callable
+from typing import get_args
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ha_voice.cluster.protocol import (
+    DROP_REASONS,
+    MAX_DATAGRAM_BYTES,
+    MAX_NODE_ID_BYTES,
+    NOT_A_SUCCESSOR,
+    PROTOCOL_VERSION,
+    Codec,
+    DecodeError,
+    Heartbeat,
+    HeartbeatAck,
+    LogPosition,
+    Message,
+    PreVoteRequest,
+    PreVoteResponse,
+    Resign,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+    cluster_tag,
+    derive_key,
+)
+from ha_voice.errors import LocalError, RemoteError
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(100, 132))
+CLUSTER = "kitchen"
+MAC_BYTES = 32
+# magic 2s | version B | type B | cluster tag 8s | boot id Q | seq Q (protocol module docstring).
+HEAD = struct.Struct("!2sBB8sQQ")
+U64_MAX = 2**64 - 1
+
+PROPERTY = settings(
+    max_examples=300,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def make_codec(
+    node_id: str = "n1", *, boot_id: int = 1, cluster: str = CLUSTER, key: bytes = KEY
+) -> Codec:
+    return Codec(cluster=cluster, cluster_key=key, node_id=node_id, boot_id=boot_id)
+
+
+def sign(unsigned: bytes, *, cluster: str = CLUSTER, key: bytes = KEY) -> bytes:
+    """`unsigned` followed by the HMAC a codec of `cluster` with `key` expects."""
+    return unsigned + hmac.new(derive_key(key, cluster), unsigned, hashlib.sha256).digest()
+
+
+def resign(datagram: bytes) -> bytes:
+    """`datagram` with its MAC recomputed, so only the edited bytes are wrong."""
+    return sign(datagram[:-MAC_BYTES])
+
+
+def craft(
+    body: bytes,
+    *,
+    kind: int = Heartbeat.TYPE,
+    magic: bytes = b"HV",
+    version: int = PROTOCOL_VERSION,
+    cluster: str = CLUSTER,
+    boot_id: int = 1,
+    seq: int = 1,
+    sender: bytes = b"n1",
+    recipient: bytes = b"n2",
+    sender_len: int | None = None,
+    key: bytes = KEY,
+) -> bytes:
+    """A signed datagram assembled field by field from the documented layout."""
+    head = HEAD.pack(magic, version, kind, cluster_tag(cluster), boot_id, seq)
+    length = len(sender) if sender_len is None else sender_len
+    unsigned = head + bytes((length,)) + sender + bytes((len(recipient),)) + recipient + body
+    return sign(unsigned, cluster=cluster, key=key)
+
+
+def body_of(datagram: bytes, sender: str = "n1", recipient: str = "n2") -> bytes:
+    start = HEAD.size + 1 + len(sender.encode()) + 1 + len(recipient.encode())
+    return datagram[start:-MAC_BYTES]
+
+
+def every_message(sender: str = "n1") -> list[Message]:
+    """Each message type at least once, every field away from its default somewhere."""
+    log = LogPosition(term=7, index=123_456_789)
+    top = LogPosition(U64_MAX, U64_MAX)
+    return [
+        Heartbeat(sender, term=9, sent_at=1234.5678901234567, log=log, successor_rank=2),
+        Heartbeat(sender, term=1, sent_at=0.0),
+        Heartbeat(sender, term=U64_MAX, sent_at=-1e300, log=top, successor_rank=NOT_A_SUCCESSOR),
+        HeartbeatAck(
+            sender, term=9, sent_at=3.25e-7, success=True, log=log, priority=200, eligible=False
+        ),
+        HeartbeatAck(sender, term=U64_MAX, sent_at=1e300, success=False, log=top, priority=255),
+        PreVoteRequest(sender, term=10, log=log),
+        PreVoteResponse(sender, term=10, granted=True),
+        PreVoteResponse(sender, term=3, granted=False),
+        VoteRequest(sender, term=11, log=log, transfer=True),
+        VoteRequest(sender, term=11, log=top, transfer=False),
+        VoteResponse(sender, term=11, granted=True),
+        VoteResponse(sender, term=4, granted=False),
+        TimeoutNow(sender, term=12),
+        Resign(sender, term=U64_MAX),
+    ]
+
+
+MESSAGE_TYPES = get_args(Message)
+
+
+def type_name(message: Message) -> str:
+    return type(message).__name__
+
+
+def decode_error(receiver: Codec, datagram: bytes) -> DecodeError:
+    with pytest.raises(DecodeError) as caught:
+        receiver.decode(datagram)
+    return caught.value
+
+
+# --- round trip and size --------------------------------------------------------------------
+
+
+def test_every_message_type_is_covered() -> None:
+    assert {type(message) for message in every_message()} == set(MESSAGE_TYPES)
+    assert len({cls.TYPE for cls in MESSAGE_TYPES}) == len(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("message", every_message(), ids=type_name)
+def test_round_trip_preserves_every_field(message: Message) -> None:
+    sender, receiver = make_codec("n1"), make_codec("n2")
+    decoded = receiver.decode(sender.encode("n2", message))
+    assert decoded == message
+    for field in dataclasses.fields(message):
+        # `==` would let 1 stand for True and an int for a float; the types must match too.
+        assert type(getattr(decoded, field.name)) is type(getattr(message, field.name))
+
+
+def test_round_trip_of_a_whole_conversation_in_order() -> None:
+    sender, receiver = make_codec("n1"), make_codec("n2")
+    messages = every_message()
+    datagrams = [sender.encode("n2", message) for message in messages]
+    assert [receiver.decode(datagram) for datagram in datagrams] == messages
+
+
+def test_heartbeat_keeps_its_successor_rank_and_log_position() -> None:
+    sender, receiver = make_codec("n1"), make_codec("n2")
+    for rank in (0, 1, 254, NOT_A_SUCCESSOR):
+        message = Heartbeat("n1", term=5, sent_at=0.1, log=LogPosition(4, 99), successor_rank=rank)
+        decoded = receiver.decode(sender.encode("n2", message))
+        assert isinstance(decoded, Heartbeat)
+        assert decoded.successor_rank == rank
+        assert decoded.log == LogPosition(4, 99)
+
+
+def test_utf8_node_ids_round_trip() -> None:
+    sender, receiver = make_codec("nœud-ü"), make_codec("jetson-ø")
+    message = VoteRequest("nœud-ü", term=2, transfer=True)
+    assert receiver.decode(sender.encode("jetson-ø", message)) == message
+
+
+def test_crafted_datagram_matches_the_documented_layout() -> None:
+    message = Heartbeat("n1", term=9, sent_at=2.5, log=LogPosition(3, 4), successor_rank=1)
+    body = struct.pack("!QdQQB", 9, 2.5, 3, 4, 1)
+    assert make_codec("n1", boot_id=77).encode("n2", message) == craft(body, boot_id=77, seq=1)
+
+
+def test_sequence_numbers_count_up_from_one() -> None:
+    sender = make_codec("n1")
+    datagrams = [sender.encode("n2", TimeoutNow("n1", term=1)) for _ in range(3)]
+    assert [HEAD.unpack_from(datagram)[5] for datagram in datagrams] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("message", every_message("s" * MAX_NODE_ID_BYTES), ids=type_name)
+def test_largest_datagrams_fit_the_size_bound(message: Message) -> None:
+    for recipient in ("r" * MAX_NODE_ID_BYTES, "é" * (MAX_NODE_ID_BYTES // 2)):
+        datagram = make_codec("s" * MAX_NODE_ID_BYTES).encode(recipient, message)
+        assert len(datagram) <= MAX_DATAGRAM_BYTES
+        assert make_codec(recipient).decode(datagram) == message
+
+
+def test_node_ids_beyond_the_bound_are_refused_locally() -> None:
+    with pytest.raises(ValueError, match="node id"):
+        make_codec("x" * (MAX_NODE_ID_BYTES + 1))
+    with pytest.raises(ValueError, match="node id"):
+        make_codec("n1").encode("x" * (MAX_NODE_ID_BYTES + 1), TimeoutNow("n1", term=1))
+
+
+def test_encoding_a_message_from_someone_else_is_refused() -> None:
+    with pytest.raises(ValueError, match="n3"):
+        make_codec("n1").encode("n2", TimeoutNow("n3", term=1))
+
+
+# --- drop reasons ---------------------------------------------------------------------------
+
+
+def genuine(message: Message | None = None, *, recipient: str = "n2", boot_id: int = 1) -> bytes:
+    message = message or Heartbeat("n1", term=3, sent_at=1.5, log=LogPosition(2, 8))
+    return make_codec("n1", boot_id=boot_id).encode(recipient, message)
+
+
+def patched(datagram: bytes, offset: int, new: bytes) -> bytes:
+    return datagram[:offset] + new + datagram[offset + len(new) :]
+
+
+def flipped(datagram: bytes, bit: int) -> bytes:
+    data = bytearray(datagram)
+    data[bit // 8] ^= 1 << (bit % 8)
+    return bytes(data)
+
+
+def replayed(receiver: Codec) -> bytes:
+    datagram = genuine()
+    receiver.decode(datagram)
+    return datagram
+
+
+def stale(receiver: Codec) -> bytes:
+    old = genuine(boot_id=1)
+    receiver.decode(genuine(boot_id=2))
+    return old
+
+
+def nan_heartbeat(_: Codec) -> bytes:
+    return genuine(Heartbeat("n1", term=1, sent_at=math.nan))
+
+
+def inf_ack(_: Codec) -> bytes:
+    return genuine(HeartbeatAck("n1", term=1, sent_at=-math.inf, success=True))
+
+
+def flag_of_two(_: Codec) -> bytes:
+    datagram = genuine(PreVoteResponse("n1", term=4, granted=True))
+    return resign(patched(datagram, len(datagram) - MAC_BYTES - 1, b"\x02"))
+
+
+def heartbeat_body() -> bytes:
+    return body_of(genuine())
+
+
+# Each case builds, against a fresh receiver "n2", a datagram that must be dropped for `reason`.
+DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
+    ("truncated", "empty", lambda _: b""),
+    ("truncated", "head only", lambda _: genuine()[: HEAD.size]),
+    ("truncated", "one byte short of the minimum", lambda _: genuine()[: HEAD.size + 4 + 31]),
+    ("oversized", "padded valid datagram", lambda _: genuine() + bytes(MAX_DATAGRAM_BYTES)),
+    ("oversized", "one byte too many", lambda _: bytes(MAX_DATAGRAM_BYTES + 1)),
+    ("malformed", "bad magic", lambda _: resign(patched(genuine(), 0, b"XV"))),
+    ("malformed", "unknown type 0", lambda _: resign(patched(genuine(), 3, b"\x00"))),
+    ("malformed", "unknown type 9", lambda _: resign(patched(genuine(), 3, b"\x09"))),
+    ("malformed", "unknown type 255", lambda _: resign(patched(genuine(), 3, b"\xff"))),
+    ("malformed", "flag byte 2", flag_of_two),
+    ("malformed", "NaN sent_at", nan_heartbeat),
+    ("malformed", "infinite sent_at", inf_ack),
+    ("malformed", "body one byte long", lambda _: craft(heartbeat_body() + b"\x00")),
+    ("malformed", "body one byte short", lambda _: craft(heartbeat_body()[:-1])),
+    ("malformed", "body of another type", lambda _: craft(heartbeat_body(), kind=Resign.TYPE)),
+    ("malformed", "sender length 0", lambda _: craft(heartbeat_body(), sender_len=0)),
+    ("malformed", "sender length 65", lambda _: craft(heartbeat_body(), sender=b"s" * 65)),
+    ("malformed", "sender length past the end", lambda _: craft(b"", sender_len=200)),
+    # The sender swallows the recipient's length byte and id: nothing is left to read.
+    ("malformed", "sender runs to the end", lambda _: craft(b"", sender_len=5)),
+    ("malformed", "sender not UTF-8", lambda _: craft(heartbeat_body(), sender=b"\xff\xfe")),
+    ("bad_version", "version 0", lambda _: resign(patched(genuine(), 2, b"\x00"))),
+    ("bad_version", "version 2", lambda _: resign(patched(genuine(), 2, b"\x02"))),
+    ("wrong_cluster", "same key", lambda _: craft(heartbeat_body(), cluster="garage")),
+    (
+        "wrong_cluster",
+        "codec of another cluster",
+        lambda _: make_codec("n1", cluster="garage").encode("n2", TimeoutNow("n1", term=1)),
+    ),
+    ("bad_mac", "flipped body bit", lambda _: flipped(genuine(), 8 * (HEAD.size + 10) + 3)),
+    ("bad_mac", "flipped MAC bit", lambda _: flipped(genuine(), 8 * (len(genuine()) - 1))),
+    ("bad_mac", "flipped seq bit", lambda _: flipped(genuine(), 8 * (HEAD.size - 1))),
+    ("bad_mac", "different key", lambda _: craft(heartbeat_body(), key=OTHER_KEY)),
+    ("bad_mac", "MAC cut off", lambda _: genuine()[:-MAC_BYTES] + bytes(MAC_BYTES)),
+    ("wrong_recipient", "addressed to n3", lambda _: genuine(recipient="n3")),
+    ("replay", "same datagram twice", replayed),
+    ("stale_boot", "boot 1 after boot 2", stale),
+]
+
+
+def test_every_drop_reason_has_a_crafted_case() -> None:
+    assert {reason for reason, _, _ in DROP_CASES} == set(DROP_REASONS)
+
+
+@pytest.mark.parametrize(
+    ("reason", "build"),
+    [pytest.param(reason, build, id=f"{reason}: {name}") for reason, name, build in DROP_CASES],
+)
+def test_crafted_input_is_dropped_for_its_reason(
+    reason: str, build: Callable[[Codec], bytes]
+) -> None:
+    receiver = make_codec("n2")
+    exc = decode_error(receiver, build(receiver))
+    assert exc.reason == reason
+    assert isinstance(exc, RemoteError)
+    assert not isinstance(exc, LocalError)
+    assert str(exc).startswith(reason)
+
+
+def test_the_wrongly_addressed_datagram_is_fine_for_its_recipient() -> None:
+    message = Resign("n1", term=2)
+    datagram = genuine(message, recipient="n3")
+    assert decode_error(make_codec("n2"), datagram).reason == "wrong_recipient"
+    assert make_codec("n3").decode(datagram) == message
+
+
+def test_derived_key_is_what_the_crafted_datagrams_are_signed_with() -> None:
+    # Guards the helpers: a re-signed but otherwise unchanged datagram is accepted.
+    datagram = genuine()
+    assert resign(datagram) == datagram
+    assert craft(body_of(datagram)) == datagram
+
+
+# --- replay window --------------------------------------------------------------------------
+
+
+def numbered(count: int, *, boot_id: int = 1) -> list[bytes]:
+    """Datagrams with seq 1..count from n1 to n2, index i carrying TimeoutNow(term=i)."""
+    sender = make_codec("n1", boot_id=boot_id)
+    return [sender.encode("n2", TimeoutNow("n1", term=term)) for term in range(count)]
+
+
+@given(order=st.permutations(range(64)))
+@settings(PROPERTY, max_examples=50)
+def test_reordering_within_the_window_is_accepted_exactly_once(order: list[int]) -> None:
+    datagrams = numbered(64)
+    receiver = make_codec("n2")
+    for index in order:
+        assert receiver.decode(datagrams[index]) == TimeoutNow("n1", term=index)
+    for index in order:
+        assert decode_error(receiver, datagrams[index]).reason == "replay"
+
+
+def test_reordering_seeded_shuffle_of_a_long_stream() -> None:
+    # Late by at most 40 places in a stream of 300: all in the window, each accepted once.
+    datagrams = numbered(300)
+    rng = random.Random(20240601)
+    order = sorted(range(300), key=lambda i: i + rng.uniform(0, 40))
+    receiver = make_codec("n2")
+    assert [receiver.decode(datagrams[i]) for i in order] == [
+        TimeoutNow("n1", term=i) for i in order
+    ]
+    assert {decode_error(receiver, datagrams[i]).reason for i in order[-60:]} == {"replay"}
+
+
+def test_window_edge_is_64_numbers_including_the_highest() -> None:
+    datagrams = numbered(70)  # datagrams[i] has seq i + 1
+    receiver = make_codec("n2")
+    receiver.decode(datagrams[69])  # seq 70 is the highest
+    assert decode_error(receiver, datagrams[4]).reason == "replay"  # seq 5: 65 behind
+    assert decode_error(receiver, datagrams[5]).reason == "replay"  # seq 6: 64 behind
+    assert receiver.decode(datagrams[6]) == TimeoutNow("n1", term=6)  # seq 7: 63 behind
+    assert decode_error(receiver, datagrams[6]).reason == "replay"
+
+
+def test_window_slides_forward_with_the_highest() -> None:
+    datagrams = numbered(200)
+    receiver = make_codec("n2")
+    receiver.decode(datagrams[99])  # seq 100
+    receiver.decode(datagrams[149])  # seq 150: seq 86 and below leave the window
+    assert decode_error(receiver, datagrams[80]).reason == "replay"  # seq 81: 69 behind
+    assert receiver.decode(datagrams[120]) == TimeoutNow("n1", term=120)  # seq 121: 29 behind
+    assert decode_error(receiver, datagrams[99]).reason == "replay"
+
+
+def test_a_newer_boot_resets_the_window() -> None:
+    old_boot = numbered(10, boot_id=1)
+    new_boot = numbered(10, boot_id=2)
+    receiver = make_codec("n2")
+    for datagram in old_boot[:9]:
+        receiver.decode(datagram)
+    # seq 1 of boot 2 is below boot 1's highest seq, yet new.
+    assert receiver.decode(new_boot[0]) == TimeoutNow("n1", term=0)
+    assert decode_error(receiver, new_boot[0]).reason == "replay"
+    assert decode_error(receiver, old_boot[9]).reason == "stale_boot"
+    assert receiver.decode(new_boot[5]) == TimeoutNow("n1", term=5)
+    assert receiver.decode(new_boot[3]) == TimeoutNow("n1", term=3)
+
+
+def test_replay_state_is_kept_per_sender() -> None:
+    receiver = make_codec("n2")
+    from_n1 = make_codec("n1").encode("n2", TimeoutNow("n1", term=1))
+    from_n3 = make_codec("n3").encode("n2", TimeoutNow("n3", term=1))
+    assert HEAD.unpack_from(from_n1)[5] == HEAD.unpack_from(from_n3)[5] == 1
+    receiver.decode(from_n1)
+    assert receiver.decode(from_n3) == TimeoutNow("n3", term=1)
+
+
+def test_forged_huge_sequence_number_does_not_poison_the_window() -> None:
+    receiver = make_codec("n2")
+    datagrams = numbered(3)
+    receiver.decode(datagrams[0])
+    forged = craft(body_of(datagrams[1]), kind=TimeoutNow.TYPE, seq=U64_MAX, key=OTHER_KEY)
+    assert decode_error(receiver, forged).reason == "bad_mac"
+    resigned = resign(patched(datagrams[1], 20, struct.pack("!Q", U64_MAX)))
+    tampered = flipped(resigned, 8 * len(resigned) - 1)
+    assert decode_error(receiver, tampered).reason == "bad_mac"
+    assert receiver.decode(datagrams[1]) == TimeoutNow("n1", term=1)
+    assert receiver.decode(datagrams[2]) == TimeoutNow("n1", term=2)
+
+
+def test_forged_newer_boot_does_not_make_the_genuine_boot_stale() -> None:
+    receiver = make_codec("n2")
+    datagrams = numbered(2, boot_id=5)
+    receiver.decode(datagrams[0])
+    forged = craft(body_of(datagrams[1]), kind=TimeoutNow.TYPE, boot_id=U64_MAX, key=OTHER_KEY)
+    assert decode_error(receiver, forged).reason == "bad_mac"
+    assert receiver.decode(datagrams[1]) == TimeoutNow("n1", term=1)
+
+
+def test_dropped_malformed_datagram_does_not_use_up_its_sequence_number() -> None:
+    receiver = make_codec("n2")
+    good = craft(heartbeat_body(), seq=7)
+    bad = craft(heartbeat_body()[:-1], seq=7)
+    assert decode_error(receiver, bad).reason == "malformed"
+    assert isinstance(receiver.decode(good), Heartbeat)
+
+
+def test_huge_authenticated_sequence_jump_is_accepted() -> None:
+    receiver = make_codec("n2")
+    first = craft(heartbeat_body(), seq=1)
+    receiver.decode(first)
+    message = receiver.decode(craft(heartbeat_body(), seq=U64_MAX))
+    assert isinstance(message, Heartbeat)
+    assert decode_error(receiver, first).reason == "replay"
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [0, 1, 15])
+def test_short_keys_are_refused(length: int) -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        derive_key(bytes(length), CLUSTER)
+    with pytest.raises(ValueError, match="16 bytes"):
+        make_codec(key=bytes(length))
+
+
+def test_sixteen_byte_key_is_enough() -> None:
+    assert len(derive_key(bytes(16), CLUSTER)) == 32
+
+
+def test_clusters_sharing_a_key_get_different_mac_keys() -> None:
+    assert derive_key(KEY, "kitchen") != derive_key(KEY, "garage")
+    assert derive_key(KEY, "kitchen") != derive_key(OTHER_KEY, "kitchen")
+    assert derive_key(KEY, "kitchen") == derive_key(KEY, "kitchen")
+    assert derive_key(KEY, "kitchen") != KEY
+
+
+def test_a_datagram_signed_for_another_cluster_fails_the_mac_even_with_our_tag() -> None:
+    # Same key, other cluster's MAC key, our cluster tag: only derive_key keeps them apart.
+    datagram = craft(heartbeat_body())
+    foreign = sign(datagram[:-MAC_BYTES], cluster="garage")
+    assert decode_error(make_codec("n2"), foreign).reason == "bad_mac"
+
+
+# --- hostile bytes --------------------------------------------------------------------------
+
+
+@given(data=st.binary(max_size=1500))
+@PROPERTY
+def test_random_bytes_only_raise_decode_error(data: bytes) -> None:
+    exc = decode_error(make_codec("n2"), data)
+    assert exc.reason in DROP_REASONS
+
+
+@given(
+    kind=st.integers(0, 255),
+    version=st.sampled_from([PROTOCOL_VERSION, 0, 2, 255]),
+    sender=st.binary(max_size=80),
+    sender_len=st.integers(0, 255),
+    recipient=st.sampled_from([b"n2", b"n3", b"", b"n"]),
+    body=st.binary(max_size=60),
+    boot_id=st.integers(0, U64_MAX),
+    seq=st.integers(0, U64_MAX),
+)
+@PROPERTY
+def test_signed_junk_only_raises_decode_error(
+    kind: int,
+    version: int,
+    sender: bytes,
+    sender_len: int,
+    recipient: bytes,
+    body: bytes,
+    boot_id: int,
+    seq: int,
+) -> None:
+    # Correctly signed, so the parsing after the MAC check is exercised too.
+    datagram = craft(
+        body,
+        kind=kind,
+        version=version,
+        sender=sender,
+        sender_len=sender_len,
+        recipient=recipient,
+        boot_id=boot_id,
+        seq=seq,
+    )
+    outcome: Message | DecodeError
+    try:
+        outcome = make_codec("n2").decode(datagram)
+    except DecodeError as exc:
+        outcome = exc
+    if isinstance(outcome, DecodeError):
+        assert outcome.reason in DROP_REASONS
+    else:
+        assert isinstance(outcome, MESSAGE_TYPES)
+        assert kind == outcome.TYPE
+
+
+def mutate(original: bytes, data: st.DataObject) -> bytes:
+    how = data.draw(st.sampled_from(["flip", "truncate", "append", "overwrite"]), label="how")
+    if how == "flip":
+        bits = data.draw(st.lists(st.integers(0, 8 * len(original) - 1), min_size=1, max_size=8))
+        for bit in bits:
+            original = flipped(original, bit)
+        return original
+    if how == "truncate":
+        return original[: data.draw(st.integers(0, len(original)), label="length")]
+    if how == "append":
+        return original + data.draw(st.binary(min_size=1, max_size=1200), label="tail")
+    start = data.draw(st.integers(0, len(original)), label="start")
+    return patched(original, start, data.draw(st.binary(min_size=1, max_size=64), label="new"))
+
+
+@given(message=st.sampled_from(every_message()), data=st.data())
+@PROPERTY
+def test_mutated_datagram_is_dropped_unless_unchanged(
+    message: Message, data: st.DataObject
+) -> None:
+    original = make_codec("n1").encode("n2", message)
+    mutated = mutate(original, data)
+    receiver = make_codec("n2")
+    if mutated == original:
+        assert receiver.decode(mutated) == message
+    else:
+        assert decode_error(receiver, mutated).reason in DROP_REASONS
