@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import ipaddress
 import json
@@ -22,7 +21,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, get_args, get_origin
@@ -63,23 +62,27 @@ __all__ = [
     "ENV_PREFIX",
     "FIELDS",
     "REGENERATE_DOCS",
+    "TIMER_FIELDS",
     "Config",
     "PeerSpec",
     "Rule",
-    "add_arguments",
+    "bounds_text",
+    "core_type",
     "default_node_id",
-    "flags_from_namespace",
+    "default_text",
+    "env_var_name",
+    "flag_name",
+    "is_optional",
     "load_config",
-    "main",
     "read_cluster_key",
-    "render_markdown",
-    "render_toml",
+    "toml_value",
+    "type_text",
 ]
 
 ENV_PREFIX: Final = "HA_VOICE_"
 CONFIG_ENV: Final = "HA_VOICE_CONFIG"
 DEFAULT_CONFIG_PATH: Final = Path("/etc/ha-voice/config.toml")
-REGENERATE_DOCS: Final = "python -m ha_voice.config --markdown > docs/configuration.md"
+REGENERATE_DOCS: Final = "python -m ha_voice.config_render --markdown > docs/configuration.md"
 
 _PORT_MAX: Final = 65535
 # The cluster name is the mDNS instance label of the service; 32 leaves room in the 63-byte
@@ -87,7 +90,7 @@ _PORT_MAX: Final = 65535
 _CLUSTER_MAX: Final = 32
 # The primary heartbeats every peer each interval; a voice cluster of Jetsons has 2 to 5 boards.
 _MAX_PEERS: Final = 15
-_TIMER_FIELDS: Final = (
+TIMER_FIELDS: Final = (
     "heartbeat_interval_s",
     "election_timeout_s",
     "lease_timeout_s",
@@ -403,7 +406,7 @@ class Config(BaseModel):
 
     def election_timers(self) -> ElectionTimers:
         """The profile's timers with this config's overrides; ValueError if they are unsafe."""
-        overrides = {name: getattr(self, name) for name in _TIMER_FIELDS}
+        overrides = {name: getattr(self, name) for name in TIMER_FIELDS}
         return timers_for(
             self.timer_profile,
             **{name: value for name, value in overrides.items() if value is not None},
@@ -572,10 +575,10 @@ def _env_layer(env: Mapping[str, str]) -> tuple[_Settings, list[str]]:
             continue
         key = var.removeprefix(ENV_PREFIX).lower()
         where = f"environment variable {var}"
-        if key in FIELDS and var == _env_name(key):
+        if key in FIELDS and var == env_var_name(key):
             settings[key] = (_from_text(key, raw), _Origin(where, f"change or unset {var}"))
         else:
-            problems.append(_unknown(where, key, raw, _env_name))
+            problems.append(_unknown(where, key, raw, env_var_name))
     return settings, problems
 
 
@@ -585,18 +588,18 @@ def _flag_layer(flags: Mapping[str, object]) -> tuple[_Settings, list[str]]:
     for key, value in flags.items():
         if value is None:
             continue
-        where = f"flag {_flag_name(key)}"
+        where = f"flag {flag_name(key)}"
         if key in FIELDS:
-            settings[key] = (_from_flag(key, value), _Origin(where, f"change {_flag_name(key)}"))
+            settings[key] = (_from_flag(key, value), _Origin(where, f"change {flag_name(key)}"))
         else:
-            problems.append(_unknown(where, key, value, _flag_name))
+            problems.append(_unknown(where, key, value, flag_name))
     return settings, problems
 
 
 def _from_text(key: str, raw: str) -> object:
     info = Config.model_fields[key]
     text = raw.strip()
-    if not text and _is_optional(info):
+    if not text and is_optional(info):
         return None
     return _split(text) if get_origin(info.annotation) is list else text
 
@@ -649,7 +652,7 @@ def _field_problem(err: ErrorDetails, settings: _Settings) -> str:
     label, shown = (key, value) if len(loc) == 1 else (f"{key}[{loc[1]}]", err["input"])
     return (
         f"{origin.where}: {label} = {_show(shown)}: {_reason(err)}; allowed: "
-        f"{_bounds_text(key)}; fix: {origin.fix} (default: {_default_text(key)})"
+        f"{bounds_text(key)}; fix: {origin.fix} (default: {default_text(key)})"
     )
 
 
@@ -690,35 +693,35 @@ _TYPE_NAMES: Final[dict[Any, str]] = {
 _UNITS: Final = (("_s", "seconds"), ("_ppm", "parts per million"), ("port", "port number"))
 
 
-def _env_name(key: str) -> str:
+def env_var_name(key: str) -> str:
     return ENV_PREFIX + key.upper()
 
 
-def _flag_name(key: str) -> str:
+def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _is_optional(info: FieldInfo) -> bool:
+def is_optional(info: FieldInfo) -> bool:
     return type(None) in get_args(info.annotation)
 
 
-def _core_type(info: FieldInfo) -> Any:
+def core_type(info: FieldInfo) -> Any:
     args = [arg for arg in get_args(info.annotation) if arg is not type(None)]
-    return args[0] if _is_optional(info) else info.annotation
+    return args[0] if is_optional(info) else info.annotation
 
 
-def _type_text(key: str) -> str:
-    core = _core_type(Config.model_fields[key])
+def type_text(key: str) -> str:
+    core = core_type(Config.model_fields[key])
     origin = get_origin(core)
     base = {Literal: "string", list: "list of strings"}.get(origin) or _TYPE_NAMES[core]
     unit = next((unit for suffix, unit in _UNITS if key.endswith(suffix)), None)
     return f"{base}, {unit}" if unit else base
 
 
-def _bounds_text(key: str) -> str:
+def bounds_text(key: str) -> str:
     """The field's bounds in words, from its type and metadata alone."""
     info = Config.model_fields[key]
-    core = _core_type(info)
+    core = core_type(info)
     parts = []
     if core is bool:
         parts.append("true or false")
@@ -735,177 +738,34 @@ def _bounds_text(key: str) -> str:
             parts.append(meta.text)
         elif pattern := getattr(meta, "pattern", None):
             parts.append(f"matches `{pattern}`")
-    if _is_optional(info):
+    if is_optional(info):
         parts.append("or unset")
     return "; ".join(parts)
 
 
-def _default_text(key: str) -> str:
+def default_text(key: str) -> str:
     info = Config.model_fields[key]
     extra = info.json_schema_extra
     if isinstance(extra, dict) and "default_text" in extra:
         return str(extra["default_text"])
     value = info.get_default(call_default_factory=True)
-    return "unset" if value is None else _toml_value(value)
+    return "unset" if value is None else toml_value(value)
 
 
-def _toml_value(value: object) -> str:
+def toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, str | Path):
         # JSON's string escapes are a subset of TOML basic strings'.
         return json.dumps(str(value))
     return repr(value)
 
 
-_show = _toml_value
+_show = toml_value
 
 
 # --- command line and rendering ------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--kebab-case` flag per field, all defaulting to None so unset flags never override."""
-    group = parser.add_argument_group("configuration (overrides the file and HA_VOICE_*)")
-    for key, info in Config.model_fields.items():
-        # argparse expands "%" in help text; descriptions may mention percentages.
-        help_text = f"{info.description} Default: {_default_text(key)}.".replace("%", "%%")
-        if info.annotation is bool:
-            action = argparse.BooleanOptionalAction
-            group.add_argument(_flag_name(key), dest=key, action=action, help=help_text)
-        elif get_origin(info.annotation) is list:
-            group.add_argument(
-                _flag_name(key), dest=key, action="append", metavar="ITEM[,ITEM]", help=help_text
-            )
-        else:
-            group.add_argument(_flag_name(key), dest=key, metavar=_metavar(key), help=help_text)
-
-
-def _metavar(key: str) -> str:
-    core = _core_type(Config.model_fields[key])
-    if get_origin(core) is Literal:
-        return "{" + ",".join(map(str, get_args(core))) + "}"
-    return "SECONDS" if key.endswith("_s") else key.upper()
-
-
-def flags_from_namespace(namespace: argparse.Namespace) -> dict[str, object]:
-    """The config flags given on the command line, keyed by field name, for `load_config`."""
-    given = {key: getattr(namespace, key, None) for key in FIELDS}
-    return {key: value for key, value in given.items() if value is not None}
-
-
-def render_toml(config: Config) -> str:
-    """The effective configuration as TOML; an unset key shows as a comment with what is used."""
-    timers = config.election_timers()
-    lines = ["# ha-voice effective configuration"]
-    for key in FIELDS:
-        value = getattr(config, key)
-        if value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
-        elif key in _TIMER_FIELDS:
-            used = _toml_value(getattr(timers, key))
-            lines.append(f"# {key} = {used}  (from timer_profile {config.timer_profile})")
-        else:
-            lines.append(f"# {key} is unset")
-    return "\n".join(lines) + "\n"
-
-
-_INTRO: Final = f"""# Configuration
-
-<!-- Generated from ha_voice/config.py; edit that file, then run: {REGENERATE_DOCS} -->
-
-ha-voice has one flat set of keys. Each key can come from four sources; a later one wins:
-
-1. the default in the table below;
-2. a TOML file with top-level keys (no sections): the file named by `{CONFIG_ENV}`, else
-   `{DEFAULT_CONFIG_PATH}` if it exists; to unset an optional key, leave it out;
-3. environment variables `{ENV_PREFIX}<KEY>` in upper case; lists are comma-separated, booleans
-   `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`, and an empty value unsets an optional key;
-4. command-line flags `--<key-with-dashes>` (booleans also `--no-<key>`; list flags repeat or
-   take commas).
-
-Everything is checked at start. `python -m ha_voice.config --check FILE` prints the effective
-configuration as TOML, or every problem, one per line, each naming its source, the key, the
-value, what is allowed and a fix (exit status 2). Unknown keys are errors, with the closest
-valid key suggested.
-
-## Timer profiles
-
-`timer_profile` picks the election timers (seconds); each timer key overrides one of them, and an
-unset `lease_timeout_s` follows a changed `election_timeout_s`, `heartbeat_interval_s` or
-`clock_drift_ppm`. Every combination must keep
-`lease_timeout_s / (1 - drift) < election_timeout_s / (1 + drift)` and
-`election_timeout_s >= 3 x heartbeat_interval_s` (ha_voice/cluster/timers.py), or loading fails.
-"""
-
-
-def render_markdown() -> str:
-    """The text of docs/configuration.md, generated from `Config` and the timer profiles."""
-    return "\n".join([_INTRO, *_profile_table(), "", "## Keys", "", *_key_table()]) + "\n"
-
-
-def _profile_table() -> list[str]:
-    rows = [_profile_row(name, timers) for name, timers in PROFILES.items()]
-    return _table(["timer_profile", *_TIMER_FIELDS, "clock_drift_ppm"], rows)
-
-
-def _profile_row(name: str, timers: ElectionTimers) -> list[str]:
-    durations = [f"{getattr(timers, key):g}" for key in _TIMER_FIELDS]
-    return [f"`{name}`", *durations, f"{timers.clock_drift * 1e6:g}"]
-
-
-def _key_table() -> list[str]:
-    rows = []
-    for key, info in Config.model_fields.items():
-        flag = f"`{_flag_name(key)}`"
-        if info.annotation is bool:
-            flag += f", `--no-{_flag_name(key)[2:]}`"
-        rows.append(
-            [
-                f"`{key}`",
-                _type_text(key),
-                f"`{_default_text(key)}`",
-                _bounds_text(key),
-                f"`{_env_name(key)}`",
-                flag,
-                info.description or "",
-            ]
-        )
-    header = ["key", "type, unit", "default", "bounds", "env var", "flag", "description"]
-    return _table(header, rows)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    return [line(header), line(["---"] * len(header)), *(line(row) for row in rows)]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`--markdown` prints the docs page; `--check FILE` validates FILE (exit 2 on error)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m ha_voice.config", description="Check or document the configuration."
-    )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
-    mode.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and HA_VOICE_*")
-    args = parser.parse_args(argv)
-    if args.markdown:
-        sys.stdout.write(render_markdown())
-        return 0
-    try:
-        config = load_config(args.check)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    sys.stdout.write(render_toml(config))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

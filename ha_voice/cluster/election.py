@@ -52,6 +52,7 @@ from ha_voice.cluster.events import (
     Tick,
     WithdrawEndpoint,
 )
+from ha_voice.cluster.followers import Followers, PeerView
 from ha_voice.cluster.membership import Membership
 from ha_voice.cluster.protocol import (
     EMPTY_LOG,
@@ -71,7 +72,7 @@ from ha_voice.cluster.protocol import (
 from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.errors import LocalError
 
-__all__ = ["Election", "ElectionStats", "PeerView"]
+__all__ = ["Election", "ElectionStats"]
 
 _NEVER = -math.inf
 
@@ -86,18 +87,6 @@ _TRANSITIONS: dict[Role, frozenset[Role]] = {
     Role.FAULT: frozenset({Role.BACKUP, Role.FAULT}),
     Role.WITNESS: frozenset({Role.WITNESS}),
 }
-
-
-@dataclass
-class PeerView:
-    """What a primary knows of one peer, from its heartbeat acks."""
-
-    node: NodeId
-    last_ack_at: float = _NEVER
-    priority: int = 0
-    eligible: bool = False
-    log: LogPosition = field(default_factory=LogPosition)
-    healthy_since: float = _NEVER
 
 
 @dataclass
@@ -170,11 +159,10 @@ class Election:
         self._election_deadline = now + self._election_timeout()
         self._round_term = 0
         self._grants: set[NodeId] = set()
-        self._acks: dict[NodeId, float] = {}
+        self._followers = Followers(membership, timers)
         self._lease_expiry = _NEVER
         self._quorum_deadline = _NEVER
         self._next_heartbeat_at = _NEVER
-        self._peers: dict[NodeId, PeerView] = {}
         self._transfer: _Transfer | None = None
         self._handoff: _Handoff | None = None
         self._announced = False
@@ -225,7 +213,7 @@ class Election:
 
     def peers(self) -> list[PeerView]:
         """The primary's view of its peers (empty on other roles)."""
-        return [self._peers[node] for node in sorted(self._peers)]
+        return self._followers.views() if self.role is Role.PRIMARY else []
 
     def next_deadline(self) -> float:
         """The latest local time by which the shell must deliver the next `Tick`."""
@@ -489,55 +477,24 @@ class Election:
         return place * t.priority_skew_s + self._rng.uniform(0.0, t.election_jitter_s)
 
     def _broadcast_heartbeat(self, now: float, out: _Out) -> None:
-        self._acks[self.node_id] = now
+        self._followers.heartbeat_sent(now)
         self._renew_lease(now, out)
-        ranks = self._succession()
+        ranks = self._followers.succession()
         for peer in sorted(self.membership.peers):
             rank = ranks.get(peer, NOT_A_SUCCESSOR)
             beat = Heartbeat(self.node_id, self.term, now, self.log, rank)
             out.send.append(Outgoing(peer, beat))
         self._next_heartbeat_at = now + self.timers.heartbeat_interval_s
 
-    def _succession(self) -> dict[NodeId, int]:
-        """Live, eligible backups ordered by priority, journal and id: who takes over first."""
-        order = sorted(
-            self._live_candidates(),
-            key=lambda p: (-p.priority, -p.log.term, -p.log.index, p.node),
-        )
-        return {p.node: min(rank, NOT_A_SUCCESSOR - 1) for rank, p in enumerate(order)}
-
-    def _live_candidates(self) -> list[PeerView]:
-        horizon = self._now_horizon()
-        return [
-            p
-            for p in self._peers.values()
-            if p.eligible and p.last_ack_at > horizon and self.membership.can_lead(p.node)
-        ]
-
-    def _now_horizon(self) -> float:
-        """Acks older than this (one election timeout before our last heartbeat) are stale."""
-        return self._acks.get(self.node_id, _NEVER) - self.timers.election_timeout_s
-
     def _acked(self, msg: HeartbeatAck, now: float, out: _Out) -> None:
-        if msg.sender in self.membership.voters:
-            self._acks[msg.sender] = max(self._acks.get(msg.sender, _NEVER), msg.sent_at)
-            self._renew_lease(now, out)
-        view = self._peers.setdefault(msg.sender, PeerView(msg.sender))
-        if not (view.eligible and now - view.last_ack_at < self.timers.election_timeout_s):
-            view.healthy_since = now
-        view.last_ack_at = now
-        view.priority = msg.priority
-        view.eligible = msg.eligible
-        view.log = msg.log
+        self._followers.acked(msg, now)
+        self._renew_lease(now, out)
 
     def _renew_lease(self, now: float, out: _Out) -> None:
         """Extend the lease to the quorum-th newest acknowledged send time plus the lease."""
-        voters = self.membership.voters
-        sent = sorted((t for n, t in self._acks.items() if n in voters), reverse=True)
-        quorum = self.membership.quorum
-        if len(sent) < quorum or self._transfer is not None:
-            return
-        expiry = sent[quorum - 1] + self.timers.lease_timeout_s
+        if self._transfer is not None:
+            return  # handing over: the lease only runs out from here
+        expiry = self._followers.lease_expiry()
         if expiry > self._lease_expiry:
             self._lease_expiry = expiry
             self._quorum_deadline = max(self._quorum_deadline, expiry)
@@ -553,10 +510,10 @@ class Election:
         if self.role is not Role.PRIMARY:
             out.actions.append(StepDownRefused(f"{self.node_id} is {self.role.value}, not primary"))
             return
-        chosen = target or self._best_target()
+        chosen = target or self._followers.best_successor()
         if chosen is None:
             out.actions.append(StepDownRefused("no eligible backup is alive to take over"))
-        elif chosen not in {p.node for p in self._live_candidates()}:
+        elif chosen not in {p.node for p in self._followers.live_candidates()}:
             out.actions.append(StepDownRefused(f"{chosen} is not a live, eligible backup"))
         else:
             self._start_transfer(chosen, now, out)
@@ -570,7 +527,7 @@ class Election:
         transfer = self._transfer
         if transfer is None:
             return
-        view = self._peers.get(transfer.target)
+        view = self._followers.view(transfer.target)
         if view is None or view.log < self.log:
             return
         self._lease_expiry = _NEVER
@@ -603,24 +560,11 @@ class Election:
 
     def _maybe_preempt(self, now: float, out: _Out) -> None:
         """With preempt on, hand over to a better backup once it has been healthy long enough."""
-        if self._transfer is not None or self.role is not Role.PRIMARY:
+        if not self._preempt or self._transfer is not None or self.role is not Role.PRIMARY:
             return
-        if not self._preempt:
-            return
-        ready = [
-            p
-            for p in self._live_candidates()
-            if p.priority > self.priority
-            and now - p.healthy_since >= self.timers.preempt_delay_s
-            and p.log >= self.log
-        ]
-        if ready:
-            best = max(ready, key=lambda p: (p.priority, p.log, _desc(p.node)))
-            self._start_transfer(best.node, now, out)
-
-    def _best_target(self) -> NodeId | None:
-        ranks = self._succession()
-        return min(ranks, key=ranks.__getitem__) if ranks else None
+        better = self._followers.preemptor(now, self.priority, self.log)
+        if better is not None:
+            self._start_transfer(better, now, out)
 
     def _eligibility_changed(self, now: float, out: _Out) -> None:
         if self.eligible:
@@ -630,7 +574,7 @@ class Election:
             return
         reason = self.fault_reason
         if self.role is Role.PRIMARY:
-            target = self._best_target()
+            target = self._followers.best_successor()
             if self._transfer is not None:
                 pass  # already handing over; a timeout now resigns instead of staying
             elif target is None:
@@ -719,8 +663,7 @@ class Election:
         self._become(Role.PRIMARY, now, out, f"won term {self.term}")
         self.stats.terms_won += 1
         self.leader = self.node_id
-        self._acks = {}
-        self._peers = {}
+        self._followers = Followers(self.membership, self.timers)
         self._transfer = None
         self._handoff = None
         self._lease_expiry = _NEVER
@@ -741,8 +684,3 @@ class Election:
         self.role = new
         if old is not new:
             out.actions.append(RoleChanged(old, new, self.term, reason))
-
-
-def _desc(node: NodeId) -> tuple[int, ...]:
-    """Sort key that puts lower node ids first under `max`."""
-    return tuple(-ord(c) for c in node)

@@ -20,12 +20,14 @@ from ha_voice.config import (
     Config,
     PeerSpec,
     Rule,
-    add_arguments,
     default_node_id,
-    flags_from_namespace,
     load_config,
-    main,
     read_cluster_key,
+)
+from ha_voice.config_render import (
+    add_arguments,
+    flags_from_namespace,
+    main,
     render_markdown,
     render_toml,
 )

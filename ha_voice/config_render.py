@@ -1,0 +1,177 @@
+"""The configuration model rendered for people: CLI flags, TOML and docs/configuration.md.
+
+Everything here is derived from `ha_voice.config.Config`; nothing is declared twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, Literal, get_args, get_origin
+
+from ha_voice.cluster.timers import PROFILES, ElectionTimers
+from ha_voice.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    ENV_PREFIX,
+    FIELDS,
+    REGENERATE_DOCS,
+    TIMER_FIELDS,
+    Config,
+    bounds_text,
+    core_type,
+    default_text,
+    env_var_name,
+    flag_name,
+    load_config,
+    toml_value,
+    type_text,
+)
+from ha_voice.errors import ConfigError
+
+__all__ = ["add_arguments", "flags_from_namespace", "main", "render_markdown", "render_toml"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--kebab-case` flag per field, all defaulting to None so unset flags never override."""
+    group = parser.add_argument_group("configuration (overrides the file and HA_VOICE_*)")
+    for key, info in Config.model_fields.items():
+        # argparse expands "%" in help text; descriptions may mention percentages.
+        help_text = f"{info.description} Default: {default_text(key)}.".replace("%", "%%")
+        if info.annotation is bool:
+            action = argparse.BooleanOptionalAction
+            group.add_argument(flag_name(key), dest=key, action=action, help=help_text)
+        elif get_origin(info.annotation) is list:
+            group.add_argument(
+                flag_name(key), dest=key, action="append", metavar="ITEM[,ITEM]", help=help_text
+            )
+        else:
+            group.add_argument(flag_name(key), dest=key, metavar=_metavar(key), help=help_text)
+
+
+def _metavar(key: str) -> str:
+    core = core_type(Config.model_fields[key])
+    if get_origin(core) is Literal:
+        return "{" + ",".join(map(str, get_args(core))) + "}"
+    return "SECONDS" if key.endswith("_s") else key.upper()
+
+
+def flags_from_namespace(namespace: argparse.Namespace) -> dict[str, object]:
+    """The config flags given on the command line, keyed by field name, for `load_config`."""
+    given = {key: getattr(namespace, key, None) for key in FIELDS}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as TOML; an unset key shows as a comment with what is used."""
+    timers = config.election_timers()
+    lines = ["# ha-voice effective configuration"]
+    for key in FIELDS:
+        value = getattr(config, key)
+        if value is not None:
+            lines.append(f"{key} = {toml_value(value)}")
+        elif key in TIMER_FIELDS:
+            used = toml_value(getattr(timers, key))
+            lines.append(f"# {key} = {used}  (from timer_profile {config.timer_profile})")
+        else:
+            lines.append(f"# {key} is unset")
+    return "\n".join(lines) + "\n"
+
+
+_INTRO: Final = f"""# Configuration
+
+<!-- Generated from ha_voice/config.py; edit that file, then run: {REGENERATE_DOCS} -->
+
+ha-voice has one flat set of keys. Each key can come from four sources; a later one wins:
+
+1. the default in the table below;
+2. a TOML file with top-level keys (no sections): the file named by `{CONFIG_ENV}`, else
+   `{DEFAULT_CONFIG_PATH}` if it exists; to unset an optional key, leave it out;
+3. environment variables `{ENV_PREFIX}<KEY>` in upper case; lists are comma-separated, booleans
+   `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`, and an empty value unsets an optional key;
+4. command-line flags `--<key-with-dashes>` (booleans also `--no-<key>`; list flags repeat or
+   take commas).
+
+Everything is checked at start. `ha-voice config check FILE` prints the effective
+configuration as TOML, or every problem, one per line, each naming its source, the key, the
+value, what is allowed and a fix (exit status 2). Unknown keys are errors, with the closest
+valid key suggested.
+
+## Timer profiles
+
+`timer_profile` picks the election timers (seconds); each timer key overrides one of them, and an
+unset `lease_timeout_s` follows a changed `election_timeout_s`, `heartbeat_interval_s` or
+`clock_drift_ppm`. Every combination must keep
+`lease_timeout_s / (1 - drift) < election_timeout_s / (1 + drift)` and
+`election_timeout_s >= 3 x heartbeat_interval_s` (ha_voice/cluster/timers.py), or loading fails.
+"""
+
+
+def render_markdown() -> str:
+    """The text of docs/configuration.md, generated from `Config` and the timer profiles."""
+    return "\n".join([_INTRO, *_profile_table(), "", "## Keys", "", *_key_table()]) + "\n"
+
+
+def _profile_table() -> list[str]:
+    rows = [_profile_row(name, timers) for name, timers in PROFILES.items()]
+    return _table(["timer_profile", *TIMER_FIELDS, "clock_drift_ppm"], rows)
+
+
+def _profile_row(name: str, timers: ElectionTimers) -> list[str]:
+    durations = [f"{getattr(timers, key):g}" for key in TIMER_FIELDS]
+    return [f"`{name}`", *durations, f"{timers.clock_drift * 1e6:g}"]
+
+
+def _key_table() -> list[str]:
+    rows = []
+    for key, info in Config.model_fields.items():
+        flag = f"`{flag_name(key)}`"
+        if info.annotation is bool:
+            flag += f", `--no-{flag_name(key)[2:]}`"
+        rows.append(
+            [
+                f"`{key}`",
+                type_text(key),
+                f"`{default_text(key)}`",
+                bounds_text(key),
+                f"`{env_var_name(key)}`",
+                flag,
+                info.description or "",
+            ]
+        )
+    header = ["key", "type, unit", "default", "bounds", "env var", "flag", "description"]
+    return _table(header, rows)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), line(["---"] * len(header)), *(line(row) for row in rows)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`--markdown` prints the docs page; `--check FILE` validates FILE (exit 2 on error)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ha_voice.config", description="Check or document the configuration."
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
+    mode.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and HA_VOICE_*")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(render_markdown())
+        return 0
+    try:
+        config = load_config(args.check)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    sys.stdout.write(render_toml(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
