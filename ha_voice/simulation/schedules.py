@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.protocol import NodeId
+from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.simulation.checker import Checker, Trace, liveness_bound_s
 from ha_voice.simulation.engine import ClusterSpec, SimCluster
 from ha_voice.simulation.network import LinkConditions
@@ -230,10 +231,15 @@ class _Nemesis:
 
 
 def run_hostile(
-    spec: ClusterSpec, seed: int, *, fault_window_s: float = 20.0, keep_trace: bool = False
+    spec: ClusterSpec,
+    seed: int,
+    *,
+    fault_window_s: float = 20.0,
+    keep_trace: bool = False,
+    timers: ElectionTimers | None = None,
 ) -> ScheduleResult:
     """Faults for `fault_window_s`, then quiet: safety throughout, a primary within the bound."""
-    cluster = SimCluster(spec, seed)
+    cluster = SimCluster(spec, seed, timers=timers)
     trace = Trace(cluster, keep_all=keep_trace)
     checker = Checker(cluster)
     nemesis = _Nemesis(cluster, trace, random.Random(f"nemesis/{seed}"))
@@ -265,7 +271,13 @@ def _judge_liveness(result: ScheduleResult, checker: Checker, since: float, boun
 
 
 def run_stability(
-    spec: ClusterSpec, seed: int, *, duration_s: float = 30.0, max_loss: float | None = None
+    spec: ClusterSpec,
+    seed: int,
+    *,
+    duration_s: float = 30.0,
+    max_loss: float | None = None,
+    keep_trace: bool = False,
+    timers: ElectionTimers | None = None,
 ) -> ScheduleResult:
     """A healthy cluster on a lossy network: after the first election, no leader change."""
     if max_loss is None:
@@ -273,8 +285,8 @@ def run_stability(
     rng = random.Random(f"stability/{seed}")
     loss = rng.uniform(0.0, max_loss)
     conditions = QUIET.with_(loss=loss)
-    cluster = SimCluster(spec, seed, conditions=conditions)
-    trace = Trace(cluster)
+    cluster = SimCluster(spec, seed, conditions=conditions, timers=timers)
+    trace = Trace(cluster, keep_all=keep_trace)
     trace.note(f"loss {loss:.3f} for {duration_s}s")
     checker = Checker(cluster)
     cluster.start_all()
@@ -323,8 +335,10 @@ class Measurement:
     lease_s: float
 
 
-def _settled(spec: ClusterSpec, seed: int) -> tuple[SimCluster, Checker, NodeId]:
-    cluster = SimCluster(spec, seed, conditions=QUIET)
+def _settled(
+    spec: ClusterSpec, seed: int, timers: ElectionTimers | None
+) -> tuple[SimCluster, Checker, NodeId]:
+    cluster = SimCluster(spec, seed, conditions=QUIET, timers=timers)
     checker = Checker(cluster)
     cluster.start_all()
     rng = random.Random(f"settle/{seed}")
@@ -346,17 +360,21 @@ def _measure(cluster: SimCluster, checker: Checker, old: NodeId, t0: float) -> M
     return Measurement(elected - t0, lease - t0)
 
 
-def measure_crash_failover(spec: ClusterSpec, seed: int) -> Measurement:
+def measure_crash_failover(
+    spec: ClusterSpec, seed: int, timers: ElectionTimers | None = None
+) -> Measurement:
     """SIGKILL the primary of a settled cluster; time until a backup leads."""
-    cluster, checker, primary = _settled(spec, seed)
+    cluster, checker, primary = _settled(spec, seed, timers)
     t0 = cluster.now
     cluster.crash(primary)
     return _measure(cluster, checker, primary, t0)
 
 
-def measure_transfer(spec: ClusterSpec, seed: int) -> Measurement:
+def measure_transfer(
+    spec: ClusterSpec, seed: int, timers: ElectionTimers | None = None
+) -> Measurement:
     """Ask the primary of a settled cluster to step down; time until the target leads."""
-    cluster, checker, primary = _settled(spec, seed)
+    cluster, checker, primary = _settled(spec, seed, timers)
     t0 = cluster.now
     cluster.request_step_down(primary)
     return _measure(cluster, checker, primary, t0)

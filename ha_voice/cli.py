@@ -1,0 +1,163 @@
+"""The `ha-voice` command: one subcommand per job, each a thin call into the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ha_voice import __version__
+from ha_voice.config import load_config
+from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
+from ha_voice.errors import ConfigError
+from ha_voice.simulation import schedules
+from ha_voice.simulation.demo import run_demo
+from ha_voice.simulation.engine import ClusterSpec
+from ha_voice.simulation.scenarios import SCENARIOS, run_scenario
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"ha-voice: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ha-voice",
+        description="High-availability voice commands for a Unitree Go2 on several Jetsons.",
+    )
+    parser.add_argument("--version", action="version", version=f"ha-voice {__version__}")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="a local cluster that shows a failover")
+    demo.add_argument("--json", action="store_true", help="one JSON object per event")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the simulated run")
+    demo.set_defaults(handler=_demo)
+
+    simulate = commands.add_parser(
+        "simulate", help="try timers against faults in the deterministic simulator"
+    )
+    _simulate_arguments(simulate)
+    simulate.set_defaults(handler=_simulate)
+
+    config = commands.add_parser("config", help="show, check or document the configuration")
+    config_commands = config.add_subparsers(metavar="ACTION", required=True)
+    show = config_commands.add_parser("show", help="the effective configuration as TOML")
+    show.add_argument("--config", type=Path, metavar="FILE", help="TOML file to read")
+    add_arguments(show)
+    show.set_defaults(handler=_config_show)
+    check = config_commands.add_parser("check", help="validate a file (and HA_VOICE_*)")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_config_check)
+    docs = config_commands.add_parser("docs", help="print docs/configuration.md")
+    docs.set_defaults(handler=lambda args: _write(render_markdown()))
+    return parser
+
+
+def _write(text: str) -> int:
+    sys.stdout.write(text)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo(seed=args.seed, as_json=args.json)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config, flags=flags_from_namespace(args))
+    return _write(render_toml(config))
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    if not args.file.exists():
+        raise ConfigError(f"{args.file}: no such file")
+    config = load_config(args.file)
+    _write(render_toml(config))
+    print(f"{args.file}: valid", file=sys.stderr)
+    return 0
+
+
+def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", help="print the transcript of a classic case (see --list)")
+    parser.add_argument("--list", action="store_true", help="list scenarios and cluster specs")
+    parser.add_argument("--spec", default="3n", help="cluster: 3n, 5n+witness, 2n+two_node+wifi…")
+    parser.add_argument(
+        "--kind",
+        choices=("hostile", "stability", "crash", "transfer"),
+        default="hostile",
+        help="faults then quiet; a lossy healthy run; or failover times",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds")
+    parser.add_argument("--trace", action="store_true", help="print each run's whole trace")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="use this file's timers")
+    parser.add_argument("--max-loss", type=float, help="stability: upper bound of random loss")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    if args.list:
+        print("scenarios:", ", ".join(sorted(SCENARIOS)))
+        print("specs:", ", ".join(spec.name for spec in schedules.CONFIGURATIONS), "(+wifi)")
+        return 0
+    if args.scenario:
+        if args.scenario not in SCENARIOS:
+            print(f"unknown scenario {args.scenario!r}; known: {sorted(SCENARIOS)}")
+            return 2
+        return _write("\n".join(run_scenario(args.scenario, args.seed or 7)) + "\n")
+    spec = ClusterSpec.from_name(args.spec)
+    timers = load_config(args.config).election_timers() if args.config else None
+    seeds = range(args.seed, args.seed + args.seeds)
+    if args.kind in ("crash", "transfer"):
+        measure = (
+            schedules.measure_crash_failover if args.kind == "crash" else schedules.measure_transfer
+        )
+        times = sorted(measure(spec, seed, timers).lease_s * 1000 for seed in seeds)
+        print(json.dumps(_distribution(times)))
+        return 0
+    failed = 0
+    for seed in seeds:
+        if args.kind == "hostile":
+            result = schedules.run_hostile(spec, seed, keep_trace=args.trace, timers=timers)
+        else:
+            result = schedules.run_stability(
+                spec, seed, keep_trace=args.trace, timers=timers, max_loss=args.max_loss
+            )
+        if args.trace:
+            print("\n".join(result.trace))
+        verdict = "ok" if result.ok else "FAILED " + "; ".join(result.safety + result.liveness)
+        print(f"{spec.name} {args.kind} seed {seed}: {result.faults} faults, {verdict}")
+        failed += not result.ok
+    print(f"sim: {len(seeds)} schedules, {failed} failed")
+    return 1 if failed else 0
+
+
+def _distribution(values_ms: list[float]) -> dict[str, float]:
+    def pct(q: float) -> float:
+        return round(values_ms[min(len(values_ms) - 1, int(q * len(values_ms)))], 1)
+
+    return {
+        "n": len(values_ms),
+        "p50_ms": pct(0.5),
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
+        "max_ms": round(values_ms[-1], 1),
+        "mean_ms": round(statistics.fmean(values_ms), 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
