@@ -278,12 +278,16 @@ def run_stability(
     max_loss: float | None = None,
     keep_trace: bool = False,
     timers: ElectionTimers | None = None,
+    fixed_loss: bool = False,
 ) -> ScheduleResult:
-    """A healthy cluster on a lossy network: after the first election, no leader change."""
+    """A healthy cluster on a lossy network: after the first election, no leader change.
+
+    The loss is drawn from [0, max_loss) per seed, or is exactly `max_loss` if `fixed_loss`.
+    """
     if max_loss is None:
         max_loss = 0.20 if spec.profile == "wifi" else 0.05
     rng = random.Random(f"stability/{seed}")
-    loss = rng.uniform(0.0, max_loss)
+    loss = max_loss if fixed_loss else rng.uniform(0.0, max_loss)
     conditions = QUIET.with_(loss=loss)
     cluster = SimCluster(spec, seed, conditions=conditions, timers=timers)
     trace = Trace(cluster, keep_all=keep_trace)
