@@ -169,6 +169,22 @@ def _absolute(path: Path) -> Path:
     return path
 
 
+def _optional_absolute(path: Path | None) -> Path | None:
+    return None if path is None else _absolute(path)
+
+
+def _ipv4_interface(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        interface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address with a prefix length") from None
+    if "/" not in text:
+        raise ValueError(f"{text!r} has no prefix length, e.g. {text}/24")
+    return str(interface)
+
+
 def _ipv4(text: str) -> str:
     try:
         ipaddress.IPv4Address(text)
@@ -372,6 +388,46 @@ class Config(BaseModel):
         description="Spoken language, nl or en, because the intent vocabularies exist for "
         "these only; a regional tag such as the seed's nl-NL is cut to its language code.",
     )
+    mdns: bool = Field(
+        default=True,
+        description="Whether to register this node and browse for peers with mDNS, and to "
+        "advertise the virtual endpoint there; turn off only where multicast is blocked and "
+        "every peer has a static address.",
+    )
+    vip: Annotated[
+        str | None, Rule("an IPv4 address with prefix, like 192.168.1.50/24", _ipv4_interface)
+    ] = Field(
+        default=None,
+        description="Optional floating IPv4 address with prefix length, held by the primary "
+        "only and announced with gratuitous ARP, for clients that cannot resolve mDNS; none by "
+        "default because it needs CAP_NET_ADMIN and a free address on the LAN.",
+    )
+    vip_interface: str | None = Field(
+        default=None,
+        max_length=15,
+        description="Network interface that carries the floating IP (15 characters at most, "
+        "the Linux limit); required when vip is set.",
+    )
+    notify: Annotated[Path | None, Rule("an absolute path", _optional_absolute)] = Field(
+        default=None,
+        description="Optional absolute path of a script run on every role change with role, "
+        "term and node id as arguments, one at a time and in order, like keepalived's notify "
+        "scripts; its failure is logged and never delays the election.",
+    )
+    notify_timeout_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=300.0,
+        description="Seconds after which a notify script still running is killed, so that one "
+        "hung script cannot hold back the ones queued after it.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=120.0,
+        description="Seconds SIGTERM may take: hand over, withdraw the endpoint, drain requests; "
+        "then the rest is cancelled; under systemd's 90 s TimeoutStopSec by far.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
         description="Least severe log level written; info by default because debug logs "
@@ -427,6 +483,11 @@ class Config(BaseModel):
             found.append(
                 f"witness {witness.node_id!r} is also node_id or in peers; allowed: a node that "
                 "is neither; fix: name a separate witness node or remove it from peers"
+            )
+        if (self.vip is None) != (self.vip_interface is None):
+            found.append(
+                "vip and vip_interface must be set together; fix: set both (vip = "
+                '"192.168.1.50/24", vip_interface = "eth0") or neither'
             )
         if self.two_node and (len(peer_ids) != 1 or witness is not None):
             found.append(
@@ -733,7 +794,8 @@ def bounds_text(key: str) -> str:
         parts.append(f"{low} to {high}")
     for meta in info.metadata:
         if isinstance(meta, MaxLen):
-            parts.append(f"at most {meta.max_length} entries")
+            unit = "characters" if core is str else "entries"
+            parts.append(f"at most {meta.max_length} {unit}")
         elif isinstance(meta, Rule):
             parts.append(meta.text)
         elif pattern := getattr(meta, "pattern", None):
