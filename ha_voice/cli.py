@@ -6,15 +6,17 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ha_voice import __version__
-from ha_voice.config import load_config
+from ha_voice import __version__, daemon, status
+from ha_voice import demo as process_demo
+from ha_voice.config import Config, default_node_id, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
 from ha_voice.simulation import schedules
-from ha_voice.simulation.demo import run_demo
+from ha_voice.simulation.demo import run_demo as run_sim_demo
 from ha_voice.simulation.engine import ClusterSpec
 from ha_voice.simulation.scenarios import SCENARIOS, run_scenario
 
@@ -32,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ha-voice: {exc}", file=sys.stderr)
         return 2
+    except status.UnreachableError as exc:
+        print(f"ha-voice: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return code
 
 
@@ -43,8 +50,37 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ha-voice {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
+    run = commands.add_parser("run", help="run this node (the daemon)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file (default: $HA_VOICE_CONFIG or /etc/ha-voice/config.toml if present)",
+    )
+    add_arguments(run)
+    run.set_defaults(handler=_run)
+
+    witness = commands.add_parser("witness", help="run a vote-only member that never leads")
+    witness.add_argument("--config", type=Path, metavar="FILE", help="TOML file")
+    add_arguments(witness)
+    witness.set_defaults(handler=_witness)
+
+    status = commands.add_parser("status", help="the cluster as a table, from any node")
+    _url_argument(status)
+    status.add_argument("--watch", action="store_true", help="refresh every second")
+    status.add_argument("--json", action="store_true", help="print the /cluster JSON")
+    status.set_defaults(handler=_status)
+
+    step_down = commands.add_parser("step-down", help="hand leadership to the best backup")
+    _url_argument(step_down)
+    step_down.add_argument("--target", help="node to hand over to (default: the first in line)")
+    step_down.set_defaults(handler=_step_down)
+
     demo = commands.add_parser("demo", help="a local cluster that shows a failover")
     demo.add_argument("--json", action="store_true", help="one JSON object per event")
+    demo.add_argument(
+        "--simulated", action="store_true", help="run it on the simulator, in virtual time"
+    )
     demo.add_argument("--seed", type=int, default=1, help="seed of the simulated run")
     demo.set_defaults(handler=_demo)
 
@@ -73,8 +109,68 @@ def _write(text: str) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, flags=flags_from_namespace(args))
+    return _serve(config)
+
+
+def _witness(args: argparse.Namespace) -> int:
+    flags = flags_from_namespace(args)
+    flags.setdefault("witness", flags.get("node_id") or default_node_id())
+    config = load_config(args.config, flags=flags)
+    if config.witness_spec is None or config.witness_spec.node_id != config.node_id:
+        raise ConfigError(
+            f"witness = {config.witness!r} but node_id = {config.node_id!r}: a witness is "
+            "its own witness; fix: drop the witness key on this node or set it to node_id"
+        )
+    return _serve(config)
+
+
+def _serve(config: Config) -> int:
+    try:
+        return daemon.run(config)
+    except OSError as exc:
+        print(f"ha-voice: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _url_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="any node's API (default: http://127.0.0.1:PORT with PORT from the configuration)",
+    )
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    return f"http://127.0.0.1:{load_config().port}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    base = _base_url(args)
+    while True:
+        view = status.fetch_cluster(base)
+        text = json.dumps(view, indent=2) if args.json else status.render_table(view)
+        if args.watch:
+            sys.stdout.write("\x1b[H\x1b[2J")
+        print(text, flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(1.0)
+
+
+def _step_down(args: argparse.Namespace) -> int:
+    ok, message = status.step_down(_base_url(args), args.target)
+    print(message)
+    return 0 if ok else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
-    return run_demo(seed=args.seed, as_json=args.json)
+    if args.simulated:
+        return run_sim_demo(seed=args.seed, as_json=args.json)
+    return process_demo.run_demo(as_json=args.json)
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -479,10 +479,11 @@ class Config(BaseModel):
                 f"peers lists this node's own node_id {self.node_id!r}; allowed: the other "
                 f"nodes only; fix: remove {self.node_id!r} from peers"
             )
-        if witness is not None and witness.node_id in {self.node_id, *peer_ids}:
+        # witness == node_id is the witness's own configuration (`ha-voice witness`).
+        if witness is not None and witness.node_id in peer_ids:
             found.append(
-                f"witness {witness.node_id!r} is also node_id or in peers; allowed: a node that "
-                "is neither; fix: name a separate witness node or remove it from peers"
+                f"witness {witness.node_id!r} is also in peers; allowed: a node that votes "
+                "but never leads, listed once; fix: remove it from peers"
             )
         if (self.vip is None) != (self.vip_interface is None):
             found.append(

@@ -1,0 +1,171 @@
+"""`/cluster` and the health-check endpoints for HAProxy and nginx, as Patroni has them.
+
+`/cluster/primary` answers 200 only on the primary with a valid lease, `/cluster/replica` only on
+a backup that follows a live primary; everything else gets 503, so a load balancer's health
+check picks the right node without knowing anything about ha-voice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ha_voice import clock
+from ha_voice.api.context import ApiContext, context
+from ha_voice.cluster.events import Role
+from ha_voice.cluster.node import ClusterNode, Peer
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/cluster", tags=["cluster"])
+Ctx = Annotated[ApiContext, Depends(context)]
+
+
+class StepDownBody(BaseModel):
+    target: str | None = Field(default=None, description="node to hand over to; default: best")
+
+
+@router.get("")
+def cluster(ctx: Ctx) -> dict[str, Any]:
+    """This node's view of the cluster; the primary's view is the complete one."""
+    node = ctx.node
+    election = node.election
+    now = clock.monotonic()
+    failover = node.last_failover
+    return {
+        "cluster": ctx.config.cluster,
+        "node": election.node_id,
+        "role": election.role.value,
+        "term": election.term,
+        "leader": election.leader,
+        "leader_api": _leader_api(ctx),
+        "lease_remaining_s": round(max(0.0, election.lease_expiry - now), 3),
+        "members": _members(ctx, now),
+        "last_failover": None
+        if failover is None
+        else {
+            "old": failover.old,
+            "new": failover.new,
+            "term": failover.term,
+            "duration_s": None if failover.duration_s is None else round(failover.duration_s, 4),
+            "at": datetime.datetime.fromtimestamp(failover.at_unix_s, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        },
+    }
+
+
+@router.get("/primary")
+def primary(ctx: Ctx) -> JSONResponse:
+    """200 on the primary holding a valid lease, else 503."""
+    election = ctx.node.election
+    ok = election.lease_valid(clock.monotonic())
+    body = {"node": election.node_id, "role": election.role.value, "term": election.term}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/replica")
+def replica(ctx: Ctx) -> JSONResponse:
+    """200 on a backup that heard a live primary within an election timeout, else 503."""
+    node = ctx.node
+    election = node.election
+    leader = node.peers.get(election.leader) if election.leader else None
+    heard = leader.last_heard_at if leader else None
+    fresh = (
+        heard is not None
+        and clock.monotonic() - heard < ctx.config.election_timers().election_timeout_s
+    )
+    ok = election.role is Role.BACKUP and fresh
+    body = {"node": election.node_id, "role": election.role.value, "leader": election.leader}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.post("/step-down", status_code=202)
+async def step_down(ctx: Ctx, body: StepDownBody | None = None) -> JSONResponse:
+    """Hand leadership to `target` or the best backup; 409 with the reason if refused."""
+    target = body.target if body else None
+    refused = await ctx.node.step_down(target)
+    if refused is not None:
+        return JSONResponse({"status": "refused", "reason": refused}, status_code=409)
+    return JSONResponse({"status": "handing over", "leader": ctx.node.election.leader}, 202)
+
+
+def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
+    node = ctx.node
+    election = node.election
+    membership = election.membership
+    views = {view.node: view for view in election.peers()}
+    names = sorted(membership.voters | membership.non_voters | set(node.peers))
+    members = []
+    for name in names:
+        peer = node.peers.get(name)
+        is_self = name == election.node_id
+        view = views.get(name)
+        members.append(
+            {
+                "node": name,
+                "self": is_self,
+                "role": _role_of(node, name, now),
+                "voter": name in membership.voters,
+                "witness": name in membership.witnesses,
+                "priority": election.priority if is_self else _priority(peer, view),
+                "last_heard_s": None if is_self else _since(peer, now),
+                "address": _address(peer),
+                "load": round(os.getloadavg()[0], 2) if is_self else None,
+            }
+        )
+    return members
+
+
+def _role_of(node: ClusterNode, name: str, now: float) -> str:
+    election = node.election
+    if name == election.node_id:
+        return election.role.value
+    if name == election.leader:
+        return Role.PRIMARY.value
+    if name in election.membership.witnesses:
+        return Role.WITNESS.value
+    views = {view.node: view for view in election.peers()}
+    view = views.get(name)
+    if view is None:
+        return "unknown"
+    if now - view.last_ack_at >= election.timers.election_timeout_s:
+        return "unreachable"
+    return Role.BACKUP.value if view.eligible else Role.FAULT.value
+
+
+def _priority(peer: Peer | None, view: Any) -> int | None:
+    if view is not None:
+        return int(view.priority)
+    return peer.priority if peer else None
+
+
+def _since(peer: Peer | None, now: float) -> float | None:
+    if peer is None or peer.last_heard_at is None:
+        return None
+    return round(now - peer.last_heard_at, 3)
+
+
+def _address(peer: Peer | None) -> str | None:
+    if peer is None or peer.address is None:
+        return None
+    return f"{peer.address[0]}:{peer.address[1]}"
+
+
+def _leader_api(ctx: ApiContext) -> str | None:
+    """Where the leader's API is: from mDNS, else its host with our own API port."""
+    node = ctx.node
+    leader = node.election.leader
+    if leader is None:
+        return None
+    if leader == node.election.node_id:
+        return None
+    peer = node.peers.get(leader)
+    if peer is None or peer.address is None:
+        return None
+    return f"http://{peer.address[0]}:{peer.api_port or ctx.config.port}"

@@ -1,0 +1,451 @@
+"""mDNS discovery of the cluster's nodes, and the virtual endpoint that follows the primary.
+
+Every node registers `<node_id>._ha-voice-node._udp.local.` (port: the cluster's UDP port) and
+browses that type for its peers. Only the primary registers the endpoint
+`<cluster>._ha-voice._tcp.local.` (port: the HTTP API). Both run on python-zeroconf's asyncio
+API, on the caller's event loop.
+
+TXT keys (RFC 6763 §6), all plain text and public, never a secret:
+
+    node service  cluster, node, priority, api_port, version (required); caps (optional,
+                  comma-separated)
+    endpoint      cluster, node, term, version
+
+Invariants:
+- `on_peer` is called only for a well-formed record of this cluster that is not this node,
+  and only when that peer's record is new or changed; `on_peer_gone` only for a node that
+  `on_peer` reported. Both run as their own event-loop callbacks, so a bug in one is reported
+  by the loop and never unwinds zeroconf or a resolution.
+- A malformed record (a missing key, a non-integer port or priority, no IPv4 address, an
+  instance label that is not the TXT node) is dropped and counted in `malformed`, logged once
+  at warning and then at debug; nothing from the network raises into zeroconf's callback.
+- The browser callback never blocks: it starts one resolution task per service name (a newer
+  event replaces the older task), keeps a reference, and `async_close` cancels what is left.
+- Goodbyes are sent only for names this node registered successfully: a node whose id is
+  taken on the network never speaks for the node that owns it.
+
+The endpoint moves from node to node, so it is registered with `cooperating_responders=True`
+(no probe, RFC 6762 §8.1) and `allow_name_change=False`. A probe would find a dead primary's
+records still in caches and refuse the name, or rename it to one no client looks for. Two
+facts make the move safe and quick instead:
+- every announcement sets the cache-flush bit on SRV, TXT and A (RFC 6762 §10.2), so a
+  listener drops the old primary's answer the moment the new primary announces;
+- the endpoint's records live `ENDPOINT_TTL_S`, so a listener that missed the new primary's
+  announcements, or holds the answer of a primary that was SIGKILLed without a goodbye, stops
+  trusting it within that time.
+The host name `<node_id>.ha-voice.local.` is this node's own, the same for both services: it
+can never clash with the machine's own `<hostname>.local.` that avahi publishes, and the
+endpoint's goodbye leaves the node's address record alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from zeroconf import (
+    InterfaceChoice,
+    IPVersion,
+    NonUniqueNameException,
+    ServiceStateChange,
+    Zeroconf,
+)
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from ha_voice.errors import ConfigError, LocalError, RemoteError
+
+__all__ = [
+    "ENDPOINT_SERVICE_TYPE",
+    "ENDPOINT_TTL_S",
+    "NODE_SERVICE_TYPE",
+    "NODE_TTL_S",
+    "Discovery",
+    "PeerRecord",
+    "async_resolve_endpoint",
+    "endpoint_name",
+    "peer_from_txt",
+]
+
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+NODE_SERVICE_TYPE: Final = "_ha-voice-node._udp.local."
+ENDPOINT_SERVICE_TYPE: Final = "_ha-voice._tcp.local."
+# RFC 6762 §10 gives 120 s to records that name a host (SRV, A); PTR and TXT get the same
+# rather than 75 minutes, so a node that died without a goodbye leaves its peers' views within
+# two minutes. Liveness itself is the heartbeats' job, not discovery's.
+NODE_TTL_S: Final = 120
+# Short so a stale endpoint answer dies quickly. Listeners refresh at 80 % of a TTL (RFC 6762
+# §5.2): one query per record every 12 s per client, nothing on a LAN of a few Jetsons.
+ENDPOINT_TTL_S: Final = 15
+# Room for zeroconf's first three queries (0, ~0.2 s, ~1.2 s); a peer that misses them is
+# resolved again at its next announcement.
+_RESOLVE_TIMEOUT_MS: Final = 1500
+_MAX_PORT: Final = 65535
+_MAX_PRIORITY: Final = 255  # VRRP's range (RFC 5798); the config narrows it to 1..254
+_MAX_DNS_LABEL_BYTES: Final = 63  # RFC 1035 §2.3.4
+_DIGITS: Final = re.compile(r"[0-9]{1,10}")
+# Where mDNS goes: the local address the kernel picks for this destination is the one to
+# advertise when the configured address is the wildcard.
+_MDNS_GROUP: Final = ("224.0.0.251", 5353)
+_WILDCARD: Final = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """What a peer says about itself over mDNS: public, unauthenticated, a hint only."""
+
+    node_id: str
+    host: str
+    cluster_port: int
+    api_port: int
+    priority: int
+    version: str
+    capabilities: tuple[str, ...]
+    cluster: str
+
+
+def endpoint_name(cluster: str) -> str:
+    """The endpoint's full service name, `<cluster>._ha-voice._tcp.local.`."""
+    return f"{cluster}.{ENDPOINT_SERVICE_TYPE}"
+
+
+def peer_from_txt(
+    instance: str, host: str | None, cluster_port: int | None, txt: Mapping[str, str | None]
+) -> PeerRecord:
+    """The peer a resolved node service describes; RemoteError("malformed") if none."""
+    node_id = _text(txt, "node")
+    if node_id != instance:
+        raise RemoteError("malformed", f"TXT node {node_id!r} is not the instance {instance!r}")
+    if host is None:
+        raise RemoteError("malformed", "no IPv4 address")
+    if cluster_port is None or not 1 <= cluster_port <= _MAX_PORT:
+        raise RemoteError("malformed", f"SRV port {cluster_port!r}")
+    caps = txt.get("caps") or ""
+    return PeerRecord(
+        node_id=node_id,
+        host=host,
+        cluster_port=cluster_port,
+        api_port=_integer(txt, "api_port", 1, _MAX_PORT),
+        priority=_integer(txt, "priority", 0, _MAX_PRIORITY),
+        version=_text(txt, "version"),
+        capabilities=tuple(cap for cap in caps.split(",") if cap),
+        cluster=_text(txt, "cluster"),
+    )
+
+
+def _text(txt: Mapping[str, str | None], key: str) -> str:
+    value = txt.get(key)
+    if value is None:
+        raise RemoteError("malformed", f"TXT key {key!r} missing")
+    return value
+
+
+def _integer(txt: Mapping[str, str | None], key: str, low: int, high: int) -> int:
+    value = _text(txt, key)
+    # Only plain digits: int() would also take " 7", "+7" and "7_0".
+    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:
+        raise RemoteError("malformed", f"TXT {key}={value!r} is no integer in {low}..{high}")
+    return int(value)
+
+
+def _check_label(key: str, value: str) -> None:
+    """Refuse a name zeroconf would split into several DNS labels or could not encode."""
+    if "." in value or not 1 <= len(value.encode()) <= _MAX_DNS_LABEL_BYTES:
+        raise ConfigError(
+            f"{key} {value!r} cannot be an mDNS instance label: use 1 to 63 bytes without '.'"
+        )
+
+
+def _advertised_address(address: str) -> str:
+    """`address`, or for the wildcard the local address the kernel would send mDNS from."""
+    if address != _WILDCARD:
+        return address
+    # connect() on UDP only picks a route and a source address; nothing is sent.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(_MDNS_GROUP)
+        except OSError as err:
+            raise ConfigError(
+                f"address {address!r}: no route for multicast ({err}); set address to this "
+                "node's IPv4 address"
+            ) from err
+        return str(probe.getsockname()[0])
+
+
+def _first_ipv4(info: AsyncServiceInfo) -> str | None:
+    addresses = info.parsed_addresses(IPVersion.V4Only)
+    return addresses[0] if addresses else None
+
+
+class Discovery:
+    """This node's mDNS presence: its node service, its view of the peers, and the endpoint."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        node_id: str,
+        address: str,
+        cluster_port: int,
+        api_port: int,
+        priority: int,
+        version: str,
+        capabilities: tuple[str, ...] = (),
+        interfaces: list[str] | None = None,
+        zeroconf: AsyncZeroconf | None = None,
+    ) -> None:
+        _check_label("cluster", cluster)
+        _check_label("node_id", node_id)
+        self.malformed = 0
+        self._cluster = cluster
+        self._node_id = node_id
+        self._address = address
+        self._cluster_port = cluster_port
+        self._api_port = api_port
+        self._priority = priority
+        self._version = version
+        self._capabilities = capabilities
+        self._interfaces: list[str] | InterfaceChoice = interfaces or (
+            InterfaceChoice.All if address == _WILDCARD else [address]
+        )
+        self._aiozc = zeroconf
+        self._owns_zeroconf = zeroconf is None
+        self._own_key = f"{node_id}.{NODE_SERVICE_TYPE}".lower()
+        self._server = f"{node_id}.ha-voice.local."
+        self._on_peer: Callable[[PeerRecord], None] | None = None
+        self._on_peer_gone: Callable[[str], None] | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._node_info: AsyncServiceInfo | None = None
+        self._endpoint_info: AsyncServiceInfo | None = None
+        self._endpoint_term: int | None = None
+        self._endpoint_lock = asyncio.Lock()
+        self._peers: dict[str, PeerRecord] = {}  # by lower-cased service name
+        self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._broadcasts: set[asyncio.Future[Any]] = set()  # announcements, goodbyes
+        self._warned = False
+        self._closed = False
+
+    async def async_start(
+        self, on_peer: Callable[[PeerRecord], None], on_peer_gone: Callable[[str], None]
+    ) -> None:
+        """Browse for peers and register this node; returns once the name is ours (~1.5 s)."""
+        if self._on_peer is not None or self._closed:
+            raise LocalError("discovery can be started once, before it is closed")
+        self._on_peer, self._on_peer_gone = on_peer, on_peer_gone
+        self._address = _advertised_address(self._address)
+        if self._aiozc is None:
+            self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
+        self._browser = AsyncServiceBrowser(
+            self._aiozc.zeroconf, NODE_SERVICE_TYPE, handlers=[self._on_state_change]
+        )
+        info = self._node_service_info()
+        try:
+            self._track(await self._aiozc.async_register_service(info, allow_name_change=False))
+        except NonUniqueNameException as err:
+            raise ConfigError(
+                f"node_id {self._node_id!r} is already registered by another node on this "
+                "network: give every node its own node_id"
+            ) from err
+        self._node_info = info
+
+    def endpoint_published(self) -> bool:
+        """Whether this node currently answers for the cluster's endpoint."""
+        return self._endpoint_info is not None
+
+    async def async_publish_endpoint(self, term: int) -> None:
+        """Answer for the endpoint with this term, announcing it; a no-op for the same term."""
+        async with self._endpoint_lock:
+            if self._closed or self._on_peer is None:
+                raise LocalError("publish the endpoint only between async_start and async_close")
+            if self._endpoint_term is not None and term < self._endpoint_term:
+                raise LocalError(f"endpoint term {term} < published {self._endpoint_term}")
+            if term == self._endpoint_term:
+                return
+            info = self._endpoint_service_info(term)
+            zc = self._zeroconf()
+            if self._endpoint_info is None:
+                announced = await zc.async_register_service(
+                    info, allow_name_change=False, cooperating_responders=True
+                )
+            else:
+                announced = await zc.async_update_service(info)
+            self._track(announced)
+            self._endpoint_info, self._endpoint_term = info, term
+
+    async def async_withdraw_endpoint(self) -> None:
+        """Stop answering for the endpoint; goodbyes (TTL 0) go out over the next 250 ms."""
+        async with self._endpoint_lock:
+            info, self._endpoint_info, self._endpoint_term = self._endpoint_info, None, None
+            if info is not None:
+                self._track(await self._zeroconf().async_unregister_service(info))
+
+    async def async_close(self) -> None:
+        """Withdraw both services, wait for the goodbyes; idempotent, fine after a failed start."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.async_withdraw_endpoint()
+        if self._browser is not None:
+            await self._browser.async_cancel()
+        await self._cancel_resolutions()
+        if self._node_info is not None:
+            self._track(await self._zeroconf().async_unregister_service(self._node_info))
+            self._node_info = None
+        await asyncio.gather(*self._broadcasts, return_exceptions=True)
+        if self._owns_zeroconf and self._aiozc is not None:
+            await self._aiozc.async_close()
+
+    def _zeroconf(self) -> AsyncZeroconf:
+        if self._aiozc is None:
+            raise LocalError("discovery is not started")
+        return self._aiozc
+
+    def _node_service_info(self) -> AsyncServiceInfo:
+        txt = {
+            "cluster": self._cluster,
+            "node": self._node_id,
+            "priority": str(self._priority),
+            "api_port": str(self._api_port),
+            "caps": ",".join(self._capabilities),
+            "version": self._version,
+        }
+        return self._service_info(NODE_SERVICE_TYPE, self._node_id, self._cluster_port, txt)
+
+    def _endpoint_service_info(self, term: int) -> AsyncServiceInfo:
+        txt = {
+            "cluster": self._cluster,
+            "node": self._node_id,
+            "term": str(term),
+            "version": self._version,
+        }
+        ttl = ENDPOINT_TTL_S
+        return self._service_info(ENDPOINT_SERVICE_TYPE, self._cluster, self._api_port, txt, ttl)
+
+    def _service_info(
+        self, type_: str, instance: str, port: int, txt: dict[str, str], ttl: int = NODE_TTL_S
+    ) -> AsyncServiceInfo:
+        return AsyncServiceInfo(
+            type_,
+            f"{instance}.{type_}",
+            port=port,
+            properties=txt,
+            server=self._server,
+            host_ttl=ttl,
+            other_ttl=ttl,
+            parsed_addresses=[self._address],
+        )
+
+    def _track(self, broadcast: Awaitable[Any]) -> None:
+        """Keep an announcement or goodbye in flight referenced, so close can wait for it."""
+        future = asyncio.ensure_future(broadcast)
+        self._broadcasts.add(future)
+        future.add_done_callback(self._broadcasts.discard)
+
+    def _on_state_change(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        """The browser's callback, run inside zeroconf's record handling: never blocks or raises."""
+        key = name.lower()
+        if key == self._own_key or self._closed:
+            return
+        if state_change is ServiceStateChange.Removed:
+            self._forget(key)
+        else:
+            self._start_resolution(key, name)
+
+    def _start_resolution(self, key: str, name: str) -> None:
+        # The newest event wins: its records are already in the cache the resolution reads.
+        previous = self._resolving.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.get_running_loop().create_task(self._async_resolve(key, name))
+        self._resolving[key] = task
+        task.add_done_callback(lambda done: self._resolution_done(key, done))
+
+    def _resolution_done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._resolving.get(key) is task:
+            del self._resolving[key]
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("resolving %s failed", key, exc_info=task.exception())
+
+    async def _cancel_resolutions(self) -> None:
+        tasks = list(self._resolving.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _async_resolve(self, key: str, name: str) -> None:
+        info = AsyncServiceInfo(NODE_SERVICE_TYPE, name)
+        if not await info.async_request(self._zeroconf().zeroconf, _RESOLVE_TIMEOUT_MS):
+            _LOGGER.debug("no answer resolving %s", name)
+            return
+        instance = name[: -len(NODE_SERVICE_TYPE) - 1]
+        try:
+            record = peer_from_txt(instance, _first_ipv4(info), info.port, info.decoded_properties)
+        except RemoteError as err:
+            self._count_malformed(name, err)
+            return
+        self._accept(key, record)
+
+    def _accept(self, key: str, record: PeerRecord) -> None:
+        if record.node_id == self._node_id:
+            return
+        if record.cluster != self._cluster:
+            # A node that moved to another cluster is gone from ours.
+            self._forget(key)
+            return
+        if self._peers.get(key) == record:
+            return
+        self._peers[key] = record
+        assert self._on_peer is not None
+        self._call_soon(self._on_peer, record)
+
+    def _forget(self, key: str) -> None:
+        task = self._resolving.pop(key, None)
+        if task is not None:
+            task.cancel()
+        record = self._peers.pop(key, None)
+        if record is not None:
+            assert self._on_peer_gone is not None
+            self._call_soon(self._on_peer_gone, record.node_id)
+
+    def _call_soon(self, callback: Callable[[_T], None], argument: _T) -> None:
+        """Run a user callback as its own loop callback, after what is running now."""
+        asyncio.get_running_loop().call_soon(self._maybe_call, callback, argument)
+
+    def _maybe_call(self, callback: Callable[[_T], None], argument: _T) -> None:
+        if not self._closed:
+            callback(argument)
+
+    def _count_malformed(self, name: str, err: RemoteError) -> None:
+        self.malformed += 1
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        _LOGGER.log(level, "ignoring malformed discovery record %s: %s", name, err)
+
+
+async def async_resolve_endpoint(
+    cluster: str, timeout_s: float, interfaces: list[str] | None = None
+) -> tuple[str, int, dict[str, str]] | None:
+    """(host, port, TXT) of the cluster's endpoint, or None if nobody answers within timeout_s."""
+    aiozc = AsyncZeroconf(interfaces=interfaces or InterfaceChoice.All)
+    try:
+        info = AsyncServiceInfo(ENDPOINT_SERVICE_TYPE, endpoint_name(cluster))
+        found = await info.async_request(aiozc.zeroconf, timeout_s * 1000)
+    finally:
+        await aiozc.async_close()
+    host = _first_ipv4(info)
+    if not found or host is None or info.port is None:
+        return None
+    txt = {key: value or "" for key, value in info.decoded_properties.items()}
+    return host, info.port, txt

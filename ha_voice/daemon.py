@@ -1,0 +1,306 @@
+"""The daemon's lifecycle, top to bottom: start, run until a signal, hand over, stop.
+
+Invariants:
+- Start: the hard state and the boot id are durable before the first datagram leaves; a floating
+  IP found on this node at start is removed (we are not primary yet); systemd hears READY only
+  once the cluster socket and the API are both serving.
+- SIGTERM/SIGINT: hand leadership to the best backup (or resign), withdraw the endpoint and the
+  floating IP, drain the notify hook and HTTP requests, exit 0 — all within
+  `shutdown_timeout_s`; whatever is left then is cancelled. A second signal exits at once.
+- The watchdog is pinged from the event loop, so a stalled loop is a missed ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from ha_voice import __version__, clock, sdnotify
+from ha_voice.api.app import create_app
+from ha_voice.api.context import ApiContext
+from ha_voice.cluster.discovery import Discovery, PeerRecord
+from ha_voice.cluster.events import RoleChanged
+from ha_voice.cluster.membership import Membership
+from ha_voice.cluster.node import ClusterNode
+from ha_voice.cluster.protocol import Codec
+from ha_voice.cluster.storage import SQLiteStore, open_store
+from ha_voice.cluster.transport import Address
+from ha_voice.cluster.vip import FloatingIP
+from ha_voice.config import Config, read_cluster_key
+from ha_voice.metrics import Metrics
+from ha_voice.notify import NotifyHook
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger(__name__)
+_FORCED_EXIT = 130
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our loop: signals are the daemon's, not uvicorn's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _Actions:
+    """What the core's actions mean on this node (`node.RoleActions`)."""
+
+    config: Config
+    hook: NotifyHook
+    discovery: Discovery | None = None
+    vip: FloatingIP | None = None
+
+    def stop_robot(self, reason: str) -> None:
+        # The robot channel arrives with a later issue: nothing streams yet.
+        log.info("robot commands stopped: %s", reason)
+
+    async def become_primary(self, term: int) -> None:
+        log.info("term %d: robot brought to its safe state (no robot channel yet)", term)
+
+    async def publish_endpoint(self, term: int) -> None:
+        if self.discovery is not None:
+            await self.discovery.async_publish_endpoint(term)
+        if self.vip is not None:
+            await self.vip.async_acquire()
+
+    async def withdraw_endpoint(self, term: int) -> None:
+        if self.vip is not None:
+            await self.vip.async_release()
+        if self.discovery is not None:
+            await self.discovery.async_withdraw_endpoint()
+
+    def role_changed(self, change: RoleChanged) -> None:
+        node_id = self.config.node_id
+        self.hook.submit(change.new.value, change.term, node_id)
+        sdnotify.status(f"{change.new.value} in term {change.term} ({change.reason})")
+
+
+def _membership(config: Config) -> Membership:
+    witness = config.witness_spec
+    return Membership.from_config(
+        config.node_id,
+        [spec.node_id for spec in config.peer_specs],
+        witness.node_id if witness else None,
+        two_node=config.two_node,
+    )
+
+
+def _static_peers(config: Config) -> dict[str, Address | None]:
+    specs = [*config.peer_specs, *([config.witness_spec] if config.witness_spec else [])]
+    return {
+        spec.node_id: (spec.host, spec.port) if spec.host and spec.port else None
+        for spec in specs
+        if spec.node_id != config.node_id
+    }
+
+
+def _advertised_address(config: Config) -> str:
+    """The address peers reach us at: the bind address, or the one used for the default route."""
+    if config.listen_address != "0.0.0.0":
+        return config.listen_address
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent by connect()
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+@dataclass
+class _Daemon:
+    """The running parts of one node, started and stopped in one place."""
+
+    config: Config
+    store: SQLiteStore
+    node: ClusterNode
+    actions: _Actions
+    hook: NotifyHook
+    server: uvicorn.Server
+    server_task: asyncio.Task[None]
+    watchdog: asyncio.Task[None] | None = None
+
+
+async def serve(config: Config) -> int:
+    """Run one node until SIGTERM/SIGINT; the exit status."""
+    daemon = await _start(config)
+    sdnotify.ready(f"{daemon.node.election.role.value} in term {daemon.node.election.term}")
+    daemon.watchdog = asyncio.create_task(_watchdog())
+    await _wait_for_stop_signal()
+    return await _shut_down(daemon)
+
+
+async def _start(config: Config) -> _Daemon:
+    store = open_store(config.state_dir)
+    boot_id = await asyncio.to_thread(store.next_boot_id, clock.wall_clock_us())
+    codec = Codec(
+        cluster=config.cluster,
+        cluster_key=read_cluster_key(config),
+        node_id=config.node_id,
+        boot_id=boot_id,
+    )
+    metrics = Metrics(config.node_id)
+    metrics.info.labels(config.node_id, config.cluster).set(1)
+    hook = NotifyHook(config.notify, config.notify_timeout_s)
+    actions = _Actions(config, hook)
+    if config.vip and config.vip_interface:
+        actions.vip = FloatingIP(config.vip, config.vip_interface)
+        if await actions.vip.async_reconcile_at_start():
+            log.warning("removed floating IP %s left over from an earlier run", config.vip)
+    membership = _membership(config)
+    node = ClusterNode(
+        membership=membership,
+        timers=config.election_timers(),
+        priority=config.priority,
+        codec=codec,
+        store=store,
+        metrics=metrics,
+        actions=actions,
+        preempt=config.preempt,
+        static_peers=_static_peers(config),
+    )
+    await hook.start()
+    await node.start(config.listen_address, config.cluster_port)
+    if config.mdns:
+        actions.discovery = _discovery(config, node, membership)
+        await actions.discovery.async_start(lambda record: _learn(node, record), _forget)
+    server = _EmbeddedServer(
+        uvicorn.Config(
+            create_app(ApiContext(config, node, metrics, __version__)),
+            host=config.listen_address,
+            port=config.port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+    )
+    # Bound here, so that a port in use fails the start with the OS's own words; connections
+    # that come before uvicorn has started wait in the listen backlog.
+    api_socket = _listen(config.listen_address, config.port)
+    server_task = asyncio.create_task(server.serve(sockets=[api_socket]))
+    daemon = _Daemon(config, store, node, actions, hook, server, server_task)
+    log.info(
+        "node %s of cluster %s: cluster port %d, API port %d, boot %d",
+        config.node_id,
+        config.cluster,
+        node.address[1],
+        config.port,
+        boot_id,
+    )
+    return daemon
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    return sock
+
+
+def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Discovery:
+    capabilities = ("witness",) if config.node_id in membership.witnesses else ("robot", "stt")
+    return Discovery(
+        cluster=config.cluster,
+        node_id=config.node_id,
+        address=_advertised_address(config),
+        cluster_port=node.address[1],
+        api_port=config.port,
+        priority=config.priority,
+        version=__version__,
+        capabilities=capabilities,
+    )
+
+
+def _learn(node: ClusterNode, record: PeerRecord) -> None:
+    address = (record.host, record.cluster_port)
+    node.learn_peer(record.node_id, address, record.priority, record.api_port)
+
+
+def _forget(node_id: str) -> None:
+    # A goodbye only means the record went away; the election decides who is alive.
+    log.info("mDNS: %s withdrew its record", node_id)
+
+
+async def _watchdog() -> None:
+    interval = sdnotify.watchdog_interval_s()
+    if interval is None:
+        return
+    while True:
+        sdnotify.watchdog()
+        await asyncio.sleep(interval)
+
+
+async def _wait_for_stop_signal() -> None:
+    """Return on the first SIGTERM or SIGINT; a second one exits the process at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def first(signum: int) -> None:
+        log.info("%s: handing over and stopping (again to force)", signal.Signals(signum).name)
+        stop.set()
+        for again in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(again, lambda: os._exit(_FORCED_EXIT))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, first, signum)
+    await stop.wait()
+
+
+async def _shut_down(daemon: _Daemon) -> int:
+    """Hand over, withdraw, drain, stop: within `shutdown_timeout_s` whatever happens."""
+    sdnotify.stopping()
+    node, actions = daemon.node, daemon.actions
+    deadline = clock.monotonic() + daemon.config.shutdown_timeout_s
+    # The core withdraws the endpoint itself when it hands over; only a primary left over
+    # (nobody to hand to, or out of time) needs it done here.
+    if not await node.shutdown(max(0.1, (deadline - clock.monotonic()) * 0.6)):
+        log.warning("still primary at shutdown: withdrawing the endpoint anyway")
+        await _bounded(actions.withdraw_endpoint(node.election.term), deadline)
+    if actions.discovery is not None:
+        await _bounded(actions.discovery.async_close(), deadline)
+    if actions.vip is not None:
+        await _bounded(actions.vip.async_close(), deadline)
+    daemon.server.should_exit = True
+    await _bounded(asyncio.shield(daemon.server_task), deadline)
+    await _bounded(daemon.hook.stop(max(0.0, deadline - clock.monotonic())), deadline)
+    if daemon.watchdog is not None:
+        daemon.watchdog.cancel()
+    await node.stop()
+    daemon.store.close()
+    log.info("stopped")
+    return 0
+
+
+async def _bounded(awaitable: object, deadline: float) -> None:
+    """Await with what is left of the shutdown budget; past it, give up quietly."""
+    remaining = max(0.05, deadline - clock.monotonic())
+    try:
+        await asyncio.wait_for(awaitable, remaining)  # type: ignore[arg-type]
+    except asyncio.TimeoutError:
+        log.warning("shutdown step timed out")
+    except Exception:
+        log.exception("shutdown step failed")
+
+
+def run(config: Config) -> int:
+    """Blocking entry point for `ha-voice run`."""
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(config))

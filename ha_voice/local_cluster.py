@@ -1,0 +1,200 @@
+"""A cluster of real `ha-voice run` processes on one machine, for the demo, tests and benchmarks.
+
+Each node is its own process with its own state directory, UDP port and API port on 127.0.0.1
+(or on the addresses given), static peers, mDNS off unless asked for. Everything lives in one
+temporary directory that `close()` removes after killing whatever is still running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["LocalCluster", "LocalNode", "free_port"]
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port the kernel just handed out for `kind` on `host` (free, barring a race)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalNode:
+    """One `ha-voice run` process and how to reach it."""
+
+    node_id: str
+    host: str
+    cluster_port: int
+    api_port: int
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    prefix: Sequence[str] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [*self.prefix, *self.argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def signal(self, signum: int) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def get(self, path: str, timeout_s: float = 0.5) -> httpx.Response | None:
+        try:
+            return httpx.get(self.url + path, timeout=timeout_s)
+        except httpx.HTTPError:
+            return None
+
+    def cluster(self) -> dict[str, Any] | None:
+        response = self.get("/cluster")
+        return response.json() if response is not None and response.status_code == 200 else None
+
+    def is_primary(self) -> bool:
+        response = self.get("/cluster/primary", timeout_s=0.2)
+        return response is not None and response.status_code == 200
+
+
+@dataclass
+class LocalCluster:
+    """N nodes n1..nN with static peers on loopback (or on `hosts`)."""
+
+    size: int = 3
+    cluster: str = field(default_factory=lambda: f"local-{os.getpid()}")
+    hosts: Sequence[str] = ()
+    extra_flags: Sequence[str] = ()
+    prefixes: Sequence[Sequence[str]] = ()
+    mdns: bool = False
+    keep_dir: bool = False
+
+    def __post_init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ha-voice-cluster-"))
+        self.key_file = self.dir / "cluster.key"
+        self.key_file.write_bytes(os.urandom(32))
+        self.key_file.chmod(0o600)
+        hosts = list(self.hosts) or ["127.0.0.1"] * self.size
+        self.nodes: dict[str, LocalNode] = {}
+        for i in range(self.size):
+            node_id = f"n{i + 1}"
+            host = hosts[i]
+            udp = free_port(socket.SOCK_DGRAM, "127.0.0.1") if host == "127.0.0.1" else 7405
+            api = free_port(socket.SOCK_STREAM, "127.0.0.1") if host == "127.0.0.1" else 8888
+            prefix = self.prefixes[i] if self.prefixes else ()
+            self.nodes[node_id] = LocalNode(
+                node_id, host, udp, api, [], self.dir / f"{node_id}.log", prefix=prefix
+            )
+        for node in self.nodes.values():
+            node.argv = self._argv(node)
+
+    def _argv(self, node: LocalNode) -> list[str]:
+        peers = [
+            f"{other.node_id}@{other.host}:{other.cluster_port}"
+            for other in self.nodes.values()
+            if other is not node
+        ]
+        return [
+            sys.executable,
+            "-m",
+            "ha_voice",
+            "run",
+            f"--node-id={node.node_id}",
+            f"--cluster={self.cluster}",
+            f"--cluster-key-file={self.key_file}",
+            f"--state-dir={self.dir / node.node_id}",
+            f"--listen-address={node.host}",
+            f"--cluster-port={node.cluster_port}",
+            f"--port={node.api_port}",
+            f"--peers={','.join(peers)}",
+            "--mdns" if self.mdns else "--no-mdns",
+            *self.extra_flags,
+        ]
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            node.start()
+
+    def running(self) -> list[LocalNode]:
+        return [node for node in self.nodes.values() if node.running]
+
+    def primaries(self) -> list[str]:
+        return [node.node_id for node in self.running() if node.is_primary()]
+
+    def wait_for_primary(
+        self, timeout_s: float, *, exclude: str | None = None, poll_s: float = 0.005
+    ) -> tuple[str, float] | None:
+        """The first node (other than `exclude`) to answer 200 on /cluster/primary, and when."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for node in self.running():
+                if node.node_id != exclude and node.is_primary():
+                    return node.node_id, time.monotonic()
+            time.sleep(poll_s)
+        return None
+
+    def wait_for(self, node_id: str, predicate: Any, timeout_s: float) -> dict[str, Any] | None:
+        """Poll `node_id`'s /cluster until `predicate(view)` holds; the view, or None."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            view = self.nodes[node_id].cluster()
+            if view is not None and predicate(view):
+                return view
+            time.sleep(0.05)
+        return None
+
+    def kill(self, node_id: str, signum: int = signal.SIGKILL) -> None:
+        node = self.nodes[node_id]
+        node.signal(signum)
+        if signum == signal.SIGKILL:
+            node.wait(5.0)
+
+    def close(self) -> None:
+        """Kill every process (SIGCONT first, in case one is stopped) and remove the directory."""
+        for node in self.nodes.values():
+            if node.running:
+                node.signal(signal.SIGCONT)
+                node.signal(signal.SIGKILL)
+                node.wait(5.0)
+        if not self.keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,172 @@
+"""Prometheus metrics of one daemon, on a registry of its own.
+
+Names follow Prometheus conventions (`promtool check metrics` passes): `ha_voice_` prefix, base
+units (seconds), `_total` for counters. Values that are cheaper to read than to track —
+time since a peer was last heard, votes counted by the core — are collected at scrape time
+from the node (`ClusterCollector`), never updated from the heartbeat path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ha_voice.cluster.events import Role
+from ha_voice.cluster.protocol import DROP_REASONS
+
+__all__ = ["ClusterSnapshot", "Metrics", "PeerSample"]
+
+# Heartbeat round trips on a LAN are sub-millisecond; Wi-Fi retries reach tens of ms.
+_RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# Failover is about one election timeout: 0.5 s wired, 2 s Wi-Fi.
+_ELECTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class PeerSample:
+    """One peer as seen at scrape time."""
+
+    node: str
+    seconds_since_heard: float | None
+    alive: bool
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """What the collector reads from the node at scrape time."""
+
+    peers: tuple[PeerSample, ...]
+    lease_remaining_s: float
+    votes_granted: int
+    votes_denied: int
+    lease_renew_failures: int
+    elections_started: int
+
+
+class ClusterCollector(Collector):
+    """Reads a `ClusterSnapshot` when Prometheus scrapes."""
+
+    def __init__(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        since = GaugeMetricFamily(
+            "ha_voice_peer_last_heard_seconds",
+            "Seconds since the last valid message from each peer",
+            labels=["peer"],
+        )
+        for peer in snap.peers:
+            if peer.seconds_since_heard is not None:
+                since.add_metric([peer.node], peer.seconds_since_heard)
+        yield since
+        yield GaugeMetricFamily(
+            "ha_voice_peers_known", "Peers in the address book", value=len(snap.peers)
+        )
+        alive = sum(peer.alive for peer in snap.peers)
+        yield GaugeMetricFamily(
+            "ha_voice_peers_alive", "Peers heard within an election timeout", value=alive
+        )
+        yield GaugeMetricFamily(
+            "ha_voice_lease_remaining_seconds",
+            "Seconds this node may still command the robot without a renewal (0 unless primary)",
+            value=max(snap.lease_remaining_s, 0.0),
+        )
+        for name, help_text, value in (
+            ("ha_voice_votes_granted", "Pre-votes and votes this node granted", snap.votes_granted),
+            ("ha_voice_votes_denied", "Pre-votes and votes this node refused", snap.votes_denied),
+            (
+                "ha_voice_lease_renew_failures",
+                "Times this node stepped down because no quorum renewed its lease",
+                snap.lease_renew_failures,
+            ),
+            ("ha_voice_elections_started", "Elections this node started", snap.elections_started),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+
+
+class Metrics:
+    """Every metric the daemon exports, registered on `self.registry`."""
+
+    def __init__(self, node_id: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.info = Gauge(
+            "ha_voice_node_info", "Static facts about this node", ["node", "cluster"], registry=r
+        )
+        self.role = Gauge("ha_voice_role", "1 for the role this node is in", ["role"], registry=r)
+        self.is_primary = Gauge(
+            "ha_voice_is_primary", "1 while primary with a valid lease", registry=r
+        )
+        self.term = Gauge("ha_voice_term", "Current election term", registry=r)
+        self.failovers = Counter(
+            "ha_voice_failovers", "Terms this node won after another primary", registry=r
+        )
+        self.leader_changes = Counter(
+            "ha_voice_leader_changes", "Times this node saw the primary change", registry=r
+        )
+        self.election_duration = Histogram(
+            "ha_voice_election_duration_seconds",
+            "From the last heartbeat of the old primary to this node's first valid lease",
+            buckets=_ELECTION_BUCKETS,
+            registry=r,
+        )
+        self.heartbeat_rtt = Histogram(
+            "ha_voice_heartbeat_rtt_seconds",
+            "Round trip of heartbeats, measured by the primary",
+            buckets=_RTT_BUCKETS,
+            registry=r,
+        )
+        self.packets_dropped = Counter(
+            "ha_voice_cluster_packets_dropped",
+            "Cluster datagrams dropped, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.packets_received = Counter(
+            "ha_voice_cluster_packets_received", "Cluster datagrams accepted", registry=r
+        )
+        self.packets_sent = Counter(
+            "ha_voice_cluster_packets_sent", "Cluster datagrams sent", registry=r
+        )
+        self.loop_lag = Gauge(
+            "ha_voice_event_loop_lag_seconds", "Latest event-loop scheduling delay", registry=r
+        )
+        self.loop_lag_hist = Histogram(
+            "ha_voice_event_loop_lag_distribution_seconds",
+            "Event-loop scheduling delay",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.persist_duration = Histogram(
+            "ha_voice_hard_state_persist_seconds",
+            "Time to make term and vote durable (fsync)",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.notify_failures = Counter(
+            "ha_voice_notify_hook_failures", "Notify hook runs that failed or timed out", registry=r
+        )
+        for reason in (*DROP_REASONS, "unknown_peer"):
+            self.packets_dropped.labels(reason)
+        for role in Role:
+            self.role.labels(role.value).set(0)
+        self.node_id = node_id
+
+    def attach(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
+        """Export the node's scrape-time values."""
+        self.registry.register(ClusterCollector(snapshot))
+
+    def set_role(self, role: Role, term: int, lease_valid: bool) -> None:
+        for each in Role:
+            self.role.labels(each.value).set(1 if each is role else 0)
+        self.term.set(term)
+        self.is_primary.set(1 if lease_valid else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

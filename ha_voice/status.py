@@ -1,0 +1,94 @@
+"""`ha-voice status` and `ha-voice step-down`: read `/cluster` from any node, follow the leader.
+
+A backup knows only who leads; the primary knows everyone. So the view is taken from the
+leader when the node asked can name it, and from the node asked otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ha_voice.errors import HAVoiceError
+
+__all__ = ["UnreachableError", "fetch_cluster", "render_table", "step_down"]
+
+_TIMEOUT_S = 2.0
+
+
+class UnreachableError(HAVoiceError):
+    """No node answered at the given address."""
+
+
+def _get(url: str) -> dict[str, Any]:
+    try:
+        response = httpx.get(url, timeout=_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise UnreachableError(f"{url}: {exc}; is ha-voice running there?") from None
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def fetch_cluster(base_url: str) -> dict[str, Any]:
+    """The most complete `/cluster` view reachable from `base_url`."""
+    view = _get(f"{base_url}/cluster")
+    leader_api = view.get("leader_api")
+    if leader_api and view.get("role") != "primary":
+        try:
+            return _get(f"{leader_api}/cluster")
+        except UnreachableError:
+            view["note"] = f"leader API {leader_api} unreachable: this is {view['node']}'s view"
+    return view
+
+
+def render_table(view: dict[str, Any]) -> str:
+    leader = view.get("leader") or "none"
+    head = f"cluster {view['cluster']}  term {view['term']}  primary {leader}"
+    if view.get("role") == "primary":
+        head += f"  (lease {view['lease_remaining_s']:.2f} s)"
+    rows = [("NODE", "ROLE", "PRIORITY", "LAST HEARD", "ADDRESS", "VOTER")]
+    for m in view["members"]:
+        heard = "self" if m["self"] else _seconds(m["last_heard_s"])
+        voter = "witness" if m["witness"] else ("yes" if m["voter"] else "no")
+        rows.append(
+            (m["node"], m["role"], str(m["priority"] or "-"), heard, m["address"] or "-", voter)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [head, *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)]
+    failover = view.get("last_failover")
+    if failover:
+        took = failover["duration_s"]
+        lines.append(
+            f"last failover: {failover['old'] or '-'} -> {failover['new']} in term "
+            f"{failover['term']}"
+            + (f", {took * 1000:.0f} ms" if took is not None else "")
+            + f", at {failover['at']}"
+        )
+    if "note" in view:
+        lines.append(view["note"])
+    return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
+
+
+def step_down(base_url: str, target: str | None) -> tuple[bool, str]:
+    """Ask the primary (found from `base_url`) to hand over; (done, what happened)."""
+    view = _get(f"{base_url}/cluster")
+    primary_url = base_url if view.get("role") == "primary" else view.get("leader_api")
+    if not primary_url:
+        return False, f"no primary known to {view['node']}: nothing to step down"
+    try:
+        response = httpx.post(
+            f"{primary_url}/cluster/step-down",
+            json={"target": target} if target else None,
+            timeout=_TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        raise UnreachableError(f"{primary_url}: {exc}") from None
+    body = response.json()
+    if response.status_code == 202:
+        return True, f"{view.get('leader')} is handing over"
+    return False, f"refused: {body.get('reason', body)}"
