@@ -44,6 +44,7 @@ class LocalNode:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     prefix: Sequence[str] = ()
+    client: httpx.Client | None = None
 
     @property
     def url(self) -> str:
@@ -78,9 +79,16 @@ class LocalNode:
 
     def get(self, path: str, timeout_s: float = 0.5) -> httpx.Response | None:
         try:
-            return httpx.get(self.url + path, timeout=timeout_s)
+            return self._client.get(self.url + path, timeout=timeout_s)
         except httpx.HTTPError:
             return None
+
+    @property
+    def _client(self) -> httpx.Client:
+        # Keep-alive: a new connection per poll would add milliseconds to every measurement.
+        if self.client is None:
+            self.client = httpx.Client()
+        return self.client
 
     def cluster(self) -> dict[str, Any] | None:
         response = self.get("/cluster")
@@ -101,6 +109,7 @@ class LocalCluster:
     extra_flags: Sequence[str] = ()
     prefixes: Sequence[Sequence[str]] = ()
     mdns: bool = False
+    static_peers: bool = True
     keep_dir: bool = False
 
     def __post_init__(self) -> None:
@@ -125,6 +134,8 @@ class LocalCluster:
     def _argv(self, node: LocalNode) -> list[str]:
         peers = [
             f"{other.node_id}@{other.host}:{other.cluster_port}"
+            if self.static_peers
+            else other.node_id
             for other in self.nodes.values()
             if other is not node
         ]
@@ -190,6 +201,8 @@ class LocalCluster:
                 node.signal(signal.SIGCONT)
                 node.signal(signal.SIGKILL)
                 node.wait(5.0)
+            if node.client is not None:
+                node.client.close()
         if not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -178,6 +178,28 @@ def _advertised_address(address: str) -> str:
         return str(probe.getsockname()[0])
 
 
+def _drop_queued_answers(zc: Zeroconf, name: str) -> None:
+    """Forget the answers about service `name` that still wait in zeroconf's multicast queues.
+
+    zeroconf delays multicast answers by up to 1.2 s (RFC 6762 §6 and §14) and sends them even
+    if the service was withdrawn or changed meanwhile. Such a late answer carries the
+    cache-flush bit: it would undo a goodbye, or a new term, in every listener's cache for a
+    whole TTL. Measured: without this, a listener saw the withdrawn endpoint come back in
+    most runs of tests/integration/test_discovery.py.
+    """
+    key = name.lower()
+    for outgoing in (zc.out_queue, zc.out_delay_queue):
+        for group in outgoing.queue:
+            # The service's own SRV and TXT, and the PTR (only PTRs have alias_key) to it.
+            stale = [
+                record
+                for record in group.answers
+                if record.key == key or getattr(record, "alias_key", None) == key
+            ]
+            for record in stale:
+                del group.answers[record]
+
+
 def _first_ipv4(info: AsyncServiceInfo) -> str | None:
     addresses = info.parsed_addresses(IPVersion.V4Only)
     return addresses[0] if addresses else None
@@ -269,6 +291,7 @@ class Discovery:
                 return
             info = self._endpoint_service_info(term)
             zc = self._zeroconf()
+            _drop_queued_answers(zc.zeroconf, info.name)
             if self._endpoint_info is None:
                 announced = await zc.async_register_service(
                     info, allow_name_change=False, cooperating_responders=True
@@ -283,6 +306,7 @@ class Discovery:
         async with self._endpoint_lock:
             info, self._endpoint_info, self._endpoint_term = self._endpoint_info, None, None
             if info is not None:
+                _drop_queued_answers(self._zeroconf().zeroconf, info.name)
                 self._track(await self._zeroconf().async_unregister_service(info))
 
     async def async_close(self) -> None:

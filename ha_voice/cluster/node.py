@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import random
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 _MAX_IDLE_S = 1.0
 _LAG_PROBE_S = 0.1
 _EXIT_STORAGE_FAILED = 74  # EX_IOERR
+# Round trips measured before judging the timers against them (DESIGN.md: warn under 10x).
+_RTT_SAMPLES = 20
 
 
 class RoleActions(Protocol):
@@ -168,6 +171,7 @@ class ClusterNode:
         self._warned: set[str] = set()
         self._leader: NodeId | None = None
         self._leader_heard_at: float | None = None
+        self._rtt_samples: list[float] = []
         self._not_leading = asyncio.Event()
         self._not_leading.set()
 
@@ -250,8 +254,23 @@ class ClusterNode:
         if not peer.static:
             peer.address = address  # authenticated, so the source address can be trusted
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
-            self.metrics.heartbeat_rtt.observe(max(0.0, now - message.sent_at))
+            self._round_trip(max(0.0, now - message.sent_at))
         self._queue.put_nowait(_Request(MessageReceived(message, now)))
+
+    def _round_trip(self, rtt_s: float) -> None:
+        self.metrics.heartbeat_rtt.observe(rtt_s)
+        if len(self._rtt_samples) >= _RTT_SAMPLES:
+            return
+        self._rtt_samples.append(rtt_s)
+        if len(self._rtt_samples) == _RTT_SAMPLES:
+            median = statistics.median(self._rtt_samples)
+            if self.timers.election_timeout_s < 10 * median:
+                log.warning(
+                    "election_timeout_s %.3f is under 10x the measured heartbeat round trip "
+                    "(median %.4f s): expect spurious failovers; try timer_profile = \"wifi\"",
+                    self.timers.election_timeout_s,
+                    median,
+                )
 
     def _dropped(self, reason: str, detail: str) -> None:
         self.metrics.packets_dropped.labels(reason).inc()

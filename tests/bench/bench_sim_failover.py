@@ -93,12 +93,13 @@ def spurious_table(runs: int, duration_s: float) -> list[str]:
     return rows
 
 
-def write_section(lines: list[str]) -> None:
+def write_section(lines: list[str], start: str = START, end: str = END) -> None:
+    """Replace the section between `start` and `end` in docs/benchmarks.md, or append it."""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = "\n".join([START, *lines, END])
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
+    section = "\n".join([start, *lines, end])
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(text)

@@ -1,0 +1,190 @@
+"""Three nodes, each in its own network namespace on a bridge, and a client in a fourth.
+
+Real mDNS discovery with no static addresses, the virtual endpoint resolved from the client
+namespace with `dig` (not zeroconf), the floating IP moving on failover (seen with `ip -n`), and
+a partition of the primary: the majority elects, the isolated node steps down and lets go of
+the floating IP.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ha_voice.local_cluster import LocalCluster
+from tests.integration.netns import Lan, NetnsUnavailable, NsProcess
+
+VIP = "10.215.0.200"
+CLIENT = 3
+
+_PROBE = """
+import json, sys, httpx
+client = httpx.Client(timeout=0.5)
+for line in sys.stdin:
+    url = line.strip()
+    try:
+        r = client.get(url)
+        print(json.dumps({"url": url, "status": r.status_code, "body": r.text}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"url": url, "status": None, "error": str(exc)}), flush=True)
+"""
+
+
+@dataclass
+class Net:
+    lan: Lan
+    cluster: LocalCluster
+    probe: NsProcess
+
+    def get(self, node: str, path: str) -> tuple[int | None, Any]:
+        """GET from the client namespace; (status, parsed JSON or None)."""
+        url = f"{self.cluster.nodes[node].url}{path}"
+        start = len(self.probe.stdout.lines)
+        self.probe.send(url)
+        line = self.probe.wait_for(lambda text: json.loads(text)["url"] == url, 5.0, start)
+        reply = json.loads(line)
+        body = reply.get("body")
+        try:
+            return reply["status"], json.loads(body) if body else None
+        except json.JSONDecodeError:
+            return reply["status"], body
+
+    def primaries(self) -> list[str]:
+        return [
+            n.node_id
+            for n in self.cluster.running()
+            if self.get(n.node_id, "/cluster/primary")[0] == 200
+        ]
+
+    def wait(self, what: Callable[[], Any], timeout_s: float, message: str) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = what()
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"{message}\n{self.logs()}")
+
+    def one_primary(self, timeout_s: float = 30.0, exclude: str | None = None) -> str:
+        def single() -> str | None:
+            found = [p for p in self.primaries() if p != exclude]
+            return found[0] if len(found) == 1 else None
+
+        primary: str = self.wait(single, timeout_s, "no single primary")
+        return primary
+
+    def vip_on(self, index: int) -> bool:
+        out = self.lan[index].run(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
+        return f" {VIP}/" in out
+
+    def dig(self, record: str) -> str:
+        name = f"{self.cluster.cluster}._ha-voice._tcp.local."
+        argv = ["dig", "-p", "5353", "@224.0.0.251", name, record, "+time=2", "+tries=2"]
+        result = self.lan[CLIENT].run(argv, check=False)
+        return result.stdout
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {n.node_id}\n{n.log_path.read_text()[-2500:]}"
+            for n in self.cluster.nodes.values()
+            if n.log_path.exists()
+        )
+
+
+def _index(node_id: str) -> int:
+    return int(node_id[1:]) - 1
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    lan = Lan(4, subnet="10.215.0.0/24", prefix="hve")
+    try:
+        lan.create()
+    except NetnsUnavailable as exc:
+        pytest.skip(f"network namespaces unavailable: {exc}")
+    cluster = LocalCluster(
+        3,
+        hosts=[lan.address(i) for i in range(3)],
+        prefixes=[lan[i].exec_argv([]) for i in range(3)],
+        mdns=True,
+        static_peers=False,
+        extra_flags=(f"--vip={VIP}/24", "--vip-interface=eth0"),
+    )
+    try:
+        probe = lan[CLIENT].spawn([sys.executable, "-c", _PROBE])
+        cluster.start()
+        yield Net(lan, cluster, probe)
+    finally:
+        cluster.close()
+        lan.close()
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig: apt-get install dnsutils")
+def test_discovery_endpoint_and_floating_ip_follow_the_primary(net: Net) -> None:
+    primary = net.one_primary()
+    # Every node found the others by mDNS alone: the primary hears both backups.
+    view = net.wait(
+        lambda: (
+            (v := net.get(primary, "/cluster")[1])
+            and sum(m["role"] == "backup" for m in v["members"]) == 2
+            and v
+        ),
+        10.0,
+        "the primary did not hear both backups",
+    )
+    assert {m["address"].split(":")[0] for m in view["members"] if not m["self"]} == {
+        net.lan.address(i) for i in range(3) if i != _index(primary)
+    }
+    # The endpoint resolves, by a resolver that is not ours, to the primary.
+    txt = net.wait(lambda: (t := net.dig("TXT")) and f"node={primary}" in t and t, 10.0, "no TXT")
+    assert f"term={view['term']}" in txt
+    assert "8888" in net.dig("SRV")
+    net.wait(lambda: net.vip_on(_index(primary)), 10.0, "the primary never took the VIP")
+    assert [i for i in range(3) if net.vip_on(i)] == [_index(primary)]
+
+    net.cluster.kill(primary, signal.SIGKILL)
+    new = net.one_primary(exclude=primary)
+    assert new != primary
+    net.wait(lambda: net.vip_on(_index(new)), 10.0, "the VIP did not move")
+    net.wait(lambda: f"node={new}" in net.dig("TXT"), 10.0, "the endpoint did not move")
+
+    # The killed node comes back, finds the VIP on itself while not primary, and drops it.
+    net.cluster.nodes[primary].start()
+    net.wait(lambda: not net.vip_on(_index(primary)), 15.0, "the returning node kept the VIP")
+    assert net.one_primary() == new
+
+
+def test_a_partitioned_primary_steps_down_and_the_majority_elects(net: Net) -> None:
+    primary = net.one_primary()
+    net.wait(lambda: net.vip_on(_index(primary)), 10.0, "the primary never took the VIP")
+    assert net.lan.bridge is not None
+    net.lan.bridge.ip("link", "set", net.lan.port(_index(primary)), "down")
+    new = net.one_primary(exclude=primary)
+    assert new != primary
+    old_ns = net.lan[_index(primary)]
+    url = f"{net.cluster.nodes[primary].url}/cluster"
+
+    def stepped_down() -> bool:
+        cmd = [sys.executable, "-c", f"import httpx; print(httpx.get('{url}').text)"]
+        result = old_ns.run(cmd, check=False)
+        return result.returncode == 0 and json.loads(result.stdout)["role"] != "primary"
+
+    net.wait(stepped_down, 10.0, "the isolated primary did not step down")
+    net.wait(lambda: not net.vip_on(_index(primary)), 10.0, "the isolated node kept the VIP")
+    net.wait(lambda: net.vip_on(_index(new)), 10.0, "the new primary has no VIP")
+    net.lan.bridge.ip("link", "set", net.lan.port(_index(primary)), "up")
+    assert net.one_primary() == new
+
+
+def test_cleanup_leaves_no_namespace_behind() -> None:
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "hve" not in names or str(__import__("os").getpid()) not in names
