@@ -267,7 +267,7 @@ class ClusterNode:
             if self.timers.election_timeout_s < 10 * median:
                 log.warning(
                     "election_timeout_s %.3f is under 10x the measured heartbeat round trip "
-                    "(median %.4f s): expect spurious failovers; try timer_profile = \"wifi\"",
+                    '(median %.4f s): expect spurious failovers; try timer_profile = "wifi"',
                     self.timers.election_timeout_s,
                     median,
                 )

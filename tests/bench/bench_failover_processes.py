@@ -16,9 +16,9 @@ import statistics
 import sys
 import time
 
-from ha_voice.local_cluster import LocalCluster
-
 from bench_sim_failover import write_section  # run as a script: its directory is on the path
+
+from ha_voice.local_cluster import LocalCluster
 
 START, END = "<!-- bench_failover_processes:start -->", "<!-- bench_failover_processes:end -->"
 
