@@ -181,11 +181,10 @@ def _advertised_address(address: str) -> str:
 def _drop_queued_answers(zc: Zeroconf, name: str) -> None:
     """Forget the answers about service `name` that still wait in zeroconf's multicast queues.
 
-    zeroconf delays multicast answers by up to 1.2 s (RFC 6762 §6 and §14) and sends them even
-    if the service was withdrawn or changed meanwhile. Such a late answer carries the
-    cache-flush bit: it would undo a goodbye, or a new term, in every listener's cache for a
-    whole TTL. Measured: without this, a listener saw the withdrawn endpoint come back in
-    most runs of tests/integration/test_discovery.py.
+    zeroconf delays multicast answers by up to 1.2 s (RFC 6762 §6 and §14), and its
+    MulticastOutgoingQueue sends what it queued without asking whether the service is still
+    registered. Such a late answer would undo a goodbye, or a new term, in every listener's
+    cache for a whole TTL.
     """
     key = name.lower()
     for outgoing in (zc.out_queue, zc.out_delay_queue):
@@ -249,7 +248,8 @@ class Discovery:
         self._endpoint_lock = asyncio.Lock()
         self._peers: dict[str, PeerRecord] = {}  # by lower-cased service name
         self._resolving: dict[str, asyncio.Task[None]] = {}
-        self._broadcasts: set[asyncio.Future[Any]] = set()  # announcements, goodbyes
+        self._announcing: dict[str, asyncio.Future[Any]] = {}  # by service key
+        self._goodbyes: set[asyncio.Future[Any]] = set()
         self._warned = False
         self._closed = False
 
@@ -268,13 +268,14 @@ class Discovery:
         )
         info = self._node_service_info()
         try:
-            self._track(await self._aiozc.async_register_service(info, allow_name_change=False))
+            announcement = await self._aiozc.async_register_service(info, allow_name_change=False)
         except NonUniqueNameException as err:
             raise ConfigError(
                 f"node_id {self._node_id!r} is already registered by another node on this "
                 "network: give every node its own node_id"
             ) from err
         self._node_info = info
+        self._announce(info, announcement)
 
     def endpoint_published(self) -> bool:
         """Whether this node currently answers for the cluster's endpoint."""
@@ -291,23 +292,22 @@ class Discovery:
                 return
             info = self._endpoint_service_info(term)
             zc = self._zeroconf()
-            _drop_queued_answers(zc.zeroconf, info.name)
             if self._endpoint_info is None:
-                announced = await zc.async_register_service(
+                announcement = await zc.async_register_service(
                     info, allow_name_change=False, cooperating_responders=True
                 )
             else:
-                announced = await zc.async_update_service(info)
-            self._track(announced)
+                self._silence(info)  # no answer for the old term may follow the new one
+                announcement = await zc.async_update_service(info)
             self._endpoint_info, self._endpoint_term = info, term
+            self._announce(info, announcement)
 
     async def async_withdraw_endpoint(self) -> None:
         """Stop answering for the endpoint; goodbyes (TTL 0) go out over the next 250 ms."""
         async with self._endpoint_lock:
             info, self._endpoint_info, self._endpoint_term = self._endpoint_info, None, None
             if info is not None:
-                _drop_queued_answers(self._zeroconf().zeroconf, info.name)
-                self._track(await self._zeroconf().async_unregister_service(info))
+                await self._async_goodbye(info)
 
     async def async_close(self) -> None:
         """Withdraw both services, wait for the goodbyes; idempotent, fine after a failed start."""
@@ -319,9 +319,9 @@ class Discovery:
             await self._browser.async_cancel()
         await self._cancel_resolutions()
         if self._node_info is not None:
-            self._track(await self._zeroconf().async_unregister_service(self._node_info))
+            await self._async_goodbye(self._node_info)
             self._node_info = None
-        await asyncio.gather(*self._broadcasts, return_exceptions=True)
+        await asyncio.gather(*self._goodbyes, return_exceptions=True)
         if self._owns_zeroconf and self._aiozc is not None:
             await self._aiozc.async_close()
 
@@ -365,11 +365,34 @@ class Discovery:
             parsed_addresses=[self._address],
         )
 
-    def _track(self, broadcast: Awaitable[Any]) -> None:
-        """Keep an announcement or goodbye in flight referenced, so close can wait for it."""
-        future = asyncio.ensure_future(broadcast)
-        self._broadcasts.add(future)
-        future.add_done_callback(self._broadcasts.discard)
+    def _announce(self, info: AsyncServiceInfo, announcement: Awaitable[Any]) -> None:
+        """Keep the announcements in flight (three over 450 ms) where `_silence` can stop them."""
+        future = asyncio.ensure_future(announcement)
+        self._announcing[info.key] = future
+        future.add_done_callback(lambda done: self._announced(info.key, done))
+
+    def _announced(self, key: str, future: asyncio.Future[Any]) -> None:
+        if self._announcing.get(key) is future:
+            del self._announcing[key]
+
+    def _silence(self, info: AsyncServiceInfo) -> None:
+        """Stop whatever zeroconf still means to send about this service.
+
+        zeroconf's announcement task runs on after an unregister or an update: measured in
+        tests/integration/test_discovery.py, the last announcement of a withdrawn endpoint
+        often went out after its first goodbye, and listeners believed it for a whole TTL.
+        """
+        announcing = self._announcing.pop(info.key, None)
+        if announcing is not None:
+            announcing.cancel()
+        _drop_queued_answers(self._zeroconf().zeroconf, info.name)
+
+    async def _async_goodbye(self, info: AsyncServiceInfo) -> None:
+        """Unregister the service; close waits for its goodbyes (three over 250 ms)."""
+        self._silence(info)
+        goodbye = asyncio.ensure_future(await self._zeroconf().async_unregister_service(info))
+        self._goodbyes.add(goodbye)
+        goodbye.add_done_callback(self._goodbyes.discard)
 
     def _on_state_change(
         self,

@@ -206,7 +206,7 @@ BAD: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
     ),
     "witness is a peer": (
         {"flags": {"peers": "b", "witness": "b", "node_id": "a"}},
-        ("witness", "flag --witness", "neither"),
+        ("witness", "flag --witness", "listed once", "remove it from peers"),
     ),
     "unknown file key": (
         {"file": "heartbeat_interval = 0.1\n"},
