@@ -453,3 +453,9 @@ def test_main_check_reports_errors_with_exit_2(
 def test_main_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--markdown"]) == 0
     assert capsys.readouterr().out == render_markdown()
+
+
+def test_a_witness_configures_itself_as_the_witness() -> None:
+    config = load_config(env={}, flags={"node_id": "w", "peers": "n1,n2", "witness": "w"})
+    assert config.witness_spec is not None
+    assert config.witness_spec.node_id == config.node_id
