@@ -6,8 +6,11 @@ machine; the measured distributions are in tests/bench and docs/benchmarks.md.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -136,3 +139,42 @@ def test_status_and_health_endpoints(cluster: LocalCluster) -> None:
     assert {"status", "robot_connected", "whisper_model", "language"} <= set(body)
     assert body["role"] == "primary"
     assert body["node"] == primary
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ha_voice", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_status_from_a_backup_shows_the_whole_cluster(cluster: LocalCluster) -> None:
+    primary = _primary(cluster)
+    time.sleep(0.3)
+    backup = next(n for n in cluster.nodes.values() if n.node_id != primary)
+    # A backup's view only names the leader; status follows it to the primary's full view.
+    result = _cli("status", "--url", backup.url, "--json")
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)
+    assert view["node"] in (primary, backup.node_id)
+    table = _cli("status", "--url", backup.url)
+    assert table.returncode == 0, table.stderr
+    assert f"primary {primary}" in table.stdout
+    for node_id in cluster.nodes:
+        assert node_id in table.stdout
+
+
+def test_step_down_from_the_cli_hands_over(cluster: LocalCluster) -> None:
+    old = _primary(cluster)
+    time.sleep(0.3)
+    result = _cli("step-down", "--url", cluster.nodes[old].url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = cluster.wait_for_primary(BOUND_S, exclude=old)
+    assert found is not None, _logs(cluster)
+    view = cluster.wait_for(old, lambda v: v["role"] == "backup", 5.0)
+    assert view is not None
+    assert view["leader"] == found[0]
+
+
+def test_unreachable_node_is_a_clear_error() -> None:
+    result = _cli("status", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "is ha-voice running there?" in result.stderr
