@@ -110,6 +110,7 @@ class LocalCluster:
     prefixes: Sequence[Sequence[str]] = ()
     mdns: bool = False
     static_peers: bool = True
+    witness: bool = False
     keep_dir: bool = False
 
     def __post_init__(self) -> None:
@@ -117,10 +118,11 @@ class LocalCluster:
         self.key_file = self.dir / "cluster.key"
         self.key_file.write_bytes(os.urandom(32))
         self.key_file.chmod(0o600)
-        hosts = list(self.hosts) or ["127.0.0.1"] * self.size
+        count = self.size + (1 if self.witness else 0)
+        hosts = list(self.hosts) or ["127.0.0.1"] * count
         self.nodes: dict[str, LocalNode] = {}
-        for i in range(self.size):
-            node_id = f"n{i + 1}"
+        for i in range(count):
+            node_id = f"n{i + 1}" if i < self.size else "w"
             host = hosts[i]
             udp = free_port(socket.SOCK_DGRAM, "127.0.0.1") if host == "127.0.0.1" else 7405
             api = free_port(socket.SOCK_STREAM, "127.0.0.1") if host == "127.0.0.1" else 8888
@@ -132,18 +134,20 @@ class LocalCluster:
             node.argv = self._argv(node)
 
     def _argv(self, node: LocalNode) -> list[str]:
-        peers = [
-            f"{other.node_id}@{other.host}:{other.cluster_port}"
-            if self.static_peers
-            else other.node_id
-            for other in self.nodes.values()
-            if other is not node
-        ]
+        def spec(other: LocalNode) -> str:
+            if self.static_peers:
+                return f"{other.node_id}@{other.host}:{other.cluster_port}"
+            return other.node_id
+
+        peers = [spec(o) for o in self.nodes.values() if o is not node and o.node_id != "w"]
+        witness = self.nodes.get("w")
+        witness_flags = [f"--witness={spec(witness)}"] if witness and witness is not node else []
+        command = "witness" if node.node_id == "w" else "run"
         return [
             sys.executable,
             "-m",
             "ha_voice",
-            "run",
+            command,
             f"--node-id={node.node_id}",
             f"--cluster={self.cluster}",
             f"--cluster-key-file={self.key_file}",
@@ -153,6 +157,7 @@ class LocalCluster:
             f"--port={node.api_port}",
             f"--peers={','.join(peers)}",
             "--mdns" if self.mdns else "--no-mdns",
+            *witness_flags,
             *self.extra_flags,
         ]
 

@@ -106,11 +106,14 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
         peer = node.peers.get(name)
         is_self = name == election.node_id
         view = views.get(name)
+        role = _role_of(node, name, now)
         members.append(
             {
                 "node": name,
                 "self": is_self,
-                "role": _role_of(node, name, now),
+                "role": role,
+                # Known to be in our term: ourselves, the leader, and whoever acks our heartbeats.
+                "term": None if role in ("unknown", "unreachable") else election.term,
                 "voter": name in membership.voters,
                 "witness": name in membership.witnesses,
                 "priority": election.priority if is_self else _priority(peer, view),

@@ -23,6 +23,9 @@ Invariants:
   event replaces the older task), keeps a reference, and `async_close` cancels what is left.
 - Goodbyes are sent only for names this node registered successfully: a node whose id is
   taken on the network never speaks for the node that owns it.
+- Once a service is withdrawn or changed, nothing about its old records leaves this node:
+  the announcements still in flight are cancelled and queued answers dropped (`_silence`),
+  since a late one would undo the goodbye or the new term in listeners' caches for a TTL.
 
 The endpoint moves from node to node, so it is registered with `cooperating_responders=True`
 (no probe, RFC 6762 §8.1) and `allow_name_change=False`. A probe would find a dead primary's
@@ -445,8 +448,6 @@ class Discovery:
         self._accept(key, record)
 
     def _accept(self, key: str, record: PeerRecord) -> None:
-        if record.node_id == self._node_id:
-            return
         if record.cluster != self._cluster:
             # A node that moved to another cluster is gone from ours.
             self._forget(key)

@@ -178,3 +178,20 @@ def test_unreachable_node_is_a_clear_error() -> None:
     result = _cli("status", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "is ha-voice running there?" in result.stderr
+
+
+def test_two_nodes_and_a_witness_survive_the_loss_of_the_primary() -> None:
+    with LocalCluster(2, witness=True) as trio:
+        trio.start()
+        old = _primary(trio)
+        assert old != "w"
+        witness = trio.wait_for("w", lambda v: v["leader"] == old, 10.0)
+        assert witness is not None
+        assert witness["role"] == "witness"
+        trio.kill(old)
+        found = trio.wait_for_primary(BOUND_S, exclude=old)
+        assert found is not None, _logs(trio)
+        assert found[0] not in (old, "w")
+        view = trio.wait_for("w", lambda v: v["leader"] == found[0], 5.0)
+        assert view is not None
+        assert view["role"] == "witness"
