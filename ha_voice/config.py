@@ -107,11 +107,15 @@ _WHISPER_SIZES: Final = (
 _PEER_FORMAT: Final = "NODE_ID or NODE_ID@HOST:PORT"
 
 
-def _name_pattern(max_chars: int) -> str:
-    return rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{max_chars - 1}}}$"
+def _name_pattern(max_chars: int, dots: bool = True) -> str:
+    allowed = "A-Za-z0-9._-" if dots else "A-Za-z0-9_-"
+    return rf"^[A-Za-z0-9][{allowed}]{{0,{max_chars - 1}}}$"
 
 
-_NODE_ID_PATTERN: Final = _name_pattern(MAX_NODE_ID_BYTES)
+# Node ids and the cluster name become mDNS labels: no dots (zeroconf splits names on them),
+# at most 63 bytes (RFC 1035 §2.3.4).
+_LABEL_MAX: Final = min(MAX_NODE_ID_BYTES, 63)
+_NODE_ID_PATTERN: Final = _name_pattern(_LABEL_MAX, dots=False)
 _PEER_RE: Final = re.compile(
     rf"(?P<node>{_NODE_ID_PATTERN[1:-1]})"
     r"(?:@(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):(?P<port>[0-9]{1,5}))?"
@@ -159,8 +163,8 @@ class PeerSpec:
 
 def default_node_id() -> str:
     """This host's name made a valid node id ("node" if nothing of it is left)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")
-    return cleaned[:MAX_NODE_ID_BYTES] or "node"
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()).lstrip("_-")
+    return cleaned[:_LABEL_MAX] or "node"
 
 
 def _absolute(path: Path) -> Path:
@@ -236,15 +240,15 @@ class Config(BaseModel):
         default_factory=default_node_id,
         pattern=_NODE_ID_PATTERN,
         json_schema_extra={"default_text": "<host name>"},
-        description="This node's unique name in the cluster, 1 to 64 bytes of letters, digits, "
-        "'.', '_' and '-', because the wire protocol carries it length-prefixed in at most 64 "
-        "bytes; the sanitised host name is the default as it is already unique on a LAN.",
+        description="This node's unique name in the cluster, 1 to 63 characters of letters, "
+        "digits, '_' and '-', because it becomes an mDNS label (no dots, at most 63 bytes); the "
+        "sanitised host name is the default as it is already unique on a LAN.",
     )
     cluster: str = Field(
         default="ha-voice",
-        pattern=_name_pattern(_CLUSTER_MAX),
+        pattern=_name_pattern(_CLUSTER_MAX, dots=False),
         description="The cluster's name, the same on all of its nodes, at most 32 characters of "
-        "letters, digits, '.', '_' and '-' because it becomes the mDNS instance label of the "
+        "letters, digits, '_' and '-' because it becomes the mDNS instance label of the "
         "service and keys the message MACs, so two clusters on one LAN never mix.",
     )
     cluster_key_file: AbsolutePath = Field(

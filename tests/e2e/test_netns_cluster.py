@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from ha_voice.local_cluster import LocalCluster
+from tests.integration.dig import Dig
 from tests.integration.netns import Lan, NetnsUnavailable, NsProcess
 
 VIP = "10.215.0.200"
@@ -43,6 +44,7 @@ class Net:
     lan: Lan
     cluster: LocalCluster
     probe: NsProcess
+    dig: Dig
 
     def get(self, node: str, path: str) -> tuple[int | None, Any]:
         """GET from the client namespace; (status, parsed JSON or None)."""
@@ -85,11 +87,12 @@ class Net:
         out = self.lan[index].run(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
         return f" {VIP}/" in out
 
-    def dig(self, record: str) -> str:
-        name = f"{self.cluster.cluster}._ha-voice._tcp.local."
-        argv = ["dig", "-p", "5353", "@224.0.0.251", name, record, "+time=2", "+tries=2"]
-        result = self.lan[CLIENT].run(argv, check=False)
-        return result.stdout
+    def endpoint(self) -> tuple[str, int, str, dict[str, str]] | None:
+        """(SRV target, port, address, TXT) of the endpoint as dig sees it, or None."""
+        try:
+            return self.dig.endpoint(self.cluster.cluster)
+        except AssertionError:
+            return None
 
     def logs(self) -> str:
         return "\n".join(
@@ -121,7 +124,7 @@ def net() -> Iterator[Net]:
     try:
         probe = lan[CLIENT].spawn([sys.executable, "-c", _PROBE])
         cluster.start()
-        yield Net(lan, cluster, probe)
+        yield Net(lan, cluster, probe, Dig(lan, CLIENT))
     finally:
         cluster.close()
         lan.close()
@@ -144,9 +147,12 @@ def test_discovery_endpoint_and_floating_ip_follow_the_primary(net: Net) -> None
         net.lan.address(i) for i in range(3) if i != _index(primary)
     }
     # The endpoint resolves, by a resolver that is not ours, to the primary.
-    txt = net.wait(lambda: (t := net.dig("TXT")) and f"node={primary}" in t and t, 10.0, "no TXT")
-    assert f"term={view['term']}" in txt
-    assert "8888" in net.dig("SRV")
+    endpoint = net.wait(
+        lambda: (e := net.endpoint()) and e[3].get("node") == primary and e, 10.0, "no endpoint"
+    )
+    _, port, address, txt = endpoint
+    assert (port, address) == (8888, net.lan.address(_index(primary)))
+    assert txt["term"] == str(view["term"])
     net.wait(lambda: net.vip_on(_index(primary)), 10.0, "the primary never took the VIP")
     assert [i for i in range(3) if net.vip_on(i)] == [_index(primary)]
 
@@ -154,7 +160,7 @@ def test_discovery_endpoint_and_floating_ip_follow_the_primary(net: Net) -> None
     new = net.one_primary(exclude=primary)
     assert new != primary
     net.wait(lambda: net.vip_on(_index(new)), 10.0, "the VIP did not move")
-    net.wait(lambda: f"node={new}" in net.dig("TXT"), 10.0, "the endpoint did not move")
+    net.wait(lambda: (e := net.endpoint()) and e[3].get("node") == new, 10.0, "the endpoint stayed")
 
     # The killed node comes back, finds the VIP on itself while not primary, and drops it.
     net.cluster.nodes[primary].start()
