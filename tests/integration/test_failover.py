@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +197,27 @@ def test_two_nodes_and_a_witness_survive_the_loss_of_the_primary() -> None:
         view = trio.wait_for("w", lambda v: v["leader"] == found[0], 5.0)
         assert view is not None
         assert view["role"] == "witness"
+
+
+def test_systemd_hears_ready_watchdog_and_stopping(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(20.0)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")
+        with LocalCluster(1) as single:
+            single.start()
+            seen: list[str] = []
+            while not any("READY=1" in m for m in seen):
+                seen.append(sock.recv(4096).decode())
+            while not any("WATCHDOG=1" in m for m in seen):
+                seen.append(sock.recv(4096).decode())
+            single.kill("n1", signal.SIGTERM)
+            while not any("STOPPING=1" in m for m in seen):
+                seen.append(sock.recv(4096).decode())
+            assert single.nodes["n1"].wait(10.0) == 0
+    ready = next(m for m in seen if "READY=1" in m)
+    assert "STATUS=" in ready
