@@ -33,12 +33,16 @@ def _get(url: str) -> dict[str, Any]:
 def fetch_cluster(base_url: str) -> dict[str, Any]:
     """The most complete `/cluster` view reachable from `base_url`."""
     view = _get(f"{base_url}/cluster")
-    leader_api = view.get("leader_api")
-    if leader_api and view.get("role") != "primary":
-        try:
-            return _get(f"{leader_api}/cluster")
-        except UnreachableError:
-            view["note"] = f"leader API {leader_api} unreachable: this is {view['node']}'s view"
+    leader, leader_api = view.get("leader"), view.get("leader_api")
+    if not leader_api or view.get("role") == "primary":
+        return view
+    try:
+        leader_view = _get(f"{leader_api}/cluster")
+    except UnreachableError:
+        leader_view = {}
+    if leader_view.get("node") == leader:
+        return leader_view
+    view["note"] = f"the leader's API was not found at {leader_api}: this is {view['node']}'s view"
     return view
 
 

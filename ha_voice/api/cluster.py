@@ -135,11 +135,12 @@ def _role_of(node: ClusterNode, name: str, now: float) -> str:
         return Role.WITNESS.value
     views = {view.node: view for view in election.peers()}
     view = views.get(name)
-    if view is None:
-        return "unknown"
-    if now - view.last_ack_at >= election.timers.election_timeout_s:
-        return "unreachable"
-    return Role.BACKUP.value if view.eligible else Role.FAULT.value
+    if view is not None and now - view.last_ack_at < election.timers.election_timeout_s:
+        return Role.BACKUP.value if view.eligible else Role.FAULT.value
+    peer = node.peers.get(name)
+    if view is not None or (peer is not None and peer.last_heard_at is not None):
+        return "unreachable" if election.role is Role.PRIMARY else "unknown"
+    return "unknown"
 
 
 def _priority(peer: Peer | None, view: Any) -> int | None:
