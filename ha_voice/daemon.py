@@ -105,18 +105,6 @@ def _static_peers(config: Config) -> dict[str, Address | None]:
     }
 
 
-def _advertised_address(config: Config) -> str:
-    """The address peers reach us at: the bind address, or the one used for the default route."""
-    if config.listen_address != "0.0.0.0":
-        return config.listen_address
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent by connect()
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
-
 @dataclass
 class _Daemon:
     """The running parts of one node, started and stopped in one place."""
@@ -217,7 +205,7 @@ def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Dis
     return Discovery(
         cluster=config.cluster,
         node_id=config.node_id,
-        address=_advertised_address(config),
+        address=config.listen_address,  # 0.0.0.0: discovery advertises the routed one
         cluster_port=node.address[1],
         api_port=config.port,
         priority=config.priority,
