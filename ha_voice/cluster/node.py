@@ -172,6 +172,7 @@ class ClusterNode:
         self._leader: NodeId | None = None
         self._leader_heard_at: float | None = None
         self._rtt_samples: list[float] = []
+        self._shown_role: tuple[Role, int, bool] | None = None
         self._not_leading = asyncio.Event()
         self._not_leading.set()
 
@@ -412,7 +413,11 @@ class ClusterNode:
 
     def _update_role_metrics(self) -> None:
         e = self.election
-        self.metrics.set_role(e.role, e.term, e.lease_valid(clock.monotonic()))
+        shown = (e.role, e.term, e.lease_valid(clock.monotonic()))
+        if shown == self._shown_role:
+            return  # the common case, every heartbeat: nothing to write
+        self._shown_role = shown
+        self.metrics.set_role(*shown)
         if e.role is Role.PRIMARY:
             self._not_leading.clear()
         else:
