@@ -100,6 +100,7 @@ class Mode(enum.IntEnum):
 
     IDLE = 0
     BALANCE_STAND = 1
+    POSE = 2  # from the handheld controller
     LOCOMOTION = 3
     LIE_DOWN = 5
     JOINT_LOCK = 6  # after StandUp, before BalanceStand: standing but cannot walk
@@ -107,6 +108,8 @@ class Mode(enum.IntEnum):
     RECOVERY_STAND = 8
     SIT = 10
     FRONT_FLIP = 11
+    FRONT_JUMP = 12
+    FRONT_POUNCE = 13
 
 
 class ErrorCode(enum.IntEnum):
@@ -180,8 +183,14 @@ class Robot(Protocol):
     async def connect(self) -> None:
         """Open the channel; raises RobotError(NOT_CONNECTED) with the reason if it cannot."""
 
-    async def execute(self, command: Command, token: FencingToken) -> None:
-        """Make one SDK call under `token`; returns when the robot accepted it, else raises."""
+    async def execute(
+        self, command: Command, token: FencingToken, *, lease_expiry_s: float | None = None
+    ) -> None:
+        """Make one SDK call under `token`; returns when the robot accepted it, else raises.
+
+        `lease_expiry_s` is the sender's lease end on its monotonic clock: the simulator uses it
+        to prove that no command arrives after its sender's lease (on one host only).
+        """
 
     async def state(self) -> RobotState:
         """The latest state the robot reported; raises RobotError if none is known."""
