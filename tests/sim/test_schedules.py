@@ -17,6 +17,9 @@ from ha_voice.simulation.schedules import (
 )
 from tests.sim.conftest import FIRST_SEED, SEEDS, record
 
+# Generous per-seed budget (a slow 2-core machine runs ~0.5 s per 5-node schedule), so that
+# HA_VOICE_SIM_SEEDS=2000 is not cut short by the suite's default 900 s timeout.
+BUDGET = pytest.mark.timeout(max(900, 2 * SEEDS))
 WIFI = tuple(ClusterSpec.from_name(f"{spec.name}+wifi") for spec in CONFIGURATIONS)
 
 
@@ -39,6 +42,7 @@ def _run(request: pytest.FixtureRequest, results: list[ScheduleResult]) -> None:
     assert not failed, _explain(failed, len(results))
 
 
+@BUDGET
 @pytest.mark.parametrize("spec", CONFIGURATIONS, ids=lambda s: s.name)
 def test_hostile_schedules(request: pytest.FixtureRequest, spec: ClusterSpec) -> None:
     seeds = range(FIRST_SEED, FIRST_SEED + SEEDS)
@@ -47,6 +51,7 @@ def test_hostile_schedules(request: pytest.FixtureRequest, spec: ClusterSpec) ->
     _run(request, results)
 
 
+@BUDGET
 @pytest.mark.parametrize("spec", CONFIGURATIONS + WIFI, ids=lambda s: s.name)
 def test_stability_on_a_lossy_network(request: pytest.FixtureRequest, spec: ClusterSpec) -> None:
     seeds = range(FIRST_SEED, FIRST_SEED + SEEDS)
