@@ -128,7 +128,7 @@ def _profile(
 
 # wired: a heartbeat every 50 ms and a 0.5 s refusal window, so a lease survives 8 lost
 # heartbeat round trips in a row; the simulator shows no leader change in 2-node clusters at 5 %
-# loss with it, while 3 heartbeats (VRRP's count) gave one every few minutes (docs/design.md).
+# loss with it, while 100 ms / 3 heartbeats (VRRP's count) gave ~300 an hour (docs/benchmarks.md).
 # wifi: 100 ms / 2 s survives 18 lost round trips, for 20 % loss.
 PROFILES: Final[dict[TimerProfile, ElectionTimers]] = {
     "wired": _profile(0.05, 0.5, priority_skew_s=0.05, election_jitter_s=0.02),
