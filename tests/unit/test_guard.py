@@ -1,0 +1,201 @@
+"""The guard against the simulated Go2, on a clock the test moves: no real sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pytest
+
+from ha_voice.robot.base import Action, Command, Mode
+from ha_voice.robot.guard import Guard, NotLeading
+from ha_voice.robot.sim import SimGo2
+
+T = TypeVar("T")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+@dataclass
+class Lease:
+    """A lease the test holds or drops at will."""
+
+    clock: Clock
+    term: int = 3
+    lease_expiry: float = float("inf")
+
+    def lease_valid(self, now: float) -> bool:
+        return now < self.lease_expiry
+
+
+def setup() -> tuple[Clock, Lease, SimGo2, Guard]:
+    clock = Clock()
+    lease = Lease(clock)
+    robot = SimGo2(now=clock, latency_s=0.0)
+    guard = Guard(robot, lease, "n1", now=clock, sleep=clock.sleep)
+    return clock, lease, robot, guard
+
+
+def run(awaitable: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await awaitable
+
+    return asyncio.run(main())
+
+
+def actions(robot: SimGo2) -> list[str]:
+    return [e.action.value for e in robot.journal() if e.action is not None and e.accepted]
+
+
+def stand(guard: Guard) -> None:
+    run(guard.take_over())
+    run(guard.execute(Command(Action.STAND_UP)))
+
+
+def test_nothing_reaches_the_robot_without_a_lease() -> None:
+    clock, lease, robot, guard = setup()
+    run(robot.connect())
+    lease.lease_expiry = clock.t - 1
+    with pytest.raises(NotLeading):
+        run(guard.take_over())
+    with pytest.raises(NotLeading, match="no valid lease"):
+        run(guard.execute(Command(Action.SIT)))
+    assert robot.journal() == ()
+
+
+def test_commands_wait_for_the_safe_state() -> None:
+    _, _, robot, guard = setup()
+    run(robot.connect())
+    with pytest.raises(NotLeading, match="safe state"):
+        run(guard.execute(Command(Action.STAND_UP)))
+    assert robot.journal() == ()
+
+
+def test_take_over_stops_then_balances_a_standing_robot() -> None:
+    async def scenario() -> list[str]:
+        _, _, robot, guard = setup()
+        await robot.connect()
+        await guard.take_over()
+        await guard.execute(Command(Action.STAND_UP))
+        before = len(actions(robot))
+        await guard.take_over()  # a new term on the same robot
+        return actions(robot)[before:]
+
+    assert asyncio.run(scenario()) == ["stop_move", "balance_stand"]
+
+
+def test_stand_up_is_followed_by_balance_stand_so_the_robot_can_walk() -> None:
+    _, _, robot, guard = setup()
+    run(robot.connect())
+    stand(guard)
+    assert actions(robot)[-2:] == ["stand_up", "balance_stand"]
+    assert run(robot.state()).mode is Mode.BALANCE_STAND
+
+
+def test_a_walk_is_a_stream_of_moves_then_a_stop() -> None:
+    _, _, robot, guard = setup()
+    run(robot.connect())
+    stand(guard)
+    walk = Command(Action.MOVE, {"vx": 0.3})
+    outcome = run(guard.execute(walk, duration_s=2.0))
+    assert outcome.status == "done"
+    assert 28 <= outcome.moves_sent <= 31  # 15 Hz for 2 s
+    sent = actions(robot)
+    assert sent[-1] == "stop_move"
+    assert sent.count("move") == outcome.moves_sent
+    assert run(robot.state()).position[0] == pytest.approx(0.6, abs=0.05)
+    assert robot.check().ok
+
+
+def test_losing_the_lease_ends_the_stream_and_the_watchdog_halts_the_robot() -> None:
+    async def scenario() -> tuple[int, int, tuple[float, float, float]]:
+        clock, lease, robot, guard = setup()
+        await robot.connect()
+        await guard.take_over()
+        await guard.execute(Command(Action.STAND_UP))
+        lease.lease_expiry = clock.t + 0.5
+        outcome = await guard.execute(Command(Action.MOVE, {"vx": 0.3}), duration_s=3.0)
+        await clock.sleep(2.0)
+        state = await robot.state()
+        # Commands (not the robot's own watchdog stop) that arrived once the lease was over.
+        late = [
+            e for e in robot.journal() if e.token is not None and e.arrival_s >= lease.lease_expiry
+        ]
+        return outcome.moves_sent, len(late), state.velocity, robot.check().ok
+
+    moves, late, velocity, verdict_ok = asyncio.run(scenario())
+    assert 6 <= moves <= 9  # 15 Hz for the 0.5 s the lease lasted
+    assert late == 0
+    assert velocity == (0.0, 0.0, 0.0)  # the watchdog, not us, stopped it
+    assert verdict_ok
+
+
+def test_stop_preempts_a_walk_and_everything_queued() -> None:
+    async def scenario() -> tuple[str, str, list[str]]:
+        _, _, robot, guard = setup()
+        await robot.connect()
+        await guard.take_over()
+        await guard.execute(Command(Action.STAND_UP))
+        walk = asyncio.ensure_future(
+            guard.execute(Command(Action.MOVE, {"vx": 0.3}), duration_s=10.0)
+        )
+        queued = asyncio.ensure_future(guard.execute(Command(Action.SIT)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stopped = await guard.stop()
+        assert stopped.status == "done"
+        return (await walk).status, (await queued).status, actions(robot)
+
+    walk, queued, sent = asyncio.run(scenario())
+    assert walk == "stopped"
+    assert queued == "stopped"
+    assert sent[-1] == "stop_move"
+    assert "sit" not in sent
+
+
+def test_halt_cancels_without_sending_and_closes_the_gate() -> None:
+    async def scenario() -> tuple[str, list[str], list[str]]:
+        _, _, robot, guard = setup()
+        await robot.connect()
+        await guard.take_over()
+        await guard.execute(Command(Action.STAND_UP))
+        walk = asyncio.ensure_future(
+            guard.execute(Command(Action.MOVE, {"vx": 0.3}), duration_s=10.0)
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+        before = actions(robot)
+        guard.halt("stepped down")
+        outcome = await walk
+        return outcome.status, before, actions(robot)
+
+    status, before, after = asyncio.run(scenario())
+    assert status == "stopped"
+    assert after == before  # not even a stop_move: without a lease nothing may be sent
+
+
+def test_every_command_carries_term_index_and_lease() -> None:
+    _, lease, robot, guard = setup()
+    run(robot.connect())
+    lease.lease_expiry = 10_000.0
+    stand(guard)
+    run(guard.execute(Command(Action.SIT)))
+    entries = [e for e in robot.journal() if e.token is not None]
+    assert {e.token.term for e in entries} == {3}
+    indices = [e.token.index for e in entries]
+    assert indices == sorted(indices)
+    assert len(set(indices)) == len(indices)
+    assert {e.lease_expiry_s for e in entries} == {10_000.0}
+    assert {e.node for e in entries} == {"n1"}
