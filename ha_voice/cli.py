@@ -15,6 +15,7 @@ from ha_voice import demo as process_demo
 from ha_voice.config import Config, default_node_id, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
+from ha_voice.robot import sim_server
 from ha_voice.simulation import schedules
 from ha_voice.simulation.demo import run_demo as run_sim_demo
 from ha_voice.simulation.engine import ClusterSpec
@@ -24,8 +25,11 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["sim-robot"]:  # its own parser: argparse cannot pass options through
+        return sim_server.main(args_list[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -75,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     _url_argument(step_down)
     step_down.add_argument("--target", help="node to hand over to (default: the first in line)")
     step_down.set_defaults(handler=_step_down)
+
+    # Listed for --help only: main() hands `sim-robot ...` to the simulator's own parser.
+    commands.add_parser("sim-robot", help="serve a simulated Go2: --listen HOST:PORT")
 
     demo = commands.add_parser("demo", help="a local cluster that shows a failover")
     demo.add_argument("--json", action="store_true", help="one JSON object per event")

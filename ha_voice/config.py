@@ -173,6 +173,16 @@ def _absolute(path: Path) -> Path:
     return path
 
 
+def _robot_backend(text: str) -> str:
+    if text in ("go2", "sim", "none"):
+        return text
+    if text.startswith("sim://"):
+        host, _, port = text[len("sim://") :].rpartition(":")
+        if host and port.isdigit() and 0 < int(port) <= _PORT_MAX:
+            return text
+    raise ValueError(f"{text!r} is not go2, sim, none or sim://HOST:PORT")
+
+
 def _optional_absolute(path: Path | None) -> Path | None:
     return None if path is None else _absolute(path)
 
@@ -391,6 +401,18 @@ class Config(BaseModel):
         default="nl",
         description="Spoken language, nl or en, because the intent vocabularies exist for "
         "these only; a regional tag such as the seed's nl-NL is cut to its language code.",
+    )
+    robot: Annotated[str, Rule("go2, sim, none or sim://HOST:PORT", _robot_backend)] = Field(
+        default="none",
+        description="Robot backend: go2 (unitree_sdk2py on network_interface), sim (a simulated "
+        "Go2 inside this process), sim://HOST:PORT (one `ha-voice sim-robot` that all nodes "
+        "share) or none; none by default so that a node without a robot still elects.",
+    )
+    on_takeover: Literal["stop", "none"] = Field(
+        default="stop",
+        description="What a new primary does to the robot before it accepts commands: stop "
+        "(StopMove, then BalanceStand if standing), or none; stop by default because the old "
+        "primary may have died mid-walk.",
     )
     mdns: bool = Field(
         default=True,

@@ -37,11 +37,17 @@ from ha_voice.cluster.vip import FloatingIP
 from ha_voice.config import Config, read_cluster_key
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
+from ha_voice.robot.backends import make_robot
+from ha_voice.robot.base import Robot, RobotError
+from ha_voice.robot.guard import Guard, NotLeading
+from ha_voice.voice.intents import Vocabulary
 
 __all__ = ["run", "serve"]
 
 log = logging.getLogger(__name__)
 _FORCED_EXIT = 130
+# How often a node asks whether the robot answers; a lost robot makes it FAULT within this.
+_ROBOT_POLL_S = 0.5
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -60,13 +66,19 @@ class _Actions:
     hook: NotifyHook
     discovery: Discovery | None = None
     vip: FloatingIP | None = None
+    guard: Guard | None = None
 
     def stop_robot(self, reason: str) -> None:
-        # The robot channel arrives with a later issue: nothing streams yet.
-        log.info("robot commands stopped: %s", reason)
+        if self.guard is not None:
+            self.guard.halt(reason)
 
     async def become_primary(self, term: int) -> None:
-        log.info("term %d: robot brought to its safe state (no robot channel yet)", term)
+        if self.guard is None:
+            return
+        try:
+            await self.guard.take_over(self.config.on_takeover)
+        except (NotLeading, RobotError) as exc:
+            log.warning("term %d: could not make the robot safe: %s", term, exc)
 
     async def publish_endpoint(self, term: int) -> None:
         if self.discovery is not None:
@@ -117,6 +129,7 @@ class _Daemon:
     server: uvicorn.Server
     server_task: asyncio.Task[None]
     watchdog: asyncio.Task[None] | None = None
+    robot_watch: asyncio.Task[None] | None = None
 
 
 async def serve(config: Config) -> int:
@@ -157,6 +170,9 @@ async def _start(config: Config) -> _Daemon:
         preempt=config.preempt,
         static_peers=_static_peers(config),
     )
+    robot = make_robot(config.robot, config.network_interface)
+    if robot is not None:
+        actions.guard = Guard(robot, node.election, config.node_id)
     await hook.start()
     await node.start(config.listen_address, config.cluster_port)
     if config.mdns:
@@ -164,7 +180,16 @@ async def _start(config: Config) -> _Daemon:
         await actions.discovery.async_start(lambda record: _learn(node, record), _forget)
     server = _EmbeddedServer(
         uvicorn.Config(
-            create_app(ApiContext(config, node, metrics, __version__)),
+            create_app(
+                ApiContext(
+                    config,
+                    node,
+                    metrics,
+                    __version__,
+                    Vocabulary.load(config.language),
+                    actions.guard,
+                )
+            ),
             host=config.listen_address,
             port=config.port,
             log_level="warning",
@@ -177,6 +202,8 @@ async def _start(config: Config) -> _Daemon:
     api_socket = _listen(config.listen_address, config.port)
     server_task = asyncio.create_task(server.serve(sockets=[api_socket]))
     daemon = _Daemon(config, store, node, actions, hook, server, server_task)
+    if robot is not None:
+        daemon.robot_watch = asyncio.create_task(_watch_robot(robot, node))
     log.info(
         "node %s of cluster %s: cluster port %d, API port %d, boot %d",
         config.node_id,
@@ -224,6 +251,22 @@ def _forget(node_id: str) -> None:
     log.info("mDNS: %s withdrew its record", node_id)
 
 
+async def _watch_robot(robot: Robot, node: ClusterNode) -> None:
+    """Tell the core whether the robot answers: a node that cannot reach it does not lead."""
+    known: bool | None = None
+    while True:
+        reachable = await robot.reachable()
+        if not reachable:
+            with contextlib.suppress(RobotError):
+                await robot.connect()
+                reachable = await robot.reachable()
+        if reachable != known:
+            log.info("robot %s", "reachable" if reachable else "unreachable")
+            node.set_robot_reachable(reachable)
+            known = reachable
+        await asyncio.sleep(_ROBOT_POLL_S)
+
+
 async def _watchdog() -> None:
     interval = sdnotify.watchdog_interval_s()
     if interval is None:
@@ -266,8 +309,9 @@ async def _shut_down(daemon: _Daemon) -> int:
     daemon.server.should_exit = True
     await _bounded(asyncio.shield(daemon.server_task), deadline)
     await _bounded(daemon.hook.stop(max(0.0, deadline - clock.monotonic())), deadline)
-    if daemon.watchdog is not None:
-        daemon.watchdog.cancel()
+    for task in (daemon.watchdog, daemon.robot_watch):
+        if task is not None:
+            task.cancel()
     await node.stop()
     daemon.store.close()
     log.info("stopped")

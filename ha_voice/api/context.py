@@ -9,6 +9,8 @@ from fastapi import Request
 from ha_voice.cluster.node import ClusterNode
 from ha_voice.config import Config
 from ha_voice.metrics import Metrics
+from ha_voice.robot.guard import Guard
+from ha_voice.voice.intents import Vocabulary
 
 __all__ = ["ApiContext", "context"]
 
@@ -19,6 +21,8 @@ class ApiContext:
     node: ClusterNode
     metrics: Metrics
     version: str
+    vocabulary: Vocabulary
+    guard: Guard | None = None
 
 
 def context(request: Request) -> ApiContext:

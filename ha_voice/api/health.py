@@ -25,8 +25,8 @@ def health(ctx: Ctx) -> dict[str, Any]:
     )
     return {
         "status": "ok" if healthy else "degraded",
-        # The robot channel arrives with a later issue; until then no node drives a robot.
-        "robot_connected": False,
+        "robot_connected": ctx.guard is not None and election.eligible,
+        "robot": ctx.config.robot,
         "whisper_model": ctx.config.whisper_model,
         "language": ctx.config.language,
         "node": election.node_id,

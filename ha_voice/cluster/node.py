@@ -33,6 +33,7 @@ from ha_voice.cluster.events import (
     HardState,
     MessageReceived,
     PublishEndpoint,
+    RobotReachability,
     Role,
     RoleChanged,
     Serviceability,
@@ -227,6 +228,9 @@ class ClusterNode:
 
     def set_serviceable(self, serviceable: bool, reason: str = "") -> None:
         self._queue.put_nowait(_Request(Serviceability(serviceable, clock.monotonic(), reason)))
+
+    def set_robot_reachable(self, reachable: bool) -> None:
+        self._queue.put_nowait(_Request(RobotReachability(reachable, clock.monotonic())))
 
     def learn_peer(
         self, node_id: NodeId, address: Address, priority: int | None, api_port: int | None
