@@ -1,19 +1,29 @@
-"""`ha-voice demo`: three real daemons on loopback, the primary SIGKILLed, the takeover timed.
+"""`ha-voice demo`: three real daemons and a simulated Go2, the primary SIGKILLed mid-walk.
 
-It starts three `ha-voice run` processes in a throwaway directory, waits for a primary, kills it
-with SIGKILL, measures how long until a survivor answers 200 on /cluster/primary, restarts the
-killed node, shows it rejoin as a backup, stops everything with SIGTERM and removes the directory.
+It starts `ha-voice sim-robot` and three `ha-voice run` processes on 127.0.0.1 in a throwaway
+directory, says "sta op" and "loop vooruit" to the primary, kills the primary with SIGKILL while
+the robot walks, shows the robot halting by itself (its Move watchdog), times the takeover (to
+the first 200 on a survivor's /cluster/primary), shows the new primary's safe takeover, says
+"ga zitten" to it, restarts the killed node as a backup, prints the robot's verdict on who
+commanded it, stops everything with SIGTERM and removes the directory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import subprocess
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
+import httpx
+
 from ha_voice.local_cluster import LocalCluster
+from ha_voice.robot.sim import Verdict
+from ha_voice.robot.sim_server import SimRobotClient, fetch_journal, fetch_verdict
 
 __all__ = ["run_demo"]
 
@@ -27,73 +37,176 @@ class _Printer:
         self.as_json = as_json
         self.started = time.monotonic()
 
-    def __call__(self, event: str, text: str, **fields: Any) -> None:
+    def __call__(self, event: str, line: str, **fields: Any) -> None:
         elapsed = time.monotonic() - self.started
         if self.as_json:
             self.out.write(json.dumps({"t_s": round(elapsed, 3), "event": event, **fields}) + "\n")
         else:
-            self.out.write(f"{elapsed:7.2f} s  {text}\n")
+            self.out.write(f"{elapsed:7.2f} s  {line}\n")
         self.out.flush()
 
 
+class _Robot:
+    """The sim-robot process and how to ask it things."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ha_voice", "sim-robot", "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        host, port = self.process.stdout.readline().split()[1].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    @property
+    def spec(self) -> str:
+        return f"sim://{self.host}:{self.port}"
+
+    def speed(self) -> float:
+        async def ask() -> float:
+            client = SimRobotClient(self.host, self.port)
+            await client.connect()
+            try:
+                state = await client.state()
+            finally:
+                await client.close()
+            return max(abs(v) for v in state.velocity)
+
+        return asyncio.run(ask())
+
+    def verdict(self) -> Verdict:
+        return asyncio.run(fetch_verdict(self.host, self.port))
+
+    def first_command_of(self, node: str) -> str | None:
+        for entry in asyncio.run(fetch_journal(self.host, self.port)):
+            if entry.token is not None and entry.token.node == node and entry.action:
+                return entry.action.value
+        return None
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _say(cluster: LocalCluster, node: str, text: str) -> dict[str, Any]:
+    url = f"{cluster.nodes[node].url}/api/voice/listen"
+    try:
+        reply: dict[str, Any] = httpx.post(url, json={"text": text}, timeout=15).json()
+    except httpx.HTTPError as exc:  # the node was killed while it answered
+        return {"status": "error", "error": str(exc)}
+    return reply
+
+
 def run_demo(*, as_json: bool = False, out: TextIO = sys.stdout) -> int:
-    """Run the demo; 0 if a backup took over and the killed node rejoined."""
+    """Run the demo; 0 if a backup took over, the robot obeyed it and nobody overlapped."""
     emit = _Printer(out, as_json)
-    with LocalCluster(3) as cluster:
-        if not as_json:
-            out.write(f"ha-voice demo: 3 nodes on 127.0.0.1, state in {cluster.dir}\n")
-        cluster.start()
-        first = cluster.wait_for_primary(_START_TIMEOUT_S)
-        if first is None:
-            emit("error", "no primary within 20 s; logs: " + str(cluster.dir))
-            return 1
-        old = first[0]
-        view = cluster.nodes[old].cluster() or {}
-        emit("primary", f"{old} is primary (term {view.get('term')})", node=old)
-        time.sleep(1.0)
-        emit("kill", f"SIGKILL {old}", node=old, signal="SIGKILL")
-        killed_at = time.monotonic()
-        cluster.kill(old)
-        taken = cluster.wait_for_primary(_TAKEOVER_TIMEOUT_S, exclude=old, poll_s=0.002)
-        if taken is None:
-            emit("error", "no backup took over within 10 s")
-            return 1
-        new, at = taken
-        failover_ms = (at - killed_at) * 1000
-        view = cluster.nodes[new].cluster() or {}
-        emit(
-            "takeover",
-            f"{new} took over (term {view.get('term')}): failover {failover_ms:.0f} ms",
-            node=new,
-            term=view.get("term"),
-            failover_ms=round(failover_ms, 1),
+    robot = _Robot()
+    try:
+        with LocalCluster(3, extra_flags=(f"--robot={robot.spec}",)) as cluster:
+            if as_json:
+                emit("start", "", dir=str(cluster.dir), robot=robot.spec)
+            else:
+                out.write(
+                    f"ha-voice demo: 3 nodes and a simulated Go2 on 127.0.0.1, in {cluster.dir}\n"
+                )
+            return _story(cluster, robot, emit)
+    finally:
+        robot.close()
+
+
+def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
+    cluster.start()
+    first = cluster.wait_for_primary(_START_TIMEOUT_S)
+    if first is None:
+        emit("error", f"no primary within {_START_TIMEOUT_S:.0f} s; logs in {cluster.dir}")
+        return 1
+    old = first[0]
+    time.sleep(0.5)
+    emit("primary", f"{old} is primary", node=old)
+    reply = _say(cluster, old, "sta op")
+    emit("say", f'"sta op" -> {old}: {reply.get("response")}', text="sta op")
+    _say_in_background(cluster, old, "loop vooruit", emit)
+    time.sleep(0.6)
+    emit("walking", f"the robot walks at {robot.speed():.1f} m/s", speed=robot.speed())
+    emit("kill", f"SIGKILL {old} mid-walk", node=old, signal="SIGKILL")
+    killed_at = time.monotonic()
+    cluster.kill(old)
+    taken = cluster.wait_for_primary(_TAKEOVER_TIMEOUT_S, exclude=old, poll_s=0.002)
+    if taken is None:
+        emit("error", "no backup took over")
+        return 1
+    new, at = taken
+    failover_ms = (at - killed_at) * 1000
+    emit(
+        "takeover",
+        f"{new} took over: failover {failover_ms:.0f} ms",
+        node=new,
+        failover_ms=round(failover_ms, 1),
+    )
+    halted = _wait_until(lambda: robot.speed() == 0.0, 5.0)
+    emit(
+        "halted",
+        f"the robot stood still {halted - killed_at:.2f} s after the kill"
+        " (no Move for ~1 s: the watchdog, or the new primary's StopMove)",
+        after_s=round(halted - killed_at, 2),
+    )
+    time.sleep(0.3)
+    emit(
+        "safe",
+        f"{new}'s first command to the robot: {robot.first_command_of(new)}",
+        first_command=robot.first_command_of(new),
+    )
+    reply = _say(cluster, new, "ga zitten")
+    emit(
+        "say",
+        f'"ga zitten" -> {new}: {reply.get("response")}',
+        text="ga zitten",
+        status=reply.get("status"),
+    )
+    cluster.nodes[old].start()
+    rejoined = cluster.wait_for(old, lambda v: v["role"] == "backup", _START_TIMEOUT_S)
+    emit("rejoined", f"{old} rejoined as backup", node=old, ok=rejoined is not None)
+    verdict = robot.verdict()
+    emit(
+        "verdict",
+        f"robot journal: {verdict.accepted} commands from {', '.join(verdict.senders)};"
+        f" overlapping writers / stale terms / after lease: {len(verdict.violations)}",
+        violations=len(verdict.violations),
+        commands=verdict.accepted,
+    )
+    stopped = _stop_all(cluster)
+    emit("stopped", "SIGTERM to all: " + ("every node exited 0" if stopped else "not all exited 0"))
+    ok = rejoined is not None and verdict.ok and stopped and reply.get("status") == "success"
+    summary = {
+        "failover_ms": round(failover_ms, 1),
+        "old_primary": old,
+        "new_primary": new,
+        "robot_violations": len(verdict.violations),
+        "clean_exit": stopped,
+        "ok": ok,
+    }
+    if emit.as_json:
+        emit.out.write(json.dumps({"event": "summary", **summary}) + "\n")
+    else:
+        emit.out.write(
+            f"summary: {new} took over from {old} in {failover_ms:.0f} ms; "
+            f"robot violations: {len(verdict.violations)}\n"
         )
-        emit("restart", f"restart {old}", node=old)
-        cluster.nodes[old].start()
-        rejoined = cluster.wait_for(
-            old, lambda v: v["role"] == "backup" and v["leader"] == new, _START_TIMEOUT_S
-        )
-        if rejoined is None:
-            emit("error", f"{old} did not rejoin as backup")
-            return 1
-        emit("rejoined", f"{old} rejoined as backup, following {new}", node=old, role="backup")
-        stopped = _stop_all(cluster)
-        emit("stopped", "SIGTERM to all: every node exited 0" if stopped else "not all exited 0")
-        summary = {
-            "failover_ms": round(failover_ms, 1),
-            "old_primary": old,
-            "new_primary": new,
-            "mode": "processes",
-            "clean_exit": stopped,
-        }
-        if as_json:
-            out.write(json.dumps({"event": "summary", **summary}) + "\n")
-        else:
-            out.write(
-                f"summary: {new} took over from {old} in {failover_ms:.0f} ms "
-                f"(SIGKILL to first 200 on /cluster/primary)\n"
-            )
-        return 0 if stopped else 1
+    return 0 if ok else 1
+
+
+def _say_in_background(cluster: LocalCluster, node: str, text: str, emit: _Printer) -> None:
+    threading.Thread(target=_say, args=(cluster, node, text), daemon=True).start()
+    emit("say", f'"{text}" -> {node}', text=text)
+
+
+def _wait_until(condition: Any, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.05)
+    return time.monotonic()
 
 
 def _stop_all(cluster: LocalCluster) -> bool:
