@@ -30,6 +30,7 @@ from ha_voice.config import (
     type_text,
 )
 from ha_voice.errors import ConfigError
+from ha_voice.markdown import table
 
 __all__ = ["add_arguments", "flags_from_namespace", "main", "render_markdown", "render_toml"]
 
@@ -116,7 +117,7 @@ def render_markdown() -> str:
 
 def _profile_table() -> list[str]:
     rows = [_profile_row(name, timers) for name, timers in PROFILES.items()]
-    return _table(["timer_profile", *TIMER_FIELDS, "clock_drift_ppm"], rows)
+    return table(["timer_profile", *TIMER_FIELDS, "clock_drift_ppm"], rows)
 
 
 def _profile_row(name: str, timers: ElectionTimers) -> list[str]:
@@ -142,20 +143,13 @@ def _key_table() -> list[str]:
             ]
         )
     header = ["key", "type, unit", "default", "bounds", "env var", "flag", "description"]
-    return _table(header, rows)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    return [line(header), line(["---"] * len(header)), *(line(row) for row in rows)]
+    return table(header, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`--markdown` prints the docs page; `--check FILE` validates FILE (exit 2 on error)."""
     parser = argparse.ArgumentParser(
-        prog="python -m ha_voice.config", description="Check or document the configuration."
+        prog="python -m ha_voice.config_render", description="Check or document the configuration."
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--markdown", action="store_true", help="print docs/configuration.md")

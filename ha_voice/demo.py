@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from ha_voice.local_cluster import LocalCluster
+from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 from ha_voice.robot.sim import Verdict
 from ha_voice.robot.sim_server import SimRobotClient, fetch_journal, fetch_verdict
 
@@ -46,23 +45,8 @@ class _Printer:
         self.out.flush()
 
 
-class _Robot:
-    """The sim-robot process and how to ask it things."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ha_voice", "sim-robot", "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        host, port = self.process.stdout.readline().split()[1].rsplit(":", 1)
-        self.host, self.port = host, int(port)
-
-    @property
-    def spec(self) -> str:
-        return f"sim://{self.host}:{self.port}"
+class _Robot(SimRobotProcess):
+    """The sim-robot process, and what the demo asks it."""
 
     def speed(self) -> float:
         async def ask() -> float:
@@ -84,10 +68,6 @@ class _Robot:
             if entry.token is not None and entry.token.node == node and entry.action:
                 return entry.action.value
         return None
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 def _say(cluster: LocalCluster, node: str, text: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["LocalCluster", "LocalNode", "free_port"]
+__all__ = ["LocalCluster", "LocalNode", "SimRobotProcess", "free_port"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -227,6 +227,37 @@ class LocalCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SimRobotProcess:
+    """`ha-voice sim-robot` as its own process on a free port of `host`; `close()` stops it."""
+
+    def __init__(self, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> None:
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "ha_voice", "sim-robot", "--listen", f"{host}:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        # The first line is the server's contract: "listening HOST:PORT".
+        host, port = self.process.stdout.readline().split()[1].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    @property
+    def spec(self) -> str:
+        """The `robot` setting that points a node at this simulator."""
+        return f"sim://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+    def __enter__(self) -> SimRobotProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Final, Literal, TypedDict
 
 from ha_voice.errors import ConfigError
+from ha_voice.markdown import table
 from ha_voice.robot.base import ACTIONS, Action
 
 if sys.version_info >= (3, 11):
@@ -633,7 +634,7 @@ def _language_section(vocabulary: Vocabulary) -> str:
             f"Wake words: {quoted(vocabulary.wake_words)}. Fillers: "
             f"{quoted(sorted(vocabulary.fillers))}. Exact only (rule 3): {exact_only}.",
             "",
-            *_table(header, rows),
+            *table(header, rows),
             "",
         ]
     )
@@ -652,13 +653,6 @@ def _params_text(params: Mapping[str, float]) -> str:
     return ", ".join(
         f"{key} {value:g} {_UNITS.get(key, '')}".rstrip() for key, value in params.items()
     )
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    return [line(header), line(["---"] * len(header)), *(line(row) for row in rows)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

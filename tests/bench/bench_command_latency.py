@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import subprocess
 import sys
 import time
 
 from bench_sim_failover import write_section  # run as a script: its directory is on the path
 
-from ha_voice.local_cluster import LocalCluster
+from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 
 START, END = "<!-- bench_command_latency:start -->", "<!-- bench_command_latency:end -->"
 
@@ -37,34 +36,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--commands", type=int, default=300)
     args = parser.parse_args()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "ha_voice", "sim-robot", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert sim.stdout is not None
-        address = sim.stdout.readline().split()[1]
-        with LocalCluster(3, extra_flags=(f"--robot=sim://{address}",)) as cluster:
-            cluster.start()
-            found = cluster.wait_for_primary(20.0)
-            assert found is not None
-            time.sleep(0.5)
-            primary = cluster.nodes[found[0]]
+    with SimRobotProcess() as sim, LocalCluster(3, extra_flags=(f"--robot={sim.spec}",)) as cluster:
+        cluster.start()
+        found = cluster.wait_for_primary(20.0)
+        assert found is not None
+        time.sleep(0.5)
+        primary = cluster.nodes[found[0]]
 
-            def connection() -> http.client.HTTPConnection:
-                return http.client.HTTPConnection(primary.host, primary.api_port, timeout=5)
+        def connection() -> http.client.HTTPConnection:
+            return http.client.HTTPConnection(primary.host, primary.api_port, timeout=5)
 
-            assert post(connection(), "stand") == 200
-            times = []
-            for i in range(args.commands):
-                started = time.perf_counter()
-                status = post(connection(), "sit" if i % 2 == 0 else "rise_sit")
-                times.append((time.perf_counter() - started) * 1000)
-                assert status == 200, status
-    finally:
-        sim.terminate()
-        sim.wait(10)
+        assert post(connection(), "stand") == 200
+        times = []
+        for i in range(args.commands):
+            started = time.perf_counter()
+            status = post(connection(), "sit" if i % 2 == 0 else "rise_sit")
+            times.append((time.perf_counter() - started) * 1000)
+            assert status == 200, status
     times.sort()
 
     def pct(q: float) -> float:

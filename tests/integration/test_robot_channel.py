@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ha_voice.local_cluster import LocalCluster
+from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 from ha_voice.robot.base import Action
 from ha_voice.robot.sim import Verdict
 from ha_voice.robot.sim_server import fetch_journal, fetch_verdict
@@ -44,20 +42,12 @@ class Rig:
 
 @pytest.fixture
 def rig() -> Iterator[Rig]:
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "ha_voice", "sim-robot", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert sim.stdout is not None
-        host, port = sim.stdout.readline().split()[1].rsplit(":", 1)
-        with LocalCluster(3, extra_flags=(f"--robot=sim://{host}:{port}",)) as cluster:
-            cluster.start()
-            yield Rig(cluster, host, int(port))
-    finally:
-        sim.terminate()
-        sim.wait(10)
+    with (
+        SimRobotProcess() as sim,
+        LocalCluster(3, extra_flags=(f"--robot={sim.spec}",)) as cluster,
+    ):
+        cluster.start()
+        yield Rig(cluster, sim.host, sim.port)
 
 
 def _primary(rig: Rig) -> str:
