@@ -34,12 +34,15 @@ from typing import ClassVar
 from ha_voice.cluster.events import (
     Action,
     BecomePrimary,
+    Compact,
     Effects,
     Event,
     HardState,
-    LogAdvanced,
+    LogWrite,
     MessageReceived,
     Outgoing,
+    ProposalRefused,
+    Propose,
     PublishEndpoint,
     RobotReachability,
     Role,
@@ -55,8 +58,10 @@ from ha_voice.cluster.events import (
 from ha_voice.cluster.followers import Followers, PeerView
 from ha_voice.cluster.membership import Membership
 from ha_voice.cluster.protocol import (
-    EMPTY_LOG,
     NOT_A_SUCCESSOR,
+    Append,
+    AppendAck,
+    Entry,
     Heartbeat,
     HeartbeatAck,
     LogPosition,
@@ -65,10 +70,12 @@ from ha_voice.cluster.protocol import (
     PreVoteRequest,
     PreVoteResponse,
     Resign,
+    Snapshot,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
 )
+from ha_voice.cluster.replication import Changes, JournalLog, Replication
 from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.errors import LocalError
 
@@ -122,6 +129,8 @@ class _Handoff:
 class _Out:
     send: list[Outgoing] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
+    changes: Changes = field(default_factory=Changes)
+    proposed: Entry | None = None
 
 
 class Election:
@@ -136,15 +145,22 @@ class Election:
         hard_state: HardState,
         rng: random.Random,
         now: float,
-        log: LogPosition = EMPTY_LOG,
+        journal: JournalLog | None = None,
         preempt: bool = False,
+        api_port: int = 0,
     ) -> None:
-        self.membership = membership
+        self.replication = Replication(
+            membership,
+            journal or JournalLog(),
+            retransmit_s=timers.heartbeat_interval_s,
+            keep_payloads=membership.self_id not in membership.witnesses,
+        )
+        self._membership = membership
         self.timers = timers
         self.priority = priority
+        self.api_port = api_port
         self.term = hard_state.term
         self.voted_for = hard_state.voted_for
-        self.log = log
         self.leader: NodeId | None = None
         self.stats = ElectionStats()
         self._rng = rng
@@ -173,6 +189,20 @@ class Election:
     @property
     def node_id(self) -> NodeId:
         return self.membership.self_id
+
+    @property
+    def membership(self) -> Membership:
+        return self._membership
+
+    @membership.setter
+    def membership(self, membership: Membership) -> None:
+        self._membership = membership
+        self.replication.membership = membership
+
+    @property
+    def log(self) -> LogPosition:
+        """(term, index) of the last journal entry: what the up-to-date check compares."""
+        return self.replication.log.last
 
     @property
     def hard_state(self) -> HardState:
@@ -250,13 +280,33 @@ class Election:
         elif isinstance(event, ShutdownRequested):
             self._stopping = True
             self._eligibility_changed(event.now, out)
-        elif isinstance(event, LogAdvanced):
-            self.log = event.position
+        elif isinstance(event, Propose):
+            self._propose(event, out)
+        elif isinstance(event, Compact):
+            self.replication.compact(event.upto, event.data, out.changes)
         after = self.hard_state
+        ch = out.changes
+        write = None
+        if ch.compact_to is not None or ch.truncate_from is not None or ch.entries:
+            commit = self.replication.log.commit
+            write = LogWrite(ch.compact_to, ch.truncate_from, tuple(ch.entries), commit)
         return Effects(
             persist=after if after != before else None,
+            log=write,
             send=tuple(out.send),
             actions=tuple(out.actions),
+            restore=ch.restore,
+            committed=tuple(ch.committed),
+            proposed=out.proposed,
+        )
+
+    def _propose(self, event: Propose, out: _Out) -> None:
+        if not self.accepting_commands(event.now):
+            why = "handing over" if self.role is Role.PRIMARY else f"{self.role.value}, not primary"
+            out.actions.append(ProposalRefused(f"{self.node_id} is {why}"))
+            return
+        out.proposed = self.replication.propose(
+            event.kind, event.data, self.node_id, event.now, out.send, out.changes
         )
 
     # --- messages --------------------------------------------------------------------------
@@ -281,7 +331,7 @@ class Election:
             self.stats.votes_denied += 1
             out.send.append(Outgoing(msg.sender, VoteResponse(self.node_id, self.term, False)))
             return False
-        leader = msg.sender if isinstance(msg, Heartbeat) else None
+        leader = msg.sender if isinstance(msg, Heartbeat | Append | Snapshot) else None
         self._become_follower(msg.term, leader, now, out, f"saw term {msg.term} from {msg.sender}")
         return True
 
@@ -294,6 +344,8 @@ class Election:
             reply = PreVoteResponse(self.node_id, self.term, False)
         elif isinstance(msg, VoteRequest):
             reply = VoteResponse(self.node_id, self.term, False)
+        elif isinstance(msg, Append | Snapshot):
+            reply = AppendAck(self.node_id, self.term, False, self.log.index)
         if reply is not None:
             out.send.append(Outgoing(msg.sender, reply))
 
@@ -301,6 +353,8 @@ class Election:
         """Backup, FAULT and witness: follow the primary, answer votes, obey transfers."""
         if isinstance(msg, Heartbeat):
             self._heard_primary(msg, now, out)
+        elif isinstance(msg, Append | Snapshot):
+            self._replicated(msg, out)
         elif isinstance(msg, PreVoteRequest):
             self._answer_pre_vote(msg, now, out)
         elif isinstance(msg, VoteRequest):
@@ -329,18 +383,29 @@ class Election:
                     self._become_primary(now, out)
             elif self.membership.two_node:
                 self._back_off(now, out, f"{msg.sender} refused the vote")
-        elif isinstance(msg, Heartbeat):
+        elif isinstance(msg, Heartbeat | Append | Snapshot):
             self._become_follower(self.term, msg.sender, now, out, f"{msg.sender} leads")
-            self._heard_primary(msg, now, out)
+            self._step_backup(msg, now, out)
         elif isinstance(msg, PreVoteRequest):
             self._answer_pre_vote(msg, now, out)
         elif isinstance(msg, VoteRequest):
             self._answer_vote(msg, now, out)
 
+    def _replicated(self, msg: Append | Snapshot, out: _Out) -> None:
+        """Journal entries from the primary of our term (only it sends them)."""
+        self.leader = msg.sender
+        if isinstance(msg, Append):
+            self.replication.on_append(msg, self.node_id, out.send, out.changes)
+        else:
+            self.replication.on_snapshot(msg, self.node_id, out.send, out.changes)
+
     def _step_primary(self, msg: Message, now: float, out: _Out) -> None:
         """Primary: renew the lease from acks; refuse every vote of our own term."""
         if isinstance(msg, HeartbeatAck) and msg.success:
             self._acked(msg, now, out)
+            self._maybe_finish_transfer(now, out)
+        elif isinstance(msg, AppendAck):
+            self.replication.on_ack(msg, self.node_id, now, out.send, out.changes)
             self._maybe_finish_transfer(now, out)
         elif isinstance(msg, PreVoteRequest):
             self.stats.votes_denied += 1
@@ -348,7 +413,7 @@ class Election:
         elif isinstance(msg, VoteRequest):
             self.stats.votes_denied += 1
             out.send.append(Outgoing(msg.sender, VoteResponse(self.node_id, self.term, False)))
-        elif isinstance(msg, Heartbeat):
+        elif isinstance(msg, Heartbeat | Append | Snapshot):
             raise LocalError(f"two primaries in term {self.term}: {self.node_id}, {msg.sender}")
 
     _STEPS: ClassVar[dict[Role, Callable[[Election, Message, float, _Out], None]]] = {
@@ -482,8 +547,9 @@ class Election:
         ranks = self._followers.succession()
         for peer in sorted(self.membership.peers):
             rank = ranks.get(peer, NOT_A_SUCCESSOR)
-            beat = Heartbeat(self.node_id, self.term, now, self.log, rank)
+            beat = Heartbeat(self.node_id, self.term, now, self.log, rank, self.api_port)
             out.send.append(Outgoing(peer, beat))
+        self.replication.heartbeat(self.node_id, now, out.send)
         self._next_heartbeat_at = now + self.timers.heartbeat_interval_s
 
     def _acked(self, msg: HeartbeatAck, now: float, out: _Out) -> None:
@@ -527,8 +593,8 @@ class Election:
         transfer = self._transfer
         if transfer is None:
             return
-        view = self._followers.view(transfer.target)
-        if view is None or view.log < self.log:
+        progress = self.replication.progress(transfer.target)
+        if progress is None or progress.match < self.log.index:
             return
         self._lease_expiry = _NEVER
         out.send.append(Outgoing(transfer.target, TimeoutNow(self.node_id, self.term)))
@@ -671,6 +737,7 @@ class Election:
         self._quorum_deadline = now + self.timers.lease_timeout_s
         self._announced = False
         self._broadcast_heartbeat(now, out)
+        self.replication.lead(self.term, self.node_id, now, out.send, out.changes)
 
     def _become(self, new: Role, now: float, out: _Out, reason: str) -> None:
         old = self.role
@@ -679,6 +746,7 @@ class Election:
         if old is Role.PRIMARY and new is not Role.PRIMARY:
             self._lease_expiry = _NEVER
             self._transfer = None
+            self.replication.follow()
             out.actions.append(StopRobot(reason))
             out.actions.append(WithdrawEndpoint(self.term))
         self.role = new

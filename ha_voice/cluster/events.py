@@ -4,13 +4,16 @@ Inputs are frozen dataclasses, each carrying `now`: the node's monotonic clock i
 the shell (only `clock.py` reads it). The core returns one `Effects` per input. The shell applies
 an `Effects` in this order, and only in this order:
 
-1. `persist`: write `HardState` durably (fsync) — before anything below, because a vote or a
-   heartbeat of a new term that leaves before its term is on disk can be contradicted after a
-   crash.
+1. `persist` and `log`: write `HardState` and the journal changes durably (fsync, one
+   transaction) — before anything below, because a vote or a heartbeat of a new term that
+   leaves before its term is on disk can be contradicted after a crash, and an entry
+   acknowledged before it is on disk may count towards a commit it does not back.
 2. `send`: hand every `Outgoing` to the transport, in order.
 3. `actions`: carry out each `Action` in order. The core orders them so that the robot is
    stopped before the endpoint is withdrawn when stepping down, and the robot is made safe
    (`BecomePrimary`) before the endpoint is published when taking over.
+4. `restore`, then `committed`: rebuild the journal's state from a snapshot, then apply the
+   newly committed entries in order.
 
 Pure: no clock, no I/O.
 """
@@ -21,17 +24,20 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from ha_voice.cluster.protocol import LogPosition, Message, NodeId
+from ha_voice.cluster.protocol import Entry, EntryKind, LogPosition, Message, NodeId
 
 __all__ = [
     "Action",
     "BecomePrimary",
+    "Compact",
     "Effects",
     "Event",
     "HardState",
-    "LogAdvanced",
+    "LogWrite",
     "MessageReceived",
     "Outgoing",
+    "ProposalRefused",
+    "Propose",
     "PublishEndpoint",
     "RobotReachability",
     "Role",
@@ -116,10 +122,20 @@ class ShutdownRequested:
 
 
 @dataclass(frozen=True)
-class LogAdvanced:
-    """The local journal's last entry moved; used by the up-to-date check of votes."""
+class Propose:
+    """The primary's shell asks for `data` to be appended to the journal and replicated."""
 
-    position: LogPosition
+    kind: EntryKind
+    data: bytes
+    now: float
+
+
+@dataclass(frozen=True)
+class Compact:
+    """Fold the applied entries up to `upto` into the snapshot `data` (retention)."""
+
+    upto: int
+    data: bytes
     now: float
 
 
@@ -130,7 +146,8 @@ Event: TypeAlias = (
     | Serviceability
     | StepDownRequested
     | ShutdownRequested
-    | LogAdvanced
+    | Propose
+    | Compact
 )
 
 
@@ -190,9 +207,33 @@ class StepDownRefused:
     reason: str
 
 
+@dataclass(frozen=True)
+class ProposalRefused:
+    """A `Propose` was not appended: this node cannot accept commands now."""
+
+    reason: str
+
+
 Action: TypeAlias = (
-    StopRobot | WithdrawEndpoint | BecomePrimary | PublishEndpoint | RoleChanged | StepDownRefused
+    StopRobot
+    | WithdrawEndpoint
+    | BecomePrimary
+    | PublishEndpoint
+    | RoleChanged
+    | StepDownRefused
+    | ProposalRefused
 )
+
+
+@dataclass(frozen=True)
+class LogWrite:
+    """Journal changes to make durable, in this order: replace everything up to `compact_to`
+    by its snapshot; drop entries from `truncate_from` on; append `entries`; note `commit`."""
+
+    compact_to: tuple[LogPosition, bytes] | None = None
+    truncate_from: int | None = None
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,8 +241,19 @@ class Effects:
     """The outcome of one input; apply `persist`, then `send`, then `actions` (module docstring)."""
 
     persist: HardState | None = None
+    log: LogWrite | None = None
     send: tuple[Outgoing, ...] = ()
     actions: tuple[Action, ...] = ()
+    restore: bytes | None = None
+    committed: tuple[Entry, ...] = ()
+    proposed: Entry | None = None
 
     def __bool__(self) -> bool:
-        return self.persist is not None or bool(self.send) or bool(self.actions)
+        return (
+            self.persist is not None
+            or self.log is not None
+            or bool(self.send)
+            or bool(self.actions)
+            or self.restore is not None
+            or bool(self.committed)
+        )

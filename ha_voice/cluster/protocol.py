@@ -21,6 +21,7 @@ Layout of a datagram (network byte order):
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import math
@@ -32,14 +33,20 @@ from typing import ClassVar, Final, TypeAlias
 from ha_voice.errors import RemoteError
 
 __all__ = [
+    "APPEND_BUDGET",
     "DROP_REASONS",
     "EMPTY_LOG",
     "MAX_DATAGRAM_BYTES",
+    "MAX_ENTRY_BYTES",
     "MAX_NODE_ID_BYTES",
     "NOT_A_SUCCESSOR",
     "PROTOCOL_VERSION",
+    "Append",
+    "AppendAck",
     "Codec",
     "DecodeError",
+    "Entry",
+    "EntryKind",
     "Heartbeat",
     "HeartbeatAck",
     "LogPosition",
@@ -48,6 +55,7 @@ __all__ = [
     "PreVoteRequest",
     "PreVoteResponse",
     "Resign",
+    "Snapshot",
     "TimeoutNow",
     "VoteRequest",
     "VoteResponse",
@@ -56,7 +64,7 @@ __all__ = [
 
 NodeId: TypeAlias = str
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 MAX_DATAGRAM_BYTES: Final = 1200
 MAX_NODE_ID_BYTES: Final = 64
 MIN_KEY_BYTES: Final = 16
@@ -80,6 +88,12 @@ _MAGIC: Final = b"HV"
 _MAC_BYTES: Final = 32
 _PREFIX = struct.Struct("!2sBB8sQQ")
 _MIN_DATAGRAM: Final = _PREFIX.size + 1 + 1 + 1 + 1 + _MAC_BYTES
+# Room for entries in an `Append` between the longest node ids: 1200 - 28 - 130 - 32 - 34.
+APPEND_BUDGET: Final = (
+    MAX_DATAGRAM_BYTES - _PREFIX.size - 2 * (1 + MAX_NODE_ID_BYTES) - _MAC_BYTES - 34
+)
+# An entry's (or a snapshot's) payload: any one of them fits an `Append` on its own.
+MAX_ENTRY_BYTES: Final = 900
 
 
 @dataclass(frozen=True, order=True)
@@ -100,6 +114,7 @@ class Heartbeat:
 
     `successor_rank` is the recipient's place in the line of succession the primary keeps
     (0 = first to take over), or `NOT_A_SUCCESSOR`; backups wait longer the further back they are.
+    `api_port` is the primary's HTTP port (0: none), where backups forward commands.
     """
 
     sender: NodeId
@@ -107,19 +122,25 @@ class Heartbeat:
     sent_at: float
     log: LogPosition = EMPTY_LOG
     successor_rank: int = NOT_A_SUCCESSOR
+    api_port: int = 0
 
     TYPE: ClassVar[int] = 1
-    _BODY: ClassVar[struct.Struct] = struct.Struct("!QdQQB")
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!QdQQBH")
 
     def _pack(self) -> bytes:
         return self._BODY.pack(
-            self.term, self.sent_at, self.log.term, self.log.index, self.successor_rank
+            self.term,
+            self.sent_at,
+            self.log.term,
+            self.log.index,
+            self.successor_rank,
+            self.api_port,
         )
 
     @classmethod
     def _unpack(cls, sender: NodeId, body: bytes) -> Heartbeat:
-        term, sent_at, log_term, log_index, rank = cls._BODY.unpack(body)
-        return cls(sender, term, _finite(sent_at), LogPosition(log_term, log_index), rank)
+        term, sent_at, log_term, log_index, rank, api_port = cls._BODY.unpack(body)
+        return cls(sender, term, _finite(sent_at), LogPosition(log_term, log_index), rank, api_port)
 
 
 @dataclass(frozen=True)
@@ -281,6 +302,121 @@ class Resign:
         return cls(sender, term)
 
 
+class EntryKind(enum.IntEnum):
+    """What a journal entry holds; the replication core moves all of them alike."""
+
+    NOOP = 0  # a new primary's first entry: commits what earlier terms left (Raft §5.4.2)
+    COMMAND = 1
+    OUTCOME = 2
+    STATE = 3
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal entry: its place, its term, and an opaque payload (empty on a witness)."""
+
+    index: int
+    term: int
+    kind: EntryKind
+    data: bytes = b""
+
+    @property
+    def position(self) -> LogPosition:
+        return LogPosition(self.term, self.index)
+
+
+@dataclass(frozen=True)
+class Append:
+    """Raft's AppendEntries: `entries` follow `prev`; `commit` is the primary's commit index.
+
+    Entries carry no index on the wire: the first is `prev.index + 1`, and so on.
+    """
+
+    sender: NodeId
+    term: int
+    prev: LogPosition
+    commit: int
+    entries: tuple[Entry, ...] = ()
+
+    TYPE: ClassVar[int] = 9
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!QQQQH")
+    _ENTRY: ClassVar[struct.Struct] = struct.Struct("!QBH")
+
+    def _pack(self) -> bytes:
+        head = self._BODY.pack(
+            self.term, self.prev.term, self.prev.index, self.commit, len(self.entries)
+        )
+        parts = [head]
+        for entry in self.entries:
+            parts.append(self._ENTRY.pack(entry.term, entry.kind, len(entry.data)))
+            parts.append(entry.data)
+        return b"".join(parts)
+
+    @classmethod
+    def _unpack(cls, sender: NodeId, body: bytes) -> Append:
+        term, prev_term, prev_index, commit, count = cls._BODY.unpack_from(body)
+        offset = cls._BODY.size
+        entries = []
+        for i in range(count):
+            entry_term, kind, length = cls._ENTRY.unpack_from(body, offset)
+            offset += cls._ENTRY.size
+            data = body[offset : offset + length]
+            if len(data) != length:
+                raise DecodeError("malformed", "entry runs past the datagram")
+            offset += length
+            entries.append(Entry(prev_index + 1 + i, entry_term, EntryKind(kind), data))
+        if offset != len(body):
+            raise DecodeError("malformed", "bytes after the last entry")
+        return cls(sender, term, LogPosition(prev_term, prev_index), commit, tuple(entries))
+
+
+@dataclass(frozen=True)
+class AppendAck:
+    """Answer to `Append` or `Snapshot`: on success `match` is the last index now known equal to
+    the primary's; on failure it is where the primary should look again (our last index)."""
+
+    sender: NodeId
+    term: int
+    success: bool
+    match: int
+
+    TYPE: ClassVar[int] = 10
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!QBQ")
+
+    def _pack(self) -> bytes:
+        return self._BODY.pack(self.term, self.success, self.match)
+
+    @classmethod
+    def _unpack(cls, sender: NodeId, body: bytes) -> AppendAck:
+        term, success, match = cls._BODY.unpack(body)
+        return cls(sender, term, _flag(success), match)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state up to `last`, for a node too far behind for entries (one datagram)."""
+
+    sender: NodeId
+    term: int
+    last: LogPosition
+    data: bytes
+
+    TYPE: ClassVar[int] = 11
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!QQQH")
+
+    def _pack(self) -> bytes:
+        head = self._BODY.pack(self.term, self.last.term, self.last.index, len(self.data))
+        return head + self.data
+
+    @classmethod
+    def _unpack(cls, sender: NodeId, body: bytes) -> Snapshot:
+        term, last_term, last_index, length = cls._BODY.unpack_from(body)
+        data = body[cls._BODY.size :]
+        if len(data) != length:
+            raise DecodeError("malformed", "snapshot length does not match")
+        return cls(sender, term, LogPosition(last_term, last_index), data)
+
+
 Message: TypeAlias = (
     Heartbeat
     | HeartbeatAck
@@ -290,6 +426,9 @@ Message: TypeAlias = (
     | VoteResponse
     | TimeoutNow
     | Resign
+    | Append
+    | AppendAck
+    | Snapshot
 )
 
 _TYPES: Final[dict[int, type[Message]]] = {
@@ -303,6 +442,9 @@ _TYPES: Final[dict[int, type[Message]]] = {
         VoteResponse,
         TimeoutNow,
         Resign,
+        Append,
+        AppendAck,
+        Snapshot,
     )
 }
 

@@ -8,7 +8,11 @@ can only start at one of its own steps, so any overlap of two leases begins at a
 - at most one primary per term;
 - at most one granted vote per (voter, term), across restarts;
 - terms never decrease on a node, across restarts;
-- a node becomes primary only while it knows it can serve (reaches the robot, not stopping).
+- a node becomes primary only while it knows it can serve (reaches the robot, not stopping);
+- the journal: no two nodes commit different entries at one index; a node applies committed
+  entries in index order without gaps (after a snapshot, from the entry after it); a node that
+  becomes primary holds every entry committed anywhere so far (nothing committed is lost).
+  `two_node` is exempt from the first and last: its quorum of one cannot promise them.
 
 Liveness and stability are judged afterwards from the recorded timeline (`Timeline`).
 """
@@ -26,7 +30,7 @@ from ha_voice.cluster.events import (
     RoleChanged,
     StepDownRefused,
 )
-from ha_voice.cluster.protocol import NodeId, VoteResponse
+from ha_voice.cluster.protocol import EntryKind, NodeId, VoteResponse
 from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.simulation.engine import SimCluster, SimNode
 
@@ -122,6 +126,9 @@ class Checker:
         self._votes: dict[tuple[NodeId, int], NodeId] = {}
         self._terms: dict[NodeId, int] = dict.fromkeys(cluster.nodes, 0)
         self._last_valid: tuple[NodeId, ...] = ()
+        self._committed: dict[int, tuple[int, EntryKind, bytes]] = {}
+        self._applied: dict[NodeId, tuple[int, int | None]] = {}  # (boot, last applied)
+        self.entries_committed = 0
         self._impaired_at = -1e9
         timers = cluster.timers
         self._split_brain_window_s = split_brain_window_s or (
@@ -137,7 +144,38 @@ class Checker:
         self._check_term(t, node)
         self._check_actions(t, node, effects)
         self._check_votes(t, node, effects)
+        self._check_journal(t, node, effects)
         self._check_leases(t)
+
+    def _check_journal(self, t: float, node: SimNode, effects: Effects) -> None:
+        election = node.election
+        assert election is not None
+        boot, last = self._applied.get(node.node_id, (node.boots, None))
+        if boot != node.boots:
+            last = None  # a new incarnation starts from what its disk says is committed
+        if effects.restore is not None:
+            last = election.replication.log.base.index
+        witness = node.node_id in election.membership.witnesses
+        exempt = self.cluster.spec.two_node
+        for entry in effects.committed:
+            if last is not None and entry.index != last + 1:
+                self._violate(t, f"{node.node_id} applied {entry.index} after {last}")
+            last = entry.index
+            seen = self._committed.setdefault(entry.index, (entry.term, entry.kind, entry.data))
+            if seen == (entry.term, entry.kind, entry.data) or (witness and seen[0] == entry.term):
+                continue
+            if not exempt:
+                self._violate(t, f"{node.node_id} committed {entry} where {seen} was committed")
+        self._applied[node.node_id] = (node.boots, last)
+        self.entries_committed = len(self._committed)
+        if exempt or not any(
+            isinstance(a, RoleChanged) and a.new is Role.PRIMARY for a in effects.actions
+        ):
+            return
+        log = election.replication.log
+        for index, (term, _, _) in self._committed.items():
+            if index > log.base.index and log.term_at(index) != term:
+                self._violate(t, f"new primary {node.node_id} lacks committed entry {index}")
 
     def _check_term(self, t: float, node: SimNode) -> None:
         term = node.hard.term

@@ -2,8 +2,9 @@
 
 Each node runs the real `Election` and the real `Codec` (HMAC, replay window), so every byte
 the simulation moves is a byte the daemon would move. What is virtual: time (one heap of
-events), the network (`network.py`), the disk (a node's `HardState` survives a crash, its soft
-state does not), and each node's clock, which runs at its own rate: local = offset + rate × t.
+events), the network (`network.py`), the disk (a node's `HardState` and journal survive a
+crash, its soft state does not), and each node's clock, which runs at its own rate:
+local = offset + rate × t.
 
 A node is up, crashed, or paused. A paused process keeps its clock running but handles
 nothing: datagrams and ticks wait in its socket buffer and are handled, in order, when it
@@ -35,6 +36,7 @@ from ha_voice.cluster.events import (
 )
 from ha_voice.cluster.membership import Membership
 from ha_voice.cluster.protocol import Codec, DecodeError, NodeId
+from ha_voice.cluster.replication import JournalLog, apply_write
 from ha_voice.cluster.timers import ElectionTimers, TimerProfile, timers_for
 from ha_voice.simulation.network import LinkConditions, Network
 
@@ -105,6 +107,7 @@ class SimNode:
     rate: float
     offset: float
     hard: HardState = field(default_factory=HardState)
+    journal: JournalLog = field(default_factory=JournalLog)  # what its disk holds
     boots: int = 0
     election: Election | None = None
     codec: Codec | None = None
@@ -206,6 +209,7 @@ class SimCluster:
             hard_state=node.hard,
             rng=random.Random(f"{self.seed}/{node_id}/{node.boots}"),
             now=local,
+            journal=node.journal.copy(),
             preempt=self.spec.preempt,
         )
         node.codec = Codec(cluster="sim", cluster_key=_KEY, node_id=node_id, boot_id=node.boots)
@@ -289,6 +293,8 @@ class SimCluster:
         effects = node.election.step(event)
         if effects.persist is not None:
             node.hard = effects.persist
+        if effects.log is not None:
+            apply_write(node.journal, effects.log)
         for out in effects.send:
             data = node.codec.encode(out.to, out.message)
             for delay, payload in self.network.transmit(node.node_id, out.to, data):

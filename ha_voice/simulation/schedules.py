@@ -13,8 +13,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ha_voice.cluster.events import Role
-from ha_voice.cluster.protocol import NodeId
+from ha_voice.cluster.events import Compact, Propose, Role
+from ha_voice.cluster.protocol import EntryKind, NodeId
 from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.simulation.checker import Checker, Trace, liveness_bound_s
 from ha_voice.simulation.engine import ClusterSpec, SimCluster
@@ -244,6 +244,8 @@ def run_hostile(
     checker = Checker(cluster)
     nemesis = _Nemesis(cluster, trace, random.Random(f"nemesis/{seed}"))
     cluster.start_all()
+    workload = _Workload(cluster, random.Random(f"workload/{seed}"))
+    workload.start()
     t = nemesis.rng.uniform(0.5, 2.0)
     while t < fault_window_s:
         cluster.run_until(t)
@@ -252,12 +254,68 @@ def run_hostile(
     cluster.run_until(fault_window_s)
     # Undo callbacks the nemesis scheduled may still fire later; they only heal what is healed.
     nemesis.heal_all()
+    workload.running = False
     healed_at = cluster.now
     bound = liveness_bound_s(cluster.timers, len(cluster.membership("n1").voters), 0.002)
     cluster.run_until(healed_at + 5.0 + bound)
     result = _result(spec, seed, "hostile", cluster, checker, trace, nemesis.faults)
     _judge_liveness(result, checker, healed_at, bound)
+    _judge_catch_up(result, cluster)
     return result
+
+
+def _judge_catch_up(result: ScheduleResult, cluster: SimCluster) -> None:
+    """Seconds after healing, every node holds the primary's journal, all of it committed."""
+    primaries = [
+        n.election for n in cluster.nodes.values() if n.election and n.election.role is Role.PRIMARY
+    ]
+    if len(primaries) != 1:
+        return  # `_judge_liveness` has said so
+    leader_log = primaries[0].replication.log
+    if leader_log.commit != leader_log.last.index:
+        result.liveness.append(f"primary committed {leader_log.commit} of {leader_log.last.index}")
+    for node_id, node in cluster.nodes.items():
+        assert node.election is not None  # healed: every node is up
+        log = node.election.replication.log
+        if (log.last, log.commit) != (leader_log.last, leader_log.commit):
+            result.liveness.append(
+                f"{node_id} holds {log.last} committed {log.commit}, primary "
+                f"{leader_log.last} committed {leader_log.commit}"
+            )
+
+
+class _Workload:
+    """A client of the journal: proposes an entry to whoever leads every 20-200 ms, and makes
+    each node fold its applied entries into a snapshot now and then (retention), so that
+    nodes that fall far behind are caught up by snapshot."""
+
+    def __init__(self, cluster: SimCluster, rng: random.Random) -> None:
+        self.cluster = cluster
+        self.rng = rng
+        self.sent = 0
+        self.running = True
+
+    def start(self) -> None:
+        self.cluster.at(self.cluster.now + 0.5, self._next)
+
+    def _next(self) -> None:
+        cluster = self.cluster
+        if not self.running:
+            return
+        for node_id, node in cluster.nodes.items():
+            election = node.election
+            if election is None or node.paused:
+                continue
+            local = node.local(cluster.now)
+            if election.role is Role.PRIMARY:
+                self.sent += 1
+                data = f"{cluster.seed}:{self.sent}".encode()
+                cluster.inject(node_id, Propose(EntryKind.COMMAND, data, local))
+            replication = election.replication
+            if replication.applied - replication.log.base.index > 40 and self.rng.random() < 0.2:
+                upto = replication.applied - 10
+                cluster.inject(node_id, Compact(upto, f"upto {upto}".encode(), local))
+        cluster.at(cluster.now + self.rng.uniform(0.02, 0.2), self._next)
 
 
 def _judge_liveness(result: ScheduleResult, checker: Checker, since: float, bound: float) -> None:

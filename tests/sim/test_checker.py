@@ -79,3 +79,38 @@ def test_double_voting_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         if found:
             break
     assert any("voted twice" in v or "two primaries" in v for v in found)
+
+
+def _journal_violations(result_violations: list[str]) -> list[str]:
+    markers = ("committed", "applied", "lacks")
+    return [v for v in result_violations if any(m in v for m in markers)]
+
+
+def test_committing_without_a_quorum_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A primary that counts only itself commits entries a new primary never saw."""
+    from ha_voice.cluster.membership import Membership
+
+    monkeypatch.setattr(Membership, "is_quorum", lambda self, nodes: True)
+    found = []
+    for seed in range(10):
+        try:
+            result = run_hostile(ClusterSpec(3), seed)
+        except LocalError as exc:  # a follower told to drop a committed entry refuses loudly
+            found.append(str(exc))
+            continue
+        found += _journal_violations(result.safety)
+    assert found
+
+
+def test_forgetting_the_journal_on_a_crash_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that loses its journal when it crashes may elect a primary without it."""
+    monkeypatch.setattr(engine, "apply_write", lambda log, write: None)
+    found = []
+    for seed in range(10):
+        try:
+            result = run_hostile(ClusterSpec(3), seed)
+        except LocalError as exc:
+            found.append(str(exc))
+            continue
+        found += _journal_violations(result.safety)
+    assert found

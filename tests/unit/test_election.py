@@ -25,6 +25,8 @@ from ha_voice.cluster.events import (
 )
 from ha_voice.cluster.membership import Membership
 from ha_voice.cluster.protocol import (
+    Entry,
+    EntryKind,
     Heartbeat,
     HeartbeatAck,
     LogPosition,
@@ -35,6 +37,7 @@ from ha_voice.cluster.protocol import (
     VoteRequest,
     VoteResponse,
 )
+from ha_voice.cluster.replication import JournalLog
 from ha_voice.errors import LocalError
 from tests.unit.election_harness import WIRED, Harness
 
@@ -43,7 +46,12 @@ L = WIRED.lease_timeout_s
 H = WIRED.heartbeat_interval_s
 
 
-def lone(node: str = "n1", peers: tuple[str, ...] = ("n2", "n3"), now: float = 0.0) -> Election:
+def lone(
+    node: str = "n1",
+    peers: tuple[str, ...] = ("n2", "n3"),
+    now: float = 0.0,
+    journal: JournalLog | None = None,
+) -> Election:
     return Election(
         membership=Membership.from_config(node, peers),
         timers=WIRED,
@@ -51,6 +59,7 @@ def lone(node: str = "n1", peers: tuple[str, ...] = ("n2", "n3"), now: float = 0
         hard_state=HardState(),
         rng=random.Random(1),
         now=now,
+        journal=journal,
     )
 
 
@@ -128,18 +137,12 @@ def test_a_restarted_voter_keeps_its_vote() -> None:
 
 
 def test_vote_refused_to_a_candidate_with_an_older_journal() -> None:
-    voter = lone()
-    voter.step(_log_advanced(LogPosition(2, 7)))
+    entries = [Entry(i, 1 if i < 5 else 2, EntryKind.COMMAND) for i in range(1, 8)]
+    voter = lone(journal=JournalLog(entries=entries))
     older = voter.step(MessageReceived(VoteRequest("n2", 3, LogPosition(2, 6)), E + 0.01))
     assert sent(older, VoteResponse) == [VoteResponse("n1", 3, False)]
     newer = voter.step(MessageReceived(VoteRequest("n3", 4, LogPosition(3, 1)), E + 0.02))
     assert sent(newer, VoteResponse) == [VoteResponse("n1", 4, True)]
-
-
-def _log_advanced(position: LogPosition):  # type: ignore[no-untyped-def]
-    from ha_voice.cluster.events import LogAdvanced
-
-    return LogAdvanced(position, 0.0)
 
 
 def test_a_node_refuses_votes_for_an_election_timeout_after_boot() -> None:
@@ -174,7 +177,8 @@ def test_a_transfer_vote_passes_stickiness() -> None:
     primary = h.only_primary()
     backup, other = (n for n in h.nodes if n != primary)
     term = h.nodes[backup].term + 1
-    fx = h.nodes[backup].step(MessageReceived(VoteRequest(other, term, transfer=True), h.now))
+    vote = VoteRequest(other, term, h.nodes[other].log, transfer=True)
+        fx = h.nodes[backup].step(MessageReceived(vote, h.now))
     assert sent(fx, VoteResponse) == [VoteResponse(backup, term, True)]
     assert fx.persist == HardState(term, other)
 

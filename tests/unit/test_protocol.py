@@ -16,13 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ha_voice.cluster.protocol import (
+    APPEND_BUDGET,
     DROP_REASONS,
     MAX_DATAGRAM_BYTES,
+    MAX_ENTRY_BYTES,
     MAX_NODE_ID_BYTES,
     NOT_A_SUCCESSOR,
     PROTOCOL_VERSION,
+    Append,
+    AppendAck,
     Codec,
     DecodeError,
+    Entry,
+    EntryKind,
     Heartbeat,
     HeartbeatAck,
     LogPosition,
@@ -30,6 +36,7 @@ from ha_voice.cluster.protocol import (
     PreVoteRequest,
     PreVoteResponse,
     Resign,
+    Snapshot,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
@@ -118,6 +125,24 @@ def every_message(sender: str = "n1") -> list[Message]:
         VoteResponse(sender, term=4, granted=False),
         TimeoutNow(sender, term=12),
         Resign(sender, term=U64_MAX),
+        Heartbeat(sender, term=2, sent_at=1.0, api_port=65535),
+        Append(sender, term=5, prev=log, commit=9, entries=()),
+        Append(
+            sender,
+            term=U64_MAX,
+            prev=LogPosition(4, 10),
+            commit=U64_MAX,
+            entries=(
+                Entry(11, 4, EntryKind.NOOP),
+                Entry(12, 5, EntryKind.COMMAND, b"x" * MAX_ENTRY_BYTES),
+                Entry(13, 5, EntryKind.OUTCOME, b"{}"),
+                Entry(14, U64_MAX, EntryKind.STATE, b"\x00"),
+            ),
+        ),
+        AppendAck(sender, term=5, success=True, match=U64_MAX),
+        AppendAck(sender, term=6, success=False, match=0),
+        Snapshot(sender, term=7, last=log, data=b"s" * MAX_ENTRY_BYTES),
+        Snapshot(sender, term=1, last=LogPosition(), data=b""),
     ]
 
 
@@ -177,7 +202,7 @@ def test_utf8_node_ids_round_trip() -> None:
 
 def test_crafted_datagram_matches_the_documented_layout() -> None:
     message = Heartbeat("n1", term=9, sent_at=2.5, log=LogPosition(3, 4), successor_rank=1)
-    body = struct.pack("!QdQQB", 9, 2.5, 3, 4, 1)
+    body = struct.pack("!QdQQBH", 9, 2.5, 3, 4, 1, 0)
     assert make_codec("n1", boot_id=77).encode("n2", message) == craft(body, boot_id=77, seq=1)
 
 
@@ -278,7 +303,7 @@ DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("malformed", "sender runs to the end", lambda _: craft(b"", sender_len=5)),
     ("malformed", "sender not UTF-8", lambda _: craft(heartbeat_body(), sender=b"\xff\xfe")),
     ("bad_version", "version 0", lambda _: resign(patched(genuine(), 2, b"\x00"))),
-    ("bad_version", "version 2", lambda _: resign(patched(genuine(), 2, b"\x02"))),
+    ("bad_version", "version 3", lambda _: resign(patched(genuine(), 2, b"\x03"))),
     ("wrong_cluster", "same key", lambda _: craft(heartbeat_body(), cluster="garage")),
     (
         "wrong_cluster",
@@ -553,3 +578,41 @@ def test_mutated_datagram_is_dropped_unless_unchanged(
         assert receiver.decode(mutated) == message
     else:
         assert decode_error(receiver, mutated).reason in DROP_REASONS
+
+
+def test_an_append_filled_to_its_budget_fits_between_the_longest_ids() -> None:
+    data = b"x" * (APPEND_BUDGET - 2 * 11 - MAX_ENTRY_BYTES)
+    entries = (
+        Entry(2, 1, EntryKind.COMMAND, b"y" * MAX_ENTRY_BYTES),
+        Entry(3, 1, EntryKind.COMMAND, data),
+    )
+    message = Append("s" * MAX_NODE_ID_BYTES, 1, LogPosition(1, 1), 1, entries)
+    datagram = make_codec("s" * MAX_NODE_ID_BYTES).encode("r" * MAX_NODE_ID_BYTES, message)
+    assert len(datagram) == MAX_DATAGRAM_BYTES
+    assert make_codec("r" * MAX_NODE_ID_BYTES).decode(datagram) == message
+
+
+@pytest.mark.parametrize(
+    ("what", "body"),
+    [
+        (
+            "an entry longer than the datagram",
+            struct.pack("!QQQQH", 1, 0, 0, 0, 1) + struct.pack("!QBH", 1, 1, 50) + b"ab",
+        ),
+        ("bytes after the last entry", struct.pack("!QQQQH", 1, 0, 0, 0, 0) + b"junk"),
+        (
+            "an unknown entry kind",
+            struct.pack("!QQQQH", 1, 0, 0, 0, 1) + struct.pack("!QBH", 1, 99, 0),
+        ),
+        ("more entries than there are", struct.pack("!QQQQH", 1, 0, 0, 0, 3)),
+    ],
+)
+def test_malformed_appends_are_dropped_as_malformed(what: str, body: bytes) -> None:
+    error = decode_error(make_codec("n2"), craft(body, kind=Append.TYPE))
+    assert error.reason == "malformed", what
+
+
+def test_a_snapshot_whose_length_lies_is_dropped() -> None:
+    body = struct.pack("!QQQH", 1, 1, 5, 10) + b"short"
+    error = decode_error(make_codec("n2"), craft(body, kind=Snapshot.TYPE))
+    assert error.reason == "malformed"
