@@ -178,7 +178,7 @@ def test_a_transfer_vote_passes_stickiness() -> None:
     backup, other = (n for n in h.nodes if n != primary)
     term = h.nodes[backup].term + 1
     vote = VoteRequest(other, term, h.nodes[other].log, transfer=True)
-        fx = h.nodes[backup].step(MessageReceived(vote, h.now))
+    fx = h.nodes[backup].step(MessageReceived(vote, h.now))
     assert sent(fx, VoteResponse) == [VoteResponse(backup, term, True)]
     assert fx.persist == HardState(term, other)
 
