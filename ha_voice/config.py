@@ -454,6 +454,28 @@ class Config(BaseModel):
         description="Seconds SIGTERM may take: hand over, withdraw the endpoint, drain requests; "
         "then the rest is cancelled; under systemd's 90 s TimeoutStopSec by far.",
     )
+    journal_max_entries: int = Field(
+        default=1000,
+        ge=10,
+        le=1_000_000,
+        description="Commands the journal keeps (with their idempotency keys) before older ones "
+        "are folded into a snapshot; a retry with a forgotten key runs as a new command.",
+    )
+    journal_max_age_s: float = Field(
+        default=86_400.0,
+        ge=60.0,
+        le=30 * 86_400.0,
+        description="Seconds a command stays in the journal however few there are; a day covers "
+        "any client retry and a shift of operator questions.",
+    )
+    reexecute_window_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=300.0,
+        description="Seconds after it was accepted that a new primary still runs an idempotent "
+        "command whose outcome the old primary never recorded; older ones, and every "
+        "non-idempotent one, are marked unknown and never repeated.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
         description="Least severe log level written; info by default because debug logs "

@@ -29,11 +29,12 @@ from ha_voice.api.context import ApiContext
 from ha_voice.cluster.discovery import Discovery, PeerRecord
 from ha_voice.cluster.events import RoleChanged
 from ha_voice.cluster.membership import Membership
-from ha_voice.cluster.node import ClusterNode
+from ha_voice.cluster.node import ClusterNode, NotPrimary
 from ha_voice.cluster.protocol import Codec
 from ha_voice.cluster.storage import SQLiteStore, open_store
 from ha_voice.cluster.transport import Address
 from ha_voice.cluster.vip import FloatingIP
+from ha_voice.commands import CommandService
 from ha_voice.config import Config, read_cluster_key
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
@@ -67,18 +68,20 @@ class _Actions:
     discovery: Discovery | None = None
     vip: FloatingIP | None = None
     guard: Guard | None = None
+    commands: CommandService | None = None
 
     def stop_robot(self, reason: str) -> None:
         if self.guard is not None:
             self.guard.halt(reason)
 
     async def become_primary(self, term: int) -> None:
-        if self.guard is None:
+        """Robot safe, our first entry committed, unfinished commands settled: then serve."""
+        if self.commands is None:
             return
         try:
-            await self.guard.take_over(self.config.on_takeover)
-        except (NotLeading, RobotError) as exc:
-            log.warning("term %d: could not make the robot safe: %s", term, exc)
+            await self.commands.take_over(term, self.config.on_takeover)
+        except (NotLeading, NotPrimary, RobotError) as exc:
+            log.warning("term %d: could not take over: %s", term, exc)
 
     async def publish_endpoint(self, term: int) -> None:
         if self.discovery is not None:
@@ -169,10 +172,16 @@ async def _start(config: Config) -> _Daemon:
         actions=actions,
         preempt=config.preempt,
         static_peers=_static_peers(config),
+        api_port=config.port,
+        retention=(config.journal_max_entries, config.journal_max_age_s),
     )
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
         actions.guard = Guard(robot, node.election, config.node_id)
+    if config.node_id not in membership.witnesses:
+        actions.commands = CommandService(
+            node, actions.guard, reexecute_window_s=config.reexecute_window_s
+        )
     await hook.start()
     await node.start(config.listen_address, config.cluster_port)
     if config.mdns:
@@ -188,6 +197,7 @@ async def _start(config: Config) -> _Daemon:
                     __version__,
                     Vocabulary.load(config.language),
                     actions.guard,
+                    actions.commands,
                 )
             ),
             host=config.listen_address,

@@ -25,6 +25,7 @@ _RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.
 # Failover is about one election timeout: 0.5 s wired, 2 s Wi-Fi.
 _ELECTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_COMMAND_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class ClusterSnapshot:
     votes_denied: int
     lease_renew_failures: int
     elections_started: int
+    journal_last_index: int = 0
+    journal_commit_index: int = 0
+    journal_first_index: int = 1
+    journal_commands: int = 0
+    journal_unfinished: int = 0
+    journal_snapshots_installed: int = 0
 
 
 class ClusterCollector(Collector):
@@ -86,8 +93,41 @@ class ClusterCollector(Collector):
                 snap.lease_renew_failures,
             ),
             ("ha_voice_elections_started", "Elections this node started", snap.elections_started),
+            (
+                "ha_voice_journal_snapshots_installed",
+                "Snapshots this node installed because it was too far behind for entries",
+                snap.journal_snapshots_installed,
+            ),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
+        for name, help_text, value in (
+            (
+                "ha_voice_journal_last_index",
+                "Index of the last journal entry",
+                snap.journal_last_index,
+            ),
+            (
+                "ha_voice_journal_commit_index",
+                "Index of the last committed journal entry",
+                snap.journal_commit_index,
+            ),
+            (
+                "ha_voice_journal_first_index",
+                "Oldest journal entry still kept (older ones are in the snapshot)",
+                snap.journal_first_index,
+            ),
+            (
+                "ha_voice_journal_commands",
+                "Commands the journal keeps (retention: journal_max_entries, journal_max_age_s)",
+                snap.journal_commands,
+            ),
+            (
+                "ha_voice_journal_unfinished",
+                "Committed commands without an outcome yet",
+                snap.journal_unfinished,
+            ),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=value)
 
 
 class Metrics:
@@ -145,13 +185,37 @@ class Metrics:
         )
         self.persist_duration = Histogram(
             "ha_voice_hard_state_persist_seconds",
-            "Time to make term and vote durable (fsync)",
+            "Time to make term, vote and journal changes durable (fsync)",
             buckets=_LAG_BUCKETS,
             registry=r,
         )
         self.notify_failures = Counter(
             "ha_voice_notify_hook_failures", "Notify hook runs that failed or timed out", registry=r
         )
+        self.forwarded = Counter(
+            "ha_voice_requests_forwarded",
+            "Commands this node forwarded to the primary (it was a backup)",
+            registry=r,
+        )
+        self.commands = Counter(
+            "ha_voice_commands",
+            "Commands answered by this node as primary, by final status",
+            ["status"],
+            registry=r,
+        )
+        self.command_duplicates = Counter(
+            "ha_voice_command_duplicates",
+            "Commands answered from the journal because their idempotency key was known",
+            registry=r,
+        )
+        self.command_latency = Histogram(
+            "ha_voice_command_seconds",
+            "Journal append to committed outcome, on the primary (moves include their duration)",
+            buckets=_COMMAND_BUCKETS,
+            registry=r,
+        )
+        for status in ("done", "stopped", "failed", "unknown"):
+            self.commands.labels(status)
         for reason in (*DROP_REASONS, "unknown_peer"):
             self.packets_dropped.labels(reason)
         for role in Role:

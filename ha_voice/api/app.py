@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from ha_voice.api import cluster, health, robot
+from ha_voice.api import cluster, health, journal, robot
 from ha_voice.api.context import ApiContext
 
 __all__ = ["create_app"]
@@ -21,4 +21,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(health.router)
     app.include_router(cluster.router)
     app.include_router(robot.router)
+    app.include_router(journal.router)
     return app

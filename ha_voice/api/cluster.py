@@ -162,14 +162,5 @@ def _address(peer: Peer | None) -> str | None:
 
 
 def _leader_api(ctx: ApiContext) -> str | None:
-    """Where the leader's API is: from mDNS, else its host with our own API port."""
-    node = ctx.node
-    leader = node.election.leader
-    if leader is None:
-        return None
-    if leader == node.election.node_id:
-        return None
-    peer = node.peers.get(leader)
-    if peer is None or peer.address is None:
-        return None
-    return f"http://{peer.address[0]}:{peer.api_port or ctx.config.port}"
+    """Where the leader's API is: from its heartbeats or mDNS, else our own API port."""
+    return ctx.node.leader_url(ctx.config.port)

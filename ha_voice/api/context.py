@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
 from ha_voice.cluster.node import ClusterNode
+from ha_voice.commands import CommandService
 from ha_voice.config import Config
 from ha_voice.metrics import Metrics
 from ha_voice.robot.guard import Guard
@@ -23,6 +25,21 @@ class ApiContext:
     version: str
     vocabulary: Vocabulary
     guard: Guard | None = None
+    commands: CommandService | None = None
+    # Things made on first use (the forwarding client) and vocabularies by language.
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def active_vocabulary(self) -> Vocabulary:
+        """The vocabulary of the replicated language setting, or of the configured one."""
+        language = self.node.journal.settings.language
+        if language is None or language == self.vocabulary.language:
+            return self.vocabulary
+        cached = self.state.get(f"vocabulary:{language}")
+        if cached is None:
+            cached = Vocabulary.load(language)
+            self.state[f"vocabulary:{language}"] = cached
+        assert isinstance(cached, Vocabulary)
+        return cached
 
 
 def context(request: Request) -> ApiContext:

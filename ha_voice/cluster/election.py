@@ -232,6 +232,10 @@ class Election:
         )
 
     @property
+    def robot_reachable(self) -> bool:
+        return self._robot_reachable
+
+    @property
     def fault_reason(self) -> str:
         if self._stopping:
             return "shutting down"

@@ -9,6 +9,10 @@ Invariants:
   run on one worker, in order, so they never delay the next heartbeat.
 - A datagram that fails to decode is dropped and counted by reason, logged at warning the first
   time for each reason, then at debug.
+- The journal: the hard state and the journal changes of one step are one durable transaction,
+  before anything is sent; committed entries are applied to `journal` (the state machine) after
+  the step's actions, in order; whoever waits for an index learns whether its entry made it.
+  At start the journal is rebuilt from disk up to the stored commit index.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ from ha_voice import clock
 from ha_voice.cluster.election import Election
 from ha_voice.cluster.events import (
     BecomePrimary,
+    Compact,
     Effects,
     Event,
     HardState,
+    LogWrite,
     MessageReceived,
+    ProposalRefused,
+    Propose,
     PublishEndpoint,
     RobotReachability,
     Role,
@@ -45,13 +53,23 @@ from ha_voice.cluster.events import (
     WithdrawEndpoint,
 )
 from ha_voice.cluster.membership import Membership
-from ha_voice.cluster.protocol import Codec, DecodeError, HeartbeatAck, NodeId
+from ha_voice.cluster.protocol import (
+    Codec,
+    DecodeError,
+    Entry,
+    EntryKind,
+    Heartbeat,
+    HeartbeatAck,
+    NodeId,
+)
 from ha_voice.cluster.storage import HardStateStore
 from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.cluster.transport import Address, UDPTransport
+from ha_voice.errors import HAVoiceError
+from ha_voice.journal import Journal
 from ha_voice.metrics import ClusterSnapshot, Metrics, PeerSample
 
-__all__ = ["ClusterNode", "NullRoleActions", "RoleActions"]
+__all__ = ["ClusterNode", "NotPrimary", "NullRoleActions", "RoleActions"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +119,14 @@ class NullRoleActions:
         pass
 
 
+class NotPrimary(HAVoiceError):
+    """This node cannot append to the journal now (not primary, handing over, lost the lease)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class Peer:
     """A member's address and what we heard from it."""
@@ -145,6 +171,8 @@ class ClusterNode:
         actions: RoleActions,
         preempt: bool = False,
         static_peers: dict[NodeId, Address | None] | None = None,
+        api_port: int = 0,
+        retention: tuple[int, float] = (1000, 86_400.0),
     ) -> None:
         self.codec = codec
         self.metrics = metrics
@@ -155,6 +183,7 @@ class ClusterNode:
         for node, address in (static_peers or {}).items():
             self.peers[node] = Peer(node, address, static=address is not None)
         hard = store.load()
+        log_on_disk = store.load_journal()
         self.election = Election(
             membership=membership,
             timers=timers,
@@ -162,8 +191,21 @@ class ClusterNode:
             hard_state=hard,
             rng=random.Random(os.urandom(16)),
             now=clock.monotonic(),
+            journal=log_on_disk,
             preempt=preempt,
+            api_port=api_port,
         )
+        # A witness keeps no payloads, so it has no state to apply them to.
+        self._applies = membership.self_id not in membership.witnesses
+        self.journal = Journal()
+        self._retention = retention
+        self._compacting_to = 0
+        self._waiters: dict[int, list[asyncio.Future[Entry]]] = {}
+        if self._applies:
+            self.journal.restore(log_on_disk.snapshot, log_on_disk.base.index)
+            for entry in log_on_disk.entries:
+                if entry.index <= log_on_disk.commit:
+                    self.journal.apply(entry)
         self.last_failover: Failover | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._slow: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
@@ -226,6 +268,40 @@ class ClusterNode:
         refusals = [a.reason for a in effects.actions if isinstance(a, StepDownRefused)]
         return refusals[0] if refusals else None
 
+    async def propose(self, kind: EntryKind, data: bytes) -> Entry:
+        """Append an entry to the journal (primary only); NotPrimary says why not."""
+        effects = await self.submit(Propose(kind, data, clock.monotonic()))
+        if effects.proposed is None:
+            refusals = [a.reason for a in effects.actions if isinstance(a, ProposalRefused)]
+            raise NotPrimary(refusals[0] if refusals else "not appended")
+        return effects.proposed
+
+    async def committed(self, entry: Entry) -> bool:
+        """Wait until the journal applied `entry`'s index: True if it is `entry` that committed
+        there, False if another primary's entry did; NotPrimary if we stop leading first."""
+        if self.journal.applied >= entry.index:
+            return self.election.replication.log.term_at(entry.index) in (entry.term, None)
+        if self.election.role is not Role.PRIMARY:
+            raise NotPrimary(f"{self.election.node_id} is no longer primary")
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(entry.index, []).append(future)
+        applied = await future
+        return applied.term == entry.term
+
+    def leader_url(self, default_port: int | None = None) -> str | None:
+        """The primary's HTTP address as this node knows it (its heartbeats or mDNS carry the
+        port; else `default_port`), or None."""
+        leader = self.election.leader
+        if leader is None:
+            return None
+        if leader == self.election.node_id:
+            return None
+        peer = self.peers.get(leader)
+        port = (peer.api_port if peer else None) or default_port
+        if peer is None or peer.address is None or not port:
+            return None
+        return f"http://{peer.address[0]}:{port}"
+
     def set_serviceable(self, serviceable: bool, reason: str = "") -> None:
         self._queue.put_nowait(_Request(Serviceability(serviceable, clock.monotonic(), reason)))
 
@@ -260,6 +336,8 @@ class ClusterNode:
             peer.address = address  # authenticated, so the source address can be trusted
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
             self._round_trip(max(0.0, now - message.sent_at))
+        elif isinstance(message, Heartbeat) and message.api_port:
+            peer.api_port = message.api_port
         self._queue.put_nowait(_Request(MessageReceived(message, now)))
 
     def _round_trip(self, rtt_s: float) -> None:
@@ -308,8 +386,8 @@ class ClusterNode:
                 request.done.set_result(effects)
 
     async def _apply(self, effects: Effects) -> None:
-        if effects.persist is not None:
-            await self._persist(effects.persist)
+        if effects.persist is not None or effects.log is not None:
+            await self._persist(effects.persist, effects.log)
         assert self._transport is not None
         for out in effects.send:
             peer = self.peers.get(out.to)
@@ -320,19 +398,52 @@ class ClusterNode:
             self.metrics.packets_sent.inc()
         for action in effects.actions:
             self._act(action)
+        self._apply_committed(effects)
+        if self.election.role is not Role.PRIMARY and self._waiters:
+            self._fail_waiters(f"{self.election.node_id} is no longer primary")
         self._note_leader()
         self._update_role_metrics()
 
-    async def _persist(self, state: HardState) -> None:
+    async def _persist(self, state: HardState | None, write: LogWrite | None) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._store.save, state)
+            await asyncio.to_thread(self._store.write, state, write)
         except OSError as exc:
-            # The core already acts on this term and vote; carrying on without them on disk
-            # could give a vote twice after a restart. Exit, and let systemd restart us.
-            log.critical("cannot make term %d durable (%s): exiting", state.term, exc)
+            # The core already acts on this term, vote and journal; carrying on without them on
+            # disk could vote twice or lose an acknowledged entry. Exit; systemd restarts us.
+            log.critical("cannot make the node's state durable (%s): exiting", exc)
             os._exit(_EXIT_STORAGE_FAILED)
         self.metrics.persist_duration.observe(time.perf_counter() - started)
+
+    def _apply_committed(self, effects: Effects) -> None:
+        """Feed the state machine, wake whoever waits, and fold old entries into a snapshot."""
+        if not self._applies:
+            return
+        replication = self.election.replication
+        if effects.restore is not None:
+            self.journal.restore(effects.restore, replication.log.base.index)
+        for entry in effects.committed:
+            self.journal.apply(entry)
+            for future in self._waiters.pop(entry.index, []):
+                if not future.done():
+                    future.set_result(entry)
+        max_entries, max_age_s = self._retention
+        upto = self.journal.compaction_point(
+            max_entries=max_entries, max_age_s=max_age_s, now=time.time()
+        )
+        since = max(replication.log.base.index, self._compacting_to)
+        if upto - since >= max(8, max_entries // 10):
+            self._compacting_to = upto
+            snapshot = self.journal.snapshot(upto)
+            self.journal.forget_through(upto)
+            self._queue.put_nowait(_Request(Compact(upto, snapshot, clock.monotonic())))
+
+    def _fail_waiters(self, reason: str) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(NotPrimary(reason))
 
     def _act(self, action: object) -> None:
         if isinstance(action, StopRobot):
@@ -439,6 +550,7 @@ class ClusterNode:
             for p in sorted(self.peers.values(), key=lambda p: p.node_id)
         )
         stats = self.election.stats
+        replication = self.election.replication
         return ClusterSnapshot(
             peers=peers,
             lease_remaining_s=self.election.lease_expiry - now,
@@ -446,4 +558,10 @@ class ClusterNode:
             votes_denied=stats.votes_denied,
             lease_renew_failures=stats.lease_renew_failures,
             elections_started=stats.elections_started,
+            journal_last_index=replication.log.last.index,
+            journal_commit_index=replication.log.commit,
+            journal_first_index=replication.log.base.index + 1,
+            journal_commands=len(self.journal.records),
+            journal_unfinished=len(self.journal.unfinished()),
+            journal_snapshots_installed=replication.stats.snapshots_installed,
         )

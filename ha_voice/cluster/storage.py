@@ -1,8 +1,10 @@
-"""Durable hard state of the election: the term, the vote and the last boot id.
+"""Durable state of a node: the term, the vote, the last boot id and the replicated journal.
 
 Invariants:
-- `save` and `next_boot_id` return only once their write is durable (fsync'd): the shell sends a
-  vote or a heartbeat of a new term only after `save` returns (events.py, `Effects.persist`).
+- `save`, `write` and `next_boot_id` return only once their write is durable (fsync'd): the
+  shell sends a vote, a heartbeat of a new term or a journal acknowledgement only after they
+  return (events.py, `Effects.persist` and `Effects.log`). `write` puts the hard state and the
+  journal changes of one step into one transaction.
 - Boot ids strictly increase across restarts of one state directory, whatever the wall clock does.
 - The schema lives in `_MIGRATIONS` and nowhere else; a database of a newer schema than this code
   knows is refused, never written to.
@@ -16,11 +18,13 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from ha_voice.cluster.events import HardState
+from ha_voice.cluster.events import HardState, LogWrite
+from ha_voice.cluster.protocol import Entry, EntryKind, LogPosition
+from ha_voice.cluster.replication import JournalLog, apply_write
 from ha_voice.errors import ConfigError, LocalError
 
 __all__ = [
@@ -36,7 +40,7 @@ __all__ = [
 STATE_FILE_NAME: Final = "ha-voice.sqlite3"
 
 # Entry i takes a database from schema version i to i + 1, in one transaction. Append, never
-# edit: a released entry has already run on someone's disk. The journal tables come as version 2.
+# edit: a released entry has already run on someone's disk.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
         # `id = 0` pins each table to a single row.
@@ -46,6 +50,15 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TABLE boot (id INTEGER PRIMARY KEY CHECK (id = 0),"
         " last_boot_id INTEGER NOT NULL CHECK (last_boot_id >= 0))",
         "INSERT INTO boot (id, last_boot_id) VALUES (0, 0)",
+    ),
+    (
+        # The replicated journal: entries after the snapshot, and where the snapshot ends.
+        "CREATE TABLE journal (idx INTEGER PRIMARY KEY CHECK (idx > 0),"
+        " term INTEGER NOT NULL CHECK (term >= 0), kind INTEGER NOT NULL, data BLOB NOT NULL)",
+        "CREATE TABLE journal_base (id INTEGER PRIMARY KEY CHECK (id = 0),"
+        " idx INTEGER NOT NULL, term INTEGER NOT NULL, snapshot BLOB NOT NULL,"
+        " commit_idx INTEGER NOT NULL)",
+        "INSERT INTO journal_base (id, idx, term, snapshot, commit_idx) VALUES (0, 0, 0, x'', 0)",
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -73,6 +86,14 @@ class HardStateStore(Protocol):
         across restarts even if the wall clock goes back; raises OSError if it cannot store it."""
         ...
 
+    def load_journal(self) -> JournalLog:
+        """The journal as last written: snapshot, entries after it, commit index (a hint)."""
+        ...
+
+    def write(self, state: HardState | None, log: LogWrite | None) -> None:
+        """Store the hard state and apply the journal changes in one durable transaction."""
+        ...
+
     def close(self) -> None:
         """Release the store; idempotent. Any other call afterwards raises LocalError."""
         ...
@@ -84,6 +105,7 @@ class DurableState:
 
     hard_state: HardState = field(default_factory=HardState)
     last_boot_id: int = 0
+    journal: JournalLog = field(default_factory=JournalLog)
 
 
 def _next_boot_id(last_boot_id: int, wall_clock_us: int) -> int:
@@ -112,15 +134,28 @@ class MemoryStore:
 
     def save(self, state: HardState) -> None:
         """See `HardStateStore.save`."""
-        with self._open():
-            self._durable = DurableState(state, self._durable.last_boot_id)
+        self.write(state, None)
 
     def next_boot_id(self, wall_clock_us: int) -> int:
         """See `HardStateStore.next_boot_id`."""
         with self._open():
             boot_id = _next_boot_id(self._durable.last_boot_id, wall_clock_us)
-            self._durable = DurableState(self._durable.hard_state, boot_id)
+            self._durable = replace(self._durable, last_boot_id=boot_id)
             return boot_id
+
+    def load_journal(self) -> JournalLog:
+        """See `HardStateStore.load_journal`."""
+        with self._open():
+            return self._durable.journal.copy()
+
+    def write(self, state: HardState | None, log: LogWrite | None) -> None:
+        """See `HardStateStore.write`."""
+        with self._open():
+            journal = self._durable.journal.copy()
+            if log is not None:
+                apply_write(journal, log)
+            hard = state if state is not None else self._durable.hard_state
+            self._durable = replace(self._durable, hard_state=hard, journal=journal)
 
     def close(self) -> None:
         """See `HardStateStore.close`."""
@@ -154,12 +189,32 @@ class SQLiteStore:
 
     def save(self, state: HardState) -> None:
         """See `HardStateStore.save`."""
+        self.write(state, None)
+
+    def load_journal(self) -> JournalLog:
+        """See `HardStateStore.load_journal`."""
         with self._guard() as connection:
-            # Autocommit mode: this statement is its own transaction, fsync'd on commit.
-            connection.execute(
-                "UPDATE hard_state SET term = ?, voted_for = ? WHERE id = 0",
-                (state.term, state.voted_for),
-            )
+            sql = "SELECT idx, term, snapshot, commit_idx FROM journal_base WHERE id = 0"
+            idx, term, snapshot, commit = _fetch_one(self.path, connection, sql)
+            rows = connection.execute(
+                "SELECT idx, term, kind, data FROM journal WHERE idx > ? ORDER BY idx", (idx,)
+            ).fetchall()
+            entries = [Entry(i, t, EntryKind(k), bytes(d)) for i, t, k, d in rows]
+            try:
+                return JournalLog(LogPosition(term, idx), bytes(snapshot), entries, commit)
+            except LocalError as exc:
+                raise ConfigError(f"state_dir: {self.path}: {exc}; {_RESET_ADVICE}") from exc
+
+    def write(self, state: HardState | None, log: LogWrite | None) -> None:
+        """See `HardStateStore.write`: one transaction, fsync'd on commit (synchronous=FULL)."""
+        with self._guard() as connection, _transaction(connection):
+            if state is not None:
+                connection.execute(
+                    "UPDATE hard_state SET term = ?, voted_for = ? WHERE id = 0",
+                    (state.term, state.voted_for),
+                )
+            if log is not None:
+                _write_journal(connection, log)
 
     def next_boot_id(self, wall_clock_us: int) -> int:
         """See `HardStateStore.next_boot_id`."""
@@ -194,6 +249,24 @@ class SQLiteStore:
                 yield self._connection
             except sqlite3.Error as exc:
                 raise OSError(f"{self.path}: {exc}") from exc
+
+
+def _write_journal(connection: sqlite3.Connection, log: LogWrite) -> None:
+    """The SQL twin of `replication.apply_write`, in the same order."""
+    if log.compact_to is not None:
+        base, snapshot = log.compact_to
+        connection.execute(
+            "UPDATE journal_base SET idx = ?, term = ?, snapshot = ? WHERE id = 0",
+            (base.index, base.term, snapshot),
+        )
+        connection.execute("DELETE FROM journal WHERE idx <= ?", (base.index,))
+    if log.truncate_from is not None:
+        connection.execute("DELETE FROM journal WHERE idx >= ?", (log.truncate_from,))
+    connection.executemany(
+        "INSERT INTO journal (idx, term, kind, data) VALUES (?, ?, ?, ?)",
+        [(e.index, e.term, int(e.kind), e.data) for e in log.entries],
+    )
+    connection.execute("UPDATE journal_base SET commit_idx = ? WHERE id = 0", (log.commit,))
 
 
 def open_store(state_dir: Path) -> SQLiteStore:

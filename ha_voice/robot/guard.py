@@ -4,7 +4,9 @@ Invariants:
 - The lease is checked immediately before every call to the robot, with nothing awaited in
   between; a call already in flight when the lease ends is covered by the lease's margin of one
   heartbeat interval (cluster/timers.py).
-- Every call carries the fencing token (term, index, node) and the sender's lease expiry.
+- Every call carries the fencing token (term, index, node) and the sender's lease expiry; the
+  index is the journal index of the command being carried out (for a takeover, of the new
+  primary's first entry), so the robot's log can be matched against the journal.
 - A motion is a stream of MOVE at `stream_hz` for its duration, then STOP_MOVE. The stream ends
   the moment the lease is gone (nothing more is sent: the robot's own watchdog halts it within
   ~1 s), on `stop()` (which then sends STOP_MOVE), or on `halt()`.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from typing import Literal, Protocol
 
 from ha_voice import clock
 from ha_voice.errors import HAVoiceError
-from ha_voice.robot.base import Action, Command, FencingToken, Mode, Robot, RobotError
+from ha_voice.robot.base import (
+    Action,
+    Command,
+    FencingToken,
+    Mode,
+    Robot,
+    RobotError,
+    RobotState,
+)
 
 __all__ = ["Guard", "LeaseView", "NotLeading", "Outcome"]
 
@@ -90,22 +99,27 @@ class Guard:
         self._ready_term: int | None = None
         self._epoch = 0  # bumped by stop() and halt(): commands of an older epoch are dropped
         self._stream: asyncio.Task[Outcome] | None = None
-        self._indices = itertools.count(1)
 
     @property
     def ready(self) -> bool:
         return self._ready_term == self._lease.term and self._lease.lease_valid(self._now())
 
-    async def take_over(self, on_takeover: Literal["stop", "none"] = "stop") -> None:
+    async def take_over(
+        self, on_takeover: Literal["stop", "none"] = "stop", index: int = 0
+    ) -> None:
         """Bring the robot to its safe state for this term, then open the gate."""
         term = self._lease.term
         async with self._turn:
             if on_takeover == "stop":
-                await self._send(Command(Action.STOP_MOVE))
+                await self._send(Command(Action.STOP_MOVE), index)
                 if (await self._robot.state()).mode in _STANDING:
-                    await self._send(Command(Action.BALANCE_STAND))
+                    await self._send(Command(Action.BALANCE_STAND), index)
             self._ready_term = term
         log.info("term %d: robot safe, accepting commands", term)
+
+    async def robot_state(self) -> RobotState:
+        """What the robot reports (its mode is mirrored into the journal with each outcome)."""
+        return await self._robot.state()
 
     def halt(self, reason: str) -> None:
         """Stop commanding at once (the lease is gone): cancel everything, send nothing."""
@@ -115,7 +129,7 @@ class Guard:
             self._stream.cancel()
         log.info("robot commands halted: %s", reason)
 
-    async def stop(self) -> Outcome:
+    async def stop(self, index: int = 0) -> Outcome:
         """Preempt whatever runs or waits, then STOP_MOVE; NotLeading if we may not command."""
         self._epoch += 1
         if self._stream is not None:
@@ -123,12 +137,14 @@ class Guard:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stream
         async with self._turn:
-            return await self._once(Command(Action.STOP_MOVE))
+            return await self._once(Command(Action.STOP_MOVE), index)
 
-    async def execute(self, command: Command, *, duration_s: float | None = None) -> Outcome:
+    async def execute(
+        self, command: Command, *, duration_s: float | None = None, index: int = 0
+    ) -> Outcome:
         """Run one command, or a MOVE stream of `duration_s`; raises NotLeading if we may not."""
         if command.action is Action.STOP_MOVE:
-            return await self.stop()
+            return await self.stop(index)
         epoch = self._epoch
         async with self._turn:
             if epoch != self._epoch:
@@ -136,14 +152,14 @@ class Guard:
             if not self.ready:
                 raise NotLeading(self._why_not())
             if command.action is Action.MOVE:
-                return await self._run_stream(command, duration_s or 0.0)
-            outcome = await self._once(command)
+                return await self._run_stream(command, duration_s or 0.0, index)
+            outcome = await self._once(command, index)
             if command.action is Action.STAND_UP and outcome.status == "done":
-                await self._once(Command(Action.BALANCE_STAND))
+                await self._once(Command(Action.BALANCE_STAND), index)
             return outcome
 
-    async def _run_stream(self, command: Command, duration_s: float) -> Outcome:
-        stream = asyncio.ensure_future(self._move(command, duration_s))
+    async def _run_stream(self, command: Command, duration_s: float, index: int) -> Outcome:
+        stream = asyncio.ensure_future(self._move(command, duration_s, index))
         self._stream = stream
         try:
             await asyncio.wait([stream])
@@ -155,36 +171,36 @@ class Guard:
             return Outcome("stopped", None, "motion stopped")
         return stream.result()
 
-    async def _once(self, command: Command) -> Outcome:
+    async def _once(self, command: Command, index: int) -> Outcome:
         try:
-            token = await self._send(command)
+            token = await self._send(command, index)
         except RobotError as exc:
             return Outcome("failed", None, str(exc))
         return Outcome("done", token)
 
-    async def _move(self, command: Command, duration_s: float) -> Outcome:
+    async def _move(self, command: Command, duration_s: float, index: int) -> Outcome:
         end = self._now() + duration_s
         sent = 0
         first: FencingToken | None = None
         try:
             while self._now() < end:
-                token = await self._send(command)
+                token = await self._send(command, index)
                 first = first or token
                 sent += 1
                 await self._sleep(min(self._period_s, max(0.0, end - self._now())))
-            await self._send(Command(Action.STOP_MOVE))
+            await self._send(Command(Action.STOP_MOVE), index)
         except NotLeading as exc:
             return Outcome("stopped", first, f"lease lost: {exc.reason}", sent)
         except RobotError as exc:
             return Outcome("failed", first, str(exc), sent)
         return Outcome("done", first, moves_sent=sent)
 
-    async def _send(self, command: Command) -> FencingToken:
+    async def _send(self, command: Command, index: int) -> FencingToken:
         """The only place a command leaves for the robot."""
         now = self._now()
         if not self._lease.lease_valid(now):
             raise NotLeading("this node holds no valid lease")
-        token = FencingToken(self._lease.term, next(self._indices), self._node_id)
+        token = FencingToken(self._lease.term, index, self._node_id)
         await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
         return token
 

@@ -14,7 +14,9 @@ from typing import Protocol
 
 import pytest
 
-from ha_voice.cluster.events import HardState
+from ha_voice.cluster.events import HardState, LogWrite
+from ha_voice.cluster.protocol import Entry, EntryKind, LogPosition
+from ha_voice.cluster.replication import JournalLog
 from ha_voice.cluster.storage import (
     SCHEMA_VERSION,
     STATE_FILE_NAME,
@@ -177,7 +179,9 @@ print(json.dumps([state.term, state.voted_for]))
 SAVE_AND_DIE = """
 import os, sys
 from pathlib import Path
-from ha_voice.cluster.events import HardState
+from ha_voice.cluster.events import HardState, LogWrite
+from ha_voice.cluster.protocol import Entry, EntryKind, LogPosition
+from ha_voice.cluster.replication import JournalLog
 from ha_voice.cluster.storage import SQLiteStore
 SQLiteStore(Path(sys.argv[1])).save(HardState(term=11, voted_for="jetson-b"))
 os._exit(0)  # no close, no atexit: as if killed right after save returned
@@ -275,3 +279,61 @@ def test_an_uncreatable_state_dir_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="state_dir"):
         open_store(blocker / "state")
+
+
+# --- the journal ------------------------------------------------------------------------------
+
+
+def _entries(first: int, last: int, term: int) -> tuple[Entry, ...]:
+    return tuple(
+        Entry(i, term, EntryKind.COMMAND, f"cmd {i} t{term}".encode())
+        for i in range(first, last + 1)
+    )
+
+
+def test_journal_survives_a_restart_with_its_truncations_and_snapshot(
+    disk: Disk, store: HardStateStore
+) -> None:
+    assert store.load_journal() == JournalLog()
+    store.write(HardState(1, "n1"), LogWrite(entries=_entries(1, 5, 1), commit=3))
+    # A new primary of term 2 replaces the uncommitted tail 4..5.
+    store.write(HardState(2, None), LogWrite(truncate_from=4, entries=_entries(4, 6, 2), commit=4))
+    store.write(None, LogWrite(compact_to=(LogPosition(1, 3), b"state up to 3"), commit=5))
+    store = reopen(disk, store)
+    journal = store.load_journal()
+    assert store.load() == HardState(2, None)
+    assert journal.base == LogPosition(1, 3)
+    assert journal.snapshot == b"state up to 3"
+    assert journal.entries == list(_entries(4, 6, 2))
+    assert journal.commit == 5
+    store.close()
+
+
+def test_sqlite_and_memory_agree_on_any_sequence_of_writes(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)
+    sql, memory = SQLiteStore(tmp_path / "s.sqlite3"), MemoryStore()
+    for step in range(200):
+        journal = memory.load_journal()
+        last = journal.last.index
+        write: LogWrite
+        if rng.random() < 0.15 and journal.commit > journal.base.index:
+            upto = rng.randint(journal.base.index + 1, journal.commit)
+            term = journal.term_at(upto)
+            assert term is not None
+            write = LogWrite(
+                compact_to=(LogPosition(term, upto), f"s{step}".encode()), commit=journal.commit
+            )
+        elif rng.random() < 0.2 and last > journal.commit:
+            cut = rng.randint(journal.commit + 1, last)
+            write = LogWrite(
+                truncate_from=cut, entries=_entries(cut, cut + 2, step), commit=journal.commit
+            )
+        else:
+            new = _entries(last + 1, last + rng.randint(1, 3), step)
+            write = LogWrite(entries=new, commit=rng.randint(journal.commit, new[-1].index))
+        sql.write(None, write)
+        memory.write(None, write)
+        assert sql.load_journal() == memory.load_journal(), f"step {step}: {write}"
+    sql.close()

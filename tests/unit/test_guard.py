@@ -190,12 +190,17 @@ def test_every_command_carries_term_index_and_lease() -> None:
     _, lease, robot, guard = setup()
     run(robot.connect())
     lease.lease_expiry = 10_000.0
-    stand(guard)
-    run(guard.execute(Command(Action.SIT)))
+    run(guard.take_over(index=40))
+    run(guard.execute(Command(Action.STAND_UP), index=41))
+    run(guard.execute(Command(Action.SIT), index=42))
     entries = [e for e in robot.journal() if e.token is not None]
     assert {e.token.term for e in entries} == {3}
-    indices = [e.token.index for e in entries]
-    assert indices == sorted(indices)
-    assert len(set(indices)) == len(indices)
+    # The journal index of the command each call carries out; BalanceStand follows StandUp.
+    assert [(e.action, e.token.index) for e in entries] == [
+        (Action.STOP_MOVE, 40),
+        (Action.STAND_UP, 41),
+        (Action.BALANCE_STAND, 41),
+        (Action.SIT, 42),
+    ]
     assert {e.lease_expiry_s for e in entries} == {10_000.0}
     assert {e.node for e in entries} == {"n1"}

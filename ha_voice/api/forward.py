@@ -1,0 +1,89 @@
+"""A backup's answer to a command: the primary's, fetched for the client.
+
+Invariants:
+- One hop at most: a request that arrives forwarded (`FORWARDED_BY` header) is never forwarded
+  again, so two nodes that each think the other leads cannot bounce a request forever.
+- The client's idempotency key travels with the request, so a forwarded command that the client
+  also retries elsewhere still runs once.
+- With no primary known, or the primary unreachable, the answer is 503 with `Retry-After`, the
+  leader hint (`leader`, `leader_url`) and this node's view of the cluster.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ha_voice.api.context import ApiContext
+
+__all__ = ["FORWARDED_BY", "forward", "unavailable"]
+
+FORWARDED_BY = "X-HA-Voice-Forwarded-By"
+# The headers of the client's request that the primary needs.
+_PASSED_ON = ("content-type", "idempotency-key", "authorization")
+# Past a move's longest duration (60 s) plus a failover.
+_FORWARD_TIMEOUT_S = 75.0
+
+
+def unavailable(ctx: ApiContext, reason: str, status: int = 503) -> JSONResponse:
+    """503 + Retry-After: what to retry, where, and what this node sees of the cluster."""
+    election = ctx.node.election
+    body: dict[str, Any] = {
+        "status": "error",
+        "error": reason,
+        "node": election.node_id,
+        "role": election.role.value,
+        "term": election.term,
+        "leader": election.leader,
+        "leader_url": ctx.node.leader_url(ctx.config.port),
+    }
+    return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
+
+
+async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> Response:
+    """Send the client's request to the primary and return its answer, or say why not."""
+    if request.headers.get(FORWARDED_BY):
+        return unavailable(ctx, f"{why} (forwarded by {request.headers[FORWARDED_BY]})")
+    url = ctx.node.leader_url(ctx.config.port)
+    if url is None:
+        return unavailable(ctx, f"{why}; no primary is known")
+    headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_ON}
+    headers[FORWARDED_BY] = ctx.node.election.node_id
+    try:
+        answer = await _client(ctx).request(
+            request.method,
+            url + request.url.path,
+            params=request.query_params,
+            content=body,
+            headers=headers,
+            timeout=_FORWARD_TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        return unavailable(ctx, f"{why}; the primary at {url} did not answer ({exc!r})")
+    ctx.metrics.forwarded.inc()
+    passed = {k: v for k, v in answer.headers.items() if k.lower() in ("retry-after",)}
+    passed[FORWARDED_BY] = ctx.node.election.node_id
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        headers=passed,
+        media_type=answer.headers.get("content-type"),
+    )
+
+
+def _client(ctx: ApiContext) -> httpx.AsyncClient:
+    client = ctx.state.get("forward_client")
+    if client is None:
+        # TCP_NODELAY: without it a request's body waits for the ACK of its headers (Nagle
+        # against delayed ACK): ~40 ms per request on a kept-alive connection.
+        transport = httpx.AsyncHTTPTransport(
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
+        client = httpx.AsyncClient(transport=transport)
+        ctx.state["forward_client"] = client
+    assert isinstance(client, httpx.AsyncClient)
+    return client

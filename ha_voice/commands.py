@@ -1,0 +1,229 @@
+"""Exactly-once commands on the primary: journal first, then the robot, then the outcome.
+
+For one command with idempotency key K the primary:
+1. answers with the stored outcome if K is in the journal, or waits for the one in flight;
+2. appends a COMMAND entry and waits until a quorum holds it (committed);
+3. sends it to the robot through the guard, under the fencing token (term, its index);
+4. appends the OUTCOME (with the robot's posture) and waits until that is committed;
+5. answers.
+
+Invariants:
+- Nothing reaches the robot before its entry is committed, so a command a new primary does not
+  know was never executed, and a client's retry of it runs it once.
+- A new primary accepts commands only once its first entry is committed (so its journal holds
+  every earlier committed command and its keys) and every command left without an outcome is
+  settled: re-run if idempotent and younger than `reexecute_window_s`, else marked `unknown` —
+  it may or may not have run, and is never repeated.
+- A key is in flight at most once per primary: a second request for it waits for the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ha_voice.cluster.events import Role
+from ha_voice.cluster.node import ClusterNode, NotPrimary
+from ha_voice.cluster.protocol import Entry, EntryKind
+from ha_voice.journal import (
+    CommandRecord,
+    Settings,
+    Status,
+    command_entry,
+    outcome_entry,
+    settings_entry,
+)
+from ha_voice.robot.base import ACTIONS, Action, Command, RobotError
+from ha_voice.robot.guard import Guard, NotLeading, Outcome
+
+__all__ = ["Answer", "CommandRequest", "CommandService"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    key: str
+    action: Action
+    params: Mapping[str, float]
+    duration_s: float | None = None
+    text: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The journal's record of a finished command; `duplicate` if it was answered before."""
+
+    record: CommandRecord
+    duplicate: bool
+
+
+class CommandService:
+    """The primary's side of the journal: one instance per node, active while it leads."""
+
+    def __init__(self, node: ClusterNode, guard: Guard | None, *, reexecute_window_s: float):
+        self._node = node
+        self._guard = guard
+        self._reexecute_window_s = reexecute_window_s
+        self._ready_term: int | None = None
+        self._inflight: dict[str, asyncio.Future[Answer]] = {}
+
+    @property
+    def node_id(self) -> str:
+        return self._node.election.node_id
+
+    def ready(self) -> bool:
+        election = self._node.election
+        return self._ready_term == election.term and election.role is Role.PRIMARY
+
+    # --- takeover --------------------------------------------------------------------------
+
+    def first_entry_of_term(self) -> Entry | None:
+        """Our NOOP: the first entry of the current term in our log."""
+        replication = self._node.election.replication
+        term = self._node.election.term
+        first = None
+        for entry in reversed(replication.log.entries):
+            if entry.term != term:
+                break
+            first = entry
+        return first
+
+    async def take_over(self, term: int, on_takeover: str) -> None:
+        """Make the robot safe, wait for our first entry to commit, settle the unfinished."""
+        noop = self.first_entry_of_term()
+        if noop is None:
+            raise NotPrimary(f"term {term}: no entry of ours in the journal")
+        if self._guard is not None:
+            await self._guard.take_over("stop" if on_takeover == "stop" else "none", noop.index)
+        if not await self._node.committed(noop):
+            raise NotPrimary(f"term {term}: our first entry did not commit")
+        for record in self._node.journal.unfinished():
+            await self._settle(record)
+        if self._node.election.term == term:
+            self._ready_term = term
+            log.info("term %d: journal settled at %d, accepting commands", term, noop.index)
+
+    async def _settle(self, record: CommandRecord) -> None:
+        action = Action(record.action)
+        young = time.time() - record.accepted_at <= self._reexecute_window_s
+        if ACTIONS[action].idempotent and young:
+            log.info(
+                "re-running %s (index %d): its outcome was never recorded",
+                action.value,
+                record.index,
+            )
+            await self._run_and_record(record)
+            return
+        why = (
+            "idempotent but too old to repeat" if ACTIONS[action].idempotent else ("not idempotent")
+        )
+        detail = (
+            "the primary that ran it failed before recording its outcome; it may or may not "
+            f"have run, and is not repeated ({why})"
+        )
+        await self._record(record, "unknown", detail)
+
+    # --- commands --------------------------------------------------------------------------
+
+    async def submit(self, request: CommandRequest) -> Answer:
+        """Run `request` exactly once, or answer what became of it; NotPrimary if we cannot."""
+        known = self._node.journal.get(request.key)
+        if known is not None and known.final:
+            return Answer(known, duplicate=True)
+        waiting = self._inflight.get(request.key)
+        if waiting is not None:
+            answer = await asyncio.shield(waiting)
+            return Answer(answer.record, duplicate=True)
+        if not self.ready():
+            raise NotPrimary(self._why_not())
+        if known is not None:  # committed, unfinished, not ours: settled at takeover
+            raise NotPrimary("the command is being settled after a takeover")
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[request.key] = future
+        try:
+            answer = await self._append_and_run(request)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else NotPrimary("cancelled"))
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._inflight.pop(request.key, None)
+        future.set_result(answer)
+        return answer
+
+    async def _append_and_run(self, request: CommandRequest) -> Answer:
+        data = command_entry(
+            key=request.key,
+            action=request.action.value,
+            params=request.params,
+            duration_s=request.duration_s,
+            text=request.text,
+            source=request.source,
+            at=time.time(),
+        )
+        entry = await self._node.propose(EntryKind.COMMAND, data)
+        if not await self._node.committed(entry):
+            raise NotPrimary("another primary's entry took our command's place")
+        record = self._node.journal.records.get(entry.index)
+        if record is None or record.key != request.key:
+            raise NotPrimary("our command was not applied where it was appended")
+        return Answer(await self._run_and_record(record), duplicate=False)
+
+    async def _run_and_record(self, record: CommandRecord) -> CommandRecord:
+        outcome = await self._execute(record)
+        status: Status = outcome.status
+        return await self._record(record, status, outcome.detail)
+
+    async def _execute(self, record: CommandRecord) -> Outcome:
+        if self._guard is None:
+            return Outcome("failed", None, 'this node has no robot (robot = "none")')
+        command = Command(Action(record.action), record.params)
+        try:
+            return await self._guard.execute(
+                command, duration_s=record.duration_s, index=record.index
+            )
+        except NotLeading as exc:
+            raise NotPrimary(exc.reason) from exc
+        except RobotError as exc:
+            return Outcome("failed", None, str(exc))
+
+    async def _record(self, record: CommandRecord, status: Status, detail: str) -> CommandRecord:
+        posture = await self._posture()
+        data = outcome_entry(record.index, status, detail, self.node_id, time.time(), posture)
+        entry = await self._node.propose(EntryKind.OUTCOME, data)
+        if not await self._node.committed(entry):
+            raise NotPrimary("the outcome was not committed")
+        done = self._node.journal.records.get(record.index)
+        assert done is not None
+        assert done.final
+        return done
+
+    async def _posture(self) -> str | None:
+        if self._guard is None:
+            return None
+        try:
+            return (await self._guard.robot_state()).mode.name.lower()
+        except RobotError:
+            return None
+
+    # --- settings --------------------------------------------------------------------------
+
+    async def change_settings(self, **changes: object) -> Settings:
+        """Replicate a runtime setting (listening, language); the journal's settings after."""
+        if not self.ready():
+            raise NotPrimary(self._why_not())
+        entry = await self._node.propose(EntryKind.STATE, settings_entry(**changes))
+        if not await self._node.committed(entry):
+            raise NotPrimary("the setting was not committed")
+        return self._node.journal.settings
+
+    def _why_not(self) -> str:
+        election = self._node.election
+        if election.role is not Role.PRIMARY:
+            return f"{election.node_id} is {election.role.value}, not primary"
+        return "taking over: settling the journal"

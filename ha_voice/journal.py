@@ -1,0 +1,274 @@
+"""The command journal's state machine: what the committed entries mean.
+
+The replication core (cluster/replication.py) moves opaque entries; this module gives them
+meaning. Every node applies the same committed entries in the same order, so every node holds the
+same `Journal`: the commands with their status and outcome, the idempotency keys seen, the robot's
+last known posture and the runtime settings.
+
+Invariants:
+- A key names one command: a COMMAND entry whose key is already known is applied as a no-op
+  (the primary checks before appending; this makes a bug there harmless, and visible).
+- Status only moves forward: committed (no outcome yet) → done / stopped / failed / unknown.
+  An OUTCOME for an index that already has one is ignored.
+- Payloads are small JSON objects (≤ `MAX_ENTRY_BYTES`): free text is cut to `MAX_TEXT` chars.
+- Retention: records older than the snapshot are forgotten, keys included; `compaction_point`
+  never folds away a command still waiting for its outcome.
+
+Pure: the caller passes wall-clock times in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Literal
+
+from ha_voice.cluster.protocol import MAX_ENTRY_BYTES, Entry, EntryKind
+from ha_voice.errors import LocalError
+
+__all__ = [
+    "FINAL",
+    "MAX_KEY",
+    "CommandRecord",
+    "Journal",
+    "Settings",
+    "command_entry",
+    "outcome_entry",
+    "settings_entry",
+]
+
+Status = Literal["committed", "done", "stopped", "failed", "unknown"]
+FINAL: Final = frozenset({"done", "stopped", "failed", "unknown"})
+MAX_KEY: Final = 64
+MAX_TEXT: Final = 200
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One command as the journal knows it."""
+
+    index: int
+    term: int
+    key: str
+    action: str
+    params: Mapping[str, float]
+    duration_s: float | None
+    text: str
+    source: str
+    accepted_at: float
+    status: Status = "committed"
+    outcome: str = ""
+    executed_by: str | None = None
+    finished_at: float | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["params"] = dict(self.params)
+        return data
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings and robot state that a new primary continues with."""
+
+    listening: bool = True
+    language: str | None = None  # None: each node's configured language
+    posture: str | None = None  # the robot's last known mode name, as its primary saw it
+
+
+@dataclass
+class Journal:
+    """The applied state: records by index, keys, settings and counters."""
+
+    records: OrderedDict[int, CommandRecord] = field(default_factory=OrderedDict)
+    by_key: dict[str, int] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+    command_count: int = 0
+    last_command: str | None = None
+    applied: int = 0
+    duplicates_ignored: int = 0
+
+    # --- applying --------------------------------------------------------------------------
+
+    def apply(self, entry: Entry) -> CommandRecord | None:
+        """Apply one committed entry; the record it created or finished, if any."""
+        if entry.index <= self.applied:
+            raise LocalError(f"entry {entry.index} applied twice (applied {self.applied})")
+        self.applied = entry.index
+        if entry.kind is EntryKind.NOOP:
+            return None
+        data = json.loads(entry.data)
+        if entry.kind is EntryKind.COMMAND:
+            return self._command(entry, data)
+        if entry.kind is EntryKind.OUTCOME:
+            return self._outcome(data)
+        if entry.kind is EntryKind.STATE:
+            known = {k: v for k, v in data.items() if k in Settings.__dataclass_fields__}
+            self.settings = replace(self.settings, **known)
+        return None
+
+    def _command(self, entry: Entry, data: Mapping[str, Any]) -> CommandRecord | None:
+        key = str(data["k"])
+        if key in self.by_key:
+            self.duplicates_ignored += 1
+            return None
+        record = CommandRecord(
+            index=entry.index,
+            term=entry.term,
+            key=key,
+            action=str(data["a"]),
+            params={str(k): float(v) for k, v in data.get("p", {}).items()},
+            duration_s=data.get("d"),
+            text=str(data.get("t", "")),
+            source=str(data.get("s", "")),
+            accepted_at=float(data.get("at", 0.0)),
+        )
+        self.records[entry.index] = record
+        self.by_key[key] = entry.index
+        self.command_count += 1
+        self.last_command = record.text or record.action
+        return record
+
+    def _outcome(self, data: Mapping[str, Any]) -> CommandRecord | None:
+        record = self.records.get(int(data["i"]))
+        if record is None or record.final:
+            return None
+        done = replace(
+            record,
+            status=data["st"],
+            outcome=str(data.get("o", "")),
+            executed_by=data.get("by"),
+            finished_at=data.get("at"),
+        )
+        self.records[record.index] = done
+        if data.get("posture"):
+            self.settings = replace(self.settings, posture=str(data["posture"]))
+        return done
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> CommandRecord | None:
+        index = self.by_key.get(key)
+        return None if index is None else self.records.get(index)
+
+    def unfinished(self) -> list[CommandRecord]:
+        """Committed commands without an outcome, oldest first."""
+        return [r for r in self.records.values() if not r.final]
+
+    def tail(self, since: int, limit: int) -> list[CommandRecord]:
+        """Records with index > `since`, at most `limit`, in index order."""
+        out = []
+        for index, record in self.records.items():
+            if index > since:
+                out.append(record)
+                if len(out) >= limit:
+                    break
+        return out
+
+    # --- retention and snapshots -----------------------------------------------------------
+
+    def compaction_point(self, *, max_entries: int, max_age_s: float, now: float) -> int:
+        """The index up to which entries may be folded into a snapshot (0: nothing yet).
+
+        Keeps the newest `max_entries` commands and every command younger than `max_age_s`,
+        and never passes a command that still waits for its outcome.
+        """
+        upto = 0
+        excess = len(self.records) - max_entries
+        for count, (index, record) in enumerate(self.records.items()):
+            old = count < excess or now - record.accepted_at > max_age_s
+            if not old or not record.final:
+                break
+            upto = index
+        return upto
+
+    def forget_through(self, index: int) -> None:
+        """Drop records up to `index` (they went into a snapshot)."""
+        while self.records and next(iter(self.records)) <= index:
+            _, record = self.records.popitem(last=False)
+            self.by_key.pop(record.key, None)
+
+    def snapshot(self, upto: int) -> bytes:
+        """The state as of `upto` (≤ applied), for a snapshot that ends there.
+
+        Counters are taken back to `upto`. Settings are the current ones: every entry after
+        `upto` sets its fields outright, so replaying them on top gives the same result.
+        """
+        later = [r for i, r in self.records.items() if i > upto]
+        earlier = [r for i, r in self.records.items() if i <= upto]
+        last = (earlier[-1].text or earlier[-1].action) if earlier else self.last_command
+        if not earlier and later:
+            last = None
+        data = {
+            "settings": asdict(self.settings),
+            "command_count": self.command_count - len(later),
+            "last_command": last,
+        }
+        return _encode(data)
+
+    def restore(self, snapshot: bytes, applied: int) -> None:
+        """Start over from `snapshot`, which holds everything up to `applied`."""
+        self.records.clear()
+        self.by_key.clear()
+        self.applied = applied
+        if not snapshot:
+            self.settings, self.command_count, self.last_command = Settings(), 0, None
+            return
+        data = json.loads(snapshot)
+        self.settings = Settings(**data["settings"])
+        self.command_count = int(data["command_count"])
+        self.last_command = data["last_command"]
+
+
+# --- payloads ---------------------------------------------------------------------------------
+
+
+def command_entry(
+    *,
+    key: str,
+    action: str,
+    params: Mapping[str, float],
+    duration_s: float | None,
+    text: str,
+    source: str,
+    at: float,
+) -> bytes:
+    data = {
+        "k": key,
+        "a": action,
+        "p": dict(params),
+        "d": duration_s,
+        "t": text[:MAX_TEXT],
+        "s": source[:MAX_KEY],
+        "at": round(at, 3),
+    }
+    return _encode(data)
+
+
+def outcome_entry(
+    index: int, status: Status, outcome: str, by: str, at: float, posture: str | None
+) -> bytes:
+    data = {"i": index, "st": status, "o": outcome[:MAX_TEXT], "by": by, "at": round(at, 3)}
+    if posture:
+        data["posture"] = posture
+    return _encode(data)
+
+
+def settings_entry(**changes: Any) -> bytes:
+    unknown = set(changes) - set(Settings.__dataclass_fields__)
+    if unknown:
+        raise LocalError(f"unknown settings {sorted(unknown)}")
+    return _encode(changes)
+
+
+def _encode(data: Mapping[str, Any]) -> bytes:
+    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise LocalError(f"journal payload of {len(raw)} bytes > {MAX_ENTRY_BYTES}")
+    return raw
