@@ -7,11 +7,13 @@ import json
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from ha_voice import __version__, daemon, status
 from ha_voice import demo as process_demo
+from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient
 from ha_voice.config import Config, default_node_id, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     step_down.set_defaults(handler=_step_down)
 
     # Listed for --help only: main() hands `sim-robot ...` to the simulator's own parser.
+    _client_commands(commands)
     commands.add_parser("sim-robot", help="serve a simulated Go2: --listen HOST:PORT")
 
     demo = commands.add_parser("demo", help="a local cluster that shows a failover")
@@ -109,6 +112,28 @@ def _parser() -> argparse.ArgumentParser:
     docs = config_commands.add_parser("docs", help="print docs/configuration.md")
     docs.set_defaults(handler=lambda args: _write(render_markdown()))
     return parser
+
+
+def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    send = commands.add_parser(
+        "send",
+        help="send a command to the cluster's primary (found by mDNS) and print its outcome",
+        description="Exit status: 0 done or stopped, 1 failed or not understood, 3 outcome "
+        "unknown (a failover hit it; not repeated), 4 no answer before the deadline (retry with "
+        "the printed --key: it runs at most once).",
+    )
+    send.add_argument("text", nargs="?", help='what was said, e.g. "sta op"')
+    send.add_argument("--action", help="a robot action instead of text, e.g. sit, hello")
+    send.add_argument("--key", help="idempotency key (default: a new UUID); reuse it to retry")
+    _client_arguments(send)
+    send.set_defaults(handler=_send)
+
+    journal = commands.add_parser("journal", help="tail the replicated command journal")
+    journal.add_argument("--since", type=int, default=0, help="entries after this index")
+    journal.add_argument("--limit", type=int, default=20, help="the last N entries (default 20)")
+    journal.add_argument("--follow", action="store_true", help="keep printing new entries")
+    _client_arguments(journal)
+    journal.set_defaults(handler=_journal)
 
 
 def _write(text: str) -> int:
@@ -147,6 +172,63 @@ def _url_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="any node's API (default: http://127.0.0.1:PORT with PORT from the configuration)",
     )
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="a node's API (default: find the primary by mDNS)")
+    parser.add_argument("--cluster", help="cluster name to look up (default: configured)")
+    parser.add_argument("--deadline", type=float, default=10.0, help="seconds, retries included")
+    parser.add_argument("--json", action="store_true", help="print the JSON answer")
+
+
+def _client(args: argparse.Namespace) -> HAVoiceClient:
+    cluster = args.cluster or load_config().cluster
+    return HAVoiceClient(url=args.url, cluster=cluster, deadline_s=args.deadline)
+
+
+_SEND_EXIT = {"done": 0, "stopped": 0, "success": 0, "unknown": 3}
+
+
+def _send(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.action is None):
+        raise ConfigError('send: give what was said ("sta op") or --action NAME, not both')
+    key = args.key or str(uuid.uuid4())
+    with _client(args) as client:
+        try:
+            if args.action:
+                result = client.command(args.action, key=key)
+            else:
+                result = client.say(args.text, key=key)
+        except DeadlineExceeded as exc:
+            print(f"ha-voice: {exc}; retry with --key {key}", file=sys.stderr)
+            return 4
+        except ClientError as exc:
+            print(f"ha-voice: {exc}", file=sys.stderr)
+            return 1
+    body = result.body
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(status.render_outcome(body, result.attempts))
+    outcome = body.get("outcome") or body.get("status")
+    return _SEND_EXIT.get(str(outcome), 1)
+
+
+def _journal(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        since = args.since
+        first = True
+        while True:
+            entries = client.journal(since, 10_000)
+            if first:
+                entries = entries[-args.limit :]
+                first = False
+            for entry in entries:
+                print(json.dumps(entry) if args.json else status.render_entry(entry), flush=True)
+                since = max(since, int(entry["index"]))
+            if not args.follow:
+                return 0
+            time.sleep(0.5)
 
 
 def _base_url(args: argparse.Namespace) -> str:

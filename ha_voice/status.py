@@ -96,3 +96,36 @@ def step_down(base_url: str, target: str | None) -> tuple[bool, str]:
     if response.status_code == 202:
         return True, f"{view.get('leader')} is handing over"
     return False, f"refused: {body.get('reason', body)}"
+
+
+def render_outcome(body: dict[str, Any], attempts: int) -> str:
+    """One line for `ha-voice send`: the outcome, what ran, where, and how."""
+    outcome = body.get("outcome") or body.get("status")
+    what = body.get("intent") or body.get("command") or "?"
+    if body.get("status") == "rejected":
+        return f"not understood: {body.get('recognized')!r} ({body.get('reason')})"
+    line = (
+        f"{outcome}: {what} — index {body.get('index')}, executed by {body.get('executed_by')} "
+        f"in term {body.get('journal_term')}"
+    )
+    extras = []
+    if body.get("duplicate"):
+        extras.append("answered from the journal (key seen before)")
+    if attempts > 1:
+        extras.append(f"{attempts} attempts")
+    if body.get("detail"):
+        extras.append(str(body["detail"]))
+    if body.get("response"):
+        extras.append(f"robot says: {body['response']}")
+    return line + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def render_entry(entry: dict[str, Any]) -> str:
+    """One journal entry as a line of `ha-voice journal`."""
+    finished = "" if entry.get("executed_by") is None else f" by {entry['executed_by']}"
+    text = f" {entry['text']!r}" if entry.get("text") else ""
+    mark = "" if entry.get("committed", True) else " (not committed)"
+    return (
+        f"{entry['index']:>6}  t{entry['term']:<4} {entry['status']:<9} {entry['action']:<14}"
+        f"{finished}{text}  key={entry['key']}{mark}"
+    )
