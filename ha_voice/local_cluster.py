@@ -100,8 +100,8 @@ class LocalNode:
     def status_code(self, path: str, timeout_s: float) -> int | None:
         """The HTTP status of GET `path`, over a bare socket: the poll that times failovers.
 
-        httpx's sync client takes ~40 ms a request here (a delayed-ACK stall), which would
-        be counted as failover time; a bare HTTP/1.0 request takes ~1 ms.
+        A fresh connection per poll, so that a node that died is noticed at once; a bare
+        HTTP/1.0 request takes ~1 ms.
         """
         request = f"GET {path} HTTP/1.0\r\nHost: {self.host}\r\n\r\n".encode()
         try:

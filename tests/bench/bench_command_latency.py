@@ -6,7 +6,7 @@ Not a pass/fail test. Writes its section of docs/benchmarks.md. Run:
 
 Three `ha-voice run` processes and one `ha-voice sim-robot` (latency 2 ms) on 127.0.0.1; the
 client alternates "sit" and "rise_sit" on the primary with POST /api/robot/command over one
-keep-alive connection (the stdlib's http.client: httpx's sync client adds ~40 ms here).
+keep-alive connection (the stdlib's http.client).
 """
 
 from __future__ import annotations
