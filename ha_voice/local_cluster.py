@@ -56,11 +56,14 @@ class LocalNode:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
+        # Configured by flags alone: a test's own HA_VOICE_* settings are not the node's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HA_VOICE_")}
         self.process = subprocess.Popen(
             [*self.prefix, *self.argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
         log.close()
 
