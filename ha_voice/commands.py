@@ -76,6 +76,11 @@ class CommandService:
     def node_id(self) -> str:
         return self._node.election.node_id
 
+    def leading(self, term: int) -> bool:
+        """Whether this node still leads `term`."""
+        election = self._node.election
+        return election.term == term and election.role is Role.PRIMARY
+
     def ready(self) -> bool:
         election = self._node.election
         return self._ready_term == election.term and election.role is Role.PRIMARY

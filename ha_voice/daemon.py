@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 _FORCED_EXIT = 130
 # How often a node asks whether the robot answers; a lost robot makes it FAULT within this.
 _ROBOT_POLL_S = 0.5
+# A primary whose robot did not answer the takeover asks again this often while it leads.
+_TAKEOVER_RETRY_S = 0.2
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -76,12 +78,19 @@ class _Actions:
 
     async def become_primary(self, term: int) -> None:
         """Robot safe, our first entry committed, unfinished commands settled: then serve."""
-        if self.commands is None:
+        commands = self.commands
+        if commands is None:
             return
-        try:
-            await self.commands.take_over(term, self.config.on_takeover)
-        except (NotLeading, NotPrimary, RobotError) as exc:
-            log.warning("term %d: could not take over: %s", term, exc)
+        while commands.leading(term):
+            try:
+                await commands.take_over(term, self.config.on_takeover)
+                return
+            except (NotLeading, NotPrimary) as exc:
+                log.warning("term %d: gave up taking over: %s", term, exc)
+                return
+            except RobotError as exc:  # not connected yet, or a timeout: the robot decides
+                log.warning("term %d: robot not made safe yet (%s); trying again", term, exc)
+                await asyncio.sleep(_TAKEOVER_RETRY_S)
 
     async def publish_endpoint(self, term: int) -> None:
         if self.discovery is not None:
