@@ -1,11 +1,15 @@
 """`ha-voice demo`: three real daemons and a simulated Go2, the primary SIGKILLed mid-walk.
 
 It starts `ha-voice sim-robot` and three `ha-voice run` processes on 127.0.0.1 in a throwaway
-directory, says "sta op" and "loop vooruit" to the primary, kills the primary with SIGKILL while
-the robot walks, shows the robot halting by itself (its Move watchdog), times the takeover (to
-the first 200 on a survivor's /cluster/primary), shows the new primary's safe takeover, says
-"ga zitten" to it, restarts the killed node as a backup, prints the robot's verdict on who
-commanded it, stops everything with SIGTERM and removes the directory.
+directory, with mDNS on. Every command goes through `HAVoiceClient`, which finds the primary
+by the mDNS service `<cluster>._ha-voice._tcp.local.`. It says "sta op" and "loop vooruit",
+kills the primary with SIGKILL while the robot walks, shows the robot halting by itself (its
+Move watchdog), times the takeover (to the first 200 on a survivor's /cluster/primary), shows
+the new primary's safe takeover and that its journal holds every command answered before the
+kill, says "ga zitten" (the client finds the new primary by itself), sends the first command's
+idempotency key again (answered from the journal, not run twice), restarts the killed node as
+a backup, prints the robot's verdict on who commanded it, stops everything with SIGTERM and
+removes the directory.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-import httpx
-
+from ha_voice.client import ClientError, HAVoiceClient
 from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 from ha_voice.robot.sim import Verdict
 from ha_voice.robot.sim_server import SimRobotClient, fetch_journal, fetch_verdict
@@ -70,13 +73,17 @@ class _Robot(SimRobotProcess):
         return None
 
 
-def _say(cluster: LocalCluster, node: str, text: str) -> dict[str, Any]:
-    url = f"{cluster.nodes[node].url}/api/voice/listen"
+def _client(cluster: LocalCluster) -> HAVoiceClient:
+    return HAVoiceClient(cluster=cluster.cluster, interfaces=["127.0.0.1"], deadline_s=15.0)
+
+
+def _say(cluster: LocalCluster, text: str, key: str | None = None) -> dict[str, Any]:
     try:
-        reply: dict[str, Any] = httpx.post(url, json={"text": text}, timeout=15).json()
-    except httpx.HTTPError as exc:  # the node was killed while it answered
+        with _client(cluster) as client:
+            result = client.say(text, key=key)
+    except ClientError as exc:
         return {"status": "error", "error": str(exc)}
-    return reply
+    return {**result.body, "attempts": result.attempts}
 
 
 def run_demo(*, as_json: bool = False, out: TextIO = sys.stdout) -> int:
@@ -84,7 +91,7 @@ def run_demo(*, as_json: bool = False, out: TextIO = sys.stdout) -> int:
     emit = _Printer(out, as_json)
     robot = _Robot()
     try:
-        with LocalCluster(3, extra_flags=(f"--robot={robot.spec}",)) as cluster:
+        with LocalCluster(3, extra_flags=(f"--robot={robot.spec}",), mdns=True) as cluster:
             if as_json:
                 emit("start", "", dir=str(cluster.dir), robot=robot.spec)
             else:
@@ -105,10 +112,18 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
     old = first[0]
     time.sleep(0.5)
     emit("primary", f"{old} is primary", node=old)
-    reply = _say(cluster, old, "sta op")
-    emit("say", f'"sta op" -> {old}: {reply.get("response")}', text="sta op")
-    _say_in_background(cluster, old, "loop vooruit", emit)
-    time.sleep(0.6)
+    first_key = "demo-sta-op"
+    reply = _say(cluster, "sta op", first_key)
+    emit(
+        "say",
+        f'"sta op" -> {reply.get("executed_by")} (found by mDNS): {reply.get("response")}'
+        f" [journal index {reply.get('index')}]",
+        text="sta op",
+        executed_by=reply.get("executed_by"),
+    )
+    _say_in_background(cluster, "loop vooruit", emit)
+    _wait_until(lambda: robot.speed() > 0.0, 5.0)
+    time.sleep(0.3)
     emit("walking", f"the robot walks at {robot.speed():.1f} m/s", speed=robot.speed())
     emit("kill", f"SIGKILL {old} mid-walk", node=old, signal="SIGKILL")
     killed_at = time.monotonic()
@@ -138,12 +153,28 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
         f"{new}'s first command to the robot: {robot.first_command_of(new)}",
         first_command=robot.first_command_of(new),
     )
-    reply = _say(cluster, new, "ga zitten")
+    survived = _journal_survived(cluster, new, first_key)
+    emit(
+        "journal",
+        f"{new}'s journal holds the commands answered before the kill: "
+        + ("yes" if survived else "NO"),
+        survived=survived,
+    )
+    reply = _say(cluster, "ga zitten")
     emit(
         "say",
-        f'"ga zitten" -> {new}: {reply.get("response")}',
+        f'"ga zitten" -> {reply.get("executed_by")}: {reply.get("response")}'
+        f" ({reply.get('attempts')} attempt(s), the client found the new primary by itself)",
         text="ga zitten",
         status=reply.get("status"),
+        executed_by=reply.get("executed_by"),
+    )
+    again = _say(cluster, "sta op", first_key)
+    emit(
+        "retry",
+        f'"sta op" again with its first key: {again.get("outcome")} at index {again.get("index")},'
+        f" duplicate={again.get('duplicate')} (answered from the journal, not run twice)",
+        duplicate=again.get("duplicate"),
     )
     cluster.nodes[old].start()
     rejoined = cluster.wait_for(old, lambda v: v["role"] == "backup", _START_TIMEOUT_S)
@@ -158,9 +189,17 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
     )
     stopped = _stop_all(cluster)
     emit("stopped", "SIGTERM to all: " + ("every node exited 0" if stopped else "not all exited 0"))
-    ok = rejoined is not None and verdict.ok and stopped and reply.get("status") == "success"
+    ok = (
+        rejoined is not None
+        and verdict.ok
+        and stopped
+        and reply.get("status") == "success"
+        and survived
+        and again.get("duplicate") is True
+    )
     summary = {
         "failover_ms": round(failover_ms, 1),
+        "journal_survived": survived,
         "old_primary": old,
         "new_primary": new,
         "robot_violations": len(verdict.violations),
@@ -177,9 +216,18 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
     return 0 if ok else 1
 
 
-def _say_in_background(cluster: LocalCluster, node: str, text: str, emit: _Printer) -> None:
-    threading.Thread(target=_say, args=(cluster, node, text), daemon=True).start()
-    emit("say", f'"{text}" -> {node}', text=text)
+def _say_in_background(cluster: LocalCluster, text: str, emit: _Printer) -> None:
+    threading.Thread(target=_say, args=(cluster, text), daemon=True).start()
+    emit("say", f'"{text}"', text=text)
+
+
+def _journal_survived(cluster: LocalCluster, node: str, key: str) -> bool:
+    """Whether `node`'s journal holds the command with `key`, finished."""
+    response = cluster.nodes[node].get("/api/journal?limit=1000", timeout_s=2.0)
+    if response is None or response.status_code != 200:
+        return False
+    entries = response.json()["entries"]
+    return any(e["key"] == key and e["status"] == "done" for e in entries)
 
 
 def _wait_until(condition: Any, timeout_s: float) -> float:

@@ -19,12 +19,28 @@ def test_demo_json_shows_a_takeover_the_robot_obeys() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     kinds = [event["event"] for event in events]
-    for kind in ("primary", "kill", "takeover", "halted", "safe", "rejoined", "verdict", "summary"):
+    for kind in (
+        "primary",
+        "kill",
+        "takeover",
+        "halted",
+        "safe",
+        "journal",
+        "retry",
+        "rejoined",
+        "verdict",
+        "summary",
+    ):
         assert kind in kinds, kinds
     summary = events[-1]
     assert summary["event"] == "summary"
     assert summary["ok"] is True
     assert summary["robot_violations"] == 0
+    assert summary["journal_survived"] is True
+    walking = next(e for e in events if e["event"] == "walking")
+    assert walking["speed"] > 0  # killed mid-walk, not before
+    retry = next(e for e in events if e["event"] == "retry")
+    assert retry["duplicate"] is True
     assert summary["old_primary"] != summary["new_primary"]
     assert 0 < summary["failover_ms"] < 10_000
     safe = next(e for e in events if e["event"] == "safe")
