@@ -17,16 +17,29 @@ from typing import Any
 import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from ha_voice.api.context import ApiContext
 
-__all__ = ["FORWARDED_BY", "forward", "unavailable"]
+__all__ = ["CLIENT_GONE", "FORWARDED_BY", "forward", "read_body", "unavailable"]
 
 FORWARDED_BY = "X-HA-Voice-Forwarded-By"
 # The headers of the client's request that the primary needs.
 _PASSED_ON = ("content-type", "idempotency-key", "authorization")
 # Past a move's longest duration (60 s) plus a failover.
 _FORWARD_TIMEOUT_S = 75.0
+
+
+# nginx's "client closed request": nobody reads it, the log line says what happened.
+CLIENT_GONE = 499
+
+
+async def read_body(request: Request) -> bytes | None:
+    """The request's body, or None if the client went away before sending it all."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        return None
 
 
 def unavailable(ctx: ApiContext, reason: str, status: int = 503) -> JSONResponse:

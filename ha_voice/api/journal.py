@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from ha_voice.api.context import ApiContext, context
-from ha_voice.api.forward import forward, unavailable
+from ha_voice.api.forward import CLIENT_GONE, forward, read_body, unavailable
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.voice.intents import LANGUAGES
 
@@ -94,7 +94,9 @@ def get_settings(ctx: Ctx) -> dict[str, Any]:
 @router.post("/settings", responses={400: {}, 503: {}})
 async def post_settings(ctx: Ctx, request: Request) -> Response:
     """Change runtime settings for the whole cluster (language, listening)."""
-    raw = await request.body()
+    raw = await read_body(request)
+    if raw is None:
+        return Response(status_code=CLIENT_GONE)
     try:
         body = SettingsBody.model_validate_json(raw)
     except ValidationError as exc:

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from ha_voice.api.context import ApiContext, context
-from ha_voice.api.forward import forward, unavailable
+from ha_voice.api.forward import CLIENT_GONE, forward, read_body, unavailable
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.commands import Answer, CommandRequest
 from ha_voice.journal import MAX_KEY
@@ -73,7 +73,9 @@ def commands(ctx: Ctx) -> dict[str, Any]:
 )
 async def robot_command(ctx: Ctx, request: Request) -> Response:
     """Run one action on the robot, exactly once per idempotency key (the seed's API)."""
-    raw = await request.body()
+    raw = await read_body(request)
+    if raw is None:
+        return Response(status_code=CLIENT_GONE)
     try:
         body = RobotCommandBody.model_validate_json(raw)
     except ValidationError as exc:
@@ -103,7 +105,9 @@ async def robot_command(ctx: Ctx, request: Request) -> Response:
 @router.post("/voice/listen", responses={400: {}, 502: {}, 503: {}})
 async def listen(ctx: Ctx, request: Request) -> Response:
     """A transcript in, the seed's answer out: status, recognized, processed, response."""
-    raw = await request.body()
+    raw = await read_body(request)
+    if raw is None:
+        return Response(status_code=CLIENT_GONE)
     try:
         body = ListenBody.model_validate_json(raw)
     except ValidationError as exc:
