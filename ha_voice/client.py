@@ -10,8 +10,9 @@ Invariants:
   the same `Idempotency-Key`, so the cluster runs it at most once however often it arrives.
   That key, and only that, makes retrying a POST safe; GETs are safe by nature.
 - Retried, since the request either did not run or ran under that key: connection errors and
-  timeouts (`httpx.TransportError`), 503 and 504. `Retry-After` is a floor for the pause and
-  `leader_url` is where the next attempt goes. A 307 or 308 is followed at once.
+  timeouts (`httpx.TransportError`), 503 and 504. The body's `retry_after_s` (else the
+  `Retry-After` header) is a floor for the pause and `leader_url` is where the next attempt
+  goes. A 307 or 308 is followed at once.
 - Final, since asking again would get the same answer: 2xx; 502 from a command (the robot
   failed it and the server recorded that outcome), a `CommandResult` and no error; any other
   status raises `RequestError` after that single attempt.
@@ -20,9 +21,12 @@ Invariants:
   the key: call again with it later, and the cluster answers with the first outcome instead of
   running the command twice.
 - Pauses back off exponentially with full jitter, from 0.05 s to at most 1 s, so clients cut
-  off by the same failover do not come back in step (AWS, "Exponential Backoff And Jitter").
+  off by the same failover do not come back in step (AWS, "Exponential Backoff And Jitter");
+  when the server says when to come back (`retry_after_s`: it knows an election is under way),
+  the pause is that, plus up to as much again of jitter.
 
-Where requests go: to `url` if given, else to the address mDNS resolves for the endpoint. A
+Where requests go: to `url` if given (or the first of several, comma-separated, the next one
+after each connection error), else to the address mDNS resolves for the endpoint. A
 connection error forgets the current address. The next attempt then resolves the endpoint
 again, except when `url` was given and `cluster` was not: then it goes back to `url`. With
 both given, `url` is the first choice and mDNS the fallback. Finding no primary within
@@ -36,6 +40,7 @@ socket stalls every kept-alive request ~40 ms (Nagle against our delayed ACK).
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -153,6 +158,7 @@ class _Again:
     leader_url: str | None = None  # the primary, as the node that answered knows it
     location: str | None = None  # a redirect: the next attempt's whole URL, tried at once
     min_wait_s: float = 0.0  # Retry-After
+    paced: bool = False  # the server said when to come back (`retry_after_s`): no backoff
 
 
 class _TryAgain(Exception):
@@ -173,7 +179,8 @@ def _judge(
         return _Again(
             f"HTTP {status}: {_error_text(status, body)}",
             leader_url=_leader_url(body),
-            min_wait_s=_retry_after_s(headers.get("retry-after")),
+            min_wait_s=_retry_after_s(headers.get("retry-after"), body),
+            paced=_hint_s(body) is not None,
         )
     raise RequestError(status, _error_text(status, body))
 
@@ -190,12 +197,24 @@ def _leader_url(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _retry_after_s(value: str | None) -> float:
-    """Retry-After in seconds; 0 if absent or an HTTP date (RFC 9110 §10.2.3), never used here."""
+def _retry_after_s(value: str | None, body: dict[str, Any]) -> float:
+    """How long to wait at least: ha-voice's `retry_after_s` (sub-second: a failover takes about
+    half a second, and the header cannot say less than 1), else Retry-After in seconds; 0 if
+    absent or an HTTP date (RFC 9110 §10.2.3), never sent here."""
+    hint = _hint_s(body)
+    if hint is not None:
+        return hint
     try:
         return max(0.0, float(value)) if value else 0.0
     except ValueError:
         return 0.0
+
+
+def _hint_s(body: dict[str, Any]) -> float | None:
+    hint = body.get("retry_after_s")
+    if isinstance(hint, int | float) and not isinstance(hint, bool) and 0 <= hint <= 60:
+        return float(hint)
+    return None
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -258,6 +277,7 @@ class _Call:
         self._deadline_s = deadline_s
         self._started_s = clock.monotonic()
         self._min_wait_s = 0.0
+        self._paced = False
         self._last = "no attempt made"
         self._pause_after = 0  # the attempt whose pause `_pause_s` is
         self._pause_s = 0.0
@@ -271,6 +291,7 @@ class _Call:
     def again(self, url: str, again: _Again) -> NoReturn:
         """Note why attempt `attempts` was not final and what the next one does differently."""
         self.location, self._min_wait_s = again.location, again.min_wait_s
+        self._paced = again.paced
         self._last = f"{self.request.method} {url}: {again.reason}"
         _LOGGER.debug("attempt %d, %s", self.attempts, self._last)
         raise _TryAgain(self._last)
@@ -279,8 +300,11 @@ class _Call:
         """The pause after this attempt, drawn once: tenacity's stop and wait both ask."""
         if self._pause_after != state.attempt_number:
             self._pause_after = state.attempt_number
-            backoff = 0.0 if self.location else _BACKOFF(state)
-            self._pause_s = max(backoff, self._min_wait_s)
+            if self._paced:  # the server's pace, with jitter so that clients do not march
+                self._pause_s = self._min_wait_s * (1.0 + random.random())
+            else:
+                backoff = 0.0 if self.location else _BACKOFF(state)
+                self._pause_s = max(backoff, self._min_wait_s)
         return self._pause_s
 
     def out_of_time(self, state: RetryCallState) -> bool:
@@ -353,12 +377,14 @@ class _Core(Generic[_HttpT]):
     ) -> None:
         """Seconds throughout; `cluster` None means DEFAULT_CLUSTER; mDNS asks on `interfaces`.
 
-        `url` is the first choice; mDNS is asked when it is None, and after a connection error
-        when `cluster` was given.
+        `url` is the first choice (several, comma-separated: any node will do, each is tried
+        in turn after a connection error); mDNS is asked when it is None, and after a
+        connection error when `cluster` was given.
         """
         if min(deadline_s, timeout_s, resolve_timeout_s) <= 0:
             raise ValueError("deadline_s, timeout_s and resolve_timeout_s must be > 0")
-        self._url = url.rstrip("/") if url else None
+        self._urls = [u.strip().rstrip("/") for u in url.split(",")] if url else []
+        self._url = self._urls[0] if self._urls else None
         self._cluster = cluster if cluster is not None else DEFAULT_CLUSTER
         self._may_resolve = url is None or cluster is not None
         self._base_url = self._url
@@ -409,7 +435,10 @@ class _Core(Generic[_HttpT]):
         call.again(url, again)
 
     def _lost(self, call: _Call, url: str, exc: httpx.TransportError) -> NoReturn:
-        """After a connection error or a timeout: forget the address, try again."""
+        """After a connection error or a timeout: forget the address, try again (at the next
+        of several URLs, or where mDNS says)."""
+        if len(self._urls) > 1:
+            self._url = self._urls[(self._urls.index(self._url or "") + 1) % len(self._urls)]
         self._base_url = None if self._may_resolve else self._url
         call.again(url, _Again(f"{type(exc).__name__}: {exc}"))
 

@@ -5,8 +5,10 @@ Invariants:
   again, so two nodes that each think the other leads cannot bounce a request forever.
 - The client's idempotency key travels with the request, so a forwarded command that the client
   also retries elsewhere still runs once.
-- With no primary known, or the primary unreachable, the answer is 503 with `Retry-After`, the
-  leader hint (`leader`, `leader_url`) and this node's view of the cluster.
+- With no primary known, or the primary unreachable, the answer is 503 with `Retry-After: 1`,
+  `retry_after_s` (two heartbeat intervals: the header cannot say less than a second, a
+  failover takes about half of one), the leader hint (`leader`, `leader_url`) and this node's
+  view of the cluster.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ async def read_body(request: Request) -> bytes | None:
         return None
 
 
-def unavailable(ctx: ApiContext, reason: str, status: int = 503) -> JSONResponse:
+def unavailable(
+    ctx: ApiContext, reason: str, status: int = 503, *, hint_leader: bool = True
+) -> JSONResponse:
     """503 + Retry-After: what to retry, where, and what this node sees of the cluster."""
     election = ctx.node.election
     body: dict[str, Any] = {
@@ -52,7 +56,9 @@ def unavailable(ctx: ApiContext, reason: str, status: int = 503) -> JSONResponse
         "role": election.role.value,
         "term": election.term,
         "leader": election.leader,
-        "leader_url": ctx.node.leader_url(ctx.config.port),
+        "leader_url": ctx.node.leader_url(ctx.config.port) if hint_leader else None,
+        # Retry-After cannot say less than a second; a failover takes about half of one.
+        "retry_after_s": round(2 * ctx.node.timers.heartbeat_interval_s, 3),
     }
     return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
 
@@ -76,7 +82,10 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
             timeout=_FORWARD_TIMEOUT_S,
         )
     except httpx.HTTPError as exc:
-        return unavailable(ctx, f"{why}; the primary at {url} did not answer ({exc!r})")
+        # Not `leader_url` then: a client sent there would only meet the same silence.
+        return unavailable(
+            ctx, f"{why}; the primary at {url} did not answer ({exc!r})", hint_leader=False
+        )
     ctx.metrics.forwarded.inc()
     passed = {k: v for k, v in answer.headers.items() if k.lower() in ("retry-after",)}
     passed[FORWARDED_BY] = ctx.node.election.node_id

@@ -191,6 +191,10 @@ def test_judge_reads_the_hints_for_the_next_attempt() -> None:
     )
     assert odd is not None
     assert (odd.leader_url, odd.min_wait_s) == (None, 0.0)
+    # ha-voice's sub-second hint wins over the header, which cannot say less than a second.
+    hinted = _judge("http://n1:8080/a", 503, {"retry-after": "1"}, {"retry_after_s": 0.1}, True)
+    assert hinted is not None
+    assert hinted.min_wait_s == 0.1
 
 
 def test_command_retries_503_follows_leader_url_and_keeps_its_key(
@@ -266,6 +270,17 @@ def test_connection_refused_is_retried_until_the_deadline(dead_url: str) -> None
     assert caught.value.key == "key-4"
     assert caught.value.attempts >= 2
     assert "ConnectError" in str(caught.value)
+
+
+def test_after_a_connection_error_the_next_of_several_urls_is_tried(
+    serve: Callable[..., Scripted], dead_url: str
+) -> None:
+    server = serve()
+    with HAVoiceClient(url=f"{dead_url},{server.url}", deadline_s=5.0) as client:
+        result = client.command("sit", key="key-5")
+    assert result.status == "done"
+    assert result.attempts == 2
+    assert [seen.key for seen in server.seen] == ["key-5"]
 
 
 def test_a_retry_after_past_the_deadline_ends_the_call(serve: Callable[..., Scripted]) -> None:
