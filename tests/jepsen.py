@@ -97,6 +97,16 @@ class FaultKind(enum.Enum):
     PAUSE_PRIMARY = "pause_primary"  # SIGSTOP for 0.3-1.5 s, then SIGCONT
     KILL_BACKUP = "kill_backup"  # SIGKILL of a backup, restart after a second
     RESTART_PRIMARY = "restart_primary"  # SIGTERM (graceful hand-over), then start again
+    PARTITION_PRIMARY = "partition_primary"  # its link down for 1-3 s (network namespaces)
+
+
+# Processes only: a partition needs each node in its own network namespace.
+PROCESS_FAULTS = (
+    FaultKind.KILL_PRIMARY,
+    FaultKind.PAUSE_PRIMARY,
+    FaultKind.KILL_BACKUP,
+    FaultKind.RESTART_PRIMARY,
+)
 
 
 @dataclass(frozen=True)
@@ -703,10 +713,15 @@ class Nemesis:
         *,
         interval_s: float = 2.5,
         seed: int = 0,
-        kinds: Sequence[FaultKind] = tuple(FaultKind),
+        kinds: Sequence[FaultKind] = PROCESS_FAULTS,
         restart_after_s: float = 1.0,
         pause_range_s: tuple[float, float] = (0.3, 1.5),
+        partition: Callable[[str, bool], None] | None = None,
+        partition_range_s: tuple[float, float] = (1.0, 3.0),
     ) -> None:
+        """`partition(node, cut)` cuts a node's link (True) or mends it (False)."""
+        if FaultKind.PARTITION_PRIMARY in kinds and partition is None:
+            raise ValueError("partition faults need a way to partition")
         self.faults: list[Fault] = []
         self.error: BaseException | None = None
         self._cluster = cluster
@@ -716,6 +731,8 @@ class Nemesis:
         self._kinds = tuple(kinds)
         self._restart_after_s = restart_after_s
         self._pause_range_s = pause_range_s
+        self._partition = partition
+        self._partition_range_s = partition_range_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jepsen-nemesis", daemon=True)
 
@@ -759,6 +776,13 @@ class Nemesis:
             node.signal(signal.SIGSTOP)
             time.sleep(self._random.uniform(*self._pause_range_s))
             node.signal(signal.SIGCONT)
+        elif kind is FaultKind.PARTITION_PRIMARY:
+            assert self._partition is not None
+            self._partition(target, True)
+            try:
+                time.sleep(self._random.uniform(*self._partition_range_s))
+            finally:
+                self._partition(target, False)
         elif kind is FaultKind.RESTART_PRIMARY:
             node.signal(signal.SIGTERM)
             if node.wait(15.0) is None:
@@ -886,19 +910,36 @@ def run_jepsen(
     deadline_s: float = 3.0,
     timeout_s: float = 1.0,
     keep_dir: bool = False,
+    hosts: Sequence[str] = (),
+    prefixes: Sequence[Sequence[str]] = (),
+    robot_host: str = "127.0.0.1",
+    partition: Callable[[str, bool], None] | None = None,
 ) -> JepsenRun:
-    """A 3-node cluster and a sim robot, a workload under `faults` faults, then the check."""
+    """A 3-node cluster and a sim robot, a workload under `faults` faults, then the check.
+
+    With `hosts` and `prefixes` (each node in its own network namespace, see
+    tests/e2e/test_netns_jepsen.py) and `partition`, partitions join the faults.
+    """
     started = time.monotonic()
+    kinds = (*PROCESS_FAULTS, FaultKind.PARTITION_PRIMARY) if partition else PROCESS_FAULTS
     with (
-        SimRobotProcess() as sim,
-        LocalCluster(3, extra_flags=(f"--robot={sim.spec}",), keep_dir=keep_dir) as cluster,
+        SimRobotProcess(robot_host) as sim,
+        LocalCluster(
+            3,
+            extra_flags=(f"--robot={sim.spec}",),
+            keep_dir=keep_dir,
+            hosts=hosts,
+            prefixes=prefixes,
+        ) as cluster,
     ):
         cluster.start()
         if cluster.wait_for_primary(30.0) is None:
             raise RuntimeError(f"no primary; logs in {cluster.dir}")
         urls = [node.url for node in cluster.nodes.values()]
         workload = Workload(urls, ha_voice_client_factory(deadline_s, timeout_s, urls), seed=seed)
-        nemesis = Nemesis(cluster, faults, interval_s=interval_s, seed=seed)
+        nemesis = Nemesis(
+            cluster, faults, interval_s=interval_s, seed=seed, kinds=kinds, partition=partition
+        )
         workload.start()
         nemesis.start()
         try:

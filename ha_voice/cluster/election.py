@@ -431,6 +431,9 @@ class Election:
 
     def _heard_primary(self, msg: Heartbeat, now: float, out: _Out) -> None:
         self.leader = msg.sender
+        if self.membership.two_node:
+            self.replication.drop_split_brain(msg.log, self.term, out.changes)
+        self.replication.on_commit_hint(msg.commit, out.changes)
         self._leader_contact_at = now
         self._successor_rank = msg.successor_rank
         self._election_deadline = now + self._election_timeout()
@@ -551,7 +554,8 @@ class Election:
         ranks = self._followers.succession()
         for peer in sorted(self.membership.peers):
             rank = ranks.get(peer, NOT_A_SUCCESSOR)
-            beat = Heartbeat(self.node_id, self.term, now, self.log, rank, self.api_port)
+            commit = self.replication.commit_for(peer)
+            beat = Heartbeat(self.node_id, self.term, now, self.log, rank, self.api_port, commit)
             out.send.append(Outgoing(peer, beat))
         self.replication.heartbeat(self.node_id, now, out.send)
         self._next_heartbeat_at = now + self.timers.heartbeat_interval_s

@@ -115,6 +115,8 @@ class Heartbeat:
     `successor_rank` is the recipient's place in the line of succession the primary keeps
     (0 = first to take over), or `NOT_A_SUCCESSOR`; backups wait longer the further back they are.
     `api_port` is the primary's HTTP port (0: none), where backups forward commands.
+    `commit` is the primary's commit index, capped at what it knows the recipient holds (so the
+    recipient may take it as is: etcd's heartbeat commit).
     """
 
     sender: NodeId
@@ -123,9 +125,10 @@ class Heartbeat:
     log: LogPosition = EMPTY_LOG
     successor_rank: int = NOT_A_SUCCESSOR
     api_port: int = 0
+    commit: int = 0
 
     TYPE: ClassVar[int] = 1
-    _BODY: ClassVar[struct.Struct] = struct.Struct("!QdQQBH")
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!QdQQBHQ")
 
     def _pack(self) -> bytes:
         return self._BODY.pack(
@@ -135,12 +138,14 @@ class Heartbeat:
             self.log.index,
             self.successor_rank,
             self.api_port,
+            self.commit,
         )
 
     @classmethod
     def _unpack(cls, sender: NodeId, body: bytes) -> Heartbeat:
-        term, sent_at, log_term, log_index, rank, api_port = cls._BODY.unpack(body)
-        return cls(sender, term, _finite(sent_at), LogPosition(log_term, log_index), rank, api_port)
+        term, sent_at, log_term, log_index, rank, api_port, commit = cls._BODY.unpack(body)
+        log = LogPosition(log_term, log_index)
+        return cls(sender, term, _finite(sent_at), log, rank, api_port, commit)
 
 
 @dataclass(frozen=True)

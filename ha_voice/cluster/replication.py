@@ -229,6 +229,35 @@ class Replication:
             progress.sent_at = _NEVER
         self._replicate(msg.sender, node_id, now, out)
 
+    def commit_for(self, peer: NodeId) -> int:
+        """The commit index to tell `peer` in a heartbeat: never past what it is known to hold."""
+        progress = self._progress.get(peer)
+        return 0 if progress is None else min(self.log.commit, progress.match)
+
+    def on_commit_hint(self, commit: int, ch: Changes) -> None:
+        """A heartbeat's commit index (capped by the primary at what we hold): apply it."""
+        if self.log.commit < commit <= self.log.last.index:
+            self._commit_to(commit, ch)
+
+    def drop_split_brain(self, leader_last: LogPosition, term: int, ch: Changes) -> None:
+        """Two-node mode: entries of an older term past the primary's last one can only come
+        from a split brain (this node led alone); drop them, committed or not, and if the
+        journal no longer meets the primary's where it ends, start it over from the primary."""
+        log = self.log
+        if log.last.index <= leader_last.index or log.last.term >= term:
+            return
+        if log.term_at(leader_last.index) == leader_last.term:
+            self._drop_from(leader_last.index + 1, ch)
+            return
+        self._diverged(f"journal ({log.last}) does not meet the primary's at {leader_last}")
+        ch.truncate(log.base.index + 1)
+        log.entries = []
+        log.base, log.snapshot, log.commit = EMPTY_LOG, b"", 0
+        ch.compact_to = (EMPTY_LOG, b"")
+        self.applied = 0
+        ch.restore = b""
+        ch.committed.clear()
+
     def heartbeat(self, node_id: NodeId, now: float, out: list[Outgoing]) -> None:
         """Once a heartbeat interval: resend what was lost, tell laggards the commit index."""
         for peer in sorted(self.membership.peers):
@@ -307,7 +336,9 @@ class Replication:
         if ours != prev.term:
             self.stats.rejected += 1
             hint = log.last.index if ours is None else prev.index - 1
-            out.append(_ack(msg, node_id, msg.term, False, max(hint, log.commit)))
+            if not self.membership.two_node:  # committed entries match; after a split brain not
+                hint = max(hint, log.commit)
+            out.append(_ack(msg, node_id, msg.term, False, hint))
             return
         for entry in entries:
             existing = log.term_at(entry.index)
@@ -326,9 +357,14 @@ class Replication:
     def on_snapshot(self, msg: Snapshot, node_id: NodeId, out: list[Outgoing], ch: Changes) -> None:
         log = self.log
         last = msg.last
-        if last.index > log.commit:
+        ours = log.term_at(last.index)
+        # A split brain (two-node mode only) can leave committed entries that differ.
+        split = self.membership.two_node and ours is not None and ours != last.term
+        if split:
+            self._diverged(f"snapshot at {last} conflicts with our committed journal")
+        if last.index > log.commit or split:
             data = msg.data if self._keep_payloads else b""
-            if log.term_at(last.index) == last.term:
+            if ours == last.term:
                 log.entries = log.entries[last.index - log.base.index :]
             else:  # behind it, or what we have after our commit index is of an older term
                 ch.truncate(log.base.index + 1)

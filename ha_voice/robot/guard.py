@@ -2,8 +2,9 @@
 
 Invariants:
 - The lease is checked immediately before every call to the robot, with nothing awaited in
-  between; a call already in flight when the lease ends is covered by the lease's margin of one
-  heartbeat interval (cluster/timers.py).
+  between, and must still hold `send_margin_s` later (default 25 ms: the time a call may take
+  to reach the robot on a loaded host), so a call arrives before the sender's lease ends; the
+  lease itself ends a heartbeat interval before anyone else may lead (cluster/timers.py).
 - Every call carries the fencing token (term, index, node) and the sender's lease expiry; the
   index is the journal index of the command being carried out (for a takeover, of the new
   primary's first entry), so the robot's log can be matched against the journal.
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Unitree: Move must be repeated at 10-20 Hz or the robot stops after ~1-2 s (DESIGN.md).
 DEFAULT_STREAM_HZ = 15.0
+DEFAULT_SEND_MARGIN_S = 0.025
 _STANDING = frozenset({Mode.BALANCE_STAND, Mode.LOCOMOTION, Mode.JOINT_LOCK, Mode.POSE})
 
 
@@ -86,6 +88,7 @@ class Guard:
         node_id: str,
         *,
         stream_hz: float = DEFAULT_STREAM_HZ,
+        send_margin_s: float = DEFAULT_SEND_MARGIN_S,
         now: Callable[[], float] = clock.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -93,6 +96,7 @@ class Guard:
         self._lease = lease
         self._node_id = node_id
         self._period_s = 1.0 / stream_hz
+        self._send_margin_s = send_margin_s
         self._now = now
         self._sleep = sleep
         self._turn = asyncio.Lock()
@@ -198,8 +202,8 @@ class Guard:
     async def _send(self, command: Command, index: int) -> FencingToken:
         """The only place a command leaves for the robot."""
         now = self._now()
-        if not self._lease.lease_valid(now):
-            raise NotLeading("this node holds no valid lease")
+        if not self._lease.lease_valid(now + self._send_margin_s):
+            raise NotLeading("this node holds no valid lease (or it ends before a call arrives)")
         token = FencingToken(self._lease.term, index, self._node_id)
         await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
         return token

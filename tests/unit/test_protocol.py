@@ -125,7 +125,7 @@ def every_message(sender: str = "n1") -> list[Message]:
         VoteResponse(sender, term=4, granted=False),
         TimeoutNow(sender, term=12),
         Resign(sender, term=U64_MAX),
-        Heartbeat(sender, term=2, sent_at=1.0, api_port=65535),
+        Heartbeat(sender, term=2, sent_at=1.0, api_port=65535, commit=U64_MAX),
         Append(sender, term=5, prev=log, commit=9, entries=()),
         Append(
             sender,
@@ -202,7 +202,7 @@ def test_utf8_node_ids_round_trip() -> None:
 
 def test_crafted_datagram_matches_the_documented_layout() -> None:
     message = Heartbeat("n1", term=9, sent_at=2.5, log=LogPosition(3, 4), successor_rank=1)
-    body = struct.pack("!QdQQBH", 9, 2.5, 3, 4, 1, 0)
+    body = struct.pack("!QdQQBHQ", 9, 2.5, 3, 4, 1, 0, 0)
     assert make_codec("n1", boot_id=77).encode("n2", message) == craft(body, boot_id=77, seq=1)
 
 
