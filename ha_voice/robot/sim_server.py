@@ -26,7 +26,10 @@ import contextlib
 import json
 import logging
 import signal
+import socket
+import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, TypeVar
@@ -340,7 +343,12 @@ class SimRobotClient:
             "token": {"term": token.term, "index": token.index, "node": token.node},
             "lease_expiry": lease_expiry_s,
         }
-        await self._call(request, resend=command.idempotent)
+        # Never let a command reach the robot after our lease: past it, abort the connection
+        # (RST), which throws away whatever the kernel still holds to send or resend.
+        # (A sender already past its lease is a bug that the robot's checker is there to catch.)
+        late = lease_expiry_s is not None and lease_expiry_s <= time.monotonic()
+        until = None if late else lease_expiry_s
+        await self._call(request, resend=command.idempotent, until=until)
 
     async def state(self) -> RobotState:
         reply = await self._call({"op": "state"})
@@ -384,20 +392,33 @@ class SimRobotClient:
                 ErrorCode.SEND_FAILED, f"{self._where()}: bad {key}: {exc!r}"
             ) from None
 
-    async def _call(self, request: _Json, *, resend: bool = True) -> _Json:
-        """One round trip within `timeout_s`; the reply if ok, else the RobotError it carries."""
+    async def _call(
+        self, request: _Json, *, resend: bool = True, until: float | None = None
+    ) -> _Json:
+        """One round trip within `timeout_s` (and before monotonic time `until`, counted once
+        we have the connection to ourselves); the reply if ok, else the RobotError it carries."""
         if not self._open:
             raise RobotError(ErrorCode.NOT_CONNECTED, f"{self._where()}: not connected")
         async with self._lock:
+            limit_s = self._timeout_s
+            if until is not None:
+                limit_s = min(limit_s, until - time.monotonic())
+                if limit_s <= 0:
+                    raise RobotError(ErrorCode.TIMEOUT, f"{self._where()}: lease ended, not sent")
             try:
-                reply = await asyncio.wait_for(
-                    self._exchange(_encode(request), resend), self._timeout_s
-                )
+                reply = await asyncio.wait_for(self._exchange(_encode(request), resend), limit_s)
             except asyncio.TimeoutError:
-                await self._drop()  # its reply may still come, and would answer the next request
+                # Its reply may still come and would answer the next request; and what we sent
+                # must not arrive late: abort, do not close politely.
+                await self._drop(abort=True)
                 raise RobotError(
-                    ErrorCode.TIMEOUT, f"{self._where()}: no reply within {self._timeout_s} s"
+                    ErrorCode.TIMEOUT, f"{self._where()}: no reply within {limit_s:.3f} s"
                 ) from None
+            except asyncio.CancelledError:
+                # The guard halted us (the lease is gone): what is still on its way must not
+                # arrive later. Abort without waiting; the next call reconnects.
+                self._abort_now()
+                raise
         if reply.get("ok") is True:
             return reply
         code = reply.get("code")
@@ -452,11 +473,28 @@ class SimRobotClient:
         except OSError as exc:
             raise RobotError(ErrorCode.SEND_FAILED, f"{self._where()}: {exc!r}") from exc
 
-    async def _drop(self) -> None:
+    def _abort_now(self) -> None:
+        """RST the connection at once (no await: we may be being cancelled)."""
         if self._streams is None:
             return
         _, writer = self._streams
         self._streams = None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def _drop(self, *, abort: bool = False) -> None:
+        if self._streams is None:
+            return
+        _, writer = self._streams
+        self._streams = None
+        sock = writer.get_extra_info("socket")
+        if abort and sock is not None:
+            # SO_LINGER 0: close sends RST and drops unsent and unacknowledged data.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
