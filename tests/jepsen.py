@@ -926,7 +926,9 @@ def run_jepsen(
         SimRobotProcess(robot_host) as sim,
         LocalCluster(
             3,
-            extra_flags=(f"--robot={sim.spec}",),
+            # Keep every command: the checker compares the whole history with the journals
+            # (retention and snapshots are the simulator's to exercise).
+            extra_flags=(f"--robot={sim.spec}", "--journal-max-entries=1000000"),
             keep_dir=keep_dir,
             hosts=hosts,
             prefixes=prefixes,

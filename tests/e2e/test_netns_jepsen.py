@@ -58,6 +58,11 @@ def lan() -> Iterator[Lan]:
     except NetnsUnavailable as exc:
         pytest.skip(f"network namespaces unavailable: {exc}")
     try:
+        for index in range(3):
+            # Nothing may wait for ARP while a link is down: such packets leave when it comes
+            # back, after the sender's lease (docs/operations.md, "The robot's network").
+            for key in ("unres_qlen", "unres_qlen_bytes"):
+                network[index].run(["sysctl", "-qw", f"net.ipv4.neigh.eth0.{key}=0"])
         yield network
     finally:
         network.close()
