@@ -431,8 +431,12 @@ class Election:
 
     def _heard_primary(self, msg: Heartbeat, now: float, out: _Out) -> None:
         self.leader = msg.sender
-        if self.membership.two_node:
-            self.replication.drop_split_brain(msg.log, self.term, out.changes)
+        if self.membership.two_node and self.replication.drop_split_brain(
+            msg.log, self.term, out.changes
+        ):
+            # The primary may count entries we just dropped as ours: tell it where we end.
+            nack = AppendAck(self.node_id, self.term, False, self.log.index)
+            out.send.append(Outgoing(msg.sender, nack))
         self.replication.on_commit_hint(msg.commit, out.changes)
         self._leader_contact_at = now
         self._successor_rank = msg.successor_rank

@@ -213,6 +213,13 @@ class Replication:
         progress = self._progress.get(msg.sender)
         if progress is None:
             return
+        if self.membership.two_node and msg.match < progress.match:
+            # The peer dropped a split brain's entries (or the ack is stale): believe it and
+            # probe again. Harmless: with a quorum of one, its match never counts for commit.
+            progress.match = msg.match
+            progress.next = msg.match + 1
+            progress.probing = True
+            progress.sent_at = _NEVER
         if msg.success:
             progress.probing = False
             progress.match = max(progress.match, min(msg.match, self.log.last.index))
@@ -239,16 +246,16 @@ class Replication:
         if self.log.commit < commit <= self.log.last.index:
             self._commit_to(commit, ch)
 
-    def drop_split_brain(self, leader_last: LogPosition, term: int, ch: Changes) -> None:
+    def drop_split_brain(self, leader_last: LogPosition, term: int, ch: Changes) -> bool:
         """Two-node mode: entries of an older term past the primary's last one can only come
         from a split brain (this node led alone); drop them, committed or not, and if the
         journal no longer meets the primary's where it ends, start it over from the primary."""
         log = self.log
         if log.last.index <= leader_last.index or log.last.term >= term:
-            return
+            return False
         if log.term_at(leader_last.index) == leader_last.term:
             self._drop_from(leader_last.index + 1, ch)
-            return
+            return True
         self._diverged(f"journal ({log.last}) does not meet the primary's at {leader_last}")
         ch.truncate(log.base.index + 1)
         log.entries = []
@@ -257,6 +264,7 @@ class Replication:
         self.applied = 0
         ch.restore = b""
         ch.committed.clear()
+        return True
 
     def heartbeat(self, node_id: NodeId, now: float, out: list[Outgoing]) -> None:
         """Once a heartbeat interval: resend what was lost, tell laggards the commit index."""
