@@ -14,16 +14,19 @@ Invariants:
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from ha_voice.api.context import ApiContext
 
-__all__ = ["CLIENT_GONE", "FORWARDED_BY", "forward", "read_body", "unavailable"]
+__all__ = ["FORWARDED_BY", "forward", "read_model", "unavailable"]
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 FORWARDED_BY = "X-HA-Voice-Forwarded-By"
 # The headers of the client's request that the primary needs.
@@ -36,12 +39,20 @@ _FORWARD_TIMEOUT_S = 75.0
 CLIENT_GONE = 499
 
 
-async def read_body(request: Request) -> bytes | None:
-    """The request's body, or None if the client went away before sending it all."""
+async def read_model(
+    request: Request, model: type[_Model], what: str
+) -> tuple[bytes, _Model] | Response:
+    """The raw body (to forward as it came) and `model` parsed from it; else the answer:
+    422 naming what is wrong, or 499 if the client went away before sending it all."""
     try:
-        return await request.body()
+        raw = await request.body()
     except ClientDisconnect:
-        return None
+        return Response(status_code=CLIENT_GONE)
+    try:
+        return raw, model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        return JSONResponse({"error": f"invalid {what}", "detail": errors}, 422)
 
 
 def unavailable(

@@ -13,10 +13,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from ha_voice.api.context import ApiContext, context
-from ha_voice.api.forward import CLIENT_GONE, forward, read_body, unavailable
+from ha_voice.api.forward import forward, read_model, unavailable
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.voice.intents import LANGUAGES
 
@@ -94,13 +94,10 @@ def get_settings(ctx: Ctx) -> dict[str, Any]:
 @router.post("/settings", responses={400: {}, 503: {}})
 async def post_settings(ctx: Ctx, request: Request) -> Response:
     """Change runtime settings for the whole cluster (language, listening)."""
-    raw = await read_body(request)
-    if raw is None:
-        return Response(status_code=CLIENT_GONE)
-    try:
-        body = SettingsBody.model_validate_json(raw)
-    except ValidationError as exc:
-        return JSONResponse({"error": "invalid settings", "detail": exc.errors()}, 422)
+    parsed = await read_model(request, SettingsBody, "settings")
+    if isinstance(parsed, Response):
+        return parsed
+    raw, body = parsed
     changes = body.model_dump(exclude_none=True)
     if not changes:
         return JSONResponse({"error": "nothing to change: send language and/or listening"}, 400)

@@ -20,10 +20,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from ha_voice.api.context import ApiContext, context
-from ha_voice.api.forward import CLIENT_GONE, forward, read_body, unavailable
+from ha_voice.api.forward import forward, read_model, unavailable
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.commands import Answer, CommandRequest
 from ha_voice.journal import MAX_KEY
@@ -73,13 +73,10 @@ def commands(ctx: Ctx) -> dict[str, Any]:
 )
 async def robot_command(ctx: Ctx, request: Request) -> Response:
     """Run one action on the robot, exactly once per idempotency key (the seed's API)."""
-    raw = await read_body(request)
-    if raw is None:
-        return Response(status_code=CLIENT_GONE)
-    try:
-        body = RobotCommandBody.model_validate_json(raw)
-    except ValidationError as exc:
-        return _bad_request(exc.errors(include_url=False, include_context=False))
+    parsed = await read_model(request, RobotCommandBody, "request body")
+    if isinstance(parsed, Response):
+        return parsed
+    raw, body = parsed
     action = _SEED_ALIASES.get(body.command) or _action(body.command)
     if action is None:
         return JSONResponse(
@@ -105,39 +102,22 @@ async def robot_command(ctx: Ctx, request: Request) -> Response:
 @router.post("/voice/listen", responses={400: {}, 502: {}, 503: {}})
 async def listen(ctx: Ctx, request: Request) -> Response:
     """A transcript in, the seed's answer out: status, recognized, processed, response."""
-    raw = await read_body(request)
-    if raw is None:
-        return Response(status_code=CLIENT_GONE)
-    try:
-        body = ListenBody.model_validate_json(raw)
-    except ValidationError as exc:
-        return _bad_request(exc.errors(include_url=False, include_context=False))
+    parsed = await read_model(request, ListenBody, "request body")
+    if isinstance(parsed, Response):
+        return parsed
+    raw, body = parsed
     if not ctx.node.journal.settings.listening:
-        return JSONResponse(
-            {
-                "status": "rejected",
-                "recognized": body.text,
-                "processed": False,
-                "response": None,
-                "reason": "not listening (POST /api/voice/start to listen again)",
-                **_who(ctx),
-            }
-        )
+        return _rejected(ctx, body.text, "not listening (POST /api/voice/start to listen again)")
     started = time.perf_counter()
     found = ctx.active_vocabulary().match(body.text)
     match_ms = round((time.perf_counter() - started) * 1000, 2)
     if not isinstance(found, Match):
-        return JSONResponse(
-            {
-                "status": "rejected",
-                "recognized": body.text,
-                "processed": False,
-                "response": None,
-                "reason": found.reason,
-                "intent": found.candidate.name if found.candidate else None,
-                **_who(ctx),
-                "timings": {"match_ms": match_ms},
-            }
+        return _rejected(
+            ctx,
+            body.text,
+            found.reason,
+            intent=found.candidate.name if found.candidate else None,
+            timings={"match_ms": match_ms},
         )
     intent = found.intent
     seed = {"recognized": body.text, "response": intent.response, "intent": intent.name}
@@ -234,8 +214,10 @@ def _source(request: Request) -> str:
     return f"{where} via {forwarded}" if forwarded else where
 
 
-def _bad_request(errors: Any) -> JSONResponse:
-    return JSONResponse({"error": "invalid request body", "detail": errors}, 422)
+def _rejected(ctx: ApiContext, text: str, reason: str, **extra: Any) -> JSONResponse:
+    """The seed's answer to a transcript that runs nothing."""
+    body = {"status": "rejected", "recognized": text, "processed": False, "response": None}
+    return JSONResponse({**body, "reason": reason, **extra, **_who(ctx)})
 
 
 def _action(name: str) -> Action | None:

@@ -427,6 +427,11 @@ class ClusterNode:
             for future in self._waiters.pop(entry.index, []):
                 if not future.done():
                     future.set_result(entry)
+        if effects.committed:  # retention only moves when the journal grows: not per heartbeat
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        replication = self.election.replication
         max_entries, max_age_s = self._retention
         upto = self.journal.compaction_point(
             max_entries=max_entries, max_age_s=max_age_s, now=time.time()
