@@ -17,8 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -26,6 +24,7 @@ import uvicorn
 from ha_voice import __version__, clock, sdnotify
 from ha_voice.api.app import create_app
 from ha_voice.api.context import ApiContext
+from ha_voice.api.server import build_server
 from ha_voice.cluster.discovery import Discovery, PeerRecord
 from ha_voice.cluster.events import RoleChanged
 from ha_voice.cluster.membership import Membership
@@ -51,14 +50,6 @@ _FORCED_EXIT = 130
 _ROBOT_POLL_S = 0.5
 # A primary whose robot did not answer the takeover asks again this often while it leads.
 _TAKEOVER_RETRY_S = 0.2
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside our loop: signals are the daemon's, not uvicorn's."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass
@@ -156,11 +147,13 @@ async def serve(config: Config) -> int:
 async def _start(config: Config) -> _Daemon:
     store = open_store(config.state_dir)
     boot_id = await asyncio.to_thread(store.next_boot_id, clock.wall_clock_us())
+    membership = _membership(config)
     codec = Codec(
         cluster=config.cluster,
         cluster_key=read_cluster_key(config),
         node_id=config.node_id,
         boot_id=boot_id,
+        members=membership.voters,
     )
     metrics = Metrics(config.node_id)
     metrics.info.labels(config.node_id, config.cluster).set(1)
@@ -170,7 +163,6 @@ async def _start(config: Config) -> _Daemon:
         actions.vip = FloatingIP(config.vip, config.vip_interface)
         if await actions.vip.async_reconcile_at_start():
             log.warning("removed floating IP %s left over from an earlier run", config.vip)
-    membership = _membership(config)
     node = ClusterNode(
         membership=membership,
         timers=config.election_timers(),
@@ -196,29 +188,18 @@ async def _start(config: Config) -> _Daemon:
     if config.mdns:
         actions.discovery = _discovery(config, node, membership)
         await actions.discovery.async_start(lambda record: _learn(node, record), _forget)
-    server = _EmbeddedServer(
-        uvicorn.Config(
-            create_app(
-                ApiContext(
-                    config,
-                    node,
-                    metrics,
-                    __version__,
-                    Vocabulary.load(config.language),
-                    actions.guard,
-                    actions.commands,
-                )
-            ),
-            host=config.listen_address,
-            port=config.port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
+    app = create_app(
+        ApiContext(
+            config,
+            node,
+            metrics,
+            __version__,
+            Vocabulary.load(config.language),
+            actions.guard,
+            actions.commands,
         )
     )
-    # Bound here, so that a port in use fails the start with the OS's own words; connections
-    # that come before uvicorn has started wait in the listen backlog.
-    api_socket = _listen(config.listen_address, config.port)
+    server, api_socket = build_server(config, app)
     server_task = asyncio.create_task(server.serve(sockets=[api_socket]))
     daemon = _Daemon(config, store, node, actions, hook, server, server_task)
     if robot is not None:
@@ -232,22 +213,6 @@ async def _start(config: Config) -> _Daemon:
         boot_id,
     )
     return daemon
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    # IPPROTO_TCP, and TCP_NODELAY inherited by every accepted connection: asyncio sets
-    # NODELAY only on sockets whose protocol says TCP, and without it uvicorn's separate header
-    # and body writes meet Nagle and the client's delayed ACK — 40 ms on every kept-alive request.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(128)
-    return sock
 
 
 def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Discovery:

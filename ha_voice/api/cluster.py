@@ -100,7 +100,7 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
     election = node.election
     membership = election.membership
     views = {view.node: view for view in election.peers()}
-    names = sorted(membership.voters | membership.non_voters | set(node.peers))
+    names = sorted(membership.voters)  # members only: strangers are dropped at decode
     members = []
     for name in names:
         peer = node.peers.get(name)

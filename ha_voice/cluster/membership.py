@@ -1,9 +1,10 @@
 """Who votes, who may lead, and how many make a quorum.
 
 Invariants:
-- The voter set comes from static configuration only. Peers found by discovery join as
-  non-voting members (they hear heartbeats and learn who leads) and never change the quorum:
-  a quorum that could shrink with what a partitioned node happens to see is no quorum.
+- The member set comes from static configuration only: discovery finds members' addresses,
+  never new members, and a message from anyone else is dropped (protocol.py, `not_member`). A
+  quorum that could shrink with what a partitioned node happens to see is no quorum, and a
+  retired node or a second cluster set up with the same key must not move this one's term.
 - A witness votes and acknowledges heartbeats but never leads.
 - `two_node` (exactly two voters, no witness) lowers the quorum to one: either node may lead
   alone. That trades safety under partition for availability; see docs/design.md.
@@ -14,7 +15,7 @@ Pure.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from ha_voice.cluster.protocol import NodeId
 
@@ -23,19 +24,16 @@ __all__ = ["Membership"]
 
 @dataclass(frozen=True)
 class Membership:
-    """The configured voters (with witnesses among them) and the discovered non-voters."""
+    """The configured voters (with witnesses among them)."""
 
     self_id: NodeId
     voters: frozenset[NodeId]
     witnesses: frozenset[NodeId] = frozenset()
     two_node: bool = False
-    non_voters: frozenset[NodeId] = field(default=frozenset())
 
     def __post_init__(self) -> None:
         if not self.witnesses <= self.voters:
             raise ValueError("every witness must be a voter")
-        if self.voters & self.non_voters:
-            raise ValueError("a node is either a voter or a non-voter")
         if len(self.voters - self.witnesses) == 0:
             raise ValueError("at least one voter must be able to lead")
         if self.two_node and (len(self.voters) != 2 or self.witnesses):
@@ -65,8 +63,8 @@ class Membership:
 
     @property
     def peers(self) -> frozenset[NodeId]:
-        """Everyone we send heartbeats to: voters and non-voters but ourselves."""
-        return (self.voters | self.non_voters) - {self.self_id}
+        """Everyone we send heartbeats to: the voters but ourselves."""
+        return self.voters - {self.self_id}
 
     @property
     def voting_peers(self) -> frozenset[NodeId]:
@@ -74,18 +72,12 @@ class Membership:
         return self.voters - {self.self_id}
 
     def is_quorum(self, nodes: Iterable[NodeId]) -> bool:
-        """Whether `nodes` holds a quorum of voters; non-voters in it count for nothing."""
+        """Whether `nodes` holds a quorum of voters; anyone else in it counts for nothing."""
         return len(self.voters.intersection(nodes)) >= self.quorum
 
     def can_lead(self, node: NodeId) -> bool:
         """Whether `node` may become primary: a voter that is not a witness."""
         return node in self.voters and node not in self.witnesses
-
-    def with_non_voter(self, node: NodeId) -> Membership:
-        """This membership plus a discovered peer; a voter or ourselves is left as it is."""
-        if node in self.voters or node in self.non_voters or node == self.self_id:
-            return self
-        return replace(self, non_voters=self.non_voters | {node})
 
     def rank(self, node: NodeId) -> int:
         """A stable position of `node` among the voters (by id), to break ties between equals."""

@@ -212,6 +212,7 @@ class ClusterNode:
         self._transport: UDPTransport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._warned: set[str] = set()
+        self._strangers: set[NodeId] = set()
         self._leader: NodeId | None = None
         self._leader_heard_at: float | None = None
         self._rtt_samples: list[float] = []
@@ -311,16 +312,24 @@ class ClusterNode:
     def learn_peer(
         self, node_id: NodeId, address: Address, priority: int | None, api_port: int | None
     ) -> None:
-        """A peer found by discovery; a node outside the configured voters joins as non-voter."""
+        """A peer found by discovery: its address, if it is a configured member."""
+        membership = self.election.membership
         if node_id == self.election.node_id:
+            return
+        if node_id not in membership.voters:
+            if node_id not in self._strangers:
+                self._strangers.add(node_id)
+                log.warning(
+                    "mDNS: %s is in this cluster's name but not a configured member; ignored "
+                    "(add it to peers on every node to make it one)",
+                    node_id,
+                )
             return
         peer = self.peers.setdefault(node_id, Peer(node_id))
         if not peer.static:
             peer.address = address
         peer.priority = priority
         peer.api_port = api_port
-        if node_id not in self.election.membership.voters:
-            self.election.membership = self.election.membership.with_non_voter(node_id)
 
     def _datagram(self, data: bytes, address: Address) -> None:
         now = clock.monotonic()

@@ -6,6 +6,13 @@ Invariants:
   keyed per cluster (`derive_key`), so one key file may serve several clusters.
 - `Codec.decode` raises `DecodeError` and nothing else, whatever the input; its `reason` is one
   of `DROP_REASONS`, short enough to be a metric label.
+- Only members speak: a datagram whose sender is not one of the configured members (`members`)
+  is dropped as `not_member` whatever its type, before the replay window learns of it.
+- Every integer a message carries (terms, indices, ranks, ports) is below 2**63, so that
+  SQLite (signed 64-bit) can store it and arithmetic on it cannot overflow; larger is
+  `malformed`.
+- Key rotation: datagrams are signed with the first key and accepted under any of the keys
+  given (at most two during a change).
 - The replay window is updated only after the MAC has been verified, so forged packets cannot
   poison it. A sender's boot id orders its incarnations: a lower boot id than one already seen is
   stale; within one boot a 64-packet sliding window (RFC 4303 §3.4.3) accepts reordering and
@@ -27,6 +34,7 @@ import hmac
 import math
 import struct
 from collections import OrderedDict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias
 
@@ -39,6 +47,7 @@ __all__ = [
     "MAX_DATAGRAM_BYTES",
     "MAX_ENTRY_BYTES",
     "MAX_NODE_ID_BYTES",
+    "MAX_WIRE_INT",
     "NOT_A_SUCCESSOR",
     "PROTOCOL_VERSION",
     "Append",
@@ -82,7 +91,10 @@ DROP_REASONS: Final = (
     "wrong_recipient",
     "replay",
     "stale_boot",
+    "not_member",
 )
+# SQLite stores signed 64-bit integers; a peer may not hand us anything it cannot hold.
+MAX_WIRE_INT: Final = 2**63 - 1
 
 _MAGIC: Final = b"HV"
 _MAC_BYTES: Final = 32
@@ -515,7 +527,18 @@ class _ReplayGuard:
 class Codec:
     """Encodes this node's messages and decodes, authenticates and de-duplicates its peers'."""
 
-    def __init__(self, *, cluster: str, cluster_key: bytes, node_id: NodeId, boot_id: int) -> None:
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        cluster_key: bytes,
+        node_id: NodeId,
+        boot_id: int,
+        previous_keys: Sequence[bytes] = (),
+        members: Collection[NodeId] | None = None,
+    ) -> None:
+        """`cluster_key` signs and verifies; `previous_keys` only verify (a key rotation);
+        `members`, if given, are the only senders accepted (None: anyone with the key)."""
         _check_node_id(node_id)
         if not 0 <= boot_id < 2**64:
             raise ValueError("boot id must fit in 64 bits")
@@ -523,6 +546,8 @@ class Codec:
         self.boot_id = boot_id
         self._tag = cluster_tag(cluster)
         self._key = derive_key(cluster_key, cluster)
+        self._verify_keys = (self._key, *(derive_key(k, cluster) for k in previous_keys))
+        self._members = None if members is None else frozenset(members)
         self._node_id_bytes = node_id.encode()
         self._seq = 0
         self._replay = _ReplayGuard()
@@ -570,22 +595,44 @@ class Codec:
         if tag != self._tag:
             raise DecodeError("wrong_cluster", "cluster tag does not match")
         signed, mac = data[:-_MAC_BYTES], data[-_MAC_BYTES:]
-        expected = hmac.new(self._key, signed, hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, expected):
+        if not any(
+            hmac.compare_digest(mac, hmac.new(key, signed, hashlib.sha256).digest())
+            for key in self._verify_keys
+        ):
             raise DecodeError("bad_mac", "HMAC does not verify (wrong cluster key?)")
         sender, offset = _read_node_id(signed, _PREFIX.size)
         recipient, offset = _read_node_id(signed, offset)
         if recipient != self.node_id:
             raise DecodeError("wrong_recipient", f"addressed to {recipient!r}")
+        if self._members is not None and sender not in self._members:
+            raise DecodeError("not_member", f"{sender!r} is not a configured member")
         cls = _TYPES.get(kind)
         if cls is None:
             raise DecodeError("malformed", f"unknown message type {kind}")
         message = cls._unpack(sender, signed[offset:])
+        _check_ranges(message)
         reason = self._replay.check(sender, boot_id, seq)
         if reason is not None:
             raise DecodeError(reason, f"{sender} boot {boot_id} seq {seq}")
         self._replay.accept(sender, boot_id, seq)
         return message
+
+
+def _check_ranges(message: Message) -> None:
+    """Refuse integers SQLite cannot store (terms, indices, commit) anywhere in `message`."""
+    values: list[int] = []
+    for name in message.__dataclass_fields__:
+        value = getattr(message, name)
+        if isinstance(value, LogPosition):
+            values += (value.term, value.index)
+        elif isinstance(value, int):  # bools too: harmless
+            values.append(value)
+        elif isinstance(value, tuple):  # Append's entries
+            values += [entry.term for entry in value]
+    if any(v > MAX_WIRE_INT for v in values):
+        raise DecodeError("malformed", f"an integer of {type(message).__name__} exceeds 2**63-1")
+    if isinstance(message, Append) and message.prev.index + len(message.entries) > MAX_WIRE_INT:
+        raise DecodeError("malformed", "entry indices exceed 2**63-1")
 
 
 def _check_node_id(node_id: NodeId) -> bytes:

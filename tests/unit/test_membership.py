@@ -70,80 +70,19 @@ def test_witness_cannot_lead() -> None:
 
 
 def test_only_voters_can_lead() -> None:
-    membership = Membership.from_config("a", ["b", "c"]).with_non_voter("d")
+    membership = Membership.from_config("a", ["b", "c"])
     assert not membership.can_lead("d")
     assert not membership.can_lead("stranger")
-
-
-# --- non-voters -----------------------------------------------------------------------------
-
-
-def test_discovered_non_voter_changes_no_quorum() -> None:
-    before = Membership.from_config("a", ["b", "c"])
-    after = before.with_non_voter("d").with_non_voter("e").with_non_voter("f")
-    assert after.non_voters == {"d", "e", "f"}
-    assert after.voters == before.voters
-    assert after.quorum == before.quorum == 2
-    assert not after.is_quorum({"a", "d", "e", "f"})
-    assert after.is_quorum({"a", "b"})
-
-
-def test_non_voter_in_two_node_mode_is_no_quorum_of_its_own() -> None:
-    membership = Membership.from_config("a", ["b"], two_node=True).with_non_voter("c")
-    assert membership.quorum == 1
-    assert not membership.is_quorum({"c"})
 
 
 NODE = st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h"])
 
 
-@given(
-    configured=st.frozensets(NODE, min_size=1),
-    discovered=st.lists(NODE, max_size=10),
-    present=st.frozensets(NODE),
-)
+@given(configured=st.frozensets(NODE, min_size=1), present=st.frozensets(NODE))
 @settings(max_examples=200, derandomize=True, database=None, deadline=None)
-def test_non_voters_never_count(
-    configured: frozenset[str], discovered: list[str], present: frozenset[str]
-) -> None:
-    self_id = min(configured)
-    base = Membership(self_id, configured)
-    grown = base
-    for node in discovered:
-        grown = grown.with_non_voter(node)
-    assert grown.voters == configured
-    assert grown.non_voters == set(discovered) - configured
-    assert grown.quorum == base.quorum
-    assert grown.is_quorum(present) == base.is_quorum(present & configured)
-    assert grown.is_quorum(present | grown.non_voters) == base.is_quorum(present)
-
-
-def test_with_non_voter_leaves_voters_alone() -> None:
-    membership = Membership.from_config("a", ["b"], witness="w")
-    for node in ("a", "b", "w"):
-        same = membership.with_non_voter(node)
-        assert same == membership
-        assert same.non_voters == frozenset()
-
-
-def test_with_non_voter_leaves_self_alone_when_self_does_not_vote() -> None:
-    membership = Membership.from_config("watcher", ["a", "b", "c"], self_is_voter=False)
-    assert "watcher" not in membership.voters
-    same = membership.with_non_voter("watcher")
-    assert same == membership
-    assert "watcher" not in same.non_voters
-    assert "watcher" not in same.peers
-
-
-def test_with_non_voter_twice_is_the_same_as_once() -> None:
-    once = Membership.from_config("a", ["b"]).with_non_voter("c")
-    assert once.with_non_voter("c") == once
-
-
-def test_with_non_voter_does_not_change_the_original() -> None:
-    membership = Membership.from_config("a", ["b"])
-    membership.with_non_voter("c")
-    assert membership.non_voters == frozenset()
+def test_strangers_never_count(configured: frozenset[str], present: frozenset[str]) -> None:
+    membership = Membership(min(configured), configured)
+    assert membership.is_quorum(present) == membership.is_quorum(present & configured)
 
 
 # --- invalid constructions ------------------------------------------------------------------
@@ -174,11 +113,6 @@ def test_with_non_voter_does_not_change_the_original() -> None:
             "lead",
             id="only-witnesses",
         ),
-        pytest.param(
-            {"voters": frozenset({"a", "b"}), "non_voters": frozenset({"b"})},
-            "non-voter",
-            id="voter-and-non-voter",
-        ),
     ],
 )
 def test_invalid_membership_is_refused(kwargs: dict[str, object], match: str) -> None:
@@ -208,22 +142,22 @@ def test_rank_does_not_depend_on_the_viewer_or_configuration_order() -> None:
     views = [
         Membership.from_config("a", ["c", "b"]),
         Membership.from_config("c", ["b", "a"]),
-        Membership.from_config("b", ["a", "c"]).with_non_voter("aa"),
+        Membership.from_config("b", ["a", "c"]),
     ]
     for node in ("a", "b", "c"):
         assert {view.rank(node) for view in views} == {"abc".index(node)}
 
 
-def test_non_voters_rank_after_every_voter() -> None:
-    membership = Membership.from_config("a", ["b", "c"]).with_non_voter("0-first-by-id")
+def test_strangers_rank_after_every_voter() -> None:
+    membership = Membership.from_config("a", ["b", "c"])
     assert membership.rank("0-first-by-id") == 3
     assert membership.rank("stranger") == 3
     assert membership.rank("a") == 0
 
 
 def test_peers_and_voting_peers() -> None:
-    membership = Membership.from_config("a", ["b", "c"], witness="w").with_non_voter("d")
-    assert membership.peers == {"b", "c", "w", "d"}
+    membership = Membership.from_config("a", ["b", "c"], witness="w")
+    assert membership.peers == {"b", "c", "w"}
     assert membership.voting_peers == {"b", "c", "w"}
 
 

@@ -21,6 +21,7 @@ from ha_voice.cluster.protocol import (
     MAX_DATAGRAM_BYTES,
     MAX_ENTRY_BYTES,
     MAX_NODE_ID_BYTES,
+    MAX_WIRE_INT,
     NOT_A_SUCCESSOR,
     PROTOCOL_VERSION,
     Append,
@@ -63,9 +64,22 @@ PROPERTY = settings(
 
 
 def make_codec(
-    node_id: str = "n1", *, boot_id: int = 1, cluster: str = CLUSTER, key: bytes = KEY
+    node_id: str = "n1",
+    *,
+    boot_id: int = 1,
+    cluster: str = CLUSTER,
+    key: bytes = KEY,
+    previous_keys: tuple[bytes, ...] = (),
+    members: tuple[str, ...] | None = None,
 ) -> Codec:
-    return Codec(cluster=cluster, cluster_key=key, node_id=node_id, boot_id=boot_id)
+    return Codec(
+        cluster=cluster,
+        cluster_key=key,
+        node_id=node_id,
+        boot_id=boot_id,
+        previous_keys=previous_keys,
+        members=members,
+    )
 
 
 def sign(unsigned: bytes, *, cluster: str = CLUSTER, key: bytes = KEY) -> bytes:
@@ -107,15 +121,19 @@ def body_of(datagram: bytes, sender: str = "n1", recipient: str = "n2") -> bytes
 def every_message(sender: str = "n1") -> list[Message]:
     """Each message type at least once, every field away from its default somewhere."""
     log = LogPosition(term=7, index=123_456_789)
-    top = LogPosition(U64_MAX, U64_MAX)
+    top = LogPosition(MAX_WIRE_INT, MAX_WIRE_INT)
     return [
         Heartbeat(sender, term=9, sent_at=1234.5678901234567, log=log, successor_rank=2),
         Heartbeat(sender, term=1, sent_at=0.0),
-        Heartbeat(sender, term=U64_MAX, sent_at=-1e300, log=top, successor_rank=NOT_A_SUCCESSOR),
+        Heartbeat(
+            sender, term=MAX_WIRE_INT, sent_at=-1e300, log=top, successor_rank=NOT_A_SUCCESSOR
+        ),
         HeartbeatAck(
             sender, term=9, sent_at=3.25e-7, success=True, log=log, priority=200, eligible=False
         ),
-        HeartbeatAck(sender, term=U64_MAX, sent_at=1e300, success=False, log=top, priority=255),
+        HeartbeatAck(
+            sender, term=MAX_WIRE_INT, sent_at=1e300, success=False, log=top, priority=255
+        ),
         PreVoteRequest(sender, term=10, log=log),
         PreVoteResponse(sender, term=10, granted=True),
         PreVoteResponse(sender, term=3, granted=False),
@@ -124,22 +142,22 @@ def every_message(sender: str = "n1") -> list[Message]:
         VoteResponse(sender, term=11, granted=True),
         VoteResponse(sender, term=4, granted=False),
         TimeoutNow(sender, term=12),
-        Resign(sender, term=U64_MAX),
-        Heartbeat(sender, term=2, sent_at=1.0, api_port=65535, commit=U64_MAX),
+        Resign(sender, term=MAX_WIRE_INT),
+        Heartbeat(sender, term=2, sent_at=1.0, api_port=65535, commit=MAX_WIRE_INT),
         Append(sender, term=5, prev=log, commit=9, entries=()),
         Append(
             sender,
-            term=U64_MAX,
+            term=MAX_WIRE_INT,
             prev=LogPosition(4, 10),
-            commit=U64_MAX,
+            commit=MAX_WIRE_INT,
             entries=(
                 Entry(11, 4, EntryKind.NOOP),
                 Entry(12, 5, EntryKind.COMMAND, b"x" * MAX_ENTRY_BYTES),
                 Entry(13, 5, EntryKind.OUTCOME, b"{}"),
-                Entry(14, U64_MAX, EntryKind.STATE, b"\x00"),
+                Entry(14, MAX_WIRE_INT, EntryKind.STATE, b"\x00"),
             ),
         ),
-        AppendAck(sender, term=5, success=True, match=U64_MAX),
+        AppendAck(sender, term=5, success=True, match=MAX_WIRE_INT),
         AppendAck(sender, term=6, success=False, match=0),
         Snapshot(sender, term=7, last=log, data=b"s" * MAX_ENTRY_BYTES),
         Snapshot(sender, term=1, last=LogPosition(), data=b""),
@@ -279,6 +297,48 @@ def heartbeat_body() -> bytes:
     return body_of(genuine())
 
 
+def genuine_from(sender: str, *, vote: bool = False) -> bytes:
+    message: Message = (
+        VoteRequest(sender, term=50) if vote else Heartbeat(sender, term=50, sent_at=1.0)
+    )
+    return make_codec(sender).encode("n2", message)
+
+
+TOO_BIG = MAX_WIRE_INT + 1
+# Every integer a message carries, one at a time one past what SQLite can store.
+OVERFLOWS: list[tuple[str, Callable[[Codec], bytes]]] = [
+    (name, lambda _, m=message: genuine(m))
+    for name, message in [
+        ("Heartbeat.term", Heartbeat("n1", term=TOO_BIG, sent_at=1.0)),
+        ("Heartbeat.log.term", Heartbeat("n1", 1, 1.0, log=LogPosition(TOO_BIG, 1))),
+        ("Heartbeat.log.index", Heartbeat("n1", 1, 1.0, log=LogPosition(1, TOO_BIG))),
+        ("Heartbeat.commit", Heartbeat("n1", 1, 1.0, commit=TOO_BIG)),
+        ("HeartbeatAck.term", HeartbeatAck("n1", TOO_BIG, 1.0, success=True)),
+        ("HeartbeatAck.log", HeartbeatAck("n1", 1, 1.0, True, log=LogPosition(1, TOO_BIG))),
+        ("PreVoteRequest.term", PreVoteRequest("n1", term=TOO_BIG)),
+        ("PreVoteResponse.term", PreVoteResponse("n1", term=TOO_BIG, granted=True)),
+        ("VoteRequest.term", VoteRequest("n1", term=TOO_BIG)),
+        ("VoteRequest.log", VoteRequest("n1", term=1, log=LogPosition(TOO_BIG, 0))),
+        ("VoteResponse.term", VoteResponse("n1", term=TOO_BIG, granted=False)),
+        ("TimeoutNow.term", TimeoutNow("n1", term=TOO_BIG)),
+        ("Resign.term", Resign("n1", term=TOO_BIG)),
+        ("Append.term", Append("n1", TOO_BIG, LogPosition(), 0)),
+        ("Append.prev", Append("n1", 1, LogPosition(1, TOO_BIG), 0)),
+        ("Append.commit", Append("n1", 1, LogPosition(), TOO_BIG)),
+        (
+            "Append.entries[0].term",
+            Append("n1", 1, LogPosition(), 0, (Entry(1, TOO_BIG, EntryKind.NOOP),)),
+        ),
+        (
+            "Append: last index",
+            Append("n1", 1, LogPosition(1, MAX_WIRE_INT), 0, (Entry(TOO_BIG, 1, EntryKind.NOOP),)),
+        ),
+        ("AppendAck.match", AppendAck("n1", term=1, success=True, match=TOO_BIG)),
+        ("Snapshot.last", Snapshot("n1", term=1, last=LogPosition(TOO_BIG, 2), data=b"")),
+    ]
+]
+
+
 # Each case builds, against a fresh receiver "n2", a datagram that must be dropped for `reason`.
 DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("truncated", "empty", lambda _: b""),
@@ -318,6 +378,9 @@ DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("wrong_recipient", "addressed to n3", lambda _: genuine(recipient="n3")),
     ("replay", "same datagram twice", replayed),
     ("stale_boot", "boot 1 after boot 2", stale),
+    ("not_member", "a retired node with the key", lambda _: genuine_from("n9")),
+    ("not_member", "a vote request from a stranger", lambda _: genuine_from("x", vote=True)),
+    *[("malformed", f"{name} = 2**63", build) for name, build in OVERFLOWS],
 ]
 
 
@@ -332,7 +395,7 @@ def test_every_drop_reason_has_a_crafted_case() -> None:
 def test_crafted_input_is_dropped_for_its_reason(
     reason: str, build: Callable[[Codec], bytes]
 ) -> None:
-    receiver = make_codec("n2")
+    receiver = make_codec("n2", members=("n1", "n2", "n3"))
     exc = decode_error(receiver, build(receiver))
     assert exc.reason == reason
     assert isinstance(exc, RemoteError)
@@ -345,6 +408,27 @@ def test_the_wrongly_addressed_datagram_is_fine_for_its_recipient() -> None:
     datagram = genuine(message, recipient="n3")
     assert decode_error(make_codec("n2"), datagram).reason == "wrong_recipient"
     assert make_codec("n3").decode(datagram) == message
+
+
+def test_a_stranger_is_dropped_before_the_replay_window_learns_of_it() -> None:
+    # n9's datagram is refused; n9 joining the members later is not held against it.
+    datagram = genuine_from("n9")
+    assert decode_error(make_codec("n2", members=("n1", "n2")), datagram).reason == "not_member"
+    assert make_codec("n2").decode(datagram).sender == "n9"
+
+
+def test_during_a_key_rotation_both_keys_are_accepted_and_the_new_one_signs() -> None:
+    old_node = make_codec("n1", key=KEY)
+    new_node = make_codec("n1", key=OTHER_KEY, previous_keys=(KEY,))
+    receiver = make_codec("n2", key=OTHER_KEY, previous_keys=(KEY,))
+    assert receiver.decode(old_node.encode("n2", TimeoutNow("n1", term=1))).term == 1
+    new_datagram = make_codec("n1", key=OTHER_KEY, boot_id=2).encode("n2", Resign("n1", 2))
+    assert receiver.decode(new_datagram).term == 2
+    # A node still on the old key alone no longer understands the new key's datagrams.
+    assert decode_error(make_codec("n2", key=KEY), new_datagram).reason == "bad_mac"
+    assert new_node.encode("n2", Resign("n1", 3)) == make_codec("n1", key=OTHER_KEY).encode(
+        "n2", Resign("n1", 3)
+    )
 
 
 def test_derived_key_is_what_the_crafted_datagrams_are_signed_with() -> None:
