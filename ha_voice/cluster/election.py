@@ -38,6 +38,7 @@ from ha_voice.cluster.events import (
     Effects,
     Event,
     HardState,
+    LogPersisted,
     LogWrite,
     MessageReceived,
     Outgoing,
@@ -288,6 +289,10 @@ class Election:
             self._propose(event, out)
         elif isinstance(event, Compact):
             self.replication.compact(event.upto, event.data, out.changes)
+        elif isinstance(event, LogPersisted):
+            self.replication.persisted(
+                event.index, event.term, self.node_id, event.now, out.send, out.changes
+            )
         after = self.hard_state
         ch = out.changes
         write = None

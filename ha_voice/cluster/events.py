@@ -4,16 +4,22 @@ Inputs are frozen dataclasses, each carrying `now`: the node's monotonic clock i
 the shell (only `clock.py` reads it). The core returns one `Effects` per input. The shell applies
 an `Effects` in this order, and only in this order:
 
-1. `persist` and `log`: write `HardState` and the journal changes durably (fsync, one
-   transaction) — before anything below, because a vote or a heartbeat of a new term that
-   leaves before its term is on disk can be contradicted after a crash, and an entry
-   acknowledged before it is on disk may count towards a commit it does not back.
-2. `send`: hand every `Outgoing` to the transport, in order.
+1. `persist` and `log`: hand `HardState` and the journal changes to the disk (fsync). Writes
+   are made in the order asked, and several may share one fsync (group commit).
+2. `send`: hand every `Outgoing` to the transport, in order — each only once what it depends on
+   is durable (`durability.py`): every message waits for a pending `HardState` (a vote or a
+   message of a new term that leaves before its term is on disk can be contradicted after a
+   crash), and an `AppendAck` also waits for the journal writes before it (an entry
+   acknowledged before it is on disk may count towards a commit it does not back). Other
+   messages leave at once: heartbeats never wait for a disk.
 3. `actions`: carry out each `Action` in order. The core orders them so that the robot is
    stopped before the endpoint is withdrawn when stepping down, and the robot is made safe
    (`BecomePrimary`) before the endpoint is published when taking over.
 4. `restore`, then `committed`: rebuild the journal's state from a snapshot, then apply the
-   newly committed entries in order.
+   newly committed entries in order. They may be applied before this node's own copy is on
+   disk: committed means a quorum holds them durably, and a primary counts itself only for
+   what its disk holds (`LogPersisted`).
+5. When a write with journal entries is durable, the shell feeds `LogPersisted` back in.
 
 Pure: no clock, no I/O.
 """
@@ -33,6 +39,7 @@ __all__ = [
     "Effects",
     "Event",
     "HardState",
+    "LogPersisted",
     "LogWrite",
     "MessageReceived",
     "Outgoing",
@@ -139,6 +146,15 @@ class Compact:
     now: float
 
 
+@dataclass(frozen=True)
+class LogPersisted:
+    """The journal is durable up to the entry (`index`, `term`) and everything before it."""
+
+    index: int
+    term: int
+    now: float
+
+
 Event: TypeAlias = (
     Tick
     | MessageReceived
@@ -148,6 +164,7 @@ Event: TypeAlias = (
     | ShutdownRequested
     | Propose
     | Compact
+    | LogPersisted
 )
 
 

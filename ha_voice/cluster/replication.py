@@ -7,8 +7,10 @@ Invariants:
 1. Log matching: a node appends entries only after the entry before them (`Append.prev`)
    matches its own, and drops a conflicting suffix before appending. So two logs that hold an
    entry with the same index and term are identical up to it.
-2. An entry is committed when a quorum of voters holds it durably — a node acknowledges only
-   after the `LogWrite` of that step is on disk (events.py: persist, then send) — and it is of
+2. An entry is committed when a quorum of voters holds it durably — a backup's ack leaves only
+   after the `LogWrite` of that step is on disk (events.py), and the primary counts itself only
+   up to `stable`, what its shell reported durable (`persisted`; Raft thesis §10.2.1: it may
+   send entries before writing them, never count them before) — and it is of
    the primary's current term; earlier entries commit with it (§5.4.2), which is why a new
    primary starts its term with a NOOP. A committed entry is never dropped; dropping one raises,
    except in two-node mode, whose quorum of one cannot promise it after a split brain
@@ -154,6 +156,7 @@ class Replication:
         self.membership = membership
         self.log = log
         self.applied = log.commit  # the shell rebuilds its state up to here from disk
+        self.stable = log.last.index  # what this node's disk holds (loaded from it)
         self.stats = ReplicationStats()
         self._retransmit_s = retransmit_s
         self._keep_payloads = keep_payloads
@@ -181,6 +184,17 @@ class Replication:
     def follow(self) -> None:
         self._term = 0
         self._progress = {}
+
+    def persisted(
+        self, index: int, term: int, node_id: NodeId, now: float, out: list[Outgoing], ch: Changes
+    ) -> None:
+        """The disk holds the log up to (`index`, `term`): count it; on the primary, commit."""
+        if self.log.term_at(index) != term:
+            return  # replaced since it was written: its successor's write will say so
+        self.stable = max(self.stable, index)
+        if self.leading and self._advance_commit(node_id, ch):
+            for peer in sorted(self.membership.peers):
+                self._replicate(peer, node_id, now, out)
 
     # --- the primary -----------------------------------------------------------------------
 
@@ -257,6 +271,7 @@ class Replication:
             self._drop_from(leader_last.index + 1, ch)
             return True
         self._diverged(f"journal ({log.last}) does not meet the primary's at {leader_last}")
+        self.stable = 0
         ch.truncate(log.base.index + 1)
         log.entries = []
         log.base, log.snapshot, log.commit = EMPTY_LOG, b"", 0
@@ -317,7 +332,7 @@ class Replication:
 
     def _advance_commit(self, node_id: NodeId, ch: Changes) -> bool:
         """Commit the newest entry of our term that a quorum of voters holds."""
-        matches = {node_id: self.log.last.index}
+        matches = {node_id: min(self.stable, self.log.last.index)}
         matches.update((peer, p.match) for peer, p in self._progress.items())
         for index in sorted(set(matches.values()), reverse=True):
             if index <= self.log.commit:
@@ -375,6 +390,7 @@ class Replication:
             if ours == last.term:
                 log.entries = log.entries[last.index - log.base.index :]
             else:  # behind it, or what we have after our commit index is of an older term
+                self.stable = min(self.stable, log.base.index)
                 ch.truncate(log.base.index + 1)
                 log.entries = []
             log.base, log.snapshot = last, data
@@ -396,6 +412,7 @@ class Replication:
             ch.restore = log.snapshot
             ch.committed.clear()
         del log.entries[index - log.base.index - 1 :]
+        self.stable = min(self.stable, index - 1)
         ch.truncate(index)
         self._commit_to(log.commit, ch)
 

@@ -26,6 +26,7 @@ from ha_voice.cluster.events import (
     BecomePrimary,
     Effects,
     Event,
+    Outgoing,
     Role,
     RoleChanged,
     StepDownRefused,
@@ -135,6 +136,7 @@ class Checker:
             2 * (timers.election_timeout_s + timers.lease_timeout_s) + 1.0
         )
         cluster.observers.append(self._observe)
+        cluster.on_send.append(self._check_vote)
         cluster.on_process_change.append(self._check_leases)
 
     def _violate(self, t: float, what: str) -> None:
@@ -143,7 +145,6 @@ class Checker:
     def _observe(self, t: float, node: SimNode, event: Event, effects: Effects) -> None:
         self._check_term(t, node)
         self._check_actions(t, node, effects)
-        self._check_votes(t, node, effects)
         self._check_journal(t, node, effects)
         self._check_leases(t)
 
@@ -198,14 +199,14 @@ class Checker:
             if node.election is not None and not node.election.eligible:
                 self._violate(t, f"{node.node_id} became primary while it knew it cannot serve")
 
-    def _check_votes(self, t: float, node: SimNode, effects: Effects) -> None:
-        for out in effects.send:
-            message = out.message
-            if isinstance(message, VoteResponse) and message.granted:
-                key = (node.node_id, message.term)
-                chosen = self._votes.setdefault(key, out.to)
-                if chosen != out.to:
-                    self._violate(t, f"{node.node_id} voted twice in term {message.term}")
+    def _check_vote(self, t: float, node: SimNode, out: Outgoing) -> None:
+        """A vote counts once it leaves: one that waited for a write lost in a crash never did."""
+        message = out.message
+        if isinstance(message, VoteResponse) and message.granted:
+            key = (node.node_id, message.term)
+            chosen = self._votes.setdefault(key, out.to)
+            if chosen != out.to:
+                self._violate(t, f"{node.node_id} voted twice in term {message.term}")
 
     def _check_leases(self, t: float) -> None:
         cluster = self.cluster

@@ -2,9 +2,13 @@
 
 Each node runs the real `Election` and the real `Codec` (HMAC, replay window), so every byte
 the simulation moves is a byte the daemon would move. What is virtual: time (one heap of
-events), the network (`network.py`), the disk (a node's `HardState` and journal survive a
-crash, its soft state does not), and each node's clock, which runs at its own rate:
-local = offset + rate × t.
+events), the network (`network.py`), the disk, and each node's clock, which runs at its own
+rate: local = offset + rate × t.
+
+The disk is the daemon's: writes go through the same group commit and send gate
+(`cluster/durability.py`), one batch at a time, each taking a drawn time (now and then a stall).
+A crash keeps what the disk finished and loses what it had not (a batch on the disk when the
+process dies is kept or lost at random), and with it every message that was waiting for it.
 
 A node is up, crashed, or paused. A paused process keeps its clock running but handles
 nothing: datagrams and ticks wait in its socket buffer and are handled, in order, when it
@@ -22,12 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ha_voice.cluster.durability import Batch, Durability
 from ha_voice.cluster.election import Election
 from ha_voice.cluster.events import (
     Effects,
     Event,
     HardState,
+    LogPersisted,
     MessageReceived,
+    Outgoing,
     RobotReachability,
     Role,
     ShutdownRequested,
@@ -47,6 +54,7 @@ _KEY = b"simulated-cluster-key-32-bytes!!"
 _TICK_SLACK_S = 0.001
 
 Observer = Callable[[float, "SimNode", Event, Effects], None]
+SendObserver = Callable[[float, "SimNode", Outgoing], None]
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,9 @@ class SimNode:
     robot_reachable: bool = True
     tick_token: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    durability: Durability = field(default_factory=Durability)
+    on_disk: Batch | None = None  # the batch being written
+    written: list[Batch] = field(default_factory=list)  # finished while paused
 
     def local(self, t: float) -> float:
         return self.offset + self.rate * t
@@ -151,6 +162,9 @@ class SimCluster:
         self.now = 0.0
         self.network = Network(random.Random(self.rng.random()), conditions or LinkConditions())
         self.observers: list[Observer] = []
+        # Called with every message as it leaves a node (after the writes it waits for).
+        self.on_send: list[SendObserver] = []
+        self._disk_rng = random.Random(f"{seed}/disk")
         # Called with the virtual time after a process is started, killed or resumed.
         self.on_process_change: list[Callable[[float], None]] = []
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -215,6 +229,8 @@ class SimCluster:
         node.codec = Codec(cluster="sim", cluster_key=_KEY, node_id=node_id, boot_id=node.boots)
         node.paused = False
         node.buffered.clear()
+        node.durability = Durability()
+        node.written.clear()
         if not node.robot_reachable:
             self._step(node, RobotReachability(False, local))
         self._schedule_tick(node)
@@ -223,6 +239,9 @@ class SimCluster:
     def crash(self, node_id: NodeId) -> None:
         """Kill the process: soft state and buffered input are gone, the disk stays."""
         node = self.nodes[node_id]
+        if node.on_disk is not None and self._disk_rng.random() < 0.5:
+            self._store(node, node.on_disk)  # the batch on the disk made it, or it did not
+        node.on_disk = None
         node.election = None
         node.codec = None
         node.paused = False
@@ -241,6 +260,10 @@ class SimCluster:
             return
         node.paused = False
         backlog, node.buffered = node.buffered, []
+        written, node.written = node.written, []
+        for batch in written:  # the disk finished while we were stopped
+            if node.up and not node.paused:
+                self._written(node, batch)
         for kind, payload in backlog:
             if node.up and not node.paused:
                 self._handle(node, kind, payload)
@@ -291,17 +314,62 @@ class SimCluster:
         assert node.election is not None
         assert node.codec is not None
         effects = node.election.step(event)
-        if effects.persist is not None:
-            node.hard = effects.persist
-        if effects.log is not None:
-            apply_write(node.journal, effects.log)
-        for out in effects.send:
+        ready = node.durability.absorb(effects)
+        for observer in self.observers:
+            observer(self.now, node, event, effects)
+        self._transmit(node, ready)
+        self._maybe_write(node)
+        self._schedule_tick(node)
+
+    def _transmit(self, node: SimNode, messages: list[Outgoing]) -> None:
+        assert node.codec is not None
+        for out in messages:
+            for send_observer in self.on_send:
+                send_observer(self.now, node, out)
             data = node.codec.encode(out.to, out.message)
             for delay, payload in self.network.transmit(node.node_id, out.to, data):
                 self.at(self.now + delay, self._arrive, out.to, payload)
-        for observer in self.observers:
-            observer(self.now, node, event, effects)
-        self._schedule_tick(node)
+
+    # --- the disk --------------------------------------------------------------------------
+
+    def _disk_time(self) -> float:
+        """How long one batch takes: a millisecond or so, now and then a stall."""
+        if self._disk_rng.random() < 0.02:
+            return self._disk_rng.uniform(0.02, 0.15)
+        return self._disk_rng.uniform(0.0002, 0.003)
+
+    def _maybe_write(self, node: SimNode) -> None:
+        batch = node.durability.take_batch()
+        if batch is not None:
+            node.on_disk = batch
+            self.at(self.now + self._disk_time(), self._disk_done, node, node.boots, batch)
+
+    def _disk_done(self, node: SimNode, boot: int, batch: Batch) -> None:
+        if boot != node.boots or node.on_disk is not batch:
+            return  # the process died first (`crash` decided what became of the batch)
+        node.on_disk = None
+        self._store(node, batch)
+        if node.paused:
+            node.written.append(batch)
+        else:
+            self._written(node, batch)
+
+    @staticmethod
+    def _store(node: SimNode, batch: Batch) -> None:
+        for hard, log in batch.writes:
+            if hard is not None:
+                node.hard = hard
+            if log is not None:
+                apply_write(node.journal, log)
+
+    def _written(self, node: SimNode, batch: Batch) -> None:
+        """The shell learns that `batch` is durable: held messages leave, the core hears."""
+        self._transmit(node, node.durability.written(batch))
+        last = batch.last_entry
+        if last is not None:
+            self._step(node, LogPersisted(last.index, last.term, node.local(self.now)))
+        else:
+            self._maybe_write(node)
 
     def _schedule_tick(self, node: SimNode) -> None:
         if node.election is None:

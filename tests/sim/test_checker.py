@@ -6,7 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from ha_voice.cluster.durability import Durability
 from ha_voice.cluster.election import Election
+from ha_voice.cluster.replication import Changes, Replication
 from ha_voice.errors import LocalError
 from ha_voice.simulation import engine
 from ha_voice.simulation.checker import Checker
@@ -114,3 +116,58 @@ def test_forgetting_the_journal_on_a_crash_is_caught(monkeypatch: pytest.MonkeyP
             continue
         found += _journal_violations(result.safety)
     assert found
+
+
+# --- the shell's send gate (cluster/durability.py), with a slow disk so crashes meet writes --
+
+
+def _slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SimCluster, "_disk_time", lambda self: self._disk_rng.uniform(0.02, 0.08))
+
+
+def _hostile_findings(spec: ClusterSpec, seeds: range, pick: list[str]) -> list[str]:
+    found: list[str] = []
+    for seed in seeds:
+        try:
+            result = run_hostile(spec, seed)
+        except LocalError as exc:  # a follower told to drop a committed entry refuses loudly
+            found.append(str(exc))
+            continue
+        found += [v for v in result.safety if any(marker in v for marker in pick)]
+        if found:
+            break
+    return found
+
+
+def test_the_real_gate_survives_a_slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_disk(monkeypatch)
+    assert _hostile_findings(ClusterSpec(3), range(20), ["t="]) == []
+
+
+def test_acking_entries_before_they_are_on_disk_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AppendAck that leaves before its write lets a crash lose a committed entry."""
+    _slow_disk(monkeypatch)
+    monkeypatch.setattr(Durability, "_needs", lambda self, out: self._hard_state_at)
+    assert _hostile_findings(ClusterSpec(3), range(40), ["committed", "applied", "lacks"])
+
+
+def test_a_primary_counting_entries_not_on_its_disk_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With its own unwritten copy counted, one backup's ack commits what a crash loses."""
+    _slow_disk(monkeypatch)
+    real = Replication._advance_commit
+
+    def eager(self: Replication, node_id: str, ch: Changes) -> bool:
+        self.stable = self.log.last.index
+        return real(self, node_id, ch)
+
+    monkeypatch.setattr(Replication, "_advance_commit", eager)
+    assert _hostile_findings(ClusterSpec(3), range(40), ["committed", "applied", "lacks"])
+
+
+def test_voting_before_the_vote_is_on_disk_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vote that leaves before it is durable is forgotten by a crash and given again."""
+    _slow_disk(monkeypatch)
+    monkeypatch.setattr(Durability, "_needs", lambda self, out: 0)
+    assert _hostile_findings(ClusterSpec(5), range(60), ["voted twice", "two primaries"])

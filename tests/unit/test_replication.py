@@ -66,8 +66,44 @@ def test_a_primary_commits_an_older_term_only_through_an_entry_of_its_own() -> N
     primary.on_ack(AppendAck("n2", 3, True, 2), "n1", 0.01, out, ch)  # n2 holds 1..2 only
     assert primary.log.commit == 0
     primary.on_ack(AppendAck("n2", 3, True, 3), "n1", 0.02, out, ch)  # and now our NOOP
+    assert primary.log.commit == 0  # n2 and our own copy, which is not on our disk yet
+    primary.persisted(3, 3, "n1", 0.03, out, ch)
     assert primary.log.commit == 3
     assert [e.index for e in ch.committed] == [1, 2, 3]
+
+
+def test_a_primary_counts_itself_only_for_what_its_disk_holds() -> None:
+    """Raft thesis §10.2.1: the primary may send entries before writing them, never count them."""
+    primary = node("n1")
+    out: list[Outgoing] = []
+    ch = Changes()
+    primary.lead(1, "n1", 0.0, out, ch)
+    entry = primary.propose(EntryKind.COMMAND, b"x", "n1", 0.01, out, ch)
+    assert any(isinstance(o.message, Append) and o.message.entries for o in out)  # sent at once
+    primary.persisted(entry.index, 1, "n1", 0.02, out, ch)  # our disk: a quorum of one
+    assert primary.log.commit == 0
+    primary.on_ack(AppendAck("n3", 1, True, entry.index), "n1", 0.03, out, ch)
+    assert primary.log.commit == entry.index
+    # Without our own write, two acks make the quorum just as well.
+    other = node("n1")
+    other.lead(1, "n1", 0.0, out, Changes())
+    ch = Changes()
+    other.on_ack(AppendAck("n2", 1, True, 1), "n1", 0.01, out, ch)
+    assert other.log.commit == 0
+    other.on_ack(AppendAck("n3", 1, True, 1), "n1", 0.01, out, ch)
+    assert other.log.commit == 1
+
+
+def test_a_write_reported_for_an_entry_replaced_since_counts_for_nothing() -> None:
+    follower = node("n1", JournalLog(entries=entries(1, 3, 1)))
+    assert follower.stable == 3  # loaded from disk
+    ch = Changes()
+    follower.on_append(Append("n2", 2, LogPosition(1, 1), 0, tuple(entries(2, 2, 2))), "n1", [], ch)
+    assert follower.stable == 1  # 2 and 3 were replaced; the new 2 is not on disk yet
+    follower.persisted(3, 1, "n1", 0.0, [], ch)  # the old write of 1..3 finishing late
+    assert follower.stable == 1
+    follower.persisted(2, 2, "n1", 0.0, [], ch)
+    assert follower.stable == 2
 
 
 def test_a_lost_append_is_sent_again_from_what_the_peer_acknowledged() -> None:
