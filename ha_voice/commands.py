@@ -74,42 +74,30 @@ class CommandService:
 
     @property
     def node_id(self) -> str:
-        return self._node.election.node_id
+        return self._node.node_id
 
     def leading(self, term: int) -> bool:
         """Whether this node still leads `term`."""
-        election = self._node.election
-        return election.term == term and election.role is Role.PRIMARY
+        view = self._node.view
+        return view.term == term and view.role is Role.PRIMARY
 
     def ready(self) -> bool:
-        election = self._node.election
-        return self._ready_term == election.term and election.role is Role.PRIMARY
+        view = self._node.view
+        return self._ready_term == view.term and view.role is Role.PRIMARY
 
     # --- takeover --------------------------------------------------------------------------
 
-    def first_entry_of_term(self) -> Entry | None:
-        """Our NOOP: the first entry of the current term in our log."""
-        replication = self._node.election.replication
-        term = self._node.election.term
-        first = None
-        for entry in reversed(replication.log.entries):
-            if entry.term != term:
-                break
-            first = entry
-        return first
-
-    async def take_over(self, term: int, on_takeover: str) -> None:
-        """Make the robot safe, wait for our first entry to commit, settle the unfinished."""
-        noop = self.first_entry_of_term()
-        if noop is None:
-            raise NotPrimary(f"term {term}: no entry of ours in the journal")
+    async def take_over(self, term: int, index: int, on_takeover: str) -> None:
+        """Make the robot safe, wait for our first entry (`index`, a NOOP) to commit, settle the
+        unfinished; NotPrimary if we stop leading first."""
+        noop = Entry(index, term, EntryKind.NOOP)
         if self._guard is not None:
             await self._guard.take_over("stop" if on_takeover == "stop" else "none", noop.index)
         if not await self._node.committed(noop):
             raise NotPrimary(f"term {term}: our first entry did not commit")
         for record in self._node.journal.unfinished():
             await self._settle(record)
-        if self._node.election.term == term:
+        if self._node.view.term == term:
             self._ready_term = term
             log.info("term %d: journal settled at %d, accepting commands", term, noop.index)
 
@@ -228,7 +216,7 @@ class CommandService:
         return self._node.journal.settings
 
     def _why_not(self) -> str:
-        election = self._node.election
-        if election.role is not Role.PRIMARY:
-            return f"{election.node_id} is {election.role.value}, not primary"
+        view = self._node.view
+        if view.role is not Role.PRIMARY:
+            return f"{view.node_id} is {view.role.value}, not primary"
         return "taking over: settling the journal"

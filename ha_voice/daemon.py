@@ -7,17 +7,27 @@ Invariants:
 - SIGTERM/SIGINT: hand leadership to the best backup (or resign), withdraw the endpoint and the
   floating IP, drain the notify hook and HTTP requests, exit 0 — all within
   `shutdown_timeout_s`; whatever is left then is cancelled. A second signal exits at once.
-- The watchdog is pinged from the event loop, so a stalled loop is a missed ping.
+- The election core runs on its own thread (cluster/runner.py) and feeds the watchdog from its
+  own loop; a stuck or dead core stops feeding it. Any task the node depends on that dies
+  ends the process with its traceback (supervise.py), so systemd restarts it.
+- Log lines go through a queue to a thread of their own (supervise.py): a slow journald or a
+  full pipe never holds up the core or a request.
+- Once started, the objects that live as long as the process are frozen out of the garbage
+  collector's scans (`gc.freeze`): a full collection of a FastAPI process's heap held the
+  interpreter lock for 50-150 ms and delayed heartbeats by as much.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -40,6 +50,7 @@ from ha_voice.notify import NotifyHook
 from ha_voice.robot.backends import make_robot
 from ha_voice.robot.base import Robot, RobotError
 from ha_voice.robot.guard import Guard, NotLeading
+from ha_voice.supervise import log_through_a_queue, must_not_end
 from ha_voice.voice.intents import Vocabulary
 
 __all__ = ["run", "serve"]
@@ -50,6 +61,7 @@ _FORCED_EXIT = 130
 _ROBOT_POLL_S = 0.5
 # A primary whose robot did not answer the takeover asks again this often while it leads.
 _TAKEOVER_RETRY_S = 0.2
+_LAG_PROBE_S = 0.1
 
 
 @dataclass
@@ -67,14 +79,14 @@ class _Actions:
         if self.guard is not None:
             self.guard.halt(reason)
 
-    async def become_primary(self, term: int) -> None:
+    async def become_primary(self, term: int, index: int) -> None:
         """Robot safe, our first entry committed, unfinished commands settled: then serve."""
         commands = self.commands
         if commands is None:
             return
         while commands.leading(term):
             try:
-                await commands.take_over(term, self.config.on_takeover)
+                await commands.take_over(term, index, self.config.on_takeover)
                 return
             except (NotLeading, NotPrimary) as exc:
                 log.warning("term %d: gave up taking over: %s", term, exc)
@@ -131,15 +143,17 @@ class _Daemon:
     hook: NotifyHook
     server: uvicorn.Server
     server_task: asyncio.Task[None]
-    watchdog: asyncio.Task[None] | None = None
+    lag_probe: asyncio.Task[None]
     robot_watch: asyncio.Task[None] | None = None
 
 
 async def serve(config: Config) -> int:
     """Run one node until SIGTERM/SIGINT; the exit status."""
     daemon = await _start(config)
-    sdnotify.ready(f"{daemon.node.election.role.value} in term {daemon.node.election.term}")
-    daemon.watchdog = asyncio.create_task(_watchdog())
+    view = daemon.node.view
+    gc.collect()
+    gc.freeze()  # see the module docstring
+    sdnotify.ready(f"{view.role.value} in term {view.term}")
     await _wait_for_stop_signal()
     return await _shut_down(daemon)
 
@@ -175,10 +189,11 @@ async def _start(config: Config) -> _Daemon:
         static_peers=_static_peers(config),
         api_port=config.port,
         retention=(config.journal_max_entries, config.journal_max_age_s),
+        storage_stall_s=config.storage_stall_timeout_s,
     )
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
-        actions.guard = Guard(robot, node.election, config.node_id)
+        actions.guard = Guard(robot, node, config.node_id)
     if config.node_id not in membership.witnesses:
         actions.commands = CommandService(
             node, actions.guard, reexecute_window_s=config.reexecute_window_s
@@ -200,10 +215,11 @@ async def _start(config: Config) -> _Daemon:
         )
     )
     server, api_socket = build_server(config, app)
-    server_task = asyncio.create_task(server.serve(sockets=[api_socket]))
-    daemon = _Daemon(config, store, node, actions, hook, server, server_task)
+    server_task = _supervised(server.serve(sockets=[api_socket]), "HTTP server")
+    lag_probe = _supervised(_probe_api_loop(metrics), "API loop lag probe")
+    daemon = _Daemon(config, store, node, actions, hook, server, server_task, lag_probe)
     if robot is not None:
-        daemon.robot_watch = asyncio.create_task(_watch_robot(robot, node))
+        daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
     log.info(
         "node %s of cluster %s: cluster port %d, API port %d, boot %d",
         config.node_id,
@@ -213,6 +229,13 @@ async def _start(config: Config) -> _Daemon:
         boot_id,
     )
     return daemon
+
+
+def _supervised(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task the node cannot do without: its end, unless we cancel it, ends the process."""
+    task = asyncio.create_task(coroutine, name=name)
+    task.add_done_callback(must_not_end)
+    return task
 
 
 def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Discovery:
@@ -255,13 +278,12 @@ async def _watch_robot(robot: Robot, node: ClusterNode) -> None:
         await asyncio.sleep(_ROBOT_POLL_S)
 
 
-async def _watchdog() -> None:
-    interval = sdnotify.watchdog_interval_s()
-    if interval is None:
-        return
+async def _probe_api_loop(metrics: Metrics) -> None:
+    """How late this loop (API, robot, discovery) wakes us: requests wait as long, or longer."""
     while True:
-        sdnotify.watchdog()
-        await asyncio.sleep(interval)
+        expected = clock.monotonic() + _LAG_PROBE_S
+        await asyncio.sleep(_LAG_PROBE_S)
+        metrics.api_loop_lag.set(max(0.0, clock.monotonic() - expected))
 
 
 async def _wait_for_stop_signal() -> None:
@@ -289,16 +311,18 @@ async def _shut_down(daemon: _Daemon) -> int:
     # (nobody to hand to, or out of time) needs it done here.
     if not await node.shutdown(max(0.1, (deadline - clock.monotonic()) * 0.6)):
         log.warning("still primary at shutdown: withdrawing the endpoint anyway")
-        await _bounded(actions.withdraw_endpoint(node.election.term), deadline)
+        await _bounded(actions.withdraw_endpoint(node.view.term), deadline)
     if actions.discovery is not None:
         await _bounded(actions.discovery.async_close(), deadline)
     if actions.vip is not None:
         await _bounded(actions.vip.async_close(), deadline)
+    daemon.server_task.remove_done_callback(must_not_end)
     daemon.server.should_exit = True
     await _bounded(asyncio.shield(daemon.server_task), deadline)
     await _bounded(daemon.hook.stop(max(0.0, deadline - clock.monotonic())), deadline)
-    for task in (daemon.watchdog, daemon.robot_watch):
+    for task in (daemon.lag_probe, daemon.robot_watch):
         if task is not None:
+            task.remove_done_callback(must_not_end)
             task.cancel()
     await node.stop()
     daemon.store.close()
@@ -319,8 +343,8 @@ async def _bounded(awaitable: object, deadline: float) -> None:
 
 def run(config: Config) -> int:
     """Blocking entry point for `ha-voice run`."""
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return asyncio.run(serve(config))
+    listener = log_through_a_queue(config.log_level.upper())
+    try:
+        return asyncio.run(serve(config))
+    finally:
+        listener.stop()

@@ -12,7 +12,9 @@ Invariants:
   An OUTCOME for an index that already has one is ignored.
 - Payloads are small JSON objects (≤ `MAX_ENTRY_BYTES`): free text is cut to `MAX_TEXT` chars.
 - Retention: records older than the snapshot are forgotten, keys included; `compaction_point`
-  never folds away a command still waiting for its outcome.
+  never folds away a command still waiting for its outcome, and folds every other entry
+  (settings, outcomes, NOOPs) once nothing kept comes before it, so no client can grow the
+  journal without bound by changing settings.
 
 Pure: the caller passes wall-clock times in.
 """
@@ -177,16 +179,15 @@ class Journal:
         """The index up to which entries may be folded into a snapshot (0: nothing yet).
 
         Keeps the newest `max_entries` commands and every command younger than `max_age_s`,
-        and never passes a command that still waits for its outcome.
+        never passes a command that still waits for its outcome, and otherwise folds all that
+        is applied (entries that are not commands live on in the snapshot's settings).
         """
-        upto = 0
         excess = len(self.records) - max_entries
         for count, (index, record) in enumerate(self.records.items()):
             old = count < excess or now - record.accepted_at > max_age_s
             if not old or not record.final:
-                break
-            upto = index
-        return upto
+                return index - 1
+        return self.applied
 
     def forget_through(self, index: int) -> None:
         """Drop records up to `index` (they went into a snapshot)."""

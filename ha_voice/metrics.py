@@ -25,6 +25,8 @@ _RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.
 # Failover is about one election timeout: 0.5 s wired, 2 s Wi-Fi.
 _ELECTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Heartbeats are sent within a fraction of a millisecond of their time on an idle node.
+_LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 _COMMAND_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -53,6 +55,7 @@ class ClusterSnapshot:
     journal_commands: int = 0
     journal_unfinished: int = 0
     journal_snapshots_installed: int = 0
+    storage_write_pending_s: float = 0.0
 
 
 class ClusterCollector(Collector):
@@ -100,7 +103,7 @@ class ClusterCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
-        for name, help_text, value in (
+        gauges: tuple[tuple[str, str, float], ...] = (
             (
                 "ha_voice_journal_last_index",
                 "Index of the last journal entry",
@@ -126,8 +129,14 @@ class ClusterCollector(Collector):
                 "Committed commands without an outcome yet",
                 snap.journal_unfinished,
             ),
-        ):
-            yield GaugeMetricFamily(name, help_text, value=value)
+            (
+                "ha_voice_storage_write_pending_seconds",
+                "How long the write now on the disk has waited (0: none); a stall makes FAULT",
+                snap.storage_write_pending_s,
+            ),
+        )
+        for name, help_text, gauge in gauges:
+            yield GaugeMetricFamily(name, help_text, value=gauge)
 
 
 class Metrics:
@@ -175,11 +184,13 @@ class Metrics:
             "ha_voice_cluster_packets_sent", "Cluster datagrams sent", registry=r
         )
         self.loop_lag = Gauge(
-            "ha_voice_event_loop_lag_seconds", "Latest event-loop scheduling delay", registry=r
+            "ha_voice_event_loop_lag_seconds",
+            "Latest scheduling delay of the cluster core's event loop",
+            registry=r,
         )
         self.loop_lag_hist = Histogram(
             "ha_voice_event_loop_lag_distribution_seconds",
-            "Event-loop scheduling delay",
+            "Scheduling delay of the cluster core's event loop",
             buckets=_LAG_BUCKETS,
             registry=r,
         )
@@ -187,6 +198,35 @@ class Metrics:
             "ha_voice_hard_state_persist_seconds",
             "Time to make term, vote and journal changes durable (fsync)",
             buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.writes_per_fsync = Histogram(
+            "ha_voice_storage_writes_per_fsync",
+            "Steps' writes made durable together by one transaction (group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.heartbeat_lateness = Histogram(
+            "ha_voice_heartbeat_lateness_seconds",
+            "How long after it was due the primary sent each heartbeat",
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.core_turn = Histogram(
+            "ha_voice_core_turn_seconds",
+            "Time the core takes for one turn: step a batch of inputs, apply their effects",
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.core_queue_delay = Histogram(
+            "ha_voice_core_queue_delay_seconds",
+            "From a cluster datagram's arrival to the core stepping it",
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.api_loop_lag = Gauge(
+            "ha_voice_api_event_loop_lag_seconds",
+            "Latest scheduling delay of the main loop (HTTP API, robot, discovery)",
             registry=r,
         )
         self.notify_failures = Counter(

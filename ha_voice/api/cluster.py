@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from ha_voice import clock
 from ha_voice.api.context import ApiContext, context
 from ha_voice.cluster.events import Role
-from ha_voice.cluster.node import ClusterNode, Peer
+from ha_voice.cluster.node import ClusterNode
+from ha_voice.cluster.view import PeerInfo
 
 __all__ = ["router"]
 
@@ -34,9 +35,9 @@ class StepDownBody(BaseModel):
 def cluster(ctx: Ctx) -> dict[str, Any]:
     """This node's view of the cluster; the primary's view is the complete one."""
     node = ctx.node
-    election = node.election
+    election = node.view
     now = clock.monotonic()
-    failover = node.last_failover
+    failover = election.last_failover
     return {
         "cluster": ctx.config.cluster,
         "node": election.node_id,
@@ -63,7 +64,7 @@ def cluster(ctx: Ctx) -> dict[str, Any]:
 @router.get("/primary")
 def primary(ctx: Ctx) -> JSONResponse:
     """200 on the primary holding a valid lease, else 503."""
-    election = ctx.node.election
+    election = ctx.node.view
     ok = election.lease_valid(clock.monotonic())
     body = {"node": election.node_id, "role": election.role.value, "term": election.term}
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -72,9 +73,8 @@ def primary(ctx: Ctx) -> JSONResponse:
 @router.get("/replica")
 def replica(ctx: Ctx) -> JSONResponse:
     """200 on a backup that heard a live primary within an election timeout, else 503."""
-    node = ctx.node
-    election = node.election
-    leader = node.peers.get(election.leader) if election.leader else None
+    election = ctx.node.view
+    leader = election.leader_info()
     heard = leader.last_heard_at if leader else None
     fresh = (
         heard is not None
@@ -92,18 +92,18 @@ async def step_down(ctx: Ctx, body: StepDownBody | None = None) -> JSONResponse:
     refused = await ctx.node.step_down(target)
     if refused is not None:
         return JSONResponse({"status": "refused", "reason": refused}, status_code=409)
-    return JSONResponse({"status": "handing over", "leader": ctx.node.election.leader}, 202)
+    return JSONResponse({"status": "handing over", "leader": ctx.node.view.leader}, 202)
 
 
 def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
     node = ctx.node
-    election = node.election
+    election = node.view
     membership = election.membership
-    views = {view.node: view for view in election.peers()}
+    views = {view.node: view for view in election.followers}
     names = sorted(membership.voters)  # members only: strangers are dropped at decode
     members = []
     for name in names:
-        peer = node.peers.get(name)
+        peer = election.peers.get(name)
         is_self = name == election.node_id
         view = views.get(name)
         role = _role_of(node, name, now)
@@ -116,7 +116,7 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
                 "term": None if role in ("unknown", "unreachable") else election.term,
                 "voter": name in membership.voters,
                 "witness": name in membership.witnesses,
-                "priority": election.priority if is_self else _priority(peer, view),
+                "priority": ctx.config.priority if is_self else _priority(peer, view),
                 "last_heard_s": None if is_self else _since(peer, now),
                 "address": _address(peer),
                 "load": round(os.getloadavg()[0], 2) if is_self else None,
@@ -126,36 +126,36 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
 
 
 def _role_of(node: ClusterNode, name: str, now: float) -> str:
-    election = node.election
+    election = node.view
     if name == election.node_id:
         return election.role.value
     if name == election.leader:
         return Role.PRIMARY.value
     if name in election.membership.witnesses:
         return Role.WITNESS.value
-    views = {view.node: view for view in election.peers()}
+    views = {view.node: view for view in election.followers}
     view = views.get(name)
-    if view is not None and now - view.last_ack_at < election.timers.election_timeout_s:
+    if view is not None and now - view.last_ack_at < node.timers.election_timeout_s:
         return Role.BACKUP.value if view.eligible else Role.FAULT.value
-    peer = node.peers.get(name)
+    peer = election.peers.get(name)
     if view is not None or (peer is not None and peer.last_heard_at is not None):
         return "unreachable" if election.role is Role.PRIMARY else "unknown"
     return "unknown"
 
 
-def _priority(peer: Peer | None, view: Any) -> int | None:
+def _priority(peer: PeerInfo | None, view: Any) -> int | None:
     if view is not None:
         return int(view.priority)
     return peer.priority if peer else None
 
 
-def _since(peer: Peer | None, now: float) -> float | None:
+def _since(peer: PeerInfo | None, now: float) -> float | None:
     if peer is None or peer.last_heard_at is None:
         return None
     return round(now - peer.last_heard_at, 3)
 
 
-def _address(peer: Peer | None) -> str | None:
+def _address(peer: PeerInfo | None) -> str | None:
     if peer is None or peer.address is None:
         return None
     return f"{peer.address[0]}:{peer.address[1]}"

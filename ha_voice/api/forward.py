@@ -59,7 +59,7 @@ def unavailable(
     ctx: ApiContext, reason: str, status: int = 503, *, hint_leader: bool = True
 ) -> JSONResponse:
     """503 + Retry-After: what to retry, where, and what this node sees of the cluster."""
-    election = ctx.node.election
+    election = ctx.node.view
     body: dict[str, Any] = {
         "status": "error",
         "error": reason,
@@ -82,7 +82,7 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
     if url is None:
         return unavailable(ctx, f"{why}; no primary is known")
     headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_ON}
-    headers[FORWARDED_BY] = ctx.node.election.node_id
+    headers[FORWARDED_BY] = ctx.node.node_id
     try:
         answer = await _client(ctx).request(
             request.method,
@@ -99,7 +99,7 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
         )
     ctx.metrics.forwarded.inc()
     passed = {k: v for k, v in answer.headers.items() if k.lower() in ("retry-after",)}
-    passed[FORWARDED_BY] = ctx.node.election.node_id
+    passed[FORWARDED_BY] = ctx.node.node_id
     return Response(
         answer.content,
         status_code=answer.status_code,

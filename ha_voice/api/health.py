@@ -5,40 +5,54 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ha_voice import clock
 from ha_voice.api.context import ApiContext, context
 from ha_voice.cluster.events import Role
+from ha_voice.cluster.runner import MAX_IDLE_S
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
+# The core steps at least every MAX_IDLE_S; three of them without a step means it is stuck.
+_CORE_STUCK_S = 3 * MAX_IDLE_S
 
-@router.get("/health")
-def health(ctx: Ctx) -> dict[str, Any]:
-    """Always 200 while the process serves; `status` says whether it is useful."""
-    election = ctx.node.election
-    healthy = election.role is not Role.FAULT and (
-        election.leader is not None or election.role is Role.WITNESS
-    )
-    return {
-        "status": "ok" if healthy else "degraded",
-        "robot_connected": ctx.guard is not None and election.eligible,
+
+@router.get("/health", responses={503: {"description": "the cluster core is not running"}})
+def health(ctx: Ctx) -> JSONResponse:
+    """200 while the core runs (`status` says whether the node is useful: ok or degraded, with
+    `fault_reason`); 503 with `status` failing when the core has stopped stepping."""
+    view = ctx.node.view
+    now = clock.monotonic()
+    stuck_s = now - view.published_at
+    healthy = view.role is not Role.FAULT and (view.leader is not None or view.role is Role.WITNESS)
+    reason = view.fault_reason or None
+    status = "ok" if healthy else "degraded"
+    if stuck_s > _CORE_STUCK_S:
+        status, reason = "failing", f"the cluster core has not stepped for {stuck_s:.1f} s"
+    pending = view.write_pending_since
+    body: dict[str, Any] = {
+        "status": status,
+        "robot_connected": ctx.guard is not None and view.eligible,
         "robot": ctx.config.robot,
         "whisper_model": ctx.config.whisper_model,
         "language": ctx.config.language,
-        "node": election.node_id,
+        "node": view.node_id,
         "cluster": ctx.config.cluster,
-        "role": election.role.value,
-        "term": election.term,
-        "leader": election.leader,
-        "fault_reason": election.fault_reason or None,
+        "role": view.role.value,
+        "term": view.term,
+        "leader": view.leader,
+        "fault_reason": reason,
+        "storage_write_pending_s": None if pending is None else round(now - pending, 3),
         "version": ctx.version,
     }
+    return JSONResponse(body, status_code=503 if status == "failing" else 200)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(ctx: Ctx) -> Response:
     return Response(content=ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -39,18 +39,18 @@ def journal(
 ) -> dict[str, Any]:
     """The commands this node's journal holds, oldest first, with status and outcome."""
     node = ctx.node
-    log = node.election.replication.log
-    commit = log.commit
+    view = node.view
+    commit = view.commit_index
     entries = [
         {**record.to_json(), "committed": record.index <= commit}
         for record in node.journal.tail(since, limit)
     ]
     return {
-        "node": node.election.node_id,
-        "term": node.election.term,
+        "node": view.node_id,
+        "term": view.term,
         "commit_index": commit,
-        "last_index": log.last.index,
-        "first_index": log.base.index + 1,
+        "last_index": view.last_index,
+        "first_index": view.first_index,
         "entries": entries,
     }
 
@@ -62,14 +62,14 @@ def voice_status(ctx: Ctx) -> dict[str, Any]:
     settings = node.journal.settings
     return {
         "is_listening": settings.listening,
-        "robot_connected": ctx.guard is not None and node.election.robot_reachable,
+        "robot_connected": ctx.guard is not None and node.view.robot_reachable,
         "last_command": node.journal.last_command,
         "command_count": node.journal.command_count,
         "language": settings.language or ctx.config.language,
         "robot_posture": settings.posture,
-        "node": node.election.node_id,
-        "leader": node.election.leader,
-        "commit_index": node.election.replication.log.commit,
+        "node": node.view.node_id,
+        "leader": node.view.leader,
+        "commit_index": node.view.commit_index,
     }
 
 
@@ -118,4 +118,4 @@ async def _change(
         settings = await service.change_settings(**changes)
     except NotPrimary as exc:
         return unavailable(ctx, exc.reason)
-    return JSONResponse({**asdict(settings), "node": ctx.node.election.node_id})
+    return JSONResponse({**asdict(settings), "node": ctx.node.node_id})

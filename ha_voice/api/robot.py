@@ -228,12 +228,12 @@ def _action(name: str) -> Action | None:
 
 
 def _why(ctx: ApiContext) -> str:
-    election = ctx.node.election
+    election = ctx.node.view
     if election.role.value != "primary":
         return f"{election.node_id} is {election.role.value}, not primary"
     return "taking over: settling the journal"
 
 
 def _who(ctx: ApiContext) -> dict[str, Any]:
-    election = ctx.node.election
+    election = ctx.node.view
     return {"node": election.node_id, "term": election.term, "leader": election.leader}

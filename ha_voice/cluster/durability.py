@@ -57,6 +57,11 @@ class Durability:
         return self._in_flight is not None
 
     @property
+    def queued(self) -> bool:
+        """Whether writes wait for the next batch."""
+        return bool(self._queued)
+
+    @property
     def held(self) -> int:
         """Messages waiting for a write."""
         return len(self._held)

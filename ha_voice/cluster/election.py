@@ -183,6 +183,7 @@ class Election:
         self._transfer: _Transfer | None = None
         self._handoff: _Handoff | None = None
         self._announced = False
+        self._term_start = 0  # index of the first entry of the term we lead
         self.role = Role.WITNESS if self._is_witness else Role.BACKUP
 
     # --- queries ---------------------------------------------------------------------------
@@ -213,6 +214,11 @@ class Election:
     def lease_expiry(self) -> float:
         """Local time at which the lease ends; -inf when this node holds none."""
         return self._lease_expiry if self.role is Role.PRIMARY else _NEVER
+
+    @property
+    def heartbeat_due_at(self) -> float:
+        """When the primary's next heartbeat is due; -inf on other roles."""
+        return self._next_heartbeat_at if self.role is Role.PRIMARY else _NEVER
 
     def lease_valid(self, now: float) -> bool:
         """Whether this node is primary and may command the robot at `now`."""
@@ -584,7 +590,7 @@ class Election:
         if not self._announced and now < self._lease_expiry:
             # First valid lease of this term: make the robot safe, then publish the endpoint.
             self._announced = True
-            out.actions.append(BecomePrimary(self.term))
+            out.actions.append(BecomePrimary(self.term, self._term_start))
             out.actions.append(PublishEndpoint(self.term))
 
     # --- transfer, preemption, eligibility -------------------------------------------------
@@ -753,8 +759,12 @@ class Election:
         # Check-quorum from the start: without a first quorum of acks, give up like any lease.
         self._quorum_deadline = now + self.timers.lease_timeout_s
         self._announced = False
+        # The NOOP goes right after our last entry; a lone voter's lease is valid at once, so
+        # BecomePrimary may leave with the heartbeat below, before the NOOP is appended.
+        self._term_start = self.log.index + 1
         self._broadcast_heartbeat(now, out)
-        self.replication.lead(self.term, self.node_id, now, out.send, out.changes)
+        noop = self.replication.lead(self.term, self.node_id, now, out.send, out.changes)
+        assert noop.index == self._term_start
 
     def _become(self, new: Role, now: float, out: _Out, reason: str) -> None:
         old = self.role

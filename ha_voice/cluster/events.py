@@ -195,9 +195,13 @@ class WithdrawEndpoint:
 
 @dataclass(frozen=True)
 class BecomePrimary:
-    """This node leads `term`: bring the robot to its safe state before accepting commands."""
+    """This node leads `term`: bring the robot to its safe state before accepting commands.
+
+    `index` is the term's first journal entry (its NOOP): commands are accepted once it is
+    committed, and the takeover's robot calls carry it in their fencing token."""
 
     term: int
+    index: int = 0
 
 
 @dataclass(frozen=True)

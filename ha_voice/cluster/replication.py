@@ -174,12 +174,13 @@ class Replication:
 
     def lead(
         self, term: int, node_id: NodeId, now: float, out: list[Outgoing], ch: Changes
-    ) -> None:
-        """Start leading `term`: every peer is assumed caught up until it says otherwise."""
+    ) -> Entry:
+        """Start leading `term`: every peer is assumed caught up until it says otherwise; the
+        term's first entry (a NOOP)."""
         self._term = term
         start = self.log.last.index + 1
         self._progress = {peer: Progress(next=start) for peer in self.membership.peers}
-        self.propose(EntryKind.NOOP, b"", node_id, now, out, ch)
+        return self.propose(EntryKind.NOOP, b"", node_id, now, out, ch)
 
     def follow(self) -> None:
         self._term = 0
@@ -430,12 +431,11 @@ class Replication:
             ch.committed.append(self.log.entry(self.applied))
 
     def compact(self, upto: int, data: bytes, ch: Changes) -> None:
-        """Fold every entry up to `upto` (applied already) into the snapshot `data`."""
+        """Fold every entry up to `upto` (applied already) into the snapshot `data`; a request
+        the log has moved past (a snapshot installed meanwhile) is ignored."""
         log = self.log
         if not log.base.index < upto <= self.applied:
-            raise LocalError(
-                f"cannot compact to {upto}: base {log.base.index}, applied {self.applied}"
-            )
+            return  # the shell asked from another thread; the log has moved on since
         if len(data) > MAX_ENTRY_BYTES:
             raise LocalError(f"snapshot of {len(data)} bytes > {MAX_ENTRY_BYTES}")
         term = log.term_at(upto)

@@ -1,10 +1,10 @@
 """Durable state of a node: the term, the vote, the last boot id and the replicated journal.
 
 Invariants:
-- `save`, `write` and `next_boot_id` return only once their write is durable (fsync'd): the
-  shell sends a vote, a heartbeat of a new term or a journal acknowledgement only after they
-  return (events.py, `Effects.persist` and `Effects.log`). `write` puts the hard state and the
-  journal changes of one step into one transaction.
+- `save`, `write`, `write_batch` and `next_boot_id` return only once their write is durable
+  (fsync'd): the shell sends a vote, a message of a new term or a journal acknowledgement only
+  after they return (events.py, cluster/durability.py). `write_batch` puts the hard state and
+  the journal changes of several steps into one transaction, in order (group commit).
 - Boot ids strictly increase across restarts of one state directory, whatever the wall clock does.
 - The schema lives in `_MIGRATIONS` and nowhere else; a database of a newer schema than this code
   knows is refused, never written to.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -94,6 +94,10 @@ class HardStateStore(Protocol):
         """Store the hard state and apply the journal changes in one durable transaction."""
         ...
 
+    def write_batch(self, writes: Sequence[tuple[HardState | None, LogWrite | None]]) -> None:
+        """`write` each of `writes` in order, all in one durable transaction (one fsync)."""
+        ...
+
     def close(self) -> None:
         """Release the store; idempotent. Any other call afterwards raises LocalError."""
         ...
@@ -150,11 +154,17 @@ class MemoryStore:
 
     def write(self, state: HardState | None, log: LogWrite | None) -> None:
         """See `HardStateStore.write`."""
+        self.write_batch([(state, log)])
+
+    def write_batch(self, writes: Sequence[tuple[HardState | None, LogWrite | None]]) -> None:
+        """See `HardStateStore.write_batch`."""
         with self._open():
             journal = self._durable.journal.copy()
-            if log is not None:
-                apply_write(journal, log)
-            hard = state if state is not None else self._durable.hard_state
+            hard = self._durable.hard_state
+            for state, log in writes:
+                if log is not None:
+                    apply_write(journal, log)
+                hard = state if state is not None else hard
             self._durable = replace(self._durable, hard_state=hard, journal=journal)
 
     def close(self) -> None:
@@ -207,14 +217,19 @@ class SQLiteStore:
 
     def write(self, state: HardState | None, log: LogWrite | None) -> None:
         """See `HardStateStore.write`: one transaction, fsync'd on commit (synchronous=FULL)."""
+        self.write_batch([(state, log)])
+
+    def write_batch(self, writes: Sequence[tuple[HardState | None, LogWrite | None]]) -> None:
+        """See `HardStateStore.write_batch`: one transaction, one fsync on commit."""
         with self._guard() as connection, _transaction(connection):
-            if state is not None:
-                connection.execute(
-                    "UPDATE hard_state SET term = ?, voted_for = ? WHERE id = 0",
-                    (state.term, state.voted_for),
-                )
-            if log is not None:
-                _write_journal(connection, log)
+            for state, log in writes:
+                if state is not None:
+                    connection.execute(
+                        "UPDATE hard_state SET term = ?, voted_for = ? WHERE id = 0",
+                        (state.term, state.voted_for),
+                    )
+                if log is not None:
+                    _write_journal(connection, log)
 
     def next_boot_id(self, wall_clock_us: int) -> int:
         """See `HardStateStore.next_boot_id`."""

@@ -337,3 +337,35 @@ def test_sqlite_and_memory_agree_on_any_sequence_of_writes(tmp_path: Path) -> No
         memory.write(None, write)
         assert sql.load_journal() == memory.load_journal(), f"step {step}: {write}"
     sql.close()
+
+
+def test_a_batch_is_the_writes_in_order_in_one_transaction(
+    disk: Disk, store: HardStateStore
+) -> None:
+    """Group commit: several steps' writes, one fsync, the same result as one by one."""
+    batch = [
+        (HardState(1, "n1"), LogWrite(entries=_entries(1, 5, 1), commit=2)),
+        (None, LogWrite(truncate_from=4, entries=_entries(4, 6, 2), commit=4)),
+        (HardState(2, None), None),
+        (None, LogWrite(compact_to=(LogPosition(1, 3), b"up to 3"), commit=5)),
+    ]
+    store.write_batch(batch)
+    one_by_one = MemoryStore()
+    for state, log in batch:
+        one_by_one.write(state, log)
+    store = reopen(disk, store)
+    assert store.load() == one_by_one.load() == HardState(2, None)
+    assert store.load_journal() == one_by_one.load_journal()
+    # A batch that breaks half-way leaves nothing of itself behind.
+    broken = Entry(0, 3, EntryKind.COMMAND, b"index 0 exists nowhere")
+    with pytest.raises((LocalError, OSError)):
+        store.write_batch(
+            [
+                (HardState(3, "n2"), LogWrite(entries=_entries(7, 7, 3), commit=5)),
+                (None, LogWrite(entries=(broken,), commit=5)),
+            ]
+        )
+    store = reopen(disk, store)
+    assert store.load() == HardState(2, None)
+    assert store.load_journal().last == LogPosition(2, 6)
+    store.close()

@@ -80,6 +80,19 @@ def test_retention_never_folds_away_a_command_waiting_for_its_outcome() -> None:
     assert journal.compaction_point(max_entries=1000, max_age_s=10.0, now=13.0) == 2
 
 
+def test_retention_folds_settings_so_that_changing_them_cannot_grow_the_journal() -> None:
+    journal = Journal()
+    for i in range(1, 101):
+        journal.apply(Entry(i, 1, EntryKind.STATE, settings_entry(listening=i % 2 == 0)))
+    assert journal.compaction_point(max_entries=10, max_age_s=1e9, now=0.0) == 100
+    # Behind the newest kept command, settings wait with it.
+    journal.apply(command(101, "k", at=50.0))
+    journal.apply(Entry(102, 1, EntryKind.STATE, settings_entry(language="en")))
+    assert journal.compaction_point(max_entries=10, max_age_s=1e9, now=60.0) == 100
+    journal.apply(outcome(103, 101))
+    assert journal.compaction_point(max_entries=10, max_age_s=5.0, now=60.0) == 103
+
+
 def test_a_snapshot_carries_the_state_as_of_its_index() -> None:
     journal = Journal()
     for i in range(1, 5):

@@ -1,0 +1,570 @@
+"""The election core on a thread and an event loop of its own, so that nothing else can hold it.
+
+The HTTP API, the robot, discovery and the notify hook run on the daemon's main loop; a burst of
+requests there once delayed heartbeats long enough to lose the lease. Here, one thread owns the
+core, the cluster socket and the disk writer, and the rest of the daemon talks to it only
+through `post` (inputs, from any thread), the published `NodeView` (reads), and the
+`CoreSink` (outputs, handed over, never waited for).
+
+Invariants:
+- Inputs are stepped in arrival order, stamped with `clock.monotonic()` when they arrived. The
+  loop reads everything that is waiting before it looks at the clock, so a busy node never
+  times out on heartbeats already in its queue; then it ticks if a deadline has passed.
+- Proposals (the journal's new entries, compactions) wait in a queue of their own, and a turn
+  takes at most `_PROPOSALS_PER_TURN` of them after every message: heartbeats, acks and votes
+  never queue behind a burst of commands.
+- After a batch of inputs is stepped, the view is published, then each step's effects are
+  applied in order: `StopRobot` is handed to the sink at once; messages leave as soon as the
+  writes they depend on are durable (`durability.py`); other actions and committed entries go
+  to the sink.
+- TimeoutNow and Resign let another node lead before our lease would have run out: they leave
+  only after the main loop has carried out the `StopRobot` that came with them (a fence).
+- Writes go to disk in batches, one at a time, on a thread of their own (group commit). A write
+  that fails exits the process (74): carrying on could vote twice or lose an acknowledged entry.
+  A write pending longer than `storage_stall_s` makes the node unserviceable until it lands.
+- Any other exception in this thread ends the process with its traceback logged (70), so
+  systemd restarts it; the watchdog is fed from this loop only while it turns and its disk
+  moves, so a stuck core is restarted too.
+- Nothing here waits for the main loop, a log handler (logging goes through a queue), or a peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from ha_voice import clock, sdnotify
+from ha_voice.cluster.durability import Batch, Durability
+from ha_voice.cluster.election import Election
+from ha_voice.cluster.events import (
+    Action,
+    BecomePrimary,
+    Compact,
+    Effects,
+    Event,
+    LogPersisted,
+    MessageReceived,
+    Outgoing,
+    Propose,
+    Role,
+    Serviceability,
+    StopRobot,
+    Tick,
+)
+from ha_voice.cluster.protocol import (
+    Codec,
+    DecodeError,
+    Entry,
+    Heartbeat,
+    HeartbeatAck,
+    NodeId,
+    Resign,
+    TimeoutNow,
+)
+from ha_voice.cluster.storage import HardStateStore
+from ha_voice.cluster.timers import ElectionTimers
+from ha_voice.cluster.transport import Address, UDPTransport
+from ha_voice.cluster.view import Failover, NodeView, PeerInfo
+from ha_voice.metrics import Metrics
+from ha_voice.supervise import exit_now, fatal
+
+__all__ = ["EXIT_STORAGE_FAILED", "CoreRunner", "CoreSink"]
+
+log = logging.getLogger(__name__)
+
+EXIT_STORAGE_FAILED = 74  # EX_IOERR
+# Even with nothing due, step the core this often: bounds a missed wakeup, refreshes the view.
+MAX_IDLE_S = 1.0
+_HOUSEKEEPING_S = 0.1
+# Round trips measured before judging the timers against them (DESIGN.md: warn under 10x).
+_RTT_SAMPLES = 20
+# Inputs stepped before the view is published and effects applied: bounds the latency a huge
+# backlog adds to the first message of it.
+_MAX_BATCH = 256
+# Proposals stepped per turn, after the messages: ~50 us each (two Appends, two HMACs), so a
+# burst adds at most a couple of milliseconds to the next heartbeat.
+_PROPOSALS_PER_TURN = 32
+
+
+class CoreSink(Protocol):
+    """Where the core's outputs go. Called on the core's thread: hand over, never block."""
+
+    def halt(self, reason: str, fence: int) -> None:
+        """Stop commanding the robot now, then call `CoreRunner.fenced(fence)`."""
+
+    def act(self, actions: tuple[Action, ...]) -> None:
+        """Carry out role changes, takeovers and endpoint changes, in order."""
+
+    def applied(self, restore: bytes | None, base: int, committed: tuple[Entry, ...]) -> None:
+        """Rebuild from `restore` (the snapshot up to `base`), then apply `committed`."""
+
+
+@dataclass
+class _Peer:
+    """A member's address and what we heard from it (mutable, core thread only)."""
+
+    node_id: NodeId
+    address: Address | None = None
+    static: bool = False
+    last_heard_at: float | None = None
+    priority: int | None = None
+    api_port: int | None = None
+
+
+@dataclass
+class _Request:
+    event: Event
+    done: concurrent.futures.Future[Effects] | None = None
+    heartbeat_due: float | None = None
+
+
+class CoreRunner:
+    """One election core, its socket and its disk, on a thread of their own."""
+
+    def __init__(
+        self,
+        *,
+        election: Election,
+        codec: Codec,
+        store: HardStateStore,
+        metrics: Metrics,
+        sink: CoreSink,
+        static_peers: dict[NodeId, Address | None],
+        storage_stall_s: float,
+    ) -> None:
+        self.election = election
+        self.codec = codec
+        self.timers: ElectionTimers = election.timers
+        self._store = store
+        self._metrics = metrics
+        self._sink = sink
+        self._storage_stall_s = storage_stall_s
+        self._peers = {
+            node: _Peer(node, address, static=address is not None)
+            for node, address in static_peers.items()
+        }
+        self._gate = Durability()
+        self._inbox: deque[_Request] = deque()
+        self._proposals: deque[_Request] = deque()
+        self._held_revocations: list[Outgoing] = []
+        self._fence_asked = 0
+        self._fence_done = 0
+        self._write_started: float | None = None
+        self._stall_reported = False
+        self._warned: set[str] = set()
+        self._rtt_samples: list[float] = []
+        self._leader: NodeId | None = None
+        self._leader_heard_at: float | None = None
+        self._last_failover: Failover | None = None
+        self._shown_role: tuple[Role, int, bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: UDPTransport | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._write_wanted: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ha-voice-disk")
+        self.view = self._build_view(clock.monotonic())
+
+    # --- any thread ------------------------------------------------------------------------
+
+    def start(self, host: str, port: int) -> Address:
+        """Start the thread, bind the cluster socket; its address. Blocks; OSError if the
+        socket cannot be bound."""
+        bound: concurrent.futures.Future[Address] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(host, port, bound), name="ha-voice-core", daemon=True
+        )
+        self._thread.start()
+        return bound.result()
+
+    def stop(self, timeout_s: float) -> None:
+        """Write what is queued, close the socket, end the thread; blocks up to `timeout_s`."""
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self._disk.shutdown(wait=False)
+
+    def post(self, event: Event, done: concurrent.futures.Future[Effects] | None = None) -> None:
+        """Queue `event` for the core (from any thread); `done` gets its effects."""
+        self._call(self._enqueue, _Request(event, done))
+
+    def fenced(self, fence: int) -> None:
+        """The main loop carried out the `StopRobot` numbered `fence` (from any thread)."""
+        self._call(self._fence_reached, fence)
+
+    def learn_peer(
+        self, node_id: NodeId, address: Address, priority: int | None, api_port: int | None
+    ) -> None:
+        """A member's address found by discovery (from any thread)."""
+        self._call(self._learn_peer, node_id, address, priority, api_port)
+
+    @property
+    def address(self) -> Address:
+        assert self._transport is not None
+        return self._transport.address
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # not started, or stopped: nothing listens any more
+        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+            loop.call_soon_threadsafe(fn, *args)
+
+    # --- the thread ------------------------------------------------------------------------
+
+    def _thread_main(self, host: str, port: int, bound: concurrent.futures.Future[Address]) -> None:
+        try:
+            asyncio.run(self._main(host, port, bound))
+        except BaseException as exc:
+            if not bound.done():
+                bound.set_exception(exc)
+                return
+            fatal(exc, "the cluster core")
+
+    async def _main(self, host: str, port: int, bound: concurrent.futures.Future[Address]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._write_wanted = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._transport = await UDPTransport.open(host, port, self._datagram)
+        bound.set_result(self._transport.address)
+        tasks = [
+            asyncio.create_task(self._run_core(), name="election loop"),
+            asyncio.create_task(self._write_loop(), name="disk writer"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        stop = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop:  # these loop for ever: ending at all is a failure
+                exc = task.exception() or RuntimeError(f"{task.get_name()} returned")
+                fatal(exc, f"the cluster core's {task.get_name()}")
+        await self._flush(tasks)
+        self._transport.close()
+
+    async def _flush(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop stepping; let the writer finish what is queued (a clean stop loses nothing)."""
+        tasks[0].cancel()
+        deadline = clock.monotonic() + 2.0
+        while (self._gate.busy or self._gate.queued) and clock.monotonic() < deadline:
+            assert self._write_wanted is not None
+            self._write_wanted.set()
+            await asyncio.sleep(0.005)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def _enqueue(self, request: _Request) -> None:
+        if isinstance(request.event, Propose | Compact):
+            self._proposals.append(request)
+        else:
+            self._inbox.append(request)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _datagram(self, data: bytes, address: Address) -> None:
+        now = clock.monotonic()
+        try:
+            message = self.codec.decode(data)
+        except DecodeError as exc:
+            self._dropped(exc.reason, f"{exc} from {address[0]}:{address[1]}")
+            return
+        self._metrics.packets_received.inc()
+        peer = self._peers.setdefault(message.sender, _Peer(message.sender))
+        peer.last_heard_at = now
+        if not peer.static:
+            peer.address = address  # authenticated, so the source address can be trusted
+        if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
+            self._round_trip(max(0.0, now - message.sent_at))
+        elif isinstance(message, Heartbeat) and message.api_port:
+            peer.api_port = message.api_port
+        self._enqueue(_Request(MessageReceived(message, now)))
+
+    def _learn_peer(
+        self, node_id: NodeId, address: Address, priority: int | None, api_port: int | None
+    ) -> None:
+        if node_id == self.election.node_id or node_id not in self.election.membership.voters:
+            return
+        peer = self._peers.setdefault(node_id, _Peer(node_id))
+        if not peer.static:
+            peer.address = address
+        peer.priority = priority
+        peer.api_port = api_port
+
+    def _fence_reached(self, fence: int) -> None:
+        self._fence_done = max(self._fence_done, fence)
+        if self._fence_done >= self._fence_asked and self._held_revocations:
+            held, self._held_revocations = self._held_revocations, []
+            self._send(held)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def _run_core(self) -> None:
+        while True:
+            if not self._inbox and not self._proposals:
+                await self._wait_until(self.election.next_deadline())
+            self._turn()
+
+    async def _wait_until(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        wait_s = min(deadline - clock.monotonic(), MAX_IDLE_S)
+        if wait_s <= 0:
+            await asyncio.sleep(0)  # read what already waits on the socket first
+            return
+        self._wake = loop.create_future()
+        timer = loop.call_later(wait_s, _resolve, self._wake)
+        try:
+            await self._wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    def _turn(self) -> None:
+        """Step what waits (and a tick if due), publish the view, then apply the effects."""
+        began = time.perf_counter()
+        stepped: list[tuple[_Request, Effects, int]] = []
+        for _ in range(min(len(self._inbox), _MAX_BATCH)):
+            stepped.append(self._step(self._inbox.popleft()))
+        for _ in range(min(len(self._proposals), _PROPOSALS_PER_TURN)):
+            stepped.append(self._step(self._proposals.popleft()))
+        now = clock.monotonic()
+        if now >= self.election.next_deadline() or not stepped:
+            due = self.election.heartbeat_due_at
+            stepped.append(self._step(_Request(Tick(now), heartbeat_due=due)))
+        self.view = self._build_view(clock.monotonic())
+        for request, effects, base in stepped:
+            self._apply(request, effects, base)
+        self._update_role_metrics()
+        self._metrics.core_turn.observe(time.perf_counter() - began)
+
+    def _step(self, request: _Request) -> tuple[_Request, Effects, int]:
+        event = request.event
+        if isinstance(event, MessageReceived):
+            self._metrics.core_queue_delay.observe(max(0.0, clock.monotonic() - event.now))
+        effects = self.election.step(event)
+        return request, effects, self.election.replication.log.base.index
+
+    def _apply(self, request: _Request, effects: Effects, base: int) -> None:
+        for action in effects.actions:
+            if isinstance(action, StopRobot):
+                self._fence_asked += 1
+                self._sink.halt(action.reason, self._fence_asked)
+        self._send(self._gate.absorb(effects))
+        if request.heartbeat_due is not None and any(
+            isinstance(out.message, Heartbeat) for out in effects.send
+        ):
+            lateness = max(0.0, clock.monotonic() - request.heartbeat_due)
+            self._metrics.heartbeat_lateness.observe(lateness)
+        if effects.persist is not None or effects.log is not None:
+            assert self._write_wanted is not None
+            self._write_wanted.set()
+        others = tuple(a for a in effects.actions if not isinstance(a, StopRobot))
+        for action in others:
+            if isinstance(action, BecomePrimary):
+                self._record_takeover(action.term)
+        if others:
+            self._sink.act(others)
+        if effects.restore is not None or effects.committed:
+            self._sink.applied(effects.restore, base, effects.committed)
+        self._note_leader()
+        if request.done is not None and not request.done.done():
+            request.done.set_result(effects)
+
+    def _send(self, messages: Iterable[Outgoing]) -> None:
+        assert self._transport is not None
+        for out in messages:
+            if (
+                isinstance(out.message, TimeoutNow | Resign)
+                and self._fence_done < self._fence_asked
+            ):
+                self._held_revocations.append(out)
+                continue
+            peer = self._peers.get(out.to)
+            if peer is None or peer.address is None:
+                self._metrics.packets_dropped.labels("unknown_peer").inc()
+                continue
+            self._transport.send(self.codec.encode(out.to, out.message), peer.address)
+            self._metrics.packets_sent.inc()
+
+    # --- the disk --------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        assert self._write_wanted is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted.clear()
+            while (batch := self._gate.take_batch()) is not None:
+                await self._write(loop, batch)
+
+    async def _write(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
+        self._write_started = clock.monotonic()
+        started = time.perf_counter()
+        try:
+            await loop.run_in_executor(self._disk, self._store.write_batch, batch.writes)
+        except OSError as exc:
+            # The core already acts on this term, vote and journal; carrying on without them on
+            # disk could vote twice or lose an acknowledged entry. Exit; systemd restarts us.
+            log.critical("cannot make the node's state durable (%s): exiting", exc)
+            exit_now(EXIT_STORAGE_FAILED)
+        self._metrics.persist_duration.observe(time.perf_counter() - started)
+        self._metrics.writes_per_fsync.observe(len(batch.writes))
+        self._write_started = None
+        if self._stall_reported:
+            self._stall_reported = False
+            log.warning("storage: the stalled write landed; serving again")
+            self._enqueue(_Request(Serviceability(True, clock.monotonic())))
+        self._send(self._gate.written(batch))
+        last = batch.last_entry
+        if last is not None:
+            self._enqueue(_Request(LogPersisted(last.index, last.term, clock.monotonic())))
+
+    # --- housekeeping: event-loop lag, a stalled disk, the watchdog ------------------------
+
+    async def _housekeeping(self) -> None:
+        interval = sdnotify.watchdog_interval_s()
+        last_ping = -float("inf")
+        while True:
+            expected = clock.monotonic() + _HOUSEKEEPING_S
+            await asyncio.sleep(_HOUSEKEEPING_S)
+            now = clock.monotonic()
+            lag = max(0.0, now - expected)
+            self._metrics.loop_lag.set(lag)
+            self._metrics.loop_lag_hist.observe(lag)
+            pending_s = 0.0 if self._write_started is None else now - self._write_started
+            self._maybe_report_stall(pending_s)
+            disk_moves = interval is None or pending_s < interval
+            if interval is not None and disk_moves and now - last_ping >= interval:
+                sdnotify.watchdog()
+                last_ping = now
+
+    def _maybe_report_stall(self, pending_s: float) -> None:
+        if pending_s <= self._storage_stall_s or self._stall_reported:
+            return
+        self._stall_reported = True
+        reason = f"storage stalled: a write has waited {pending_s:.1f} s for the disk"
+        log.error("%s; not serving until it lands", reason)
+        self._enqueue(_Request(Serviceability(False, clock.monotonic(), reason)))
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _build_view(self, now: float) -> NodeView:
+        e = self.election
+        journal = e.replication.log
+        stats = e.stats
+        peers = {
+            p.node_id: PeerInfo(
+                p.node_id, p.address, p.static, p.last_heard_at, p.priority, p.api_port
+            )
+            for p in self._peers.values()
+        }
+        return NodeView(
+            node_id=e.node_id,
+            role=e.role,
+            term=e.term,
+            leader=e.leader,
+            lease_expiry=e.lease_expiry,
+            accepting=e.accepting_commands(now),
+            eligible=e.eligible,
+            fault_reason=e.fault_reason,
+            robot_reachable=e.robot_reachable,
+            membership=e.membership,
+            commit_index=journal.commit,
+            last_index=journal.last.index,
+            first_index=journal.base.index + 1,
+            peers=MappingProxyType(peers),
+            followers=tuple(replace(view) for view in e.peers()),
+            votes_granted=stats.votes_granted,
+            votes_denied=stats.votes_denied,
+            lease_renew_failures=stats.lease_renew_failures,
+            elections_started=stats.elections_started,
+            snapshots_installed=e.replication.stats.snapshots_installed,
+            last_failover=self._last_failover,
+            published_at=now,
+            write_pending_since=self._write_started,
+        )
+
+    def _round_trip(self, rtt_s: float) -> None:
+        self._metrics.heartbeat_rtt.observe(rtt_s)
+        if len(self._rtt_samples) >= _RTT_SAMPLES:
+            return
+        self._rtt_samples.append(rtt_s)
+        if len(self._rtt_samples) == _RTT_SAMPLES:
+            median = statistics.median(self._rtt_samples)
+            if self.timers.election_timeout_s < 10 * median:
+                log.warning(
+                    "election_timeout_s %.3f is under 10x the measured heartbeat round trip "
+                    '(median %.4f s): expect spurious failovers; try timer_profile = "wifi"',
+                    self.timers.election_timeout_s,
+                    median,
+                )
+
+    def _dropped(self, reason: str, detail: str) -> None:
+        self._metrics.packets_dropped.labels(reason).inc()
+        if reason in self._warned:
+            log.debug("dropped datagram: %s", detail)
+        else:
+            self._warned.add(reason)
+            log.warning("dropped datagram (%s; further ones logged at debug): %s", reason, detail)
+
+    def _note_leader(self) -> None:
+        """Follow who leads; our own takeover is noted by `_record_takeover` instead."""
+        leader = self.election.leader
+        if leader is None or leader == self.election.node_id:
+            return
+        peer = self._peers.get(leader)
+        self._leader_heard_at = peer.last_heard_at if peer else None
+        if leader != self._leader:
+            if self._leader is not None:
+                self._metrics.leader_changes.inc()
+            self._leader = leader
+
+    def _record_takeover(self, term: int) -> None:
+        now = clock.monotonic()
+        node_id = self.election.node_id
+        old = self._leader if self._leader != node_id else None
+        heard = self._leader_heard_at
+        duration = now - heard if old is not None and heard is not None else None
+        self._last_failover = Failover(old, node_id, term, duration, time.time())
+        if old is not None:
+            self._metrics.failovers.inc()
+            if duration is not None:
+                self._metrics.election_duration.observe(duration)
+        if self._leader is not None and self._leader != node_id:
+            self._metrics.leader_changes.inc()
+        self._leader = node_id
+        log.info(
+            "primary for term %d%s",
+            term,
+            f" after {old} (last heard {duration:.3f}s ago)" if duration is not None else "",
+        )
+
+    def _update_role_metrics(self) -> None:
+        e = self.election
+        shown = (e.role, e.term, e.lease_valid(clock.monotonic()))
+        if shown != self._shown_role:
+            self._shown_role = shown
+            self._metrics.set_role(*shown)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

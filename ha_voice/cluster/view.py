@@ -1,0 +1,86 @@
+"""What the rest of the daemon may know of the cluster core: an immutable view, swapped whole.
+
+The core runs on a thread of its own (`runner.py`); everything else reads the newest `NodeView`
+it published. A view is built after a batch of inputs has been stepped and before anything that
+batch produced leaves the node, so a lease the core gave up is gone from the view before any
+other node can hear of it.
+
+Pure data: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ha_voice.cluster.events import Role
+from ha_voice.cluster.followers import PeerView
+from ha_voice.cluster.membership import Membership
+from ha_voice.cluster.protocol import NodeId
+from ha_voice.cluster.transport import Address
+
+__all__ = ["Failover", "NodeView", "PeerInfo"]
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """A member's address and what this node heard from it (monotonic seconds)."""
+
+    node_id: NodeId
+    address: Address | None = None
+    static: bool = False
+    last_heard_at: float | None = None
+    priority: int | None = None
+    api_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Failover:
+    """The last time the primary changed to this node, as it saw it."""
+
+    old: NodeId | None
+    new: NodeId
+    term: int
+    duration_s: float | None
+    at_unix_s: float
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One consistent picture of the core after a batch of inputs."""
+
+    node_id: NodeId
+    role: Role
+    term: int
+    leader: NodeId | None
+    lease_expiry: float  # local monotonic seconds; -inf unless primary with a lease
+    accepting: bool  # primary, lease valid when published, no transfer under way
+    eligible: bool
+    fault_reason: str
+    robot_reachable: bool
+    membership: Membership
+    commit_index: int = 0
+    last_index: int = 0
+    first_index: int = 1
+    term_start: int = 0  # the first entry of the term this node leads
+    peers: Mapping[NodeId, PeerInfo] = field(default_factory=dict)
+    followers: tuple[PeerView, ...] = ()  # the primary's view of its peers' acks
+    votes_granted: int = 0
+    votes_denied: int = 0
+    lease_renew_failures: int = 0
+    elections_started: int = 0
+    snapshots_installed: int = 0
+    last_failover: Failover | None = None
+    published_at: float = -math.inf  # monotonic seconds
+    write_pending_since: float | None = None  # oldest write not yet on disk
+
+    def lease_valid(self, now: float) -> bool:
+        """Whether this node may command the robot at `now` (`Guard`'s `LeaseView`)."""
+        return self.role is Role.PRIMARY and now < self.lease_expiry
+
+    def leader_info(self) -> PeerInfo | None:
+        """The primary's peer record, if another node leads and we know of it."""
+        if self.leader is None or self.leader == self.node_id:
+            return None
+        return self.peers.get(self.leader)

@@ -1,0 +1,147 @@
+"""Datagrams signed with the cluster key that a member must still refuse, and a core that fails.
+
+Whoever holds the key (a retired node, a second cluster set up with the same key and name, an
+attacker who read the key file) can sign anything. What a node takes from them is bounded: no
+integer it cannot store, nothing from a sender that is not a configured member. And when the
+core meets something that can only be a bug, the process ends with its traceback and a non-zero
+status instead of living on without a core.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ha_voice.cluster.protocol import (
+    Append,
+    Codec,
+    Heartbeat,
+    LogPosition,
+    Message,
+    PreVoteRequest,
+    Resign,
+    TimeoutNow,
+    VoteRequest,
+)
+from ha_voice.local_cluster import LocalCluster
+from ha_voice.supervise import EXIT_FAILED
+
+BIG = 2**63  # one past what SQLite can store
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(3) as running:
+        running.start()
+        assert running.wait_for_primary(20.0) is not None
+        yield running
+
+
+def _forge(cluster: LocalCluster, sender: str, to: str, messages: list[Message]) -> None:
+    """Sign `messages` as `sender` with the cluster's own key and send them to node `to`."""
+    codec = Codec(
+        cluster=cluster.cluster,
+        cluster_key=cluster.key_file.read_bytes(),
+        node_id=sender,
+        boot_id=time.time_ns() // 1000,  # newer than any boot of a real `sender`
+    )
+    target = cluster.nodes[to]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for message in messages:
+            sock.sendto(codec.encode(to, message), (target.host, target.cluster_port))
+
+
+def _counter(cluster: LocalCluster, node_id: str, reason: str) -> float:
+    response = cluster.nodes[node_id].get("/metrics")
+    assert response is not None
+    pattern = rf'^ha_voice_cluster_packets_dropped_total{{reason="{reason}"}} (\S+)$'
+    found = re.search(pattern, response.text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _wait_for_drops(cluster: LocalCluster, node_id: str, reason: str, count: float) -> float:
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        seen = _counter(cluster, node_id, reason)
+        if seen >= count:
+            return seen
+        time.sleep(0.05)
+    return _counter(cluster, node_id, reason)
+
+
+def _terms(cluster: LocalCluster) -> dict[str, int]:
+    views = {n: cluster.nodes[n].cluster() for n in cluster.nodes}
+    return {n: view["term"] for n, view in views.items() if view is not None}
+
+
+def test_integers_a_node_cannot_store_are_dropped_as_malformed(cluster: LocalCluster) -> None:
+    """One heartbeat with term 2**63 once killed the core of a living process; now: a drop."""
+    terms = _terms(cluster)
+    (primary,) = cluster.primaries()
+    backup = next(n for n in cluster.nodes if n != primary)
+    hostile: list[Message] = [
+        Heartbeat(primary, term=BIG, sent_at=1.0),
+        Heartbeat(primary, term=1, sent_at=1.0, commit=BIG),
+        Heartbeat(primary, term=1, sent_at=1.0, log=LogPosition(BIG, 1)),
+        VoteRequest(primary, term=BIG),
+        PreVoteRequest(primary, term=5, log=LogPosition(1, BIG)),
+        Append(primary, term=BIG, prev=LogPosition(), commit=0),
+        TimeoutNow(primary, term=BIG),
+        Resign(primary, term=BIG),
+    ]
+    before = _counter(cluster, backup, "malformed")
+    _forge(cluster, primary, backup, hostile)
+    assert _wait_for_drops(cluster, backup, "malformed", before + len(hostile)) == before + len(
+        hostile
+    )
+    time.sleep(0.5)
+    assert cluster.primaries() == [primary]
+    assert _terms(cluster) == terms
+
+
+def test_a_stranger_with_the_key_moves_nobody(cluster: LocalCluster) -> None:
+    """A retired node (or a second cluster on the same key) at a higher term: dropped, and it
+    never appears among the members."""
+    terms = _terms(cluster)
+    (primary,) = cluster.primaries()
+    term = max(terms.values()) + 10
+    strangers: list[Message] = [
+        Heartbeat("retired", term=term, sent_at=1.0),
+        VoteRequest("retired", term=term, log=LogPosition(term, 10**6), transfer=True),
+        PreVoteRequest("retired", term=term, log=LogPosition(term, 10**6)),
+        TimeoutNow("retired", term=term),
+        Resign("retired", term=term),
+        Append("retired", term=term, prev=LogPosition(), commit=0),
+    ]
+    for node_id in cluster.nodes:
+        before = _counter(cluster, node_id, "not_member")
+        _forge(cluster, "retired", node_id, strangers)
+        assert _wait_for_drops(cluster, node_id, "not_member", before + 6) == before + 6
+    time.sleep(0.5)
+    assert cluster.primaries() == [primary]
+    assert _terms(cluster) == terms
+    for node_id in cluster.nodes:
+        view = cluster.nodes[node_id].cluster()
+        assert view is not None
+        assert sorted(member["node"] for member in view["members"]) == ["n1", "n2", "n3"]
+
+
+def test_a_core_that_meets_the_impossible_exits_loudly(cluster: LocalCluster) -> None:
+    """A heartbeat of the primary's own term from another member means two primaries in one
+    term: a broken invariant. The process ends (70) with the traceback in its log, instead of
+    living on with a dead core, and the others elect a new primary."""
+    (primary,) = cluster.primaries()
+    view = cluster.nodes[primary].cluster()
+    assert view is not None
+    impostor = next(n for n in cluster.nodes if n != primary)
+    _forge(cluster, impostor, primary, [Heartbeat(impostor, term=view["term"], sent_at=1.0)])
+    assert cluster.nodes[primary].wait(10.0) == EXIT_FAILED
+    log = cluster.nodes[primary].log_path.read_text()
+    assert "the cluster core's election loop failed" in log
+    assert "Traceback" in log
+    assert "two primaries in term" in log
+    assert cluster.wait_for_primary(10.0, exclude=primary) is not None
