@@ -34,7 +34,7 @@ from ha_voice.cluster.storage import SQLiteStore, open_store
 from ha_voice.cluster.transport import Address
 from ha_voice.cluster.vip import FloatingIP
 from ha_voice.commands import CommandService
-from ha_voice.config import Config, read_cluster_key
+from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
 from ha_voice.robot.backends import make_robot
@@ -151,6 +151,7 @@ async def _start(config: Config) -> _Daemon:
     codec = Codec(
         cluster=config.cluster,
         cluster_key=read_cluster_key(config),
+        previous_keys=read_accepted_keys(config),
         node_id=config.node_id,
         boot_id=boot_id,
         members=membership.voters,
