@@ -46,6 +46,7 @@ from ha_voice.tokens import ApiToken, read_token_file
 
 __all__ = [
     "AUTHENTICATED",
+    "AUTH_RESPONSES",
     "FORWARDED_BY",
     "FORWARD_SEAL",
     "Authenticator",
@@ -354,6 +355,13 @@ async def authenticate(
 
 
 AUTHENTICATED: Final[DependsParam] = Depends(authenticate)
+# For the `responses` of every route that depends on AUTHENTICATED: what /docs shows for 401.
+AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {
+        "description": "no token, a wrong token or another scheme; WWW-Authenticate: Bearer "
+        'realm="ha-voice"; the message says where tokens come from'
+    }
+}
 
 
 def principal_of(request: Request) -> Principal:

@@ -339,3 +339,20 @@ def test_a_token_the_backup_knows_is_checked_again_by_the_primary(cluster: Local
     answer = send(cluster, primary, path, COMMAND, headers)
     assert answer.status_code == 401
     assert f"(forwarded by {backup})" in message(answer)
+
+
+def test_every_route_that_changes_state_and_only_those_need_a_token(cluster: LocalCluster) -> None:
+    """A guard for routes yet to come: every POST/PUT/PATCH/DELETE depends on AUTHENTICATED."""
+    response = cluster.nodes["n1"].get("/openapi.json", timeout_s=5.0)
+    assert response is not None
+    spec = response.json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    mutating = set()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            guarded = operation.get("security") == [{"bearer": []}]
+            assert guarded == (method != "get"), (method, path)
+            assert ("401" in operation["responses"]) == guarded, (method, path)
+            if guarded:
+                mutating.add(path)
+    assert mutating == {path for path, _body in ROUTES}

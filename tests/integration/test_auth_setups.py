@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ha_voice.client import JetsonVoiceClient
+from ha_voice.client import HAVoiceClient, JetsonVoiceClient, RequestError
 from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 from ha_voice.tokens import new_token
 
@@ -245,3 +245,36 @@ def test_step_down_without_a_token_is_not_allowed(guarded: LocalCluster) -> None
     assert result.returncode == 1
     assert "not allowed:" in result.stdout
     assert guarded.primaries() == [primary]
+
+
+# --- the client library's ways to send a token ----------------------------------------------
+
+
+def test_the_client_sends_ha_voice_token_unless_told_otherwise(
+    guarded: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _primary, backup = _primary_and_backup(guarded)
+    url = guarded.nodes[backup].url
+    monkeypatch.setenv("HA_VOICE_TOKEN", str(guarded.token))
+    with HAVoiceClient(url=url) as client:
+        assert client.set_listening(True)["listening"] is True
+    with HAVoiceClient(url=url, token="") as client, pytest.raises(RequestError) as caught:
+        client.set_listening(True)
+    assert caught.value.status == 401
+    seed = JetsonVoiceClient(jetson_url=url)  # as the seed wrote it, HA_VOICE_TOKEN set
+    try:
+        assert seed.start_listening() is True
+    finally:
+        seed.close()
+    monkeypatch.delenv("HA_VOICE_TOKEN")
+    bare = JetsonVoiceClient(jetson_url=url)
+    given = JetsonVoiceClient(jetson_url=url, token=guarded.token)
+    try:
+        refused = bare.get_status(), bare.send_robot_command("stop")
+        assert refused[0]["is_listening"] is True  # reads need no token
+        assert refused[1]["status"] == "error"
+        assert "HTTP 401" in refused[1]["message"]
+        assert given.send_robot_command("stop")["executed_by"] is not None
+    finally:
+        bare.close()
+        given.close()
