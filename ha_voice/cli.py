@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import statistics
 import sys
 import time
@@ -13,15 +15,18 @@ from pathlib import Path
 
 from ha_voice import __version__, daemon, status
 from ha_voice import demo as process_demo
-from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient
+from ha_voice.api import server
+from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient, ssl_context
 from ha_voice.config import Config, default_node_id, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
+from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME, KeygenRequest, keygen
 from ha_voice.robot import sim_server
 from ha_voice.simulation import schedules
 from ha_voice.simulation.demo import run_demo as run_sim_demo
 from ha_voice.simulation.engine import ClusterSpec
 from ha_voice.simulation.scenarios import SCENARIOS, run_scenario
+from ha_voice.tokens import TOKEN_ENV, pick_token, read_token_file
 
 __all__ = ["main"]
 
@@ -73,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="the cluster as a table, from any node")
     _url_argument(status)
+    _ca_argument(status)
     status.add_argument("--watch", action="store_true", help="refresh every second")
     status.add_argument("--json", action="store_true", help="print the /cluster JSON")
     status.set_defaults(handler=_status)
@@ -80,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     step_down = commands.add_parser("step-down", help="hand leadership to the best backup")
     _url_argument(step_down)
     step_down.add_argument("--target", help="node to hand over to (default: the first in line)")
+    _token_arguments(step_down)
+    _ca_argument(step_down)
     step_down.set_defaults(handler=_step_down)
+
+    _keygen_command(commands)
 
     # Listed for --help only: main() hands `sim-robot ...` to the simulator's own parser.
     _client_commands(commands)
@@ -159,6 +169,8 @@ def _witness(args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config) -> int:
+    # Refuse at once, before the node votes or binds anything, over an exposed or bad secret.
+    server.check_secrets(config)
     try:
         return daemon.run(config)
     except OSError as exc:
@@ -179,11 +191,58 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", help="cluster name to look up (default: configured)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds, retries included")
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
+    _token_arguments(parser)
+    _ca_argument(parser)
+
+
+def _token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"API tokens, one NAME:TOKEN per line, mode 0600 (default: ${TOKEN_ENV}, else the "
+        "configured api_token_file if readable)",
+    )
+    parser.add_argument("--token-name", help="which token of --token-file (default: the first)")
+
+
+def _ca_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA certificates that verify the nodes' HTTPS (default: the configured tls_ca_file)",
+    )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """--token-file (--token-name), else HA_VOICE_TOKEN, else the configured api_token_file."""
+    path: Path | None = args.token_file
+    if path is None and not args.token_name:
+        if os.environ.get(TOKEN_ENV):
+            return os.environ[TOKEN_ENV]
+        path = load_config().api_token_file
+        if path is None or not os.access(path, os.R_OK):
+            return None
+    if path is None:
+        raise ConfigError("--token-name needs --token-file (or the configured api_token_file)")
+    return pick_token(read_token_file(path, "--token-file"), args.token_name, str(path))
+
+
+def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    ca_file = args.ca_file or load_config().tls_ca_file
+    return ssl_context(ca_file)
 
 
 def _client(args: argparse.Namespace) -> HAVoiceClient:
     cluster = args.cluster or load_config().cluster
-    return HAVoiceClient(url=args.url, cluster=cluster, deadline_s=args.deadline)
+    return HAVoiceClient(
+        url=args.url,
+        cluster=cluster,
+        deadline_s=args.deadline,
+        token=_token(args) or "",
+        verify=_verify(args),
+    )
 
 
 _SEND_EXIT = {"done": 0, "stopped": 0, "success": 0, "unknown": 3}
@@ -234,13 +293,16 @@ def _journal(args: argparse.Namespace) -> int:
 def _base_url(args: argparse.Namespace) -> str:
     if args.url:
         return str(args.url).rstrip("/")
-    return f"http://127.0.0.1:{load_config().port}"
+    config = load_config()
+    scheme = "http" if config.tls_cert_file is None else "https"
+    return f"{scheme}://127.0.0.1:{config.port}"
 
 
 def _status(args: argparse.Namespace) -> int:
     base = _base_url(args)
+    verify = _verify(args)
     while True:
-        view = status.fetch_cluster(base)
+        view = status.fetch_cluster(base, verify)
         text = json.dumps(view, indent=2) if args.json else status.render_table(view)
         if args.watch:
             sys.stdout.write("\x1b[H\x1b[2J")
@@ -251,9 +313,57 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _step_down(args: argparse.Namespace) -> int:
-    ok, message = status.step_down(_base_url(args), args.target)
+    ok, message = status.step_down(_base_url(args), args.target, _token(args), _verify(args))
     print(message)
     return 0 if ok else 1
+
+
+def _keygen_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen_parser = commands.add_parser(
+        "keygen",
+        help="write a cluster key and an API token file, mode 0600",
+        description="Creates both files with mode 0600 (never wider, not for a moment) and "
+        "prints the token once. Refuses to overwrite without --force.",
+    )
+    keygen_parser.add_argument(
+        "--key-file", type=Path, help="default: the configured cluster_key_file"
+    )
+    keygen_parser.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"default: the configured api_token_file, else {DEFAULT_TOKEN_FILE}",
+    )
+    keygen_parser.add_argument(
+        "--token-name", default=DEFAULT_TOKEN_NAME, help="recorded as the journal's source"
+    )
+    keygen_parser.add_argument("--owner", help="user to own the files (the one ha-voice runs as)")
+    keygen_parser.add_argument("--no-key", action="store_true", help="write no cluster key")
+    keygen_parser.add_argument("--no-token", action="store_true", help="write no token file")
+    keygen_parser.add_argument(
+        "--add", action="store_true", help="append a new token to an existing token file"
+    )
+    keygen_parser.add_argument("--force", action="store_true", help="replace existing files")
+    keygen_parser.set_defaults(handler=_keygen)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    needs_config = (not args.no_key and args.key_file is None) or (
+        not args.no_token and args.token_file is None
+    )
+    config = load_config() if needs_config else None
+    key_file = args.key_file or (config.cluster_key_file if config else None)
+    token_file = args.token_file or (config.api_token_file if config else None)
+    request = KeygenRequest(
+        key_file=None if args.no_key else key_file,
+        token_file=None if args.no_token else (token_file or DEFAULT_TOKEN_FILE),
+        token_name=args.token_name,
+        owner=args.owner,
+        add=args.add,
+        force=args.force,
+    )
+    for line in keygen(request):
+        print(line)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

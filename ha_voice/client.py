@@ -25,6 +25,12 @@ Invariants:
   when the server says when to come back (`retry_after_s`: it knows an election is under way),
   the pause is that, plus up to as much again of jitter.
 
+Credentials: `token` (else the `HA_VOICE_TOKEN` environment variable) goes as
+`Authorization: Bearer TOKEN` on every request; commands, settings and step-down need it unless
+the client's address is in the nodes' `trusted_networks`. HTTPS is verified (`verify`, or the
+cluster CA in `ca_file`); an endpoint found by mDNS is spoken to in the scheme its TXT record
+names (`scheme=https`).
+
 Where requests go: to `url` if given (or the first of several, comma-separated, the next one
 after each connection error), else to the address mDNS resolves for the endpoint. A
 connection error forgets the current address. The next attempt then resolves the endpoint
@@ -40,7 +46,9 @@ socket stalls every kept-alive request ~40 ms (Nagle against our delayed ACK).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +67,7 @@ from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 from ha_voice import clock
 from ha_voice.cluster.discovery import ENDPOINT_SERVICE_TYPE, async_resolve_endpoint, endpoint_name
 from ha_voice.errors import HAVoiceError
+from ha_voice.tokens import TOKEN_ENV
 
 __all__ = [
     "DEFAULT_CLUSTER",
@@ -70,6 +79,7 @@ __all__ = [
     "JetsonVoiceClient",
     "NoPrimaryError",
     "RequestError",
+    "ssl_context",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -252,6 +262,17 @@ def _entries(answer: _Answer) -> list[dict[str, Any]]:
     return entries
 
 
+def ssl_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
+    """What httpx verifies servers with: the CA certificates in `ca_file`, else the system's."""
+    return True if ca_file is None else ssl.create_default_context(cafile=os.fspath(ca_file))
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    """The Authorization header for `token`, or for `HA_VOICE_TOKEN` when `token` is None."""
+    token = os.environ.get(TOKEN_ENV) if token is None else token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _new_key() -> str:
     return str(uuid.uuid4())
 
@@ -374,12 +395,15 @@ class _Core(Generic[_HttpT]):
         token: str | None = None,
         resolve_timeout_s: float = 3.0,
         interfaces: list[str] | None = None,
+        verify: ssl.SSLContext | bool = True,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Seconds throughout; `cluster` None means DEFAULT_CLUSTER; mDNS asks on `interfaces`.
 
         `url` is the first choice (several, comma-separated: any node will do, each is tried
         in turn after a connection error); mDNS is asked when it is None, and after a
-        connection error when `cluster` was given.
+        connection error when `cluster` was given. `token` None means `HA_VOICE_TOKEN` (""
+        sends none); `ca_file`, if given, is what HTTPS is verified with, else `verify`.
         """
         if min(deadline_s, timeout_s, resolve_timeout_s) <= 0:
             raise ValueError("deadline_s, timeout_s and resolve_timeout_s must be > 0")
@@ -392,10 +416,11 @@ class _Core(Generic[_HttpT]):
         self._timeout_s = timeout_s
         self._resolve_timeout_s = resolve_timeout_s
         self._interfaces = interfaces
-        self._http = self._open({"Authorization": f"Bearer {token}"} if token else {})
+        verified = verify if ca_file is None else ssl_context(ca_file)
+        self._http = self._open(_bearer(token), verified)
 
-    def _open(self, headers: dict[str, str]) -> _HttpT:
-        """The shell's HTTP client, sending `headers` on every request."""
+    def _open(self, headers: dict[str, str], verify: ssl.SSLContext | bool) -> _HttpT:
+        """The shell's HTTP client, sending `headers` on every request, verifying HTTPS."""
         raise NotImplementedError
 
     def _target(self, call: _Call) -> str | None:
@@ -415,7 +440,8 @@ class _Core(Generic[_HttpT]):
                 "is multicast allowed between this host and the nodes?",
                 call.request.key,
             )
-        self._base_url = f"http://{found[0]}:{found[1]}"
+        scheme = "https" if found[2].get("scheme") == "https" else "http"
+        self._base_url = f"{scheme}://{found[0]}:{found[1]}"
         return self._base_url + call.request.path
 
     def _sent(self, call: _Call) -> httpx.Timeout:
@@ -489,8 +515,9 @@ class HAVoiceClient(_Core[httpx.Client]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _open(self, headers: dict[str, str]) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(limits=_NO_KEEPALIVE), headers=headers)
+    def _open(self, headers: dict[str, str], verify: ssl.SSLContext | bool) -> httpx.Client:
+        transport = httpx.HTTPTransport(limits=_NO_KEEPALIVE, verify=verify)
+        return httpx.Client(transport=transport, headers=headers)
 
     def _call(self, request: _Request) -> _Answer:
         call = _Call(request, self._deadline_s)
@@ -555,8 +582,8 @@ class AsyncHAVoiceClient(_Core[httpx.AsyncClient]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _open(self, headers: dict[str, str]) -> httpx.AsyncClient:
-        transport = httpx.AsyncHTTPTransport(limits=_NO_KEEPALIVE)
+    def _open(self, headers: dict[str, str], verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(limits=_NO_KEEPALIVE, verify=verify)
         return httpx.AsyncClient(transport=transport, headers=headers)
 
     async def _call(self, request: _Request) -> _Answer:
@@ -584,10 +611,19 @@ class JetsonVoiceClient:
     """The seed's client, now following the primary: it reports failures, never raises them."""
 
     def __init__(
-        self, jetson_url: str | None = None, *, cluster: str | None = None, timeout: float = 10.0
+        self,
+        jetson_url: str | None = None,
+        *,
+        cluster: str | None = None,
+        timeout: float = 10.0,
+        token: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        """`timeout`: each call's deadline in seconds, retries included."""
-        self._client = HAVoiceClient(url=jetson_url, cluster=cluster, deadline_s=timeout)
+        """`timeout`: each call's deadline in seconds, retries included; `token` None means
+        `HA_VOICE_TOKEN` (none is needed from the nodes' trusted_networks)."""
+        self._client = HAVoiceClient(
+            url=jetson_url, cluster=cluster, deadline_s=timeout, token=token, ca_file=ca_file
+        )
 
     def health_check(self) -> bool:
         return _succeeded(self._client.health)

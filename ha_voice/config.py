@@ -50,6 +50,8 @@ from ha_voice.cluster.timers import (
     timers_for,
 )
 from ha_voice.errors import ConfigError
+from ha_voice.keyfiles import read_private
+from ha_voice.tokens import TOKEN_ENV
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,6 +76,7 @@ __all__ = [
     "flag_name",
     "is_optional",
     "load_config",
+    "read_accepted_keys",
     "read_cluster_key",
     "toml_value",
     "type_text",
@@ -105,6 +108,7 @@ _WHISPER_SIZES: Final = (
     "distil-large-v2", "distil-large-v3", "distil-large-v3.5", "large-v3-turbo", "turbo",
 )  # fmt: skip
 _PEER_FORMAT: Final = "NODE_ID or NODE_ID@HOST:PORT"
+_TLS_FIELDS: Final = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
 
 def _name_pattern(max_chars: int, dots: bool = True) -> str:
@@ -207,6 +211,15 @@ def _ipv4(text: str) -> str:
     return text
 
 
+def _networks(entries: list[str]) -> list[str]:
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{entry!r} is not a CIDR network ({exc})") from None
+    return entries
+
+
 def _peer_list(entries: list[str]) -> list[str]:
     seen: set[str] = set()
     for entry in entries:
@@ -239,6 +252,7 @@ def _language_code(value: object) -> object:
 Port = Annotated[int, Field(ge=1, le=_PORT_MAX)]
 IPv4Text = Annotated[str, Rule("an IPv4 address such as 192.168.123.161", _ipv4)]
 AbsolutePath = Annotated[Path, Rule("an absolute path", _absolute)]
+OptionalPath = Annotated[Path | None, Rule("an absolute path", _optional_absolute)]
 
 
 class Config(BaseModel):
@@ -266,6 +280,48 @@ class Config(BaseModel):
         description="Absolute path of the shared secret (at least 16 bytes, the same file on "
         "every node) that authenticates every cluster message with HMAC-SHA256; absolute "
         "because systemd starts the daemon in /, and only the path is checked at load.",
+    )
+    cluster_key_accepted_file: OptionalPath = Field(
+        default=None,
+        description="Optional absolute path of a second cluster key that is accepted but never "
+        "signs, so that the key can be changed one node at a time without losing the primary "
+        "(docs/operations.md, 'Rotating the cluster key'); unset outside a rotation, because "
+        "every accepted key is one more secret to lose.",
+    )
+    api_token_file: OptionalPath = Field(
+        default=None,
+        description="Optional absolute path of the API's bearer tokens (mode 0600, one "
+        "NAME:TOKEN per line, tokens of at least 24 characters, re-read when the file changes): "
+        "robot commands, settings and step-down need one of them; unset, those routes refuse "
+        "every client outside trusted_networks, so a node is never open by accident.",
+    )
+    trusted_networks: Annotated[
+        list[str], Rule("each a CIDR network such as 192.168.123.0/24", _networks)
+    ] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Client networks (CIDR, at most 32) whose requests need no token, for the "
+        "seed's clients on an isolated robot network; empty by default because anyone who can "
+        "send from such an address may then drive the robot, and logged as a warning at every "
+        "start.",
+    )
+    tls_cert_file: OptionalPath = Field(
+        default=None,
+        description="Optional absolute path of the API's TLS certificate (PEM, chain included, "
+        "naming the node's IP addresses); set with tls_key_file and tls_ca_file to serve HTTPS, "
+        "unset for plain HTTP, which carries tokens in clear text.",
+    )
+    tls_key_file: OptionalPath = Field(
+        default=None,
+        description="Optional absolute path of tls_cert_file's private key (PEM, mode 0600, "
+        "unencrypted because the daemon starts unattended); required with tls_cert_file.",
+    )
+    tls_ca_file: OptionalPath = Field(
+        default=None,
+        description="Optional absolute path of the CA certificates (PEM) that signed the nodes' "
+        "certificates: a backup verifies the primary against them before it forwards a "
+        "client's token, and ha-voice send, status and step-down use them; required with "
+        "tls_cert_file.",
     )
     state_dir: AbsolutePath = Field(
         default=Path("/var/lib/ha-voice"),
@@ -501,7 +557,7 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _check_relations(self) -> Config:
-        problems = self._membership_problems() + self._timer_problems()
+        problems = self._membership_problems() + self._timer_problems() + self._tls_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -554,6 +610,17 @@ class Config(BaseModel):
                 "(a third voter that never leads), which keeps a majority without split brain"
             )
         return found
+
+    def _tls_problems(self) -> list[str]:
+        given = [key for key in _TLS_FIELDS if getattr(self, key) is not None]
+        if not given or len(given) == len(_TLS_FIELDS):
+            return []
+        missing = [key for key in _TLS_FIELDS if key not in given]
+        return [
+            f"{', '.join(given)} set without {', '.join(missing)}; allowed: all three (HTTPS, "
+            "with peers verified against tls_ca_file) or none (plain HTTP); fix: set "
+            f"{', '.join(missing)} (docs/operations.md, 'TLS for the API') or unset the others"
+        ]
 
     def _timer_problems(self) -> list[str]:
         try:
@@ -624,23 +691,33 @@ def load_config(
 
 
 def read_cluster_key(config: Config) -> bytes:
-    """The shared cluster key from `config.cluster_key_file`; ConfigError with the fix if bad."""
-    path = config.cluster_key_file
-    fix = f"create one with: head -c 32 /dev/urandom > {path}; chmod 600 {path}"
-    problem = f"cluster_key_file = {str(path)!r}"
+    """The shared cluster key from `config.cluster_key_file`; ConfigError with the fix if it is
+    missing, short, unreadable, or readable or writable by group or others."""
+    return _read_key("cluster_key_file", config.cluster_key_file)
+
+
+def read_accepted_keys(config: Config) -> tuple[bytes, ...]:
+    """The keys accepted besides the cluster key (a rotation), checked as `read_cluster_key`."""
+    path = config.cluster_key_accepted_file
+    return () if path is None else (_read_key("cluster_key_accepted_file", path),)
+
+
+def _read_key(key: str, path: Path) -> bytes:
+    fix = f"create one with: ha-voice keygen --no-token --key-file {path}"
+    problem = f"{key} = {str(path)!r}"
     allowed = f"allowed: a file of at least {MIN_KEY_BYTES} bytes, the same on every node"
     try:
-        key = path.read_bytes()
+        data = read_private(path, key)
     except FileNotFoundError:
         raise ConfigError(f"{problem}: no such file; {allowed}; fix: {fix}") from None
     except OSError as exc:
         raise ConfigError(
             f"{problem}: cannot be read ({exc.strerror}); {allowed}; fix: let the ha-voice "
-            f"user read it (chown it, chmod 600), or {fix}"
+            f"user read it (chown it, chmod 600 {path}), or {fix}"
         ) from None
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(f"{problem}: only {len(key)} bytes; {allowed}; fix: {fix}")
-    return key
+    if len(data) < MIN_KEY_BYTES:
+        raise ConfigError(f"{problem}: only {len(data)} bytes; {allowed}; fix: {fix}")
+    return data
 
 
 def _config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
@@ -689,7 +766,7 @@ def _env_layer(env: Mapping[str, str]) -> tuple[_Settings, list[str]]:
     settings: _Settings = {}
     problems = []
     for var, raw in sorted(env.items()):
-        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+        if not var.startswith(ENV_PREFIX) or var in (CONFIG_ENV, TOKEN_ENV):
             continue
         key = var.removeprefix(ENV_PREFIX).lower()
         where = f"environment variable {var}"

@@ -34,7 +34,8 @@ import uvicorn
 from ha_voice import __version__, clock, sdnotify
 from ha_voice.api.app import create_app
 from ha_voice.api.context import ApiContext
-from ha_voice.api.server import build_server
+from ha_voice.api.server import build_server, check_secrets
+from ha_voice.api.tls import api_scheme
 from ha_voice.cluster.discovery import Discovery, PeerRecord
 from ha_voice.cluster.events import RoleChanged
 from ha_voice.cluster.membership import Membership
@@ -44,7 +45,7 @@ from ha_voice.cluster.storage import SQLiteStore, open_store
 from ha_voice.cluster.transport import Address
 from ha_voice.cluster.vip import FloatingIP
 from ha_voice.commands import CommandService
-from ha_voice.config import Config, read_cluster_key
+from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
 from ha_voice.robot.backends import make_robot
@@ -159,12 +160,14 @@ async def serve(config: Config) -> int:
 
 
 async def _start(config: Config) -> _Daemon:
+    check_secrets(config)  # refuse an exposed or malformed secret before anything runs
     store = open_store(config.state_dir)
     boot_id = await asyncio.to_thread(store.next_boot_id, clock.wall_clock_us())
     membership = _membership(config)
     codec = Codec(
         cluster=config.cluster,
         cluster_key=read_cluster_key(config),
+        previous_keys=read_accepted_keys(config),
         node_id=config.node_id,
         boot_id=boot_id,
         members=membership.voters,
@@ -249,6 +252,7 @@ def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Dis
         priority=config.priority,
         version=__version__,
         capabilities=capabilities,
+        api_scheme=api_scheme(config),
     )
 
 

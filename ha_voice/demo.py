@@ -1,7 +1,8 @@
 """`ha-voice demo`: three real daemons and a simulated Go2, the primary SIGKILLed mid-walk.
 
 It starts `ha-voice sim-robot` and three `ha-voice run` processes on 127.0.0.1 in a throwaway
-directory, with mDNS on. Every command goes through `HAVoiceClient`, which finds the primary
+directory, with mDNS on and an API token (mode 0600, in that directory) that every command
+carries. Every command goes through `HAVoiceClient`, which finds the primary
 by the mDNS service `<cluster>._ha-voice._tcp.local.`. It says "sta op" and "loop vooruit",
 kills the primary with SIGKILL while the robot walks, shows the robot halting by itself (its
 Move watchdog), times the takeover (to the first 200 on a survivor's /cluster/primary), shows
@@ -74,7 +75,10 @@ class _Robot(SimRobotProcess):
 
 
 def _client(cluster: LocalCluster) -> HAVoiceClient:
-    return HAVoiceClient(cluster=cluster.cluster, interfaces=["127.0.0.1"], deadline_s=15.0)
+    # The token the cluster provisioned (its api_token_file): commands need one.
+    return HAVoiceClient(
+        cluster=cluster.cluster, interfaces=["127.0.0.1"], deadline_s=15.0, token=cluster.token
+    )
 
 
 def _say(cluster: LocalCluster, text: str, key: str | None = None) -> dict[str, Any]:

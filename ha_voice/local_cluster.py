@@ -3,6 +3,10 @@
 Each node is its own process with its own state directory, UDP port and API port on 127.0.0.1
 (or on the addresses given), static peers, mDNS off unless asked for. Everything lives in one
 temporary directory that `close()` removes after killing whatever is still running.
+
+The cluster provisions one API token (`token`, in `token_file`, mode 0600, named `local`) that
+every node accepts and `LocalNode.post` sends; with `ca_file` the nodes serve HTTPS (their
+certificates come in `node_flags`) and are spoken to in HTTPS, verified against it.
 """
 
 from __future__ import annotations
@@ -11,16 +15,20 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from ha_voice.keyfiles import write_private
+from ha_voice.tokens import new_token, token_line
 
 __all__ = ["LocalCluster", "LocalNode", "SimRobotProcess", "free_port"]
 
@@ -45,10 +53,12 @@ class LocalNode:
     process: subprocess.Popen[bytes] | None = None
     prefix: Sequence[str] = ()
     client: httpx.Client | None = None
+    token: str | None = None  # what `post` sends as its bearer token
+    tls: ssl.SSLContext | None = None  # HTTPS, verified with this context
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.api_port}"
 
     @property
     def running(self) -> bool:
@@ -86,11 +96,21 @@ class LocalNode:
         except httpx.HTTPError:
             return None
 
+    def post(self, path: str, body: Any = None, timeout_s: float = 15.0) -> httpx.Response:
+        """POST `body` as JSON to `path` with the cluster's token; httpx errors propagate."""
+        return self._client.post(
+            self.url + path, json=body, headers=self.auth_headers, timeout=timeout_s
+        )
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     @property
     def _client(self) -> httpx.Client:
         # Keep-alive: a new connection per poll would add milliseconds to every measurement.
         if self.client is None:
-            self.client = httpx.Client()
+            self.client = httpx.Client(verify=self.tls or True)
         return self.client
 
     def cluster(self) -> dict[str, Any] | None:
@@ -108,7 +128,8 @@ class LocalNode:
         """
         request = f"GET {path} HTTP/1.0\r\nHost: {self.host}\r\n\r\n".encode()
         try:
-            with socket.create_connection((self.host, self.api_port), timeout=timeout_s) as sock:
+            with socket.create_connection((self.host, self.api_port), timeout=timeout_s) as raw:
+                sock = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
                 sock.sendall(request)
                 head = sock.recv(64)
         except OSError:
@@ -130,12 +151,20 @@ class LocalCluster:
     static_peers: bool = True
     witness: bool = False
     keep_dir: bool = False
+    node_flags: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    api_token: bool = True  # provision a token and require it (--api-token-file)
+    ca_file: Path | None = None  # the nodes serve HTTPS under this CA (certs in node_flags)
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ha-voice-cluster-"))
         self.key_file = self.dir / "cluster.key"
-        self.key_file.write_bytes(os.urandom(32))
-        self.key_file.chmod(0o600)
+        write_private(self.key_file, os.urandom(32))
+        self.token: str | None = None
+        self.token_file = self.dir / "api.tokens"
+        if self.api_token:
+            self.token = new_token()
+            write_private(self.token_file, token_line("local", self.token).encode())
+        tls = None if self.ca_file is None else ssl.create_default_context(cafile=self.ca_file)
         count = self.size + (1 if self.witness else 0)
         hosts = list(self.hosts) or ["127.0.0.1"] * count
         self.nodes: dict[str, LocalNode] = {}
@@ -146,7 +175,15 @@ class LocalCluster:
             api = free_port(socket.SOCK_STREAM, "127.0.0.1") if host == "127.0.0.1" else 8888
             prefix = self.prefixes[i] if self.prefixes else ()
             self.nodes[node_id] = LocalNode(
-                node_id, host, udp, api, [], self.dir / f"{node_id}.log", prefix=prefix
+                node_id,
+                host,
+                udp,
+                api,
+                [],
+                self.dir / f"{node_id}.log",
+                prefix=prefix,
+                token=self.token,
+                tls=tls,
             )
         for node in self.nodes.values():
             node.argv = self._argv(node)
@@ -175,9 +212,16 @@ class LocalCluster:
             f"--port={node.api_port}",
             f"--peers={','.join(peers)}",
             "--mdns" if self.mdns else "--no-mdns",
+            *([f"--api-token-file={self.token_file}"] if self.token else []),
             *witness_flags,
             *self.extra_flags,
+            *self.node_flags.get(node.node_id, ()),
         ]
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header with the cluster's token ({} without one)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def start(self) -> None:
         for node in self.nodes.values():

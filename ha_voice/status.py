@@ -1,11 +1,13 @@
 """`ha-voice status` and `ha-voice step-down`: read `/cluster` from any node, follow the leader.
 
 A backup knows only who leads; the primary knows everyone. So the view is taken from the
-leader when the node asked can name it, and from the node asked otherwise.
+leader when the node asked can name it, and from the node asked otherwise. Reads need no token;
+step-down sends one (`Authorization: Bearer`). `verify` is what HTTPS is verified with.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -21,23 +23,26 @@ class UnreachableError(HAVoiceError):
     """No node answered at the given address."""
 
 
-def _get(url: str) -> dict[str, Any]:
+Verify = ssl.SSLContext | bool
+
+
+def _get(url: str, verify: Verify) -> dict[str, Any]:
     try:
-        response = httpx.get(url, timeout=_TIMEOUT_S)
+        response = httpx.get(url, timeout=_TIMEOUT_S, verify=verify)
     except httpx.HTTPError as exc:
         raise UnreachableError(f"{url}: {exc}; is ha-voice running there?") from None
     body: dict[str, Any] = response.json()
     return body
 
 
-def fetch_cluster(base_url: str) -> dict[str, Any]:
+def fetch_cluster(base_url: str, verify: Verify = True) -> dict[str, Any]:
     """The most complete `/cluster` view reachable from `base_url`."""
-    view = _get(f"{base_url}/cluster")
+    view = _get(f"{base_url}/cluster", verify)
     leader, leader_api = view.get("leader"), view.get("leader_api")
     if not leader_api or view.get("role") == "primary":
         return view
     try:
-        leader_view = _get(f"{leader_api}/cluster")
+        leader_view = _get(f"{leader_api}/cluster", verify)
     except UnreachableError:
         leader_view = {}
     if leader_view.get("node") == leader:
@@ -78,9 +83,12 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f} s"
 
 
-def step_down(base_url: str, target: str | None) -> tuple[bool, str]:
-    """Ask the primary (found from `base_url`) to hand over; (done, what happened)."""
-    view = _get(f"{base_url}/cluster")
+def step_down(
+    base_url: str, target: str | None, token: str | None, verify: Verify = True
+) -> tuple[bool, str]:
+    """Ask the primary (found from `base_url`) to hand over, with `token`; (done, what
+    happened)."""
+    view = _get(f"{base_url}/cluster", verify)
     primary_url = base_url if view.get("role") == "primary" else view.get("leader_api")
     if not primary_url:
         return False, f"no primary known to {view['node']}: nothing to step down"
@@ -88,13 +96,17 @@ def step_down(base_url: str, target: str | None) -> tuple[bool, str]:
         response = httpx.post(
             f"{primary_url}/cluster/step-down",
             json={"target": target} if target else None,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
             timeout=_TIMEOUT_S,
+            verify=verify,
         )
     except httpx.HTTPError as exc:
         raise UnreachableError(f"{primary_url}: {exc}") from None
     body = response.json()
     if response.status_code == 202:
         return True, f"{view.get('leader')} is handing over"
+    if response.status_code == 401:
+        return False, f"not allowed: {body.get('error') or body.get('detail')}"
     return False, f"refused: {body.get('reason', body)}"
 
 

@@ -536,16 +536,16 @@ MOVE_DURATION_S = 0.2
 
 
 def ha_voice_client_factory(
-    deadline_s: float, timeout_s: float, urls: Sequence[str] = ()
+    deadline_s: float, timeout_s: float, urls: Sequence[str] = (), token: str | None = None
 ) -> Callable[[str], CommandClient]:
     """One `HAVoiceClient` per node URL, that node first, the others as fallbacks (as a client
-    configured with every node's address; any node forwards to the primary)."""
+    configured with every node's address; any node forwards to the primary), sending `token`."""
     from ha_voice.client import HAVoiceClient
 
     def make(url: str) -> CommandClient:
         others = [u for u in urls if u != url]
         every = ",".join([url, *others])
-        return HAVoiceClient(url=every, deadline_s=deadline_s, timeout_s=timeout_s)
+        return HAVoiceClient(url=every, deadline_s=deadline_s, timeout_s=timeout_s, token=token)
 
     return make
 
@@ -938,7 +938,8 @@ def run_jepsen(
         if cluster.wait_for_primary(30.0) is None:
             raise RuntimeError(f"no primary; logs in {cluster.dir}")
         urls = [node.url for node in cluster.nodes.values()]
-        workload = Workload(urls, ha_voice_client_factory(deadline_s, timeout_s, urls), seed=seed)
+        factory = ha_voice_client_factory(deadline_s, timeout_s, urls, cluster.token)
+        workload = Workload(urls, factory, seed=seed)
         nemesis = Nemesis(
             cluster, faults, interval_s=interval_s, seed=seed, kinds=kinds, partition=partition
         )

@@ -16,7 +16,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ha_voice import clock
+from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED
 from ha_voice.api.context import ApiContext, context
+from ha_voice.api.tls import leader_url
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.node import ClusterNode
 from ha_voice.cluster.view import PeerInfo
@@ -85,7 +87,7 @@ def replica(ctx: Ctx) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.post("/step-down", status_code=202)
+@router.post("/step-down", status_code=202, dependencies=[AUTHENTICATED], responses=AUTH_RESPONSES)
 async def step_down(ctx: Ctx, body: StepDownBody | None = None) -> JSONResponse:
     """Hand leadership to `target` or the best backup; 409 with the reason if refused."""
     target = body.target if body else None
@@ -163,4 +165,4 @@ def _address(peer: PeerInfo | None) -> str | None:
 
 def _leader_api(ctx: ApiContext) -> str | None:
     """Where the leader's API is: from its heartbeats or mDNS, else our own API port."""
-    return ctx.node.leader_url(ctx.config.port)
+    return leader_url(ctx)

@@ -1,8 +1,12 @@
 """A backup's answer to a command: the primary's, fetched for the client.
 
 Invariants:
-- One hop at most: a request that arrives forwarded (`FORWARDED_BY` header) is never forwarded
-  again, so two nodes that each think the other leads cannot bounce a request forever.
+- One hop at most: a request that arrives forwarded by a member (`FORWARDED_BY` with a valid
+  seal, auth.py) is never forwarded again, so two nodes that each think the other leads cannot
+  bounce a request forever. A marker without a valid seal is a client's and is ignored.
+- The client's credentials travel with the request (the primary checks the token again), and
+  the forward is sealed with the cluster key: which node forwards, for which client address and
+  principal, with which body, when.
 - The client's idempotency key travels with the request, so a forwarded command that the client
   also retries elsewhere still runs once.
 - With no primary known, or the primary unreachable, the answer is 503 with `Retry-After: 1`,
@@ -22,15 +26,18 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from ha_voice.api.auth import FORWARDED_BY, seal_headers, verified_forwarder
 from ha_voice.api.context import ApiContext
+from ha_voice.api.tls import client_context, leader_url
 
 __all__ = ["FORWARDED_BY", "forward", "read_model", "unavailable"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
-FORWARDED_BY = "X-HA-Voice-Forwarded-By"
 # The headers of the client's request that the primary needs.
 _PASSED_ON = ("content-type", "idempotency-key", "authorization")
+# The headers of the primary's answer that the client needs: when to retry, how to log in.
+_PASSED_BACK = ("retry-after", "www-authenticate")
 # Past a move's longest duration (60 s) plus a failover.
 _FORWARD_TIMEOUT_S = 75.0
 
@@ -67,7 +74,7 @@ def unavailable(
         "role": election.role.value,
         "term": election.term,
         "leader": election.leader,
-        "leader_url": ctx.node.leader_url(ctx.config.port) if hint_leader else None,
+        "leader_url": leader_url(ctx) if hint_leader else None,
         # Retry-After cannot say less than a second; a failover takes about half of one.
         "retry_after_s": round(2 * ctx.node.timers.heartbeat_interval_s, 3),
     }
@@ -76,13 +83,14 @@ def unavailable(
 
 async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> Response:
     """Send the client's request to the primary and return its answer, or say why not."""
-    if request.headers.get(FORWARDED_BY):
-        return unavailable(ctx, f"{why} (forwarded by {request.headers[FORWARDED_BY]})")
-    url = ctx.node.leader_url(ctx.config.port)
+    forwarder = verified_forwarder(request)
+    if forwarder is not None:
+        return unavailable(ctx, f"{why} (forwarded by {forwarder})")
+    url = leader_url(ctx)
     if url is None:
         return unavailable(ctx, f"{why}; no primary is known")
     headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_ON}
-    headers[FORWARDED_BY] = ctx.node.node_id
+    headers.update(seal_headers(request, body))
     try:
         answer = await _client(ctx).request(
             request.method,
@@ -98,7 +106,7 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
             ctx, f"{why}; the primary at {url} did not answer ({exc!r})", hint_leader=False
         )
     ctx.metrics.forwarded.inc()
-    passed = {k: v for k, v in answer.headers.items() if k.lower() in ("retry-after",)}
+    passed = {k: v for k, v in answer.headers.items() if k.lower() in _PASSED_BACK}
     passed[FORWARDED_BY] = ctx.node.node_id
     return Response(
         answer.content,
@@ -112,8 +120,11 @@ def _client(ctx: ApiContext) -> httpx.AsyncClient:
     client = ctx.state.get("forward_client")
     if client is None:
         # TCP_NODELAY, as on the server side (daemon._listen): no Nagle stall on keep-alive.
+        # With TLS, the primary's certificate is verified against tls_ca_file before the
+        # client's token goes to it.
         transport = httpx.AsyncHTTPTransport(
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+            verify=client_context(ctx.config) or True,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         client = httpx.AsyncClient(transport=transport)
         ctx.state["forward_client"] = client

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED
 from ha_voice.api.context import ApiContext, context
 from ha_voice.api.forward import forward, read_model, unavailable
 from ha_voice.cluster.node import NotPrimary
@@ -73,13 +74,13 @@ def voice_status(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-@router.post("/voice/start")
+@router.post("/voice/start", dependencies=[AUTHENTICATED], responses=AUTH_RESPONSES)
 async def start_listening(ctx: Ctx, request: Request) -> Response:
     """Take voice commands again (replicated: every node's status says so)."""
     return await _change(ctx, request, {"listening": True})
 
 
-@router.post("/voice/stop")
+@router.post("/voice/stop", dependencies=[AUTHENTICATED], responses=AUTH_RESPONSES)
 async def stop_listening(ctx: Ctx, request: Request) -> Response:
     """Stop taking voice commands (robot commands still work)."""
     return await _change(ctx, request, {"listening": False})
@@ -91,7 +92,9 @@ def get_settings(ctx: Ctx) -> dict[str, Any]:
     return asdict(ctx.node.journal.settings)
 
 
-@router.post("/settings", responses={400: {}, 503: {}})
+@router.post(
+    "/settings", dependencies=[AUTHENTICATED], responses={**AUTH_RESPONSES, 400: {}, 503: {}}
+)
 async def post_settings(ctx: Ctx, request: Request) -> Response:
     """Change runtime settings for the whole cluster (language, listening)."""
     parsed = await read_model(request, SettingsBody, "settings")

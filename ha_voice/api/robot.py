@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED, source_of
 from ha_voice.api.context import ApiContext, context
 from ha_voice.api.forward import forward, read_model, unavailable
 from ha_voice.cluster.node import NotPrimary
@@ -69,7 +70,13 @@ def commands(ctx: Ctx) -> dict[str, Any]:
 
 @router.post(
     "/robot/command",
-    responses={400: {"description": "unknown command or bad key"}, 502: {}, 503: {}},
+    dependencies=[AUTHENTICATED],
+    responses={
+        **AUTH_RESPONSES,
+        400: {"description": "unknown command or bad key"},
+        502: {},
+        503: {},
+    },
 )
 async def robot_command(ctx: Ctx, request: Request) -> Response:
     """Run one action on the robot, exactly once per idempotency key (the seed's API)."""
@@ -99,7 +106,11 @@ async def robot_command(ctx: Ctx, request: Request) -> Response:
     return _answer(ctx, answer, started, {"command": action.value})
 
 
-@router.post("/voice/listen", responses={400: {}, 502: {}, 503: {}})
+@router.post(
+    "/voice/listen",
+    dependencies=[AUTHENTICATED],
+    responses={**AUTH_RESPONSES, 400: {}, 502: {}, 503: {}},
+)
 async def listen(ctx: Ctx, request: Request) -> Response:
     """A transcript in, the seed's answer out: status, recognized, processed, response."""
     parsed = await read_model(request, ListenBody, "request body")
@@ -208,10 +219,9 @@ def _key(request: Request, in_body: str | None) -> str | JSONResponse:
 
 
 def _source(request: Request) -> str:
-    client = request.client
-    forwarded = request.headers.get("x-ha-voice-forwarded-by")
-    where = client.host if client else "?"
-    return f"{where} via {forwarded}" if forwarded else where
+    """Who really sent it: the token's name or the trusted address, and the forwarding member
+    (only when its seal verified, auth.py)."""
+    return source_of(request)
 
 
 def _rejected(ctx: ApiContext, text: str, reason: str, **extra: Any) -> JSONResponse:

@@ -5,6 +5,9 @@ Invariants:
 - The listening socket is bound before uvicorn starts, so a port in use fails the start with the
   OS's own words; connections that come before uvicorn has started wait in the listen backlog.
 - TCP_NODELAY on every accepted connection (see `listen`).
+- Building the server loads what the API refuses a start over: the token file and the cluster
+  keys of the authentication (auth.py) and the TLS certificate and key (tls.py), each a
+  ConfigError naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
+from ha_voice.api.auth import Authenticator, install
+from ha_voice.api.tls import client_context, server_options
 from ha_voice.config import Config
 
-__all__ = ["EmbeddedServer", "build_server", "listen"]
+__all__ = ["EmbeddedServer", "build_server", "check_secrets", "listen"]
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -30,7 +35,9 @@ class EmbeddedServer(uvicorn.Server):
 
 
 def build_server(config: Config, app: FastAPI) -> tuple[EmbeddedServer, socket.socket]:
-    """The server for `app` and its bound, listening socket; `server.serve(sockets=[sock])`."""
+    """The server for `app` and its bound, listening socket; `server.serve(sockets=[sock])`.
+    ConfigError if the tokens, the keys or the TLS pair are missing, exposed or malformed."""
+    install(app, config)
     server = EmbeddedServer(
         uvicorn.Config(
             app,
@@ -39,9 +46,18 @@ def build_server(config: Config, app: FastAPI) -> tuple[EmbeddedServer, socket.s
             log_level="warning",
             lifespan="off",
             access_log=False,
+            **server_options(config),
         )
     )
     return server, listen(config.listen_address, config.port)
+
+
+def check_secrets(config: Config) -> None:
+    """Load what `build_server` will, so that a start is refused before anything runs:
+    ConfigError if a key, the tokens or the TLS files are missing, exposed or malformed."""
+    Authenticator.from_config(config)
+    server_options(config)
+    client_context(config)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -9,7 +9,8 @@ TXT keys (RFC 6763 §6), all plain text and public, never a secret:
 
     node service  cluster, node, priority, api_port, version (required); caps (optional,
                   comma-separated)
-    endpoint      cluster, node, term, version
+    endpoint      cluster, node, term, version (required); scheme (optional: https when the API
+                  speaks TLS, absent for http)
 
 Invariants:
 - `on_peer` is called only for a well-formed record of this cluster that is not this node,
@@ -223,6 +224,7 @@ class Discovery:
         capabilities: tuple[str, ...] = (),
         interfaces: list[str] | None = None,
         zeroconf: AsyncZeroconf | None = None,
+        api_scheme: str = "http",
     ) -> None:
         _check_label("cluster", cluster)
         _check_label("node_id", node_id)
@@ -235,6 +237,7 @@ class Discovery:
         self._priority = priority
         self._version = version
         self._capabilities = capabilities
+        self._api_scheme = api_scheme
         self._interfaces: list[str] | InterfaceChoice = interfaces or (
             InterfaceChoice.All if address == _WILDCARD else [address]
         )
@@ -351,6 +354,8 @@ class Discovery:
             "term": str(term),
             "version": self._version,
         }
+        if self._api_scheme != "http":
+            txt["scheme"] = self._api_scheme
         ttl = ENDPOINT_TTL_S
         return self._service_info(ENDPOINT_SERVICE_TYPE, self._cluster, self._api_port, txt, ttl)
 

@@ -24,9 +24,10 @@ from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 START, END = "<!-- bench_command_latency:start -->", "<!-- bench_command_latency:end -->"
 
 
-def post(conn: http.client.HTTPConnection, command: str) -> int:
+def post(conn: http.client.HTTPConnection, command: str, token: str) -> int:
     body = json.dumps({"command": command})
-    conn.request("POST", "/api/robot/command", body, {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    conn.request("POST", "/api/robot/command", body, headers)
     response = conn.getresponse()
     response.read()
     return response.status
@@ -46,11 +47,12 @@ def main() -> int:
         def connection() -> http.client.HTTPConnection:
             return http.client.HTTPConnection(primary.host, primary.api_port, timeout=5)
 
-        assert post(connection(), "stand") == 200
+        token = str(cluster.token)
+        assert post(connection(), "stand", token) == 200
         times = []
         for i in range(args.commands):
             started = time.perf_counter()
-            status = post(connection(), "sit" if i % 2 == 0 else "rise_sit")
+            status = post(connection(), "sit" if i % 2 == 0 else "rise_sit", token)
             times.append((time.perf_counter() - started) * 1000)
             assert status == 200, status
     times.sort()

@@ -27,7 +27,8 @@ CLIENT = 3
 
 _POST = """
 import json, sys, httpx
-r = httpx.post(sys.argv[1], json=json.loads(sys.argv[2]), timeout=30)
+headers = {"Authorization": "Bearer " + sys.argv[3]}
+r = httpx.post(sys.argv[1], json=json.loads(sys.argv[2]), headers=headers, timeout=30)
 print(r.status_code, r.text, flush=True)
 """
 
@@ -41,7 +42,7 @@ class Rig:
 
     def post(self, node: str, path: str, body: dict[str, object]) -> str:
         url = f"{self.cluster.nodes[node].url}{path}"
-        argv = [sys.executable, "-c", _POST, url, json.dumps(body)]
+        argv = [sys.executable, "-c", _POST, url, json.dumps(body), str(self.cluster.token)]
         return self.lan[CLIENT].run(argv, check=False, timeout_s=40).stdout
 
     def primary(self, exclude: str | None = None, timeout_s: float = 30.0) -> str:
@@ -145,7 +146,9 @@ def test_a_partitioned_primary_mid_walk_stops_commanding_when_its_lease_ends(rig
     walk = {"command": "move", "params": {"vx": 0.3}, "duration_s": 8.0}
     url = f"{rig.cluster.nodes[old].url}/api/robot/command"
     walker = rig.lan[CLIENT].popen(
-        [sys.executable, "-c", _POST, url, json.dumps(walk)], stdout=-1, stderr=-1
+        [sys.executable, "-c", _POST, url, json.dumps(walk), str(rig.cluster.token)],
+        stdout=-1,
+        stderr=-1,
     )
     time.sleep(1.0)  # walking
     assert rig.lan.bridge is not None

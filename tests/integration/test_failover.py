@@ -167,7 +167,9 @@ def test_status_from_a_backup_shows_the_whole_cluster(cluster: LocalCluster) -> 
 def test_step_down_from_the_cli_hands_over(cluster: LocalCluster) -> None:
     old = _primary(cluster)
     time.sleep(0.3)
-    result = _cli("step-down", "--url", cluster.nodes[old].url)
+    result = _cli(
+        "step-down", "--url", cluster.nodes[old].url, "--token-file", str(cluster.token_file)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     found = cluster.wait_for_primary(BOUND_S, exclude=old)
     assert found is not None, _logs(cluster)

@@ -43,7 +43,7 @@ def _wait(predicate: Any, timeout_s: float) -> Any:
 def test_every_answered_command_survives_killing_every_node(cluster: LocalCluster) -> None:
     assert cluster.wait_for_primary(30.0) is not None
     urls = ",".join(node.url for node in cluster.nodes.values())
-    with HAVoiceClient(url=urls, deadline_s=15.0) as client:
+    with HAVoiceClient(url=urls, deadline_s=15.0, token=cluster.token) as client:
         answered = {}
         steps = (("say", "sta op"), ("say", "ga zitten"), ("command", "rise_sit"), ("say", "zwaai"))
         for i, (how, what) in enumerate(steps):

@@ -36,8 +36,7 @@ class Rig:
         return asyncio.run(fetch_journal(self.host, self.port))
 
     def say(self, node: str, text: str, timeout_s: float = 15.0) -> httpx.Response:
-        url = f"{self.cluster.nodes[node].url}/api/voice/listen"
-        return httpx.post(url, json={"text": text}, timeout=timeout_s)
+        return self.cluster.nodes[node].post("/api/voice/listen", {"text": text}, timeout_s)
 
 
 @pytest.fixture
@@ -80,11 +79,12 @@ def test_only_the_primary_drives_the_robot(rig: Rig) -> None:
 
 def test_unknown_commands_and_junk_are_refused_clearly(rig: Rig) -> None:
     primary = _primary(rig)
-    url = rig.cluster.nodes[primary].url
-    unknown = httpx.post(f"{url}/api/robot/command", json={"command": "fly"}, timeout=5)
+    node = rig.cluster.nodes[primary]
+    url = node.url
+    unknown = node.post("/api/robot/command", {"command": "fly"}, 5)
     assert unknown.status_code == 400
     assert "stand" in unknown.json()["known"]
-    junk = httpx.post(f"{url}/api/voice/listen", json={"text": ""}, timeout=5)
+    junk = node.post("/api/voice/listen", {"text": ""}, 5)
     assert junk.status_code == 422
     rejected = rig.say(primary, "ik bezit een hond")
     assert rejected.json()["processed"] is False
@@ -97,7 +97,10 @@ def test_a_primary_paused_mid_walk_never_commands_again_after_its_lease(rig: Rig
     assert rig.say(old, "sta op").status_code == 200
     url = f"{rig.cluster.nodes[old].url}/api/robot/command"
     walk = {"command": "move", "params": {"vx": 0.3}, "duration_s": 6.0}
-    walker = threading.Thread(target=lambda: httpx.post(url, json=walk, timeout=30), daemon=True)
+    headers = rig.cluster.auth_headers
+    walker = threading.Thread(
+        target=lambda: httpx.post(url, json=walk, headers=headers, timeout=30), daemon=True
+    )
     walker.start()
     time.sleep(0.5)  # streaming now
     rig.cluster.kill(old, signal.SIGSTOP)

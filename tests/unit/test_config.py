@@ -359,6 +359,7 @@ def test_every_field_has_one_flag_with_its_description() -> None:
 def test_read_cluster_key(tmp_path: Path) -> None:
     key_file = tmp_path / "cluster.key"
     key_file.write_bytes(b"k" * 32)
+    key_file.chmod(0o600)
     assert read_cluster_key(Config(cluster_key_file=key_file)) == b"k" * 32
 
 
@@ -367,13 +368,14 @@ def test_read_cluster_key_errors_name_the_key_and_the_fix(tmp_path: Path, kind: 
     key_file = tmp_path / "cluster.key"
     if kind == "short":
         key_file.write_bytes(b"k" * 15)
+        key_file.chmod(0o600)
     elif kind == "directory":
         key_file.mkdir()
     with pytest.raises(ConfigError) as caught:
         read_cluster_key(Config(cluster_key_file=key_file))
     message = str(caught.value)
     assert f"cluster_key_file = '{key_file}'" in message
-    assert f"head -c 32 /dev/urandom > {key_file}; chmod 600 {key_file}" in message
+    assert f"ha-voice keygen --no-token --key-file {key_file}" in message
     assert "at least 16 bytes" in message
 
 

@@ -1,0 +1,323 @@
+"""Who may change things: tokens, trusted networks, the forward seal, without a server."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from starlette.requests import Request
+
+from ha_voice import clock
+from ha_voice.api import auth as auth_module
+from ha_voice.api.auth import (
+    FORWARD_SEAL,
+    FORWARDED_BY,
+    Authenticator,
+    Principal,
+    Unauthorized,
+    verified_forwarder,
+)
+from ha_voice.api.forward_seal import ForwardSeal, body_digest, derive_forward_key
+from ha_voice.cluster.protocol import derive_key
+from ha_voice.config import Config
+from ha_voice.errors import ConfigError, RemoteError
+from ha_voice.tokens import MIN_TOKEN_CHARS
+
+ALICE = "alice-token-" + "a" * MIN_TOKEN_CHARS
+BOB = "bob-token-" + "b" * MIN_TOKEN_CHARS
+KEY = b"k" * 32
+NEXT_KEY = b"n" * 32
+MEMBERS = ("n1", "n2", "n3", "w")
+
+
+def tokens_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "api.tokens"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def seal(node: str = "n2", keys: tuple[bytes, ...] = (KEY,)) -> ForwardSeal:
+    return ForwardSeal(cluster="c", keys=keys, node_id=node, members=MEMBERS)
+
+
+def authenticator(
+    tmp_path: Path, tokens: str | None = f"alice:{ALICE}\n{BOB}\n", networks: tuple[str, ...] = ()
+) -> Authenticator:
+    key_file = tmp_path / "cluster.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    config = Config(
+        node_id="n1",
+        cluster="c",
+        peers=["n2", "n3"],
+        witness="w",
+        cluster_key_file=key_file,
+        api_token_file=None if tokens is None else tokens_file(tmp_path, tokens),
+        trusted_networks=list(networks),
+    )
+    return Authenticator.from_config(config)
+
+
+def refused(auth: Authenticator, header: str | None, address: str = "192.0.2.7") -> Unauthorized:
+    with pytest.raises(Unauthorized) as caught:
+        auth.check(header, address, None)
+    return caught.value
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_a_configured_token_names_its_sender_whatever_the_scheme_casing(
+    tmp_path: Path, scheme: str
+) -> None:
+    auth = authenticator(tmp_path)
+    assert auth.check(f"{scheme} {ALICE}", "192.0.2.7", None) == Principal(
+        "token", "alice", "192.0.2.7"
+    )
+    assert (
+        auth.check(f"  {scheme}   {BOB}  ", "192.0.2.7", "n2").source == "token-2@192.0.2.7 via n2"
+    )
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        ALICE[:-1],  # one character short
+        ALICE + "a",  # one too many
+        ALICE.upper(),  # tokens are case-sensitive
+        "x",
+        "",
+        "a" * 10_000,
+        ALICE + " " + BOB,
+    ],
+)
+def test_any_other_token_is_refused_without_being_echoed(tmp_path: Path, token: str) -> None:
+    refusal = refused(authenticator(tmp_path), f"Bearer {token}")
+    assert refusal.reason == "invalid_token"
+    assert refusal.challenge == 'Bearer realm="ha-voice", error="invalid_token"'
+    assert "api_token_file" in refusal.message
+    assert ALICE not in refusal.message
+    assert (token or "\0") not in refusal.message
+
+
+@pytest.mark.parametrize("header", ["Basic YWxpY2U6eA==", "Token " + ALICE, ALICE])
+def test_only_the_bearer_scheme_is_accepted(tmp_path: Path, header: str) -> None:
+    refusal = refused(authenticator(tmp_path), header)
+    assert refusal.reason == "wrong_scheme"
+    assert refusal.challenge == 'Bearer realm="ha-voice"'
+    assert ALICE not in refusal.message
+
+
+def test_no_credentials_says_where_tokens_come_from(tmp_path: Path) -> None:
+    refusal = refused(authenticator(tmp_path), None)
+    assert refusal.reason == "no_credentials"
+    assert "Authorization: Bearer TOKEN" in refusal.message
+    assert "api_token_file" in refusal.message
+    assert "HA_VOICE_TOKEN" in refusal.message
+
+
+def test_every_token_is_compared_without_an_early_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = "".join(f"t{i}:{'t' * MIN_TOKEN_CHARS}{i}\n" for i in range(5))
+    auth = authenticator(tmp_path, lines)
+    calls: list[int] = []
+    compare = hmac.compare_digest
+
+    def counting(a: Any, b: Any) -> bool:
+        calls.append(len(a))
+        return compare(a, b)
+
+    monkeypatch.setattr(auth_module.hmac, "compare_digest", counting)
+    first, last = f"{'t' * MIN_TOKEN_CHARS}0", f"{'t' * MIN_TOKEN_CHARS}4"
+    for token, known in ((first, True), (last, True), ("short", False), ("x" * 999, False)):
+        calls.clear()
+        if known:
+            auth.check(f"Bearer {token}", "192.0.2.7", None)
+        else:
+            refused(auth, f"Bearer {token}")
+        assert calls == [32] * 5  # digests: the same length and count whatever was sent
+
+
+# --- trusted networks and the secure default -----------------------------------------------
+
+
+def test_a_trusted_network_needs_no_token_but_a_wrong_token_is_still_wrong(tmp_path: Path) -> None:
+    auth = authenticator(tmp_path, networks=("10.9.0.0/16", "fd00::/8"))
+    assert auth.check(None, "10.9.3.4", None) == Principal("network", "10.9.0.0/16", "10.9.3.4")
+    assert auth.check(None, "::ffff:10.9.3.4", "n2").source == "::ffff:10.9.3.4 via n2"
+    assert auth.check(None, "fd00::1", None).name == "fd00::/8"
+    assert auth.check(f"Bearer {ALICE}", "10.9.3.4", None).name == "alice"
+    assert refused(auth, "Bearer " + "z" * 30, "10.9.3.4").reason == "invalid_token"
+    outside = refused(auth, None, "10.10.0.1")
+    assert outside.reason == "no_credentials"
+    assert "10.10.0.1 is not in trusted_networks" in outside.message
+    assert refused(auth, None, "?").reason == "no_credentials"
+
+
+def test_networks_without_tokens_know_no_token(tmp_path: Path) -> None:
+    auth = authenticator(tmp_path, None, ("127.0.0.0/8",))
+    assert auth.check(None, "127.0.0.1", None).kind == "network"
+    refusal = refused(auth, f"Bearer {ALICE}", "127.0.0.1")
+    assert "has no api_token_file" in refusal.message
+
+
+def test_with_neither_tokens_nor_networks_everything_is_refused_saying_how_to_configure(
+    tmp_path: Path,
+) -> None:
+    auth = authenticator(tmp_path, None)
+    refusal = refused(auth, None, "127.0.0.1")
+    assert refusal.reason == "not_configured"
+    assert "no api_token_file and no trusted_networks" in refusal.message
+    assert "ha-voice keygen" in refusal.message
+    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
+
+
+# --- the token file changes while the node runs --------------------------------------------
+
+
+def test_a_changed_token_file_is_read_again_and_a_bad_one_keeps_the_old_tokens(
+    tmp_path: Path,
+) -> None:
+    auth = authenticator(tmp_path, f"alice:{ALICE}\n")
+    path = tmp_path / "api.tokens"
+    path.write_text(f"bob:{BOB}\n")  # alice revoked, bob added
+    os.utime(path, ns=(1, 1))  # a different mtime even within one clock tick
+    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
+    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
+    path.write_text("bob:short\n")  # refused: the old tokens stay
+    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
+    path.write_text(f"carol:{ALICE}\n")
+    path.chmod(0o644)  # refused: exposed
+    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
+    path.chmod(0o600)
+    assert auth.check(f"Bearer {ALICE}", "192.0.2.7", None).name == "carol"
+
+
+def test_a_bad_token_file_refuses_the_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="line 1: the token has 5 characters"):
+        authenticator(tmp_path, "x:short\n")
+
+
+# --- the forward seal ----------------------------------------------------------------------
+
+
+def test_a_seal_opens_once_with_what_it_carries() -> None:
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}")
+    claim = seal("n1").open("n2", sealed, "POST", "/api/robot/command")
+    assert (claim.node, claim.address, claim.principal) == ("n2", "10.9.3.4", "token:alice")
+    assert claim.body_sha256 == body_digest(b"{}")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"node": "n3"}, "bad_mac"),  # another member's name on n2's seal
+        ({"method": "PUT"}, "bad_mac"),
+        ({"path": "/cluster/step-down"}, "bad_mac"),
+        ({"node": "stranger"}, "not_member"),
+        ({"node": "n1"}, "not_member"),  # itself
+        ({"seal": None}, "unsigned"),
+        ({"seal": "v1;t=1"}, "malformed"),
+        ({"seal": "v2;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
+        ({"seal": "v1;t=1;n=x;a=<script>;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v1;" + "t=1;" * 200}, "malformed"),
+        ({"tamper": ("a=10.9.3.4", "a=10.9.3.5")}, "bad_mac"),
+        ({"tamper": ("p=token:alice", "p=network")}, "bad_mac"),
+        ({"tamper": ("p=token:alice", "p=token:bob")}, "bad_mac"),
+    ],
+)
+def test_a_seal_that_does_not_match_is_not_believed(change: dict[str, Any], reason: str) -> None:
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}")
+    if "tamper" in change:
+        sealed = sealed.replace(*change["tamper"])
+    args = {"node": "n2", "seal": sealed, "method": "POST", "path": "/api/robot/command"}
+    args.update({k: v for k, v in change.items() if k != "tamper"})
+    with pytest.raises(RemoteError) as caught:
+        seal("n1").open(args["node"], args["seal"], args["method"], args["path"])
+    assert caught.value.reason == reason
+
+
+def test_a_seal_made_with_another_key_or_the_datagram_key_is_not_believed() -> None:
+    other = seal("n2", (b"o" * 32,)).seal("POST", "/p", "1.2.3.4", "network", b"")
+    with pytest.raises(RemoteError, match="bad_mac"):
+        seal("n1").open("n2", other, "POST", "/p")
+    assert derive_forward_key(KEY, "c") != derive_key(KEY, "c")
+
+
+def test_a_replayed_seal_is_refused() -> None:
+    opener = seal("n1")
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"")
+    opener.open("n2", sealed, "POST", "/p")
+    with pytest.raises(RemoteError, match="replay"):
+        opener.open("n2", sealed, "POST", "/p")
+
+
+@pytest.mark.parametrize("skew_s", [-121.0, 121.0, -3600.0, 86_400.0])
+def test_a_seal_from_far_off_in_time_is_stale(
+    monkeypatch: pytest.MonkeyPatch, skew_s: float
+) -> None:
+    now_us = clock.wall_clock_us()
+    monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us + int(skew_s * 1e6))
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"")
+    monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us)
+    with pytest.raises(RemoteError, match="stale"):
+        seal("n1").open("n2", sealed, "POST", "/p")
+
+
+def test_during_a_rotation_either_key_opens_and_the_first_seals() -> None:
+    old_only, both, new_first = (
+        seal("n2", (KEY,)),
+        seal("n1", (KEY, NEXT_KEY)),
+        seal("n3", (NEXT_KEY, KEY)),
+    )
+    both.open("n2", old_only.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p")
+    both.open("n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p")
+    with pytest.raises(RemoteError, match="bad_mac"):
+        seal("n1", (KEY,)).open(
+            "n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p"
+        )
+
+
+# --- verified_forwarder: what the rate limiter asks ----------------------------------------
+
+
+def request(app: FastAPI, headers: dict[str, str], path: str = "/api/robot/command") -> Request:
+    scope = {
+        "type": "http",
+        "app": app,
+        "method": "POST",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("192.0.2.9", 40000),
+    }
+    return Request(scope)
+
+
+def test_verified_forwarder_names_a_sealed_member_once_and_ignores_a_bare_marker(
+    tmp_path: Path,
+) -> None:
+    app = FastAPI()
+    auth = authenticator(tmp_path)
+    app.state.ha_voice_auth = auth
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "network", b"")
+    genuine = request(app, {FORWARDED_BY: "n2", FORWARD_SEAL: sealed})
+    assert verified_forwarder(genuine) == "n2"
+    assert verified_forwarder(genuine) == "n2"  # asked twice, checked once: no false replay
+    assert verified_forwarder(request(app, {FORWARDED_BY: "n2", FORWARD_SEAL: sealed})) is None
+    assert verified_forwarder(request(app, {FORWARDED_BY: "n2"})) is None
+    assert verified_forwarder(request(app, {})) is None
+    ignored = {
+        sample.labels["reason"]: sample.value
+        for metric in auth.ignored_markers.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+    assert (ignored["replay"], ignored["unsigned"], ignored["bad_mac"]) == (1.0, 1.0, 0.0)
