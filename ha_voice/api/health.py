@@ -39,6 +39,16 @@ def health(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics(ctx: Ctx) -> Response:
+    """Every metric of this node, for Prometheus."""
     return Response(content=ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

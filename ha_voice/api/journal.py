@@ -13,10 +13,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from ha_voice.api.body import JsonBody
 from ha_voice.api.context import ApiContext, context
-from ha_voice.api.forward import forward, read_model, unavailable
+from ha_voice.api.forward import forward, unavailable
+from ha_voice.api.limits import rate_limited
+from ha_voice.api.problems import ApiError, error_responses, quote
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.voice.intents import LANGUAGES
 
@@ -27,14 +30,36 @@ Ctx = Annotated[ApiContext, Depends(context)]
 
 
 class SettingsBody(BaseModel):
-    language: str | None = Field(default=None, description=f"one of {', '.join(LANGUAGES)}")
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    language: str | None = Field(
+        default=None, max_length=16, description=f"one of {', '.join(LANGUAGES)}"
+    )
     listening: bool | None = Field(default=None, description="whether voice commands are taken")
 
 
-@router.get("/journal")
+class SettingsAnswer(BaseModel):
+    """The replicated runtime settings after a change, and the node that answered."""
+
+    listening: bool
+    language: str | None
+    posture: str | None
+    node: str
+
+
+_SETTINGS_BODY = JsonBody(SettingsBody, '{"language": "en"} or {"listening": false}')
+_WRITE_ERRORS = (413, 415, 422, 429, 503)
+_WRITTEN: dict[int | str, dict[str, Any]] = {
+    200: {"model": SettingsAnswer, "description": "the settings, replicated"}
+}
+
+
+@router.get("/journal", responses=error_responses(422))
 def journal(
     ctx: Ctx,
-    since: Annotated[int, Query(ge=0, description="only entries after this index")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="only entries after this index")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict[str, Any]:
     """The commands this node's journal holds, oldest first, with status and outcome."""
@@ -73,13 +98,21 @@ def voice_status(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-@router.post("/voice/start")
+@router.post(
+    "/voice/start",
+    dependencies=[rate_limited],
+    responses={**_WRITTEN, **error_responses(429, 503)},
+)
 async def start_listening(ctx: Ctx, request: Request) -> Response:
     """Take voice commands again (replicated: every node's status says so)."""
     return await _change(ctx, request, {"listening": True})
 
 
-@router.post("/voice/stop")
+@router.post(
+    "/voice/stop",
+    dependencies=[rate_limited],
+    responses={**_WRITTEN, **error_responses(429, 503)},
+)
 async def stop_listening(ctx: Ctx, request: Request) -> Response:
     """Stop taking voice commands (robot commands still work)."""
     return await _change(ctx, request, {"listening": False})
@@ -91,20 +124,29 @@ def get_settings(ctx: Ctx) -> dict[str, Any]:
     return asdict(ctx.node.journal.settings)
 
 
-@router.post("/settings", responses={400: {}, 503: {}})
+@router.post(
+    "/settings",
+    dependencies=[rate_limited],
+    openapi_extra=_SETTINGS_BODY.openapi(),
+    responses={**_WRITTEN, **error_responses(400, *_WRITE_ERRORS)},
+)
 async def post_settings(ctx: Ctx, request: Request) -> Response:
     """Change runtime settings for the whole cluster (language, listening)."""
-    parsed = await read_model(request, SettingsBody, "settings")
-    if isinstance(parsed, Response):
-        return parsed
-    raw, body = parsed
+    raw, body = await _SETTINGS_BODY.read(request, ctx.config.api_max_body_bytes)
+    assert body is not None
     changes = body.model_dump(exclude_none=True)
     if not changes:
-        return JSONResponse({"error": "nothing to change: send language and/or listening"}, 400)
+        raise ApiError(
+            400, "nothing_to_change", "nothing to change: send language and/or listening"
+        )
     language = changes.get("language")
     if language is not None and language not in LANGUAGES:
-        known = ", ".join(LANGUAGES)
-        return JSONResponse({"error": f"language {language!r} unknown; known: {known}"}, 400)
+        raise ApiError(
+            400,
+            "unknown_language",
+            f"language: {quote(language)} is unknown; known: {', '.join(LANGUAGES)}",
+            field="language",
+        )
     return await _change(ctx, request, changes, raw)
 
 
