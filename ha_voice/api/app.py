@@ -22,9 +22,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.state.rate_limits = TokenBuckets(ctx.config.api_rate_per_s, ctx.config.api_rate_burst)
-    problems.install(app, ctx.metrics.registry)
-    app.include_router(health.router)
-    app.include_router(cluster.router)
-    app.include_router(robot.router)
-    app.include_router(journal.router)
+    routers = (health.router, cluster.router, robot.router, journal.router)
+    problems.install(app, ctx.metrics.registry, routers)
+    for router in routers:
+        app.include_router(router)
     return app

@@ -20,14 +20,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ha_voice.errors import RemoteError
@@ -145,8 +144,10 @@ def _one_line(text: str) -> str:
 
 def validation_message(errors: Sequence[Mapping[str, Any]], skip: int = 0) -> tuple[str, str]:
     """(field, one line) for pydantic's `errors`, from the names in `loc` after the first
-    `skip` parts (FastAPI's "query", "body"), never from the input."""
-    first = errors[0]
+    `skip` parts (FastAPI's "query", "body"), never from the input. An unknown field is named
+    first: it is most often a misspelling of the one reported missing."""
+    unknown = [error for error in errors if error.get("type") == "extra_forbidden"]
+    first = (unknown or errors)[0]
     names = [_name(part) for part in tuple(first.get("loc", ()))[skip:]]
     field = ".".join(names) or "body"
     kind = str(first.get("type", ""))
@@ -216,10 +217,16 @@ class _Refusals:
         log.log(level, "%s refused %d %s: %s%s", where, status, reason, _one_line(error), later)
 
 
-def install(app: FastAPI, registry: CollectorRegistry) -> None:
-    """Route every error `app` can produce through `problem`, and count it in `registry`."""
+def install(app: FastAPI, registry: CollectorRegistry, routers: Sequence[APIRouter] = ()) -> None:
+    """Route every error `app` can produce through `problem`, and count it in `registry`;
+    `routers` are the app's routers, whose methods a 405 lists."""
     refusals = _Refusals(registry)
     app.state.refusals = refusals
+    methods: dict[str, set[str]] = {}
+    for route in [*app.routes, *(r for router in routers for r in router.routes)]:
+        taken = getattr(route, "methods", None)
+        if taken:
+            methods.setdefault(getattr(route, "path", ""), set()).update(taken)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -236,7 +243,7 @@ def install(app: FastAPI, registry: CollectorRegistry) -> None:
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(_allowed_methods(request))
+            headers["Allow"] = ", ".join(sorted(methods.get(request.url.path, ())))
         line = _http_line(request, exc.status_code, headers.get("Allow", ""), str(exc.detail))
         refusals.note(request, exc.status_code, f"http_{exc.status_code}", line)
         return problem(exc.status_code, line, headers=headers)
@@ -259,16 +266,6 @@ def _http_line(request: Request, status: int, allowed: str, detail: str) -> str:
     if status == 405:
         return f"{request.method} is not allowed on {path}; allowed: {allowed}"
     return detail
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route takes at this path (Starlette names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
 
 
 class _LastResort:
