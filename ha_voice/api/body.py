@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
@@ -41,10 +42,12 @@ class JsonBody(Generic[_Model]):
     optional: bool = False  # an empty body means "no body" (step-down)
     # Said on a 415 for audio: the route that will take audio one day says so.
     audio_note: str | None = None
+    # The documented schema, where it can say more than the model's (which values go together).
+    schema: Mapping[str, Any] | None = None
 
     def openapi(self) -> dict[str, Any]:
-        """`openapi_extra` for the route: the model as its request body."""
-        schema = self.model.model_json_schema()
+        """`openapi_extra` for the route: the model (or `schema`) as its request body."""
+        schema = dict(self.schema) if self.schema else self.model.model_json_schema()
         return {
             "requestBody": {
                 "required": not self.optional,

@@ -9,9 +9,10 @@ connection one deadline:
 - body: from the head until the body is complete (`body_timeout_s`); then 408.
 - idle: after an answer, until the next request begins (`keepalive_timeout_s`); then closed.
 - linger: an answer was sent while the client was still sending a body nobody reads (413, 415,
-  429, a GET with a body): we half-close, discard what still arrives for at most `linger_s` or
-  `linger_bytes`, then close. Closing at once would make the kernel reset the connection and
-  the client could lose the answer (nginx's lingering_close does the same).
+  429, a GET with a body): the answer says `Connection: close`, and then we half-close, discard
+  what still arrives for at most `linger_s` or `linger_bytes`, and close. Closing at once would
+  make the kernel reset the connection and the client could lose the answer (nginx's
+  lingering_close does the same); keeping the connection would mean reading that body.
 
 While the application works on a complete request nothing is timed: a `move` may take 60 s.
 Past `max_connections` a new connection is answered 503 and closed. Errors written here are
@@ -25,10 +26,18 @@ import enum
 import http
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import h11
+from uvicorn._types import (
+    ASGI3Application,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
@@ -76,14 +85,18 @@ class BoundedH11Protocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.app = self._closing_if_unread(self.app)
         self._phase: _Phase | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._discarded = 0
+        self._lost = False
 
     # --- uvicorn's hooks -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
+        assert isinstance(transport, asyncio.Transport)
+        self._socket = transport  # ours to close; uvicorn's closes go through `_close`
+        super().connection_made(_LingeringTransport(transport, self._close))
         cap = self.limits.max_connections
         if len(self.connections) > cap:
             error = f"this node already holds {cap} connections (api_max_connections)"
@@ -105,6 +118,7 @@ class BoundedH11Protocol(H11Protocol):
         self._follow()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._disarm()
         super().connection_lost(exc)
 
@@ -147,7 +161,7 @@ class BoundedH11Protocol(H11Protocol):
         elif phase is _Phase.BODY and not (self.cycle and self.cycle.response_started):
             self._answer_and_linger(408, self._late("request body", self.limits.body_timeout_s))
         else:
-            self.transport.close()
+            self._socket.close()
 
     @staticmethod
     def _late(what: str, timeout_s: float) -> str:
@@ -183,10 +197,86 @@ class BoundedH11Protocol(H11Protocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
 
+    def _close(self) -> None:
+        """uvicorn closes the connection: gently if the client may still be sending a body."""
+        if not self._lost and self.conn.their_state is h11.SEND_BODY:
+            self._linger()
+        else:
+            self._socket.close()
+
+    def _closing_if_unread(self, app: ASGI3Application) -> ASGI3Application:
+        """`app`, its answers saying `Connection: close` if the request body was not all read
+        (so the client does not send its next request on a connection we will close)."""
+
+        async def wrapped(
+            scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+        ) -> None:
+            async def send_closing(message: ASGISendEvent) -> None:
+                if (
+                    message["type"] == "http.response.start"
+                    and self.conn.their_state is h11.SEND_BODY
+                ):
+                    headers = [*message.get("headers", ()), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await app(scope, receive, send_closing)
+
+        return wrapped
+
     def _discard(self, size: int) -> None:
         self._discarded += size
         if self._discarded > self.limits.linger_bytes:
-            self.transport.close()
+            self._socket.close()
+
+
+class _LingeringTransport(asyncio.Transport):
+    """The connection's transport as uvicorn sees it: `close` is the protocol's to decide
+    (`on_close` closes at once or lingers); everything else is the real transport's."""
+
+    def __init__(self, transport: asyncio.Transport, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self._transport = transport
+        self._on_close = on_close
+        self._closing = False
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._on_close()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
 
 
 def bounded_protocol(limits: ConnectionLimits) -> type[BoundedH11Protocol]:

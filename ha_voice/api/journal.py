@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ha_voice.api.body import JsonBody
 from ha_voice.api.context import ApiContext, context
@@ -29,13 +29,30 @@ router = APIRouter(prefix="/api", tags=["journal"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
 
-class SettingsBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+def _settings_schema(schema: dict[str, Any]) -> None:
+    """What the route takes, said in the schema: a known language or null, a boolean, and at
+    least one of them."""
+    properties = schema["properties"]
+    properties["language"] = {
+        "enum": [*LANGUAGES, None],
+        "description": f"one of {', '.join(LANGUAGES)}; null: each node's configured language",
+    }
+    properties["listening"] = {"type": "boolean", "description": "whether voice commands are taken"}
+    schema["minProperties"] = 1
 
-    language: str | None = Field(
-        default=None, max_length=16, description=f"one of {', '.join(LANGUAGES)}"
-    )
-    listening: bool | None = Field(default=None, description="whether voice commands are taken")
+
+class SettingsBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra=_settings_schema)
+
+    language: str | None = Field(default=None, max_length=16)
+    listening: bool | None = None
+
+    @field_validator("listening")
+    @classmethod
+    def _a_boolean(cls, value: bool | None) -> bool:
+        if value is None:  # an explicit null; leaving the field out is how to keep it
+            raise ValueError("must be true or false")
+        return value
 
 
 class SettingsAnswer(BaseModel):
@@ -134,7 +151,7 @@ async def post_settings(ctx: Ctx, request: Request) -> Response:
     """Change runtime settings for the whole cluster (language, listening)."""
     raw, body = await _SETTINGS_BODY.read(request, ctx.config.api_max_body_bytes)
     assert body is not None
-    changes = body.model_dump(exclude_none=True)
+    changes = body.model_dump(exclude_unset=True)  # language null: back to each node's own
     if not changes:
         raise ApiError(
             400, "nothing_to_change", "nothing to change: send language and/or listening"

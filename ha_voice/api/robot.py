@@ -23,7 +23,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from ha_voice.api.body import JsonBody
 from ha_voice.api.context import ApiContext, context
@@ -51,7 +51,8 @@ _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 _KEY_FIELD = Field(
     default=None,
     pattern=KEY_PATTERN,
-    description="or the Idempotency-Key header; printable ASCII, no spaces, a UUID is ideal",
+    description="or the Idempotency-Key header (both: the same key, else 400); printable ASCII, "
+    "no spaces, a UUID is ideal",
 )
 _WRITE_ERRORS = (413, 415, 422, 429, 503)
 
@@ -60,16 +61,11 @@ def known_commands() -> list[str]:
     return sorted([*(a.value for a in Action), *_SEED_ALIASES])
 
 
-_KNOWN: list[JsonValue] = [*known_commands()]
-
-
 class RobotCommandBody(BaseModel):
     model_config = _STRICT
 
     command: str = Field(
-        max_length=64,
-        description="stand, sit, stop (the seed's) or any action name",
-        json_schema_extra={"enum": _KNOWN},
+        max_length=64, description="stand, sit, stop (the seed's) or any action name"
     )
     params: dict[str, float] = Field(default_factory=dict, description="e.g. vx, vy, vyaw")
     duration_s: float | None = Field(default=None, ge=0, le=60, description="for move")
@@ -116,8 +112,38 @@ class ListenAnswer(BaseModel):
     leader: str | None
 
 
+def _robot_command_schema() -> dict[str, Any]:
+    """RobotCommandBody as JSON Schema, one variant per action: its names and its parameters
+    with their bounds, so that every body the schema allows is one the route takes."""
+    base = RobotCommandBody.model_json_schema()["properties"]
+    variants = []
+    for action, spec in ACTIONS.items():
+        names = [action.value, *(seed for seed, a in _SEED_ALIASES.items() if a is action)]
+        params = {
+            name: {"type": "number", "minimum": low, "maximum": high}
+            for name, (low, high) in spec.params.items()
+        }
+        properties = {
+            **base,
+            "command": {**base["command"], "enum": names},
+            "params": {"type": "object", "properties": params, "additionalProperties": False},
+        }
+        variants.append(
+            {
+                "type": "object",
+                "title": action.value,
+                "properties": properties,
+                "required": ["command"],
+                "additionalProperties": False,
+            }
+        )
+    return {"title": "RobotCommandBody", "oneOf": variants}
+
+
 _ROBOT_BODY: Final = JsonBody(
-    RobotCommandBody, '{"command": "stand"} or {"command": "move", "params": {"vx": 0.3}}'
+    RobotCommandBody,
+    '{"command": "stand"} or {"command": "move", "params": {"vx": 0.3}}',
+    schema=_robot_command_schema(),
 )
 _LISTEN_BODY: Final = JsonBody(
     ListenBody,
@@ -199,6 +225,7 @@ async def listen(ctx: Ctx, request: Request) -> Response:
     """A transcript in, the seed's answer out: status, recognized, processed, response."""
     raw, body = await _LISTEN_BODY.read(request, ctx.config.api_max_body_bytes)
     assert body is not None
+    key = _key(request, body.idempotency_key)  # refused up front, even if nothing will run
     if not ctx.node.journal.settings.listening:
         return _rejected(ctx, body.text, "not listening (POST /api/voice/start to listen again)")
     started = time.perf_counter()
@@ -216,7 +243,6 @@ async def listen(ctx: Ctx, request: Request) -> Response:
     seed = {"recognized": body.text, "response": intent.response, "intent": intent.name}
     if intent.action is None:
         return JSONResponse({"status": "success", "processed": False, **seed, **_who(ctx)})
-    key = _key(request, body.idempotency_key)
     command = CommandRequest(
         key, intent.action, intent.action_params, intent.duration_s, body.text, _source(request)
     )
@@ -324,14 +350,14 @@ def _answer(ctx: ApiContext, answer: Answer, started: float, extra: dict[str, An
 def _key(request: Request, in_body: str | None) -> str:
     """The request's idempotency key (header or body, not two different ones), or a new one."""
     header = request.headers.get("idempotency-key")
-    if header and in_body and header != in_body:
+    if header is not None and in_body is not None and header != in_body:
         raise ApiError(
             400,
             "bad_key",
             "Idempotency-Key header and body idempotency_key differ; send one",
             field="idempotency_key",
         )
-    key = header or in_body or str(uuid.uuid4())
+    key = header if header is not None else in_body or str(uuid.uuid4())
     if not (1 <= len(key) <= MAX_KEY and key.isascii() and key.isprintable() and " " not in key):
         raise ApiError(
             400,

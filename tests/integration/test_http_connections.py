@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request
 
@@ -225,3 +226,18 @@ def test_garbage_gets_a_json_400(server: tuple[str, int]) -> None:
         status, body = _status_and_json(_read_all(sock))
     assert status == 400
     assert body["status"] == "error"
+
+
+def test_an_answer_before_the_body_is_read_says_connection_close(server: tuple[str, int]) -> None:
+    url = f"http://{server[0]}:{server[1]}"
+    with httpx.Client(timeout=_READ_S) as client:  # one kept-alive connection, reused
+        for _ in range(3):
+            early = client.request("GET", url + "/hello", content=b"y" * 200_000)
+            assert early.status_code == 200
+            assert early.headers["connection"] == "close"  # so the next goes on a new one
+            refused = client.post(url + "/echo", content=b"y" * 200_000)
+            assert refused.status_code == 413
+            assert refused.headers["connection"] == "close"
+            kept = client.post(url + "/echo", content=b"y" * 10)
+            assert kept.json() == {"bytes": 10}
+            assert kept.headers.get("connection") != "close"
