@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,10 @@ def _app() -> FastAPI:
     @app.get("/hello")
     async def hello() -> dict[str, str]:
         return {"hello": "world"}
+
+    @app.get("/bug")
+    async def bug() -> dict[str, str]:
+        raise RuntimeError("a genuine bug")
 
     @app.get("/slow")
     async def slow() -> dict[str, str]:
@@ -241,3 +246,18 @@ def test_an_answer_before_the_body_is_read_says_connection_close(server: tuple[s
             kept = client.post(url + "/echo", content=b"y" * 10)
             assert kept.json() == {"bytes": 10}
             assert kept.headers.get("connection") != "close"
+
+
+def test_a_genuine_bug_is_logged_with_its_traceback_and_answered_a_short_json_500(
+    server: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="ha_voice.api.problems"):
+        status, body = _get(server, "/bug")
+    assert status == 500
+    assert body == {
+        "status": "error",
+        "error": "internal error; the traceback is in this node's log",
+    }
+    (record,) = [r for r in caplog.records if r.name == "ha_voice.api.problems"]
+    assert record.exc_info is not None
+    assert "a genuine bug" in str(record.exc_info[1])

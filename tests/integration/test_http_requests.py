@@ -416,3 +416,18 @@ def test_the_openapi_schema_documents_every_body_and_status(rig: Rig) -> None:
     text = json.dumps(schema)
     assert "HTTPValidationError" not in text  # every 422 is our ErrorBody
     assert "ErrorBody" in schema["components"]["schemas"]
+
+
+def test_refusals_are_counted_by_status_and_reason(rig: Rig) -> None:
+    url = rig.url(rig.backup)
+    assert_refused(_post(url + "/api/settings", b"{", None), 400)
+    metrics = httpx.get(url + "/metrics", timeout=20).text
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("ha_voice_api_refusals_total{")
+        and 'reason="bad_json"' in line
+        and 'status="400"' in line
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 1
+    assert 'reason="bug"' not in metrics
