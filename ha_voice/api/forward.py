@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 
 import httpx
@@ -138,6 +139,9 @@ def _answer(
 def _client(ctx: ApiContext) -> httpx.AsyncClient:
     client = ctx.state.get("forward_client")
     if client is None:
+        # httpx logs every request at info: under a flood of forwards that is a log write per
+        # request on the event loop. Its warnings and errors still show.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         # TCP_NODELAY, as on the server side (server.listen): no Nagle stall on keep-alive.
         transport = httpx.AsyncHTTPTransport(
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]

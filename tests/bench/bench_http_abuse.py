@@ -2,15 +2,16 @@
 
 Not a pass/fail test. Writes its section of docs/benchmarks.md. Run:
 
-    python tests/bench/bench_http_abuse.py [--commands 1000] [--slow 50]
+    python tests/bench/bench_http_abuse.py [--commands 0 100 1000] [--slow 50] [--runs 5]
 
-Three `ha-voice run` processes (default configuration) and one `ha-voice sim-robot` on
-127.0.0.1. At once: `--slow` connections that send half a request head and nothing more, a
-5 MB body to every node's /api/robot/command, and `--commands` concurrent "stand" commands,
-each on its own connection with its own key, spread round-robin over the three nodes. Every
-client is 127.0.0.1, so each node's rate limit sees them as one client. Counted: the status of
-every command, what the slow connections and the large bodies got, and leader changes (the
-term and the primary before and after, and every node's ha_voice_leader_changes_total).
+For each N of `--commands`, `--runs` times, on a fresh cluster of three `ha-voice run`
+processes (default configuration) and one `ha-voice sim-robot` on 127.0.0.1, at once: `--slow`
+connections that send half a request head and nothing more, a 5 MB body to every node's
+/api/robot/command, and N concurrent "stand" commands, each on its own connection with its
+own key, spread round-robin over the three nodes. Every client is 127.0.0.1, so each node's
+rate limit sees them as one client. Counted: the status of every command, what the slow
+connections and the large bodies got, and leader changes (every node's
+ha_voice_leader_changes_total).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 from bench_sim_failover import write_section  # run as a script: its directory is on the path
@@ -46,14 +49,14 @@ async def slow_connection(node: LocalNode) -> str:
 
 
 async def big_body(client: httpx.AsyncClient, node: LocalNode) -> str:
-    async def chunks() -> object:
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(_BIG // 65536):
             yield b"[" * 65536
 
     try:
         response = await client.post(
             node.url + "/api/robot/command",
-            content=chunks(),  # type: ignore[arg-type]
+            content=chunks(),
             headers={"content-length": str(_BIG), "content-type": "application/json"},
         )
     except httpx.HTTPError as exc:
@@ -80,7 +83,17 @@ def leader_changes(node: LocalNode) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def flood(cluster: LocalCluster, commands: int, slow: int) -> dict[str, object]:
+@dataclass
+class Flood:
+    """What the clients saw."""
+
+    commands: collections.Counter[str]
+    commands_s: float
+    big: list[str]
+    slow: collections.Counter[str]
+
+
+async def flood(cluster: LocalCluster, commands: int, slow: int) -> Flood:
     nodes = list(cluster.nodes.values())
     limits = httpx.Limits(max_connections=commands + 16, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
@@ -89,52 +102,58 @@ async def flood(cluster: LocalCluster, commands: int, slow: int) -> dict[str, ob
         big_tasks = [asyncio.create_task(big_body(client, node)) for node in nodes]
         answers = await asyncio.gather(*(command(client, nodes[i % 3]) for i in range(commands)))
         commands_s = time.perf_counter() - started
-        return {
-            "commands": collections.Counter(answers),
-            "commands_s": commands_s,
-            "big": await asyncio.gather(*big_tasks),
-            "slow": collections.Counter(await asyncio.gather(*slow_tasks)),
-        }
+        return Flood(
+            collections.Counter(answers),
+            commands_s,
+            list(await asyncio.gather(*big_tasks)),
+            collections.Counter(await asyncio.gather(*slow_tasks)),
+        )
+
+
+def one_run(commands: int, slow: int) -> tuple[Flood, float]:
+    """A fresh cluster, one flood: what the clients saw, and the leader changes it caused."""
+    with SimRobotProcess() as sim, LocalCluster(3, extra_flags=(f"--robot={sim.spec}",)) as cluster:
+        cluster.start()
+        assert cluster.wait_for_primary(20.0) is not None
+        time.sleep(1.0)
+        changes_before = sum(leader_changes(node) for node in cluster.nodes.values())
+        result = asyncio.run(flood(cluster, commands, slow))
+        time.sleep(1.0)
+        changes = sum(leader_changes(node) for node in cluster.nodes.values()) - changes_before
+    return result, changes
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--commands", type=int, default=1000)
+    parser.add_argument("--commands", type=int, nargs="+", default=[0, 100, 1000])
     parser.add_argument("--slow", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    with SimRobotProcess() as sim, LocalCluster(3, extra_flags=(f"--robot={sim.spec}",)) as cluster:
-        cluster.start()
-        found = cluster.wait_for_primary(20.0)
-        assert found is not None
-        time.sleep(1.0)
-        before = {n: cluster.nodes[n].cluster() for n in cluster.nodes}
-        changes_before = sum(leader_changes(node) for node in cluster.nodes.values())
-        result = asyncio.run(flood(cluster, args.commands, args.slow))
-        time.sleep(1.0)
-        after = {n: cluster.nodes[n].cluster() for n in cluster.nodes}
-        changes = sum(leader_changes(node) for node in cluster.nodes.values()) - changes_before
-    terms = sorted({view["term"] for view in [*before.values(), *after.values()] if view})
-    leaders = sorted({view["leader"] for view in [*before.values(), *after.values()] if view})
-    counted = ", ".join(f"{status}: {n}" for status, n in sorted(result["commands"].items()))  # type: ignore[attr-defined]
-    slow_seen = ", ".join(f"{answer}: {n}" for answer, n in result["slow"].items())  # type: ignore[attr-defined]
+    rows = []
+    for commands in args.commands:
+        for run in range(1, args.runs + 1):
+            result, changes = one_run(commands, args.slow)
+            counted = ", ".join(f"{status}: {n}" for status, n in sorted(result.commands.items()))
+            slow_seen = ", ".join(f"{answer}: {n}" for answer, n in result.slow.items())
+            rows.append(
+                f"| {commands} | {run} | {counted or '-'} | {result.commands_s:.1f} | "
+                f"{', '.join(result.big)} | {slow_seen} | {changes:g} |"
+            )
     lines = [
         "## A flood, a 5 MB body and slow connections (HTTP limits)",
         "",
-        f"`python tests/bench/bench_http_abuse.py --commands {args.commands} --slow {args.slow}`"
-        ": three nodes with the default configuration and the simulated Go2; at once "
-        f"{args.commands} concurrent `stand` commands (own connection, own key, round-robin "
+        "`python tests/bench/bench_http_abuse.py --commands "
+        f"{' '.join(map(str, args.commands))} --slow {args.slow} --runs {args.runs}`: each run "
+        "a fresh cluster of three nodes with the default configuration and the simulated Go2; "
+        "at once that many concurrent `stand` commands (own connection, own key, round-robin "
         f"over the nodes, all from 127.0.0.1), a 5 MB body to each node and {args.slow} "
-        "connections that never finish their request head.",
+        "connections that never finish their request head. Leader changes are the sum of "
+        "every node's `ha_voice_leader_changes_total` over the run.",
         "",
-        "| what | result |",
-        "|---|---|",
-        f"| commands, by status | {counted} |",
-        f"| all commands answered within | {result['commands_s']:.1f} s |",
-        f"| 5 MB bodies | {', '.join(result['big'])} |",  # type: ignore[arg-type]
-        f"| slow connections | {slow_seen} |",
-        f"| terms seen before/after | {', '.join(map(str, terms))} |",
-        f"| leaders seen before/after | {', '.join(leaders)} |",
-        f"| leader changes counted by the nodes | {changes:g} |",
+        "| commands | run | answers, by status | all answered within s | 5 MB bodies "
+        "| slow connections | leader changes |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
     ]
     write_section(lines, START, END)
     print("\n".join(lines))
