@@ -409,8 +409,12 @@ def test_the_openapi_schema_documents_every_body_and_status(rig: Rig) -> None:
         assert statuses <= set(operation["responses"]), (path, sorted(operation["responses"]))
     for path, method in list(expected)[:4]:
         body = paths[path][method]["requestBody"]["content"]["application/json"]["schema"]
-        assert body["additionalProperties"] is False
-        assert body["properties"]
+        for variant in body.get("oneOf", [body]):  # the robot command: one per action
+            assert variant["additionalProperties"] is False
+            assert variant["properties"]
+    command = paths["/api/robot/command"]["post"]["requestBody"]["content"]["application/json"]
+    move = next(v for v in command["schema"]["oneOf"] if v["title"] == "move")
+    assert set(move["properties"]["params"]["properties"]) == {"vx", "vy", "vyaw"}
     metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert "text/plain" in metrics
     text = json.dumps(schema)
