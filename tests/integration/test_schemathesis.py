@@ -37,7 +37,7 @@ def cluster() -> Iterator[LocalCluster]:
         yield running
 
 
-def _schemathesis(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(url: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
         "-c",
@@ -55,16 +55,22 @@ def _schemathesis(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
         *extra,
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    # Run elsewhere: schemathesis keeps a cache directory where it runs.
+    return subprocess.run(
+        command, cwd=workdir, env=env, capture_output=True, text=True, check=False
+    )
 
 
 @pytest.mark.parametrize("role", ["backup", "primary"])
-def test_no_server_errors_and_no_schema_violations(cluster: LocalCluster, role: str) -> None:
+def test_no_server_errors_and_no_schema_violations(
+    cluster: LocalCluster, role: str, tmp_path: Path
+) -> None:
     (primary,) = cluster.primaries()
     if role == "primary":
-        result = _schemathesis(cluster.nodes[primary].url, "--exclude-path", "/cluster/step-down")
+        url = cluster.nodes[primary].url
+        result = _schemathesis(url, tmp_path, "--exclude-path", "/cluster/step-down")
     else:
         backup = next(node for name, node in cluster.nodes.items() if name != primary)
-        result = _schemathesis(backup.url)
+        result = _schemathesis(backup.url, tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout
