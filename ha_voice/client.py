@@ -10,7 +10,8 @@ Invariants:
   the same `Idempotency-Key`, so the cluster runs it at most once however often it arrives.
   That key, and only that, makes retrying a POST safe; GETs are safe by nature.
 - Retried, since the request either did not run or ran under that key: connection errors and
-  timeouts (`httpx.TransportError`), 503 and 504. The body's `retry_after_s` (else the
+  timeouts (`httpx.TransportError`), 503 and 504, and 429 (over the rate limit, or the
+  primary's queue of commands is full: nothing was journalled). The body's `retry_after_s` (else the
   `Retry-After` header) is a floor for the pause and `leader_url` is where the next attempt
   goes. A 307 or 308 is followed at once.
 - Final, since asking again would get the same answer: 2xx; 502 from a command (the robot
@@ -89,7 +90,7 @@ DEFAULT_CLUSTER: Final = "ha-voice"
 _BACKOFF: Final = wait_random_exponential(multiplier=0.05, max=1.0)
 _NO_KEEPALIVE: Final = httpx.Limits(max_keepalive_connections=0)
 _MIN_ATTEMPT_S: Final = 0.001  # httpx would read a zero timeout as "give up at once"
-_RETRIED: Final = frozenset({503, 504})
+_RETRIED: Final = frozenset({429, 503, 504})
 _REDIRECTS: Final = frozenset({307, 308})  # the two that keep the method and the body
 _FAILED: Final = 502  # a command's recorded failure
 

@@ -15,6 +15,11 @@ Invariants:
   settled: re-run if idempotent and younger than `reexecute_window_s`, else marked `unknown` —
   it may or may not have run, and is never repeated.
 - A key is in flight at most once per primary: a second request for it waits for the first.
+- A key names one command (action, parameters, duration): the same key with another command is
+  refused (`KeyConflict`, naming the command the key holds), in flight or answered, never
+  answered with the other command's outcome.
+- At most `max_pending` commands are in flight; one more is refused at once (`Busy`) and never
+  enters the journal. STOP_MOVE is never refused for that: it preempts what waits.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.node import ClusterNode, NotPrimary
 from ha_voice.cluster.protocol import Entry, EntryKind
+from ha_voice.errors import HAVoiceError
 from ha_voice.journal import (
     CommandRecord,
     Settings,
@@ -39,7 +45,7 @@ from ha_voice.journal import (
 from ha_voice.robot.base import ACTIONS, Action, Command, RobotError
 from ha_voice.robot.guard import Guard, NotLeading, Outcome
 
-__all__ = ["Answer", "CommandRequest", "CommandService"]
+__all__ = ["Answer", "Busy", "CommandRequest", "CommandService", "KeyConflict", "ensure_same"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,45 @@ class CommandRequest:
     duration_s: float | None = None
     text: str = ""
     source: str = ""
+
+
+class KeyConflict(HAVoiceError):
+    """The idempotency key already holds another command: its action, params and duration."""
+
+    def __init__(
+        self, key: str, action: str, params: Mapping[str, float], duration_s: float | None
+    ) -> None:
+        super().__init__(f"idempotency key {key} already holds {action}")
+        self.key = key
+        self.action = action
+        self.params = dict(params)
+        self.duration_s = duration_s
+
+
+class Busy(HAVoiceError):
+    """Too many commands are in flight on this primary to take one more now."""
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(f"{pending} commands are waiting for the journal or the robot")
+        self.pending = pending
+
+
+def ensure_same(
+    key: str,
+    action: str,
+    params: Mapping[str, float],
+    duration_s: float | None,
+    new: CommandRequest,
+) -> None:
+    """Return if `new` is the command that `key` holds (action, params, duration); else
+    raise KeyConflict naming the held one."""
+    same = (
+        action == new.action.value
+        and dict(params) == dict(new.params)
+        and duration_s == new.duration_s
+    )
+    if not same:
+        raise KeyConflict(key, action, params, duration_s)
 
 
 @dataclass(frozen=True)
@@ -70,7 +115,7 @@ class CommandService:
         self._guard = guard
         self._reexecute_window_s = reexecute_window_s
         self._ready_term: int | None = None
-        self._inflight: dict[str, asyncio.Future[Answer]] = {}
+        self._inflight: dict[str, tuple[CommandRequest, asyncio.Future[Answer]]] = {}
 
     @property
     def node_id(self) -> str:
@@ -123,21 +168,35 @@ class CommandService:
 
     # --- commands --------------------------------------------------------------------------
 
-    async def submit(self, request: CommandRequest) -> Answer:
-        """Run `request` exactly once, or answer what became of it; NotPrimary if we cannot."""
-        known = self._node.journal.get(request.key)
-        if known is not None and known.final:
-            return Answer(known, duplicate=True)
-        waiting = self._inflight.get(request.key)
+    @property
+    def pending(self) -> int:
+        """Commands in flight: accepted and not answered yet."""
+        return len(self._inflight)
+
+    async def submit(self, request: CommandRequest, *, max_pending: int | None = None) -> Answer:
+        """Run `request` exactly once, or answer what became of it; NotPrimary if we cannot,
+        KeyConflict if its key holds another command, Busy past `max_pending` in flight."""
+        key = request.key
+        known = self._node.journal.get(key)
+        if known is not None:
+            ensure_same(key, known.action, known.params, known.duration_s, request)
+            if known.final:
+                return Answer(known, duplicate=True)
+        waiting = self._inflight.get(key)
         if waiting is not None:
-            answer = await asyncio.shield(waiting)
+            first, running = waiting
+            ensure_same(key, first.action.value, first.params, first.duration_s, request)
+            answer = await asyncio.shield(running)
             return Answer(answer.record, duplicate=True)
         if not self.ready():
             raise NotPrimary(self._why_not())
         if known is not None:  # committed, unfinished, not ours: settled at takeover
             raise NotPrimary("the command is being settled after a takeover")
+        full = max_pending is not None and self.pending >= max_pending
+        if full and request.action is not Action.STOP_MOVE:
+            raise Busy(self.pending)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._inflight[request.key] = future
+        self._inflight[key] = (request, future)
         try:
             answer = await self._append_and_run(request)
         except BaseException as exc:

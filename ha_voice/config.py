@@ -442,6 +442,73 @@ class Config(BaseModel):
         description="TCP port of the HTTP API, 1 to 65535, 8888 as the seed's --port so "
         "existing clients keep working.",
     )
+    api_max_body_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1_048_576,
+        description="Largest request body in bytes that the JSON routes (commands, listen, "
+        "settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the largest valid "
+        "command and small enough to parse without delaying a heartbeat; larger bodies get 413 "
+        "before they are read.",
+    )
+    api_header_timeout_s: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=120.0,
+        description="Seconds a client has to send a complete request head, from connecting or "
+        "from the first byte of a later request, 0.5 to 120; then 408 and the connection is "
+        "closed, so connections that never finish their headers (slowloris) are not held.",
+    )
+    api_body_timeout_s: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=300.0,
+        description="Seconds a client has to send a whole request body once its head has "
+        "arrived, 0.5 to 300; then 408 and the connection is closed; 10 s moves 16 KiB even "
+        "at 2 kB/s.",
+    )
+    api_keepalive_timeout_s: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=300.0,
+        description="Seconds an idle kept-alive connection stays open after an answer, 0.1 to "
+        "300; 5 as uvicorn's default, long enough for a client's next command and short enough "
+        "that idle connections do not pile up.",
+    )
+    api_max_connections: int = Field(
+        default=1024,
+        ge=8,
+        le=16_384,
+        description="Open HTTP connections this node holds at once, 8 to 16384; one more is "
+        "answered 503 and closed, so no number of idle or slow clients can exhaust file "
+        "descriptors (the soft open-file limit is raised to fit, where the hard limit allows); "
+        "1024 because a primary flooded by 1000 clients held about 550: its third of them "
+        "plus up to 100 forwards from each backup.",
+    )
+    api_rate_per_s: float = Field(
+        default=50.0,
+        ge=0.1,
+        le=10_000.0,
+        description="Requests per second that one client address may make to the mutating "
+        "routes of this node on average (a token bucket), 0.1 to 10000; beyond it 429 with "
+        "Retry-After; 50 is several times a scripted client's steady rate.",
+    )
+    api_rate_burst: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Requests one client address may make at once before api_rate_per_s "
+        "applies (the bucket's size), 1 to 100000, so a client that catches up after a "
+        "failover is not refused.",
+    )
+    max_pending_commands: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Commands the primary holds accepted but not yet answered (waiting for the "
+        "journal or the robot), 1 to 4096; one more is answered 429 at once and never enters "
+        "the journal, so a burst cannot queue minutes of robot work; stop is always taken.",
+    )
     robot_ip: IPv4Text = Field(
         default="192.168.123.161",
         description="IPv4 address of the Go2 (the seed's --robot-ip), by default the address "

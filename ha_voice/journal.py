@@ -10,7 +10,10 @@ Invariants:
   (the primary checks before appending; this makes a bug there harmless, and visible).
 - Status only moves forward: committed (no outcome yet) → done / stopped / failed / unknown.
   An OUTCOME for an index that already has one is ignored.
-- Payloads are small JSON objects (≤ `MAX_ENTRY_BYTES`): free text is cut to `MAX_TEXT` chars.
+- Payloads are small JSON objects (≤ `MAX_ENTRY_BYTES` once encoded): free text (a transcript,
+  a source, an outcome) is cut to `MAX_TEXT` characters and then, at a character boundary,
+  until the encoded payload fits, whatever it holds (control characters take 6 bytes escaped,
+  emoji 4); a lone surrogate becomes U+FFFD. So a command is never refused for its text.
 - Retention: records older than the snapshot are forgotten, keys included; `compaction_point`
   never folds away a command still waiting for its outcome, and folds every other entry
   (settings, outcomes, NOOPs) once nothing kept comes before it, so no client can grow the
@@ -22,6 +25,7 @@ Pure: the caller passes wall-clock times in.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -240,25 +244,33 @@ def command_entry(
     source: str,
     at: float,
 ) -> bytes:
+    """A COMMAND payload; `text` and then `source` are cut until it fits."""
     data = {
         "k": key,
         "a": action,
         "p": dict(params),
         "d": duration_s,
-        "t": text[:MAX_TEXT],
-        "s": source[:MAX_KEY],
+        "t": _clean(text[:MAX_TEXT]),
+        "s": _clean(source[:MAX_KEY]),
         "at": round(at, 3),
     }
-    return _encode(data)
+    return _encode_fitted(data, ("t", "s"))
 
 
 def outcome_entry(
     index: int, status: Status, outcome: str, by: str, at: float, posture: str | None
 ) -> bytes:
-    data = {"i": index, "st": status, "o": outcome[:MAX_TEXT], "by": by, "at": round(at, 3)}
+    """An OUTCOME payload; `outcome` is cut until it fits."""
+    data: dict[str, Any] = {
+        "i": index,
+        "st": status,
+        "o": _clean(outcome[:MAX_TEXT]),
+        "by": by,
+        "at": round(at, 3),
+    }
     if posture:
         data["posture"] = posture
-    return _encode(data)
+    return _encode_fitted(data, ("o",))
 
 
 def settings_entry(**changes: Any) -> bytes:
@@ -268,8 +280,47 @@ def settings_entry(**changes: Any) -> bytes:
     return _encode(changes)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """`text` with lone surrogates (which UTF-8 cannot encode) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _encode_fitted(data: dict[str, Any], cuttable: tuple[str, ...]) -> bytes:
+    """`data` encoded, its `cuttable` texts shortened in turn until it fits."""
+    raw = _dumps(data)
+    for name in cuttable:
+        excess = len(raw) - MAX_ENTRY_BYTES
+        if excess <= 0:
+            break
+        data[name] = _cut(data[name], _encoded_size(data[name]) - excess)
+        raw = _dumps(data)
+    return _encode(data)
+
+
+def _cut(text: str, budget: int) -> str:
+    """The longest prefix of `text` whose JSON-escaped UTF-8 form takes at most `budget` bytes."""
+    used = 0
+    for end, char in enumerate(text):
+        used += _encoded_size(char)
+        if used > budget:
+            return text[:end]
+    return text
+
+
+def _encoded_size(text: str) -> int:
+    """Bytes `text` takes inside a JSON string as `_dumps` writes it."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _encode(data: Mapping[str, Any]) -> bytes:
-    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = _dumps(data)
     if len(raw) > MAX_ENTRY_BYTES:
         raise LocalError(f"journal payload of {len(raw)} bytes > {MAX_ENTRY_BYTES}")
     return raw

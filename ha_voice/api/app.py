@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from ha_voice.api import cluster, health, journal, robot
+from ha_voice.api import cluster, health, journal, problems, robot
 from ha_voice.api.context import ApiContext
+from ha_voice.api.limits import TokenBuckets
 
 __all__ = ["create_app"]
 
@@ -15,11 +16,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="ha-voice",
         version=ctx.version,
         description="High-availability voice commands for a Unitree Go2. Read-only endpoints "
-        "answer on every node; the cluster endpoints say who leads.",
+        "answer on every node; the cluster endpoints say who leads. Request bodies are JSON "
+        "(curl -d's form type is taken if the body is a JSON object); every error is an "
+        "ErrorBody.",
     )
     app.state.ctx = ctx
-    app.include_router(health.router)
-    app.include_router(cluster.router)
-    app.include_router(robot.router)
-    app.include_router(journal.router)
+    app.state.rate_limits = TokenBuckets(ctx.config.api_rate_per_s, ctx.config.api_rate_burst)
+    routers = (health.router, cluster.router, robot.router, journal.router)
+    problems.install(app, ctx.metrics.registry, routers)
+    for router in routers:
+        app.include_router(router)
     return app

@@ -11,13 +11,16 @@ import datetime
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ha_voice import clock
 from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED
+from ha_voice.api.body import JsonBody
 from ha_voice.api.context import ApiContext, context
+from ha_voice.api.limits import rate_limited
+from ha_voice.api.problems import ApiError, error_responses
 from ha_voice.api.tls import leader_url
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.node import ClusterNode
@@ -30,7 +33,37 @@ Ctx = Annotated[ApiContext, Depends(context)]
 
 
 class StepDownBody(BaseModel):
-    target: str | None = Field(default=None, description="node to hand over to; default: best")
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    target: str | None = Field(
+        default=None, max_length=63, description="node to hand over to; default: best"
+    )
+
+
+class PrimaryCheck(BaseModel):
+    """Who answered a health check, in which role and term."""
+
+    node: str
+    role: str
+    term: int
+
+
+class ReplicaCheck(BaseModel):
+    """Who answered a health check, in which role, following whom."""
+
+    node: str
+    role: str
+    leader: str | None
+
+
+class Handover(BaseModel):
+    """A step-down under way."""
+
+    status: str = Field(description="handing over")
+    leader: str | None
+
+
+_STEP_DOWN_BODY = JsonBody(StepDownBody, '{"target": "n2"} or no body', optional=True)
 
 
 @router.get("")
@@ -63,7 +96,13 @@ def cluster(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-@router.get("/primary")
+@router.get(
+    "/primary",
+    responses={
+        200: {"model": PrimaryCheck, "description": "the primary, holding a valid lease"},
+        503: {"model": PrimaryCheck, "description": "not the primary with a valid lease"},
+    },
+)
 def primary(ctx: Ctx) -> JSONResponse:
     """200 on the primary holding a valid lease, else 503."""
     election = ctx.node.view
@@ -72,7 +111,13 @@ def primary(ctx: Ctx) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/replica")
+@router.get(
+    "/replica",
+    responses={
+        200: {"model": ReplicaCheck, "description": "a backup following a live primary"},
+        503: {"model": ReplicaCheck, "description": "not a backup following a live primary"},
+    },
+)
 def replica(ctx: Ctx) -> JSONResponse:
     """200 on a backup that heard a live primary within an election timeout, else 503."""
     election = ctx.node.view
@@ -87,13 +132,24 @@ def replica(ctx: Ctx) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.post("/step-down", status_code=202, dependencies=[AUTHENTICATED], responses=AUTH_RESPONSES)
-async def step_down(ctx: Ctx, body: StepDownBody | None = None) -> JSONResponse:
+@router.post(
+    "/step-down",
+    status_code=202,
+    dependencies=[AUTHENTICATED, rate_limited],
+    openapi_extra=_STEP_DOWN_BODY.openapi(),
+    response_class=JSONResponse,
+    responses={
+        202: {"model": Handover, "description": "handing over"},
+        **error_responses(400, 409, 413, 415, 422, 429),
+        **AUTH_RESPONSES,
+    },
+)
+async def step_down(ctx: Ctx, request: Request) -> JSONResponse:
     """Hand leadership to `target` or the best backup; 409 with the reason if refused."""
-    target = body.target if body else None
-    refused = await ctx.node.step_down(target)
+    _, body = await _STEP_DOWN_BODY.read(request, ctx.config.api_max_body_bytes)
+    refused = await ctx.node.step_down(body.target if body else None)
     if refused is not None:
-        return JSONResponse({"status": "refused", "reason": refused}, status_code=409)
+        raise ApiError(409, "step_down_refused", f"step-down refused: {refused}", reason=refused)
     return JSONResponse({"status": "handing over", "leader": ctx.node.view.leader}, 202)
 
 

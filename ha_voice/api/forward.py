@@ -8,91 +8,100 @@ Invariants:
   the forward is sealed with the cluster key: which node forwards, for which client address and
   principal, with which body, when.
 - The client's idempotency key travels with the request, so a forwarded command that the client
-  also retries elsewhere still runs once.
-- With no primary known, or the primary unreachable, the answer is 503 with `Retry-After: 1`,
-  `retry_after_s` (two heartbeat intervals: the header cannot say less than a second, a
-  failover takes about half of one), the leader hint (`leader`, `leader_url`) and this node's
-  view of the cluster.
+  also retries elsewhere still runs once. A verified forward is not rate-limited again at the
+  primary (limits.py: the node the client reached counted it).
+- A forward waits only while the primary it went to still leads and is heard: as soon as the
+  leader or the term changes, or the leader has been silent for an election timeout, it is
+  abandoned (a frozen primary cannot hold a client for longer than that). A primary that is
+  heard and answers slowly (a 60 s move) is waited for.
+- With no primary known, or the primary unreachable or lost, the answer is 503 with
+  `Retry-After: 1`, `retry_after_s` (two heartbeat intervals: the header cannot say less than a
+  second, a failover takes about half of one), the leader hint (`leader`, `leader_url`) and
+  this node's view of the cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import socket
-from typing import Any, TypeVar
 
 import httpx
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
-from starlette.requests import ClientDisconnect
+from fastapi.responses import Response
 
 from ha_voice.api.auth import FORWARDED_BY, seal_headers, verified_forwarder
 from ha_voice.api.context import ApiContext
-from ha_voice.api.tls import client_context, leader_url
+from ha_voice.api.problems import problem, quote
+from ha_voice.api.tls import client_context
+from ha_voice.api.view import cluster_view
 
-__all__ = ["FORWARDED_BY", "forward", "read_model", "unavailable"]
-
-_Model = TypeVar("_Model", bound=BaseModel)
+__all__ = ["FORWARDED_BY", "forward", "forwarded_by", "unavailable"]
 
 # The headers of the client's request that the primary needs.
 _PASSED_ON = ("content-type", "idempotency-key", "authorization")
 # The headers of the primary's answer that the client needs: when to retry, how to log in.
 _PASSED_BACK = ("retry-after", "www-authenticate")
-# Past a move's longest duration (60 s) plus a failover.
+# A backstop for a primary that is heard but never answers: past a move's longest duration
+# (60 s) plus a failover. A primary that stops leading or goes silent is left much sooner.
 _FORWARD_TIMEOUT_S = 75.0
 
 
-# nginx's "client closed request": nobody reads it, the log line says what happened.
-CLIENT_GONE = 499
+def forwarded_by(request: Request) -> str | None:
+    """The member that forwarded `request` to us (its seal verified), or None if a client sent
+    it directly: a marker without a valid seal is a client's, ignored and counted."""
+    return verified_forwarder(request)
 
 
-async def read_model(
-    request: Request, model: type[_Model], what: str
-) -> tuple[bytes, _Model] | Response:
-    """The raw body (to forward as it came) and `model` parsed from it; else the answer:
-    422 naming what is wrong, or 499 if the client went away before sending it all."""
-    try:
-        raw = await request.body()
-    except ClientDisconnect:
-        return Response(status_code=CLIENT_GONE)
-    try:
-        return raw, model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False)
-        return JSONResponse({"error": f"invalid {what}", "detail": errors}, 422)
-
-
-def unavailable(
-    ctx: ApiContext, reason: str, status: int = 503, *, hint_leader: bool = True
-) -> JSONResponse:
+def unavailable(ctx: ApiContext, reason: str, *, hint_leader: bool = True) -> Response:
     """503 + Retry-After: what to retry, where, and what this node sees of the cluster."""
-    election = ctx.node.view
-    body: dict[str, Any] = {
-        "status": "error",
-        "error": reason,
-        "node": election.node_id,
-        "role": election.role.value,
-        "term": election.term,
-        "leader": election.leader,
-        "leader_url": leader_url(ctx) if hint_leader else None,
-        # Retry-After cannot say less than a second; a failover takes about half of one.
-        "retry_after_s": round(2 * ctx.node.timers.heartbeat_interval_s, 3),
-    }
-    return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
+    view = cluster_view(ctx)
+    return problem(
+        503,
+        reason,
+        headers={"Retry-After": "1"},  # the header's least; `retry_after_s` says it finer
+        node=view.node,
+        role=view.role,
+        term=view.term,
+        leader=view.leader,
+        leader_url=view.leader_url if hint_leader else None,
+        retry_after_s=view.retry_after_s,
+    )
 
 
 async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> Response:
     """Send the client's request to the primary and return its answer, or say why not."""
-    forwarder = verified_forwarder(request)
-    if forwarder is not None:
-        return unavailable(ctx, f"{why} (forwarded by {forwarder})")
-    url = leader_url(ctx)
-    if url is None:
+    via = forwarded_by(request)
+    if via is not None:
+        return unavailable(ctx, f"{why} (forwarded by {quote(via)}; one hop only)")
+    view = cluster_view(ctx)
+    if view.leader is None or view.leader_url is None:
         return unavailable(ctx, f"{why}; no primary is known")
+    call = asyncio.ensure_future(_send(ctx, request, view.leader_url, body))
+    watch = asyncio.ensure_future(_until_lost(ctx, view.leader, view.term))
+    try:
+        await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (call, watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await task
+    if not call.cancelled():
+        return _answer(ctx, call.result(), why, view.leader_url)
+    lost = watch.result()
+    # Hint at the new leader only: a client sent to the silent one would meet the same silence.
+    moved = cluster_view(ctx).leader not in (None, view.leader)
+    return unavailable(ctx, f"{why}; gave up on {view.leader_url}: {lost}", hint_leader=moved)
+
+
+async def _send(
+    ctx: ApiContext, request: Request, url: str, body: bytes
+) -> httpx.Response | httpx.HTTPError:
     headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_ON}
     headers.update(seal_headers(request, body))
     try:
-        answer = await _client(ctx).request(
+        return await _client(ctx).request(
             request.method,
             url + request.url.path,
             params=request.query_params,
@@ -101,13 +110,33 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
             timeout=_FORWARD_TIMEOUT_S,
         )
     except httpx.HTTPError as exc:
+        return exc
+
+
+async def _until_lost(ctx: ApiContext, leader: str, term: int) -> str:
+    """Wait while `leader` leads `term` and is heard; then say what happened."""
+    while True:
+        view = cluster_view(ctx)
+        if (view.leader, view.term) != (leader, term):
+            return f"the primary changed to {view.leader or 'nobody yet'} in term {view.term}"
+        silent_s = view.leader_silent_s
+        if silent_s is None or silent_s >= view.election_timeout_s:
+            return f"{leader} has not been heard for an election timeout"
+        # Wake when it would have been silent too long, unless heard again by then.
+        await asyncio.sleep(max(view.election_timeout_s - silent_s, view.heartbeat_interval_s))
+
+
+def _answer(
+    ctx: ApiContext, answer: httpx.Response | httpx.HTTPError, why: str, url: str
+) -> Response:
+    if isinstance(answer, httpx.HTTPError):
         # Not `leader_url` then: a client sent there would only meet the same silence.
         return unavailable(
-            ctx, f"{why}; the primary at {url} did not answer ({exc!r})", hint_leader=False
+            ctx, f"{why}; the primary at {url} did not answer ({answer!r})", hint_leader=False
         )
     ctx.metrics.forwarded.inc()
     passed = {k: v for k, v in answer.headers.items() if k.lower() in _PASSED_BACK}
-    passed[FORWARDED_BY] = ctx.node.node_id
+    passed[FORWARDED_BY] = cluster_view(ctx).node
     return Response(
         answer.content,
         status_code=answer.status_code,
@@ -119,7 +148,10 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
 def _client(ctx: ApiContext) -> httpx.AsyncClient:
     client = ctx.state.get("forward_client")
     if client is None:
-        # TCP_NODELAY, as on the server side (daemon._listen): no Nagle stall on keep-alive.
+        # httpx logs every request at info: under a flood of forwards that is a log write per
+        # request on the event loop. Its warnings and errors still show.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        # TCP_NODELAY, as on the server side (server.listen): no Nagle stall on keep-alive.
         # With TLS, the primary's certificate is verified against tls_ca_file before the
         # client's token goes to it.
         transport = httpx.AsyncHTTPTransport(

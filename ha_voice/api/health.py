@@ -53,6 +53,16 @@ def health(ctx: Ctx) -> JSONResponse:
     return JSONResponse(body, status_code=503 if status == "failing" else 200)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics(ctx: Ctx) -> Response:
+    """Every metric of this node, for Prometheus."""
     return Response(content=ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

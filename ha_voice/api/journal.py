@@ -13,11 +13,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED
+from ha_voice.api.body import JsonBody
 from ha_voice.api.context import ApiContext, context
-from ha_voice.api.forward import forward, read_model, unavailable
+from ha_voice.api.forward import forward, unavailable
+from ha_voice.api.limits import rate_limited
+from ha_voice.api.problems import ApiError, error_responses, quote
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.voice.intents import LANGUAGES
 
@@ -27,15 +30,54 @@ router = APIRouter(prefix="/api", tags=["journal"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
 
+def _settings_schema(schema: dict[str, Any]) -> None:
+    """What the route takes, said in the schema: a known language or null, a boolean, and at
+    least one of them."""
+    properties = schema["properties"]
+    properties["language"] = {
+        "enum": [*LANGUAGES, None],
+        "description": f"one of {', '.join(LANGUAGES)}; null: each node's configured language",
+    }
+    properties["listening"] = {"type": "boolean", "description": "whether voice commands are taken"}
+    schema["minProperties"] = 1
+
+
 class SettingsBody(BaseModel):
-    language: str | None = Field(default=None, description=f"one of {', '.join(LANGUAGES)}")
-    listening: bool | None = Field(default=None, description="whether voice commands are taken")
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra=_settings_schema)
+
+    language: str | None = Field(default=None, max_length=16)
+    listening: bool | None = None
+
+    @field_validator("listening")
+    @classmethod
+    def _a_boolean(cls, value: bool | None) -> bool:
+        if value is None:  # an explicit null; leaving the field out is how to keep it
+            raise ValueError("must be true or false")
+        return value
 
 
-@router.get("/journal")
+class SettingsAnswer(BaseModel):
+    """The replicated runtime settings after a change, and the node that answered."""
+
+    listening: bool
+    language: str | None
+    posture: str | None
+    node: str
+
+
+_SETTINGS_BODY = JsonBody(SettingsBody, '{"language": "en"} or {"listening": false}')
+_WRITE_ERRORS = (413, 415, 422, 429, 503)
+_WRITTEN: dict[int | str, dict[str, Any]] = {
+    200: {"model": SettingsAnswer, "description": "the settings, replicated"}
+}
+
+
+@router.get("/journal", responses=error_responses(422))
 def journal(
     ctx: Ctx,
-    since: Annotated[int, Query(ge=0, description="only entries after this index")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="only entries after this index")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict[str, Any]:
     """The commands this node's journal holds, oldest first, with status and outcome."""
@@ -74,13 +116,21 @@ def voice_status(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-@router.post("/voice/start", dependencies=[AUTHENTICATED], responses=AUTH_RESPONSES)
+@router.post(
+    "/voice/start",
+    dependencies=[AUTHENTICATED, rate_limited],
+    responses={**_WRITTEN, **error_responses(429, 503), **AUTH_RESPONSES},
+)
 async def start_listening(ctx: Ctx, request: Request) -> Response:
     """Take voice commands again (replicated: every node's status says so)."""
     return await _change(ctx, request, {"listening": True})
 
 
-@router.post("/voice/stop", dependencies=[AUTHENTICATED], responses=AUTH_RESPONSES)
+@router.post(
+    "/voice/stop",
+    dependencies=[AUTHENTICATED, rate_limited],
+    responses={**_WRITTEN, **error_responses(429, 503), **AUTH_RESPONSES},
+)
 async def stop_listening(ctx: Ctx, request: Request) -> Response:
     """Stop taking voice commands (robot commands still work)."""
     return await _change(ctx, request, {"listening": False})
@@ -93,21 +143,28 @@ def get_settings(ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post(
-    "/settings", dependencies=[AUTHENTICATED], responses={**AUTH_RESPONSES, 400: {}, 503: {}}
+    "/settings",
+    dependencies=[AUTHENTICATED, rate_limited],
+    openapi_extra=_SETTINGS_BODY.openapi(),
+    responses={**_WRITTEN, **error_responses(400, *_WRITE_ERRORS), **AUTH_RESPONSES},
 )
 async def post_settings(ctx: Ctx, request: Request) -> Response:
     """Change runtime settings for the whole cluster (language, listening)."""
-    parsed = await read_model(request, SettingsBody, "settings")
-    if isinstance(parsed, Response):
-        return parsed
-    raw, body = parsed
-    changes = body.model_dump(exclude_none=True)
+    raw, body = await _SETTINGS_BODY.read(request, ctx.config.api_max_body_bytes)
+    assert body is not None
+    changes = body.model_dump(exclude_unset=True)  # language null: back to each node's own
     if not changes:
-        return JSONResponse({"error": "nothing to change: send language and/or listening"}, 400)
+        raise ApiError(
+            400, "nothing_to_change", "nothing to change: send language and/or listening"
+        )
     language = changes.get("language")
     if language is not None and language not in LANGUAGES:
-        known = ", ".join(LANGUAGES)
-        return JSONResponse({"error": f"language {language!r} unknown; known: {known}"}, 400)
+        raise ApiError(
+            400,
+            "unknown_language",
+            f"language: {quote(language)} is unknown; known: {', '.join(LANGUAGES)}",
+            field="language",
+        )
     return await _change(ctx, request, changes, raw)
 
 

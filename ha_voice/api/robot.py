@@ -4,57 +4,164 @@ Any node accepts a command. The primary runs it through the journal (commands.py
 forwards it to the primary and returns the primary's answer (forward.py); with no primary, 503 +
 Retry-After. Each command carries an idempotency key — the `Idempotency-Key` header or the
 body's `idempotency_key`; the server makes one if there is none — and a retry with the same key
-gets the stored answer, on any node, also after a failover.
+gets the stored answer, on any node, also after a failover; the same key with another command
+gets 409 naming the command it holds.
 
 Answers: 200 with the journal's record (`status` done, stopped or unknown); 502 when the robot
 failed the command (final: retrying returns the same); 400 for a bad command or key (the list of
-known commands included); 503 while no primary can take it.
+known commands included); 409 for a key that holds another command; 413/415/422 for a body that
+is too large, not JSON or not the schema; 429 for a client over its rate or a full queue;
+503 while no primary can take it.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED, source_of
+from ha_voice.api.body import JsonBody
 from ha_voice.api.context import ApiContext, context
-from ha_voice.api.forward import forward, read_model, unavailable
+from ha_voice.api.forward import forward, unavailable
+from ha_voice.api.limits import rate_limited
+from ha_voice.api.problems import ApiError, HeldCommand, error_responses, quote
+from ha_voice.api.view import cluster_view
 from ha_voice.cluster.node import NotPrimary
-from ha_voice.commands import Answer, CommandRequest
+from ha_voice.commands import Answer, Busy, CommandRequest, KeyConflict, ensure_same
 from ha_voice.journal import MAX_KEY
-from ha_voice.robot.base import Action, Command, RobotError
+from ha_voice.robot.base import ACTIONS, Action, Command, RobotError
 from ha_voice.voice.intents import Match
 
-__all__ = ["router"]
+__all__ = ["KEY_PATTERN", "CommandAnswer", "ListenAnswer", "router"]
 
 router = APIRouter(prefix="/api", tags=["commands"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
 # The seed's command names, kept working beside every action name.
 _SEED_ALIASES = {"stand": Action.STAND_UP, "sit": Action.SIT, "stop": Action.STOP_MOVE}
-_KEY = re.compile(rf"[!-~]{{1,{MAX_KEY}}}")  # printable ASCII, no spaces
-
-
-class RobotCommandBody(BaseModel):
-    command: str = Field(description="stand, sit, stop (the seed's) or any action name")
-    params: dict[str, float] = Field(default_factory=dict, description="e.g. vx, vy, vyaw")
-    duration_s: float | None = Field(default=None, ge=0, le=60, description="for move")
-    idempotency_key: str | None = Field(default=None, description="or the Idempotency-Key header")
-
-
-class ListenBody(BaseModel):
-    text: str = Field(min_length=1, max_length=500, description="a transcript, e.g. 'sta op'")
-    idempotency_key: str | None = Field(default=None, description="or the Idempotency-Key header")
+KEY_PATTERN: Final = rf"^[!-~]{{1,{MAX_KEY}}}$"  # printable ASCII, no spaces
+# Strict JSON types (no "1" for a number), finite numbers only, and no unknown fields: a
+# misspelt `duration` must not silently become a move of no duration.
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+_KEY_FIELD = Field(
+    default=None,
+    pattern=KEY_PATTERN,
+    description="or the Idempotency-Key header (both: the same key, else 400); printable ASCII, "
+    "no spaces, a UUID is ideal",
+)
+_WRITE_ERRORS = (413, 415, 422, 429, 503)
 
 
 def known_commands() -> list[str]:
     return sorted([*(a.value for a in Action), *_SEED_ALIASES])
+
+
+class RobotCommandBody(BaseModel):
+    model_config = _STRICT
+
+    command: str = Field(
+        max_length=64, description="stand, sit, stop (the seed's) or any action name"
+    )
+    params: dict[str, float] = Field(default_factory=dict, description="e.g. vx, vy, vyaw")
+    duration_s: float | None = Field(default=None, ge=0, le=60, description="for move")
+    idempotency_key: str | None = _KEY_FIELD
+
+
+class ListenBody(BaseModel):
+    model_config = _STRICT
+
+    text: str = Field(min_length=1, max_length=500, description="a transcript, e.g. 'sta op'")
+    idempotency_key: str | None = _KEY_FIELD
+
+
+class CommandAnswer(BaseModel):
+    """The journal's record of a command, as any node answers it."""
+
+    status: str = Field(description="done, stopped, failed (with 502) or unknown")
+    detail: str
+    key: str
+    index: int
+    executed_by: str | None
+    duplicate: bool = Field(description="answered from the journal: the key was known")
+    command: str = Field(description="the action the key holds")
+    node: str
+    term: int
+    leader: str | None
+    journal_term: int
+    elapsed_ms: float
+
+
+class ListenAnswer(BaseModel):
+    """The seed's answer to a transcript, with the journal's record if it ran a command."""
+
+    status: str = Field(description="success, error (with 502) or rejected")
+    recognized: str
+    processed: bool
+    response: str | None
+    intent: str | None = None
+    reason: str | None = None
+    score: float | None = None
+    outcome: str | None = None
+    node: str
+    term: int
+    leader: str | None
+
+
+def _robot_command_schema() -> dict[str, Any]:
+    """RobotCommandBody as JSON Schema, one variant per action: its names and its parameters
+    with their bounds, so that every body the schema allows is one the route takes."""
+    base = RobotCommandBody.model_json_schema()["properties"]
+    variants = []
+    for action, spec in ACTIONS.items():
+        names = [action.value, *(seed for seed, a in _SEED_ALIASES.items() if a is action)]
+        params = {
+            name: {"type": "number", "minimum": low, "maximum": high}
+            for name, (low, high) in spec.params.items()
+        }
+        properties = {
+            **base,
+            "command": {**base["command"], "enum": names},
+            "params": {"type": "object", "properties": params, "additionalProperties": False},
+        }
+        variants.append(
+            {
+                "type": "object",
+                "title": action.value,
+                "properties": properties,
+                "required": ["command"],
+                "additionalProperties": False,
+            }
+        )
+    return {"title": "RobotCommandBody", "oneOf": variants}
+
+
+_ROBOT_BODY: Final = JsonBody(
+    RobotCommandBody,
+    '{"command": "stand"} or {"command": "move", "params": {"vx": 0.3}}',
+    schema=_robot_command_schema(),
+)
+_LISTEN_BODY: Final = JsonBody(
+    ListenBody,
+    '{"text": "sta op"}',
+    audio_note='audio uploads are not supported yet (issue 11); send JSON {"text": "sta op"}',
+)
+_KEY_HEADER: Final = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": KEY_PATTERN},
+    "description": "the same key on every retry runs the command once",
+}
+
+
+def _openapi(body: JsonBody[Any]) -> dict[str, Any]:
+    return {**body.openapi(), "parameters": [_KEY_HEADER]}
 
 
 @router.get("/commands")
@@ -70,32 +177,31 @@ def commands(ctx: Ctx) -> dict[str, Any]:
 
 @router.post(
     "/robot/command",
-    dependencies=[AUTHENTICATED],
+    dependencies=[AUTHENTICATED, rate_limited],
+    openapi_extra=_openapi(_ROBOT_BODY),
+    response_class=JSONResponse,
     responses={
+        200: {"model": CommandAnswer, "description": "the command's outcome"},
+        502: {"model": CommandAnswer, "description": "the robot failed the command (final)"},
+        **error_responses(400, 409, *_WRITE_ERRORS),
         **AUTH_RESPONSES,
-        400: {"description": "unknown command or bad key"},
-        502: {},
-        503: {},
     },
 )
 async def robot_command(ctx: Ctx, request: Request) -> Response:
     """Run one action on the robot, exactly once per idempotency key (the seed's API)."""
-    parsed = await read_model(request, RobotCommandBody, "request body")
-    if isinstance(parsed, Response):
-        return parsed
-    raw, body = parsed
+    raw, body = await _ROBOT_BODY.read(request, ctx.config.api_max_body_bytes)
+    assert body is not None
     action = _SEED_ALIASES.get(body.command) or _action(body.command)
     if action is None:
-        return JSONResponse(
-            {"error": f"unknown command {body.command!r}", "known": known_commands()}, 400
+        raise ApiError(
+            400,
+            "unknown_command",
+            f"command: unknown command {quote(body.command)}",
+            field="command",
+            known=known_commands(),
         )
-    try:
-        Command(action, body.params)  # checks parameter names and bounds
-    except RobotError as exc:
-        return JSONResponse({"error": str(exc)}, 400)
+    _check_params(action, body.params)
     key = _key(request, body.idempotency_key)
-    if isinstance(key, JSONResponse):
-        return key
     command = CommandRequest(
         key, action, body.params, body.duration_s, body.command, _source(request)
     )
@@ -103,20 +209,26 @@ async def robot_command(ctx: Ctx, request: Request) -> Response:
     answer = await _submit(ctx, request, raw, command)
     if not isinstance(answer, Answer):
         return answer
-    return _answer(ctx, answer, started, {"command": action.value})
+    return _answer(ctx, answer, started, {"command": answer.record.action})
 
 
 @router.post(
     "/voice/listen",
-    dependencies=[AUTHENTICATED],
-    responses={**AUTH_RESPONSES, 400: {}, 502: {}, 503: {}},
+    dependencies=[AUTHENTICATED, rate_limited],
+    openapi_extra=_openapi(_LISTEN_BODY),
+    response_class=JSONResponse,
+    responses={
+        200: {"model": ListenAnswer, "description": "what was heard and what became of it"},
+        502: {"model": ListenAnswer, "description": "the robot failed the command (final)"},
+        **error_responses(400, 409, *_WRITE_ERRORS),
+        **AUTH_RESPONSES,
+    },
 )
 async def listen(ctx: Ctx, request: Request) -> Response:
     """A transcript in, the seed's answer out: status, recognized, processed, response."""
-    parsed = await read_model(request, ListenBody, "request body")
-    if isinstance(parsed, Response):
-        return parsed
-    raw, body = parsed
+    raw, body = await _LISTEN_BODY.read(request, ctx.config.api_max_body_bytes)
+    assert body is not None
+    key = _key(request, body.idempotency_key)  # refused up front, even if nothing will run
     if not ctx.node.journal.settings.listening:
         return _rejected(ctx, body.text, "not listening (POST /api/voice/start to listen again)")
     started = time.perf_counter()
@@ -134,9 +246,6 @@ async def listen(ctx: Ctx, request: Request) -> Response:
     seed = {"recognized": body.text, "response": intent.response, "intent": intent.name}
     if intent.action is None:
         return JSONResponse({"status": "success", "processed": False, **seed, **_who(ctx)})
-    key = _key(request, body.idempotency_key)
-    if isinstance(key, JSONResponse):
-        return key
     command = CommandRequest(
         key, intent.action, intent.action_params, intent.duration_s, body.text, _source(request)
     )
@@ -144,16 +253,14 @@ async def listen(ctx: Ctx, request: Request) -> Response:
     if not isinstance(answer, Answer):
         return answer
     record = answer.record
-    ok = record.status != "failed"
     extra = {
-        "status": "success" if ok else "error",
+        "status": "error" if record.status == "failed" else "success",
         "processed": record.status == "done",
         **seed,
         "score": round(found.score, 3),
         "outcome": record.status,
     }
-    response = _answer(ctx, answer, started, extra)
-    return response
+    return _answer(ctx, answer, started, extra)
 
 
 # --- the pieces -------------------------------------------------------------------------------
@@ -164,21 +271,64 @@ async def _submit(
 ) -> Answer | Response:
     """The journal's answer on the primary; the primary's answer (forwarded) elsewhere."""
     service = ctx.commands
-    if service is None or not service.ready():
-        known = ctx.node.journal.get(command.key)
-        if known is not None and known.final:  # answered before: any node can say so
-            return Answer(known, duplicate=True)
-        why = "this node is not the primary" if service is None else _why(ctx)
-        return await forward(ctx, request, raw, why)
     try:
-        answer = await service.submit(command)
+        if service is None or not service.ready():
+            known = ctx.node.journal.get(command.key)
+            if known is not None:  # answered before, or held: any node can say so
+                ensure_same(command.key, known.action, known.params, known.duration_s, command)
+                if known.final:
+                    return Answer(known, duplicate=True)
+            why = "this node is not the primary" if service is None else _why(ctx)
+            return await forward(ctx, request, raw, why)
+        answer = await service.submit(command, max_pending=ctx.config.max_pending_commands)
     except NotPrimary as exc:
         return unavailable(ctx, exc.reason)
+    except KeyConflict as exc:
+        raise _conflict(exc) from None
+    except Busy as exc:
+        raise ApiError(
+            429,
+            "queue_full",
+            f"{exc.pending} commands already wait for the robot (max_pending_commands); "
+            "try again shortly",
+            headers={"Retry-After": "1"},
+            retry_after_s=1.0,
+        ) from None
     if answer.duplicate:
         ctx.metrics.command_duplicates.inc()
     else:
         ctx.metrics.commands.labels(answer.record.status).inc()
     return answer
+
+
+def _conflict(exc: KeyConflict) -> ApiError:
+    held = exc.action + (f" with params {json.dumps(exc.params)}" if exc.params else "")
+    held += f" for {exc.duration_s:g} s" if exc.duration_s is not None else ""
+    return ApiError(
+        409,
+        "key_reused",
+        f"idempotency key {exc.key} already holds {held}; a different command needs a new key",
+        key=exc.key,
+        held=HeldCommand(command=exc.action, params=exc.params, duration_s=exc.duration_s),
+    )
+
+
+def _check_params(action: Action, params: dict[str, float]) -> None:
+    """400 naming the first parameter `action` does not take, or one out of its bounds."""
+    takes = ACTIONS[action].params
+    for name in params:
+        if name not in takes:
+            accepted = ", ".join(takes) or "no parameters"
+            raise ApiError(
+                400,
+                "bad_params",
+                f"params: {action.value} takes no {quote(name)}; it takes {accepted}",
+                field="params",
+            )
+    try:
+        Command(action, params)  # checks the bounds
+    except RobotError as exc:
+        raise ApiError(400, "bad_params", f"params: {exc}", field="params") from None
 
 
 def _answer(ctx: ApiContext, answer: Answer, started: float, extra: dict[str, Any]) -> Response:
@@ -200,20 +350,24 @@ def _answer(ctx: ApiContext, answer: Answer, started: float, extra: dict[str, An
     return JSONResponse(body, 502 if record.status == "failed" else 200)
 
 
-def _key(request: Request, in_body: str | None) -> str | JSONResponse:
+def _key(request: Request, in_body: str | None) -> str:
+    """The request's idempotency key (header or body, not two different ones), or a new one."""
     header = request.headers.get("idempotency-key")
-    if header and in_body and header != in_body:
-        return JSONResponse(
-            {"error": "Idempotency-Key header and body idempotency_key differ; send one"}, 400
-        )
-    key = header or in_body or str(uuid.uuid4())
-    if not _KEY.fullmatch(key):
-        return JSONResponse(
-            {
-                "error": f"idempotency key must be 1 to {MAX_KEY} printable ASCII characters "
-                "without spaces (a UUID is ideal)"
-            },
+    if header is not None and in_body is not None and header != in_body:
+        raise ApiError(
             400,
+            "bad_key",
+            "Idempotency-Key header and body idempotency_key differ; send one",
+            field="idempotency_key",
+        )
+    key = header if header is not None else in_body or str(uuid.uuid4())
+    if not (1 <= len(key) <= MAX_KEY and key.isascii() and key.isprintable() and " " not in key):
+        raise ApiError(
+            400,
+            "bad_key",
+            f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters without "
+            "spaces (a UUID is ideal)",
+            field="idempotency_key",
         )
     return key
 
@@ -238,12 +392,12 @@ def _action(name: str) -> Action | None:
 
 
 def _why(ctx: ApiContext) -> str:
-    election = ctx.node.view
-    if election.role.value != "primary":
-        return f"{election.node_id} is {election.role.value}, not primary"
+    view = cluster_view(ctx)
+    if view.role != "primary":
+        return f"{view.node} is {view.role}, not primary"
     return "taking over: settling the journal"
 
 
 def _who(ctx: ApiContext) -> dict[str, Any]:
-    election = ctx.node.view
-    return {"node": election.node_id, "term": election.term, "leader": election.leader}
+    view = cluster_view(ctx)
+    return {"node": view.node, "term": view.term, "leader": view.leader}

@@ -325,7 +325,7 @@ def test_a_sealed_forward_is_never_forwarded_again(cluster: LocalCluster) -> Non
     headers = {**sealed(cluster, third, path, body), **cluster.auth_headers}
     answer = send(cluster, backup, path, body, headers)
     assert answer.status_code == 503
-    assert f"forwarded by {third}" in answer.json()["error"]
+    assert f"forwarded by '{third}'" in answer.json()["error"]
 
 
 def test_a_token_the_backup_knows_is_checked_again_by_the_primary(cluster: LocalCluster) -> None:

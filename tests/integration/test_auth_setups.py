@@ -133,8 +133,8 @@ def test_the_primary_judges_a_forwarded_token_by_its_own_token_file(tmp_path: Pa
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"].startswith('Bearer realm="ha-voice"')
         assert refused.headers["x-ha-voice-forwarded-by"] == backup  # the primary said no
-        assert f"not one of {primary}'s tokens" in refused.json()["detail"]
-        assert f"(forwarded by {backup})" in refused.json()["detail"]
+        assert f"not one of {primary}'s tokens" in refused.json()["error"]
+        assert f"(forwarded by {backup})" in refused.json()["error"]
         accepted = httpx.post(url, json=body, headers=_bearer(shared), timeout=10.0)
         assert accepted.status_code == 200, accepted.text
         assert "re-read: 2 token(s)" in _log(cluster, backup)
