@@ -154,6 +154,7 @@ async def serve(config: Config) -> int:
     view = daemon.node.view
     gc.collect()
     gc.freeze()  # see the module docstring
+    daemon.node.metrics.watch_gc()
     sdnotify.ready(f"{view.role.value} in term {view.term}")
     await _wait_for_stop_signal()
     return await _shut_down(daemon)

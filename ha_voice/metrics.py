@@ -8,6 +8,8 @@ from the node (`ClusterCollector`), never updated from the heartbeat path.
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -229,6 +231,14 @@ class Metrics:
             "Latest scheduling delay of the main loop (HTTP API, robot, discovery)",
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "ha_voice_gc_pause_seconds",
+            "Garbage collections of the daemon's interpreter, by generation: each holds every "
+            "thread, the election core's included, for its whole length",
+            ["generation"],
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
         self.notify_failures = Counter(
             "ha_voice_notify_hook_failures", "Notify hook runs that failed or timed out", registry=r
         )
@@ -261,6 +271,20 @@ class Metrics:
         for role in Role:
             self.role.labels(role.value).set(0)
         self.node_id = node_id
+
+    def watch_gc(self) -> None:
+        """Time every garbage collection from now on (`gc.callbacks`)."""
+        started: list[float] = []
+
+        def observe(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                self.gc_pause.labels(str(info["generation"])).observe(
+                    time.perf_counter() - started[0]
+                )
+
+        gc.callbacks.append(observe)
 
     def attach(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
         """Export the node's scrape-time values."""

@@ -125,8 +125,13 @@ def summary(replies: Sequence[Reply]) -> dict[str, object]:
     def pct(q: float) -> float:
         return round(times[min(len(times) - 1, int(q * len(times)))], 1) if times else 0.0
 
+    firsts: dict[int, str] = {}
+    for reply in replies:
+        if reply.status >= 500 or reply.status == 0:
+            firsts.setdefault(reply.status, str(reply.body.get("error", reply.error))[:120])
     return {
         "statuses": dict(sorted(Counter(r.status for r in replies).items())),
+        "why_5xx": firsts,
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "max_ms": round(times[-1], 1) if times else 0.0,
