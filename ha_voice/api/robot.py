@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Annotated, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Final, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -175,18 +176,29 @@ def commands(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-@router.post(
-    "/robot/command",
-    dependencies=[AUTHENTICATED, rate_limited],
-    openapi_extra=_openapi(_ROBOT_BODY),
-    response_class=JSONResponse,
-    responses={
-        200: {"model": CommandAnswer, "description": "the command's outcome"},
-        502: {"model": CommandAnswer, "description": "the robot failed the command (final)"},
-        **error_responses(400, 409, *_WRITE_ERRORS),
-        **AUTH_RESPONSES,
-    },
-)
+_Route = TypeVar("_Route", bound=Callable[..., Awaitable[Response]])
+
+
+def _command_route(
+    path: str, body: JsonBody[Any], answer: type[BaseModel], ok: str
+) -> Callable[[_Route], _Route]:
+    """POST `path`: authenticated, rate-limited, its body and every status it returns in the
+    schema (502: the robot failed the command, recorded and final)."""
+    return router.post(
+        path,
+        dependencies=[AUTHENTICATED, rate_limited],
+        openapi_extra=_openapi(body),
+        response_class=JSONResponse,
+        responses={
+            200: {"model": answer, "description": ok},
+            502: {"model": answer, "description": "the robot failed the command (final)"},
+            **error_responses(400, 409, *_WRITE_ERRORS),
+            **AUTH_RESPONSES,
+        },
+    )
+
+
+@_command_route("/robot/command", _ROBOT_BODY, CommandAnswer, "the command's outcome")
 async def robot_command(ctx: Ctx, request: Request) -> Response:
     """Run one action on the robot, exactly once per idempotency key (the seed's API)."""
     raw, body = await _ROBOT_BODY.read(request, ctx.config.api_max_body_bytes)
@@ -212,18 +224,7 @@ async def robot_command(ctx: Ctx, request: Request) -> Response:
     return _answer(ctx, answer, started, {"command": answer.record.action})
 
 
-@router.post(
-    "/voice/listen",
-    dependencies=[AUTHENTICATED, rate_limited],
-    openapi_extra=_openapi(_LISTEN_BODY),
-    response_class=JSONResponse,
-    responses={
-        200: {"model": ListenAnswer, "description": "what was heard and what became of it"},
-        502: {"model": ListenAnswer, "description": "the robot failed the command (final)"},
-        **error_responses(400, 409, *_WRITE_ERRORS),
-        **AUTH_RESPONSES,
-    },
-)
+@_command_route("/voice/listen", _LISTEN_BODY, ListenAnswer, "what was heard and what became of it")
 async def listen(ctx: Ctx, request: Request) -> Response:
     """A transcript in, the seed's answer out: status, recognized, processed, response."""
     raw, body = await _LISTEN_BODY.read(request, ctx.config.api_max_body_bytes)

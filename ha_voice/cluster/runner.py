@@ -110,18 +110,6 @@ class CoreSink(Protocol):
 
 
 @dataclass
-class _Peer:
-    """A member's address and what we heard from it (mutable, core thread only)."""
-
-    node_id: NodeId
-    address: Address | None = None
-    static: bool = False
-    last_heard_at: float | None = None
-    priority: int | None = None
-    api_port: int | None = None
-
-
-@dataclass
 class _Request:
     event: Event
     done: concurrent.futures.Future[Effects] | None = None
@@ -150,7 +138,7 @@ class CoreRunner:
         self._sink = sink
         self._storage_stall_s = storage_stall_s
         self._peers = {
-            node: _Peer(node, address, static=address is not None)
+            node: PeerInfo(node, address, static=address is not None)
             for node, address in static_peers.items()
         }
         self._gate = Durability()
@@ -288,14 +276,14 @@ class CoreRunner:
             self._dropped(exc.reason, f"{exc} from {address[0]}:{address[1]}")
             return
         self._metrics.packets_received.inc()
-        peer = self._peers.setdefault(message.sender, _Peer(message.sender))
-        peer.last_heard_at = now
-        if not peer.static:
-            peer.address = address  # authenticated, so the source address can be trusted
+        peer = self._peers.get(message.sender) or PeerInfo(message.sender)
+        # Authenticated, so the source address can be trusted.
+        peer = replace(peer, last_heard_at=now, address=peer.address if peer.static else address)
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
             self._round_trip(max(0.0, now - message.sent_at))
         elif isinstance(message, Heartbeat) and message.api_port:
-            peer.api_port = message.api_port
+            peer = replace(peer, api_port=message.api_port)
+        self._peers[message.sender] = peer
         self._enqueue(_Request(MessageReceived(message, now)))
 
     def _learn_peer(
@@ -303,11 +291,9 @@ class CoreRunner:
     ) -> None:
         if node_id == self.election.node_id or node_id not in self.election.membership.voters:
             return
-        peer = self._peers.setdefault(node_id, _Peer(node_id))
-        if not peer.static:
-            peer.address = address
-        peer.priority = priority
-        peer.api_port = api_port
+        peer = self._peers.get(node_id) or PeerInfo(node_id)
+        found = replace(peer, priority=priority, api_port=api_port)
+        self._peers[node_id] = found if peer.static else replace(found, address=address)
 
     def _fence_reached(self, fence: int) -> None:
         self._fence_done = max(self._fence_done, fence)
@@ -470,12 +456,6 @@ class CoreRunner:
         e = self.election
         journal = e.replication.log
         stats = e.stats
-        peers = {
-            p.node_id: PeerInfo(
-                p.node_id, p.address, p.static, p.last_heard_at, p.priority, p.api_port
-            )
-            for p in self._peers.values()
-        }
         return NodeView(
             node_id=e.node_id,
             role=e.role,
@@ -490,7 +470,7 @@ class CoreRunner:
             commit_index=journal.commit,
             last_index=journal.last.index,
             first_index=journal.base.index + 1,
-            peers=MappingProxyType(peers),
+            peers=MappingProxyType(dict(self._peers)),
             followers=tuple(replace(view) for view in e.peers()),
             votes_granted=stats.votes_granted,
             votes_denied=stats.votes_denied,

@@ -69,7 +69,10 @@ def test_a_forward_to_a_frozen_primary_ends_in_503_with_the_way_on(cluster: Loca
     finally:
         cluster.kill(primary, signal.SIGCONT)
     (answer,) = answers
-    assert isinstance(answer, httpx.Response), answer
+    logs = {
+        n: node.log_path.read_text(errors="replace")[-3000:] for n, node in cluster.nodes.items()
+    }
+    assert isinstance(answer, httpx.Response), (answer, backup, logs)
     assert answer.status_code == 503, answer.text
     assert answer.headers["retry-after"] == "1"
     body = answer.json()
