@@ -40,9 +40,8 @@ from ha_voice.cluster.discovery import Discovery, PeerRecord
 from ha_voice.cluster.events import RoleChanged
 from ha_voice.cluster.membership import Membership
 from ha_voice.cluster.node import ClusterNode, NotPrimary
-from ha_voice.cluster.protocol import Codec
+from ha_voice.cluster.protocol import Address, Codec
 from ha_voice.cluster.storage import SQLiteStore, open_store
-from ha_voice.cluster.transport import Address
 from ha_voice.cluster.vip import FloatingIP
 from ha_voice.commands import CommandService
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key

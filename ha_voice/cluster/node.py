@@ -52,11 +52,10 @@ from ha_voice.cluster.events import (
     WithdrawEndpoint,
 )
 from ha_voice.cluster.membership import Membership
-from ha_voice.cluster.protocol import Codec, Entry, EntryKind, NodeId
+from ha_voice.cluster.protocol import Address, Codec, Entry, EntryKind, NodeId
 from ha_voice.cluster.runner import CoreRunner
 from ha_voice.cluster.storage import HardStateStore
 from ha_voice.cluster.timers import ElectionTimers
-from ha_voice.cluster.transport import Address
 from ha_voice.cluster.view import NodeView
 from ha_voice.errors import HAVoiceError
 from ha_voice.journal import Journal

@@ -50,6 +50,7 @@ __all__ = [
     "MAX_WIRE_INT",
     "NOT_A_SUCCESSOR",
     "PROTOCOL_VERSION",
+    "Address",
     "Append",
     "AppendAck",
     "Codec",
@@ -72,6 +73,7 @@ __all__ = [
 ]
 
 NodeId: TypeAlias = str
+Address: TypeAlias = tuple[str, int]  # (IPv4 address, UDP port) of a member
 
 PROTOCOL_VERSION: Final = 2
 MAX_DATAGRAM_BYTES: Final = 1200

@@ -62,6 +62,7 @@ from ha_voice.cluster.events import (
     Tick,
 )
 from ha_voice.cluster.protocol import (
+    Address,
     Codec,
     DecodeError,
     Entry,
@@ -73,7 +74,7 @@ from ha_voice.cluster.protocol import (
 )
 from ha_voice.cluster.storage import HardStateStore
 from ha_voice.cluster.timers import ElectionTimers
-from ha_voice.cluster.transport import Address, UDPTransport
+from ha_voice.cluster.transport import UDPTransport
 from ha_voice.cluster.view import Failover, NodeView, PeerInfo
 from ha_voice.metrics import Metrics
 from ha_voice.supervise import exit_now, fatal

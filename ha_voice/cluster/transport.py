@@ -14,9 +14,10 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["Address", "UDPTransport"]
+from ha_voice.cluster.protocol import Address
 
-Address = tuple[str, int]
+__all__ = ["UDPTransport"]
+
 log = logging.getLogger(__name__)
 
 # The kernel's default receive buffer (~200 KB) holds ~1000 datagrams; a paused daemon should not

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.followers import PeerView
 from ha_voice.cluster.membership import Membership
-from ha_voice.cluster.protocol import NodeId
-from ha_voice.cluster.transport import Address
+from ha_voice.cluster.protocol import Address, NodeId
 
 __all__ = ["Failover", "NodeView", "PeerInfo"]
 

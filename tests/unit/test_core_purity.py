@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE = ("election", "events", "protocol", "membership", "timers")
+CORE = (
+    "election",
+    "events",
+    "protocol",
+    "membership",
+    "timers",
+    "replication",
+    "followers",
+    "durability",
+    "view",
+)
 CORE_MODULES = tuple(f"ha_voice.cluster.{name}" for name in CORE)
 
 # Must not be loaded as a side effect of importing the core, even through the standard library.
