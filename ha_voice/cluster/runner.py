@@ -7,9 +7,10 @@ through `post` (inputs, from any thread), the published `NodeView` (reads), and 
 `CoreSink` (outputs, handed over, never waited for).
 
 Invariants:
-- Inputs are stepped in arrival order, stamped with `clock.monotonic()` when they arrived. The
-  loop reads everything that is waiting before it looks at the clock, so a busy node never
-  times out on heartbeats already in its queue; then it ticks if a deadline has passed.
+- Inputs are stepped in arrival order, stamped with `clock.monotonic()` when they arrived. A
+  backup reads everything that is waiting before it judges its election deadline, so a busy
+  node never times out on heartbeats already in its queue. A primary ticks after every turn of
+  at most `_MAX_BATCH` messages, so a backlog never holds its heartbeats back.
 - Proposals (the journal's new entries, compactions) wait in a queue of their own, and a turn
   takes at most `_PROPOSALS_PER_TURN` of them after every message: heartbeats, acks and votes
   never queue behind a burst of commands.
@@ -89,9 +90,10 @@ MAX_IDLE_S = 1.0
 _HOUSEKEEPING_S = 0.1
 # Round trips measured before judging the timers against them (DESIGN.md: warn under 10x).
 _RTT_SAMPLES = 20
-# Inputs stepped before the view is published and effects applied: bounds the latency a huge
-# backlog adds to the first message of it.
-_MAX_BATCH = 256
+# Messages stepped per turn before the view is published and the effects applied: a turn stays
+# a few milliseconds long (~100 us a message under a flood), so a primary's heartbeat is never
+# more than one turn late.
+_MAX_BATCH = 64
 # Proposals stepped per turn, after the messages: ~50 us each (two Appends, two HMACs), so a
 # burst adds at most a couple of milliseconds to the next heartbeat.
 _PROPOSALS_PER_TURN = 32
@@ -333,7 +335,9 @@ class CoreRunner:
         for _ in range(min(len(self._proposals), _PROPOSALS_PER_TURN)):
             stepped.append(self._step(self._proposals.popleft()))
         now = clock.monotonic()
-        if now >= self.election.next_deadline() or not stepped:
+        late = now >= self.election.next_deadline()
+        leading = self.election.role is Role.PRIMARY
+        if (late and (leading or not self._inbox)) or not stepped:
             due = self.election.heartbeat_due_at
             stepped.append(self._step(_Request(Tick(now), heartbeat_due=due)))
         self.view = self._build_view(clock.monotonic())
