@@ -51,6 +51,7 @@ class ClusterSnapshot:
     votes_denied: int
     lease_renew_failures: int
     elections_started: int
+    implausible_terms: int = 0
     journal_last_index: int = 0
     journal_commit_index: int = 0
     journal_first_index: int = 1
@@ -98,6 +99,12 @@ class ClusterCollector(Collector):
                 snap.lease_renew_failures,
             ),
             ("ha_voice_elections_started", "Elections this node started", snap.elections_started),
+            (
+                "ha_voice_implausible_terms",
+                "Messages dropped for a term more than 2**32 past this node's: only someone "
+                "holding the cluster key, misbehaving, sends them",
+                snap.implausible_terms,
+            ),
             (
                 "ha_voice_journal_snapshots_installed",
                 "Snapshots this node installed because it was too far behind for entries",

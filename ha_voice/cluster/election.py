@@ -16,6 +16,9 @@ Invariants:
 5. A primary that cannot renew its lease steps down by itself (check-quorum) before any backup
    can be elected; a primary that was paused finds its lease expired on its first tick.
 6. Witnesses, non-voters and nodes in FAULT never stand for election.
+7. A term more than `MAX_TERM_JUMP` above ours is not believed (counted, dropped): no election
+   ever jumps that far, and one message from whoever holds the key must not be able to push
+   the cluster's term to where it can no longer count on.
 
 Roles dispatch: one `_step_*` per role for messages, one `_tick_*` per role for time; only the
 `_become_*` methods change the role, and they refuse illegal transitions.
@@ -80,9 +83,11 @@ from ha_voice.cluster.replication import Changes, JournalLog, Replication
 from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.errors import LocalError
 
-__all__ = ["Election", "ElectionStats"]
+__all__ = ["MAX_TERM_JUMP", "Election", "ElectionStats"]
 
 _NEVER = -math.inf
+# Four billion elections in one step: more than any partition or restart produces.
+MAX_TERM_JUMP = 2**32
 
 # Legal role changes; anything else is a bug and raises.
 _TRANSITIONS: dict[Role, frozenset[Role]] = {
@@ -106,6 +111,7 @@ class ElectionStats:
     votes_denied: int = 0
     lease_renew_failures: int = 0
     terms_won: int = 0
+    implausible_terms: int = 0
 
 
 @dataclass
@@ -328,6 +334,9 @@ class Election:
 
     def _receive(self, msg: Message, now: float, out: _Out) -> None:
         if msg.sender == self.node_id:
+            return
+        if msg.term > self.term + MAX_TERM_JUMP:
+            self.stats.implausible_terms += 1
             return
         if msg.term > self.term and not self._adopt_term(msg, now, out):
             return

@@ -321,6 +321,7 @@ class ClusterNode:
             votes_denied=view.votes_denied,
             lease_renew_failures=view.lease_renew_failures,
             elections_started=view.elections_started,
+            implausible_terms=view.implausible_terms,
             journal_last_index=view.last_index,
             journal_commit_index=view.commit_index,
             journal_first_index=view.first_index,

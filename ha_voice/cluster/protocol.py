@@ -8,9 +8,9 @@ Invariants:
   of `DROP_REASONS`, short enough to be a metric label.
 - Only members speak: a datagram whose sender is not one of the configured members (`members`)
   is dropped as `not_member` whatever its type, before the replay window learns of it.
-- Every integer a message carries (terms, indices, ranks, ports) is below 2**63, so that
-  SQLite (signed 64-bit) can store it and arithmetic on it cannot overflow; larger is
-  `malformed`.
+- Every integer a message carries (terms, indices, ranks, ports) is below 2**62: SQLite stores
+  signed 64-bit integers, and the other half leaves room for every term and index a cluster
+  will ever count up from there; larger is `malformed`.
 - Key rotation: datagrams are signed with the first key and accepted under any of the keys
   given (at most two during a change).
 - The replay window is updated only after the MAC has been verified, so forged packets cannot
@@ -95,8 +95,9 @@ DROP_REASONS: Final = (
     "stale_boot",
     "not_member",
 )
-# SQLite stores signed 64-bit integers; a peer may not hand us anything it cannot hold.
-MAX_WIRE_INT: Final = 2**63 - 1
+# SQLite stores signed 64-bit integers; a peer may not hand us anything it cannot hold, nor
+# anything so close to it that counting on from there (term + 1, index + 1) could overflow.
+MAX_WIRE_INT: Final = 2**62 - 1
 
 _MAGIC: Final = b"HV"
 _MAC_BYTES: Final = 32
@@ -632,9 +633,9 @@ def _check_ranges(message: Message) -> None:
         elif isinstance(value, tuple):  # Append's entries
             values += [entry.term for entry in value]
     if any(v > MAX_WIRE_INT for v in values):
-        raise DecodeError("malformed", f"an integer of {type(message).__name__} exceeds 2**63-1")
+        raise DecodeError("malformed", f"an integer of {type(message).__name__} exceeds 2**62-1")
     if isinstance(message, Append) and message.prev.index + len(message.entries) > MAX_WIRE_INT:
-        raise DecodeError("malformed", "entry indices exceed 2**63-1")
+        raise DecodeError("malformed", "entry indices exceed 2**62-1")
 
 
 def _check_node_id(node_id: NodeId) -> bytes:

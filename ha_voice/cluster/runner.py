@@ -481,6 +481,7 @@ class CoreRunner:
             votes_denied=stats.votes_denied,
             lease_renew_failures=stats.lease_renew_failures,
             elections_started=stats.elections_started,
+            implausible_terms=stats.implausible_terms,
             snapshots_installed=e.replication.stats.snapshots_installed,
             last_failover=self._last_failover,
             published_at=now,

@@ -69,6 +69,7 @@ class NodeView:
     votes_denied: int = 0
     lease_renew_failures: int = 0
     elections_started: int = 0
+    implausible_terms: int = 0
     snapshots_installed: int = 0
     last_failover: Failover | None = None
     published_at: float = -math.inf  # monotonic seconds

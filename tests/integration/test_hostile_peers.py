@@ -10,6 +10,7 @@ status instead of living on without a core.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from ha_voice.cluster.protocol import (
+    MAX_WIRE_INT,
     Append,
     Codec,
     Heartbeat,
@@ -30,7 +32,7 @@ from ha_voice.cluster.protocol import (
 from ha_voice.local_cluster import LocalCluster
 from ha_voice.supervise import EXIT_FAILED
 
-BIG = 2**63  # one past what SQLite can store
+BIG = 2**62  # one past what the wire accepts (SQLite stores 2**63 - 1; the rest is headroom)
 
 
 @pytest.fixture
@@ -145,3 +147,33 @@ def test_a_core_that_meets_the_impossible_exits_loudly(cluster: LocalCluster) ->
     assert "Traceback" in log
     assert "two primaries in term" in log
     assert cluster.wait_for_primary(10.0, exclude=primary) is not None
+
+
+def test_a_term_no_election_could_reach_is_not_believed(cluster: LocalCluster) -> None:
+    """The largest term the wire allows, from a member: once adopted by every node, their next
+    pre-vote no longer fitted the wire, and the cluster could never elect again (durably: the
+    term is on disk). Now such a jump is dropped, counted, and the cluster carries on. (Sent in
+    the name of a member that is down: forging a live one's datagrams would also cut it off,
+    as any holder of the key can.)"""
+    (primary,) = cluster.primaries()
+    silent = next(n for n in cluster.nodes if n != primary)
+    cluster.kill(silent, signal.SIGKILL)
+    time.sleep(0.2)
+    terms = _terms(cluster)
+    for node_id in cluster.nodes:
+        if node_id != silent:
+            _forge(cluster, silent, node_id, [Heartbeat(silent, term=MAX_WIRE_INT, sent_at=1.0)])
+    time.sleep(0.5)
+    assert _terms(cluster) == terms
+    for node_id in cluster.nodes:
+        if node_id != silent:
+            response = cluster.nodes[node_id].get("/metrics")
+            assert response is not None
+            assert "ha_voice_implausible_terms_total 1.0" in response.text
+    cluster.nodes[silent].start()
+    (term,) = set(terms.values())
+    assert cluster.wait_for(silent, lambda view: view["leader"] == primary, 10.0) is not None
+    # Elections still count on from the real term.
+    answer = cluster.nodes[primary].post("/cluster/step-down", {})
+    assert answer.status_code == 202, answer.text
+    assert cluster.wait_for(primary, lambda view: view["term"] == term + 1, 10.0) is not None

@@ -438,3 +438,18 @@ def test_next_deadline_by_role() -> None:
     h.step("n3", Serviceability(False, h.now))
     h.run(h.now + 2.0)
     assert all(e.next_deadline() == math.inf for e in h.nodes.values())
+
+
+def test_a_term_beyond_any_election_is_not_believed() -> None:
+    """A jump of more than MAX_TERM_JUMP is dropped and counted; a large but possible one is
+    followed (a node back from a long partition)."""
+    from ha_voice.cluster.election import MAX_TERM_JUMP
+
+    election = lone("n2", peers=("n1", "n3"))
+    fx = election.step(MessageReceived(Heartbeat("n1", MAX_TERM_JUMP + 1, 1.0), 1.0))
+    assert election.term == 0
+    assert fx.persist is None
+    assert election.stats.implausible_terms == 1
+    election.step(MessageReceived(Heartbeat("n1", MAX_TERM_JUMP, 1.1), 1.1))
+    assert election.term == MAX_TERM_JUMP
+    assert election.leader == "n1"

@@ -380,7 +380,7 @@ DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("stale_boot", "boot 1 after boot 2", stale),
     ("not_member", "a retired node with the key", lambda _: genuine_from("n9")),
     ("not_member", "a vote request from a stranger", lambda _: genuine_from("x", vote=True)),
-    *[("malformed", f"{name} = 2**63", build) for name, build in OVERFLOWS],
+    *[("malformed", f"{name} = 2**62", build) for name, build in OVERFLOWS],
 ]
 
 
