@@ -328,13 +328,14 @@ class Config(BaseModel):
         description="Absolute path of the directory that holds the durable term, vote and "
         "command journal (SQLite), absolute so it never depends on the working directory.",
     )
-    storage_stall_timeout_s: float = Field(
+    stall_timeout_s: float = Field(
         default=2.0,
         ge=0.1,
         le=60.0,
-        description="Seconds a write may wait for the disk before the node declares itself "
-        "unable to serve (FAULT: a primary hands over, a backup stands for nothing) until it "
-        "lands; an fsync on a healthy SD card or eMMC takes milliseconds, rarely 0.5 s.",
+        description="Seconds a write may wait for the disk, or the main loop (HTTP, robot) "
+        "may not run, before the node declares itself unable to serve (FAULT: a primary hands "
+        "over, a backup stands for nothing) until it moves again; an fsync on a healthy SD card "
+        "takes milliseconds, a garbage collection a tenth of a second.",
     )
     priority: int = Field(
         default=100,

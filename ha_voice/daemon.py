@@ -192,7 +192,7 @@ async def _start(config: Config) -> _Daemon:
         static_peers=_static_peers(config),
         api_port=config.port,
         retention=(config.journal_max_entries, config.journal_max_age_s),
-        storage_stall_s=config.storage_stall_timeout_s,
+        stall_s=config.stall_timeout_s,
     )
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
@@ -219,7 +219,7 @@ async def _start(config: Config) -> _Daemon:
     )
     server, api_socket = build_server(config, app)
     server_task = _supervised(server.serve(sockets=[api_socket]), "HTTP server")
-    lag_probe = _supervised(_probe_api_loop(metrics), "API loop lag probe")
+    lag_probe = _supervised(_probe_api_loop(node, metrics), "main loop probe")
     daemon = _Daemon(config, store, node, actions, hook, server, server_task, lag_probe)
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
@@ -282,10 +282,12 @@ async def _watch_robot(robot: Robot, node: ClusterNode) -> None:
         await asyncio.sleep(_ROBOT_POLL_S)
 
 
-async def _probe_api_loop(metrics: Metrics) -> None:
-    """How late this loop (API, robot, discovery) wakes us: requests wait as long, or longer."""
+async def _probe_api_loop(node: ClusterNode, metrics: Metrics) -> None:
+    """How late this loop (API, robot, discovery) wakes us (requests wait as long, or longer),
+    and the sign of life the core needs to keep leading (runner.py: a stuck loop is a stall)."""
     while True:
         expected = clock.monotonic() + _LAG_PROBE_S
+        node.main_loop_alive()
         await asyncio.sleep(_LAG_PROBE_S)
         metrics.api_loop_lag.set(max(0.0, clock.monotonic() - expected))
 

@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ha_voice.supervise import fatal
+
 __all__ = ["NotifyHook"]
 
 _log = logging.getLogger(__name__)
@@ -79,6 +81,15 @@ class NotifyHook:
         self._wakeup.set()
         work = self._work(self.path, self._wakeup)
         self._worker = asyncio.create_task(work, name="ha-voice notify hook")
+        self._worker.add_done_callback(self._ended)
+
+    def _ended(self, worker: asyncio.Task[None]) -> None:
+        """The worker runs until `stop`: ending before it, or with an exception, is a bug."""
+        if worker.cancelled():
+            return
+        exc = worker.exception()
+        if exc is not None or not self._stopping:
+            fatal(exc or RuntimeError("the notify hook worker returned"), "the notify hook worker")
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Let waiting calls run for up to `drain_timeout_s`, then kill the rest and return."""

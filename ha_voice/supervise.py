@@ -17,9 +17,10 @@ import logging
 import logging.handlers
 import os
 import queue
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["EXIT_FAILED", "exit_now", "fatal", "log_through_a_queue", "must_not_end"]
+__all__ = ["EXIT_FAILED", "exit_now", "fatal", "guarded", "log_through_a_queue", "must_not_end"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,15 @@ def exit_now(status: int) -> NoReturn:
         listener.stop()
     logging.shutdown()
     os._exit(status)
+
+
+def guarded(fn: Callable[..., None], *args: Any) -> None:
+    """Run `fn(*args)` as a loop callback: asyncio would only log its exception and go on, so an
+    exception here is fatal (the core's outputs and inputs cross threads this way)."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        fatal(exc, f"callback {getattr(fn, '__qualname__', fn)!r}")
 
 
 def must_not_end(task: asyncio.Task[Any]) -> None:

@@ -45,7 +45,6 @@ from ha_voice.cluster.events import (
     RobotReachability,
     Role,
     RoleChanged,
-    Serviceability,
     ShutdownRequested,
     StepDownRefused,
     StepDownRequested,
@@ -60,7 +59,7 @@ from ha_voice.cluster.view import NodeView
 from ha_voice.errors import HAVoiceError
 from ha_voice.journal import Journal
 from ha_voice.metrics import ClusterSnapshot, Metrics, PeerSample
-from ha_voice.supervise import must_not_end
+from ha_voice.supervise import guarded, must_not_end
 
 __all__ = ["ClusterNode", "NotPrimary", "NullRoleActions", "RoleActions"]
 
@@ -135,7 +134,7 @@ class ClusterNode:
         static_peers: dict[NodeId, Address | None] | None = None,
         api_port: int = 0,
         retention: tuple[int, float] = (1000, 86_400.0),
-        storage_stall_s: float = 2.0,
+        stall_s: float = 2.0,
     ) -> None:
         self.metrics = metrics
         self.timers = timers
@@ -159,7 +158,7 @@ class ClusterNode:
             metrics=metrics,
             sink=self,
             static_peers=static_peers or {},
-            storage_stall_s=storage_stall_s,
+            stall_s=stall_s,
         )
         # A witness keeps no payloads, so it has no state to apply them to.
         self._applies = membership.self_id not in membership.witnesses
@@ -257,8 +256,9 @@ class ClusterNode:
         applied = await future
         return applied.term == entry.term
 
-    def set_serviceable(self, serviceable: bool, reason: str = "") -> None:
-        self._runner.post(Serviceability(serviceable, clock.monotonic(), reason))
+    def main_loop_alive(self) -> None:
+        """Call on the main loop, often (every 0.1 s): the core judges it stuck without."""
+        self._runner.main_loop_seen = clock.monotonic()
 
     def set_robot_reachable(self, reachable: bool) -> None:
         self._runner.post(RobotReachability(reachable, clock.monotonic()))
@@ -348,7 +348,7 @@ class ClusterNode:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the daemon is exiting
-                loop.call_soon_threadsafe(fn, *args)
+                loop.call_soon_threadsafe(guarded, fn, *args)
 
     # --- on this loop ----------------------------------------------------------------------
 

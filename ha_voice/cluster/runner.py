@@ -22,10 +22,12 @@ Invariants:
   only after the main loop has carried out the `StopRobot` that came with them (a fence).
 - Writes go to disk in batches, one at a time, on a thread of their own (group commit). A write
   that fails exits the process (74): carrying on could vote twice or lose an acknowledged entry.
-  A write pending longer than `storage_stall_s` makes the node unserviceable until it lands.
+  A write pending longer than `stall_s`, or a main loop (HTTP, robot) that has not run for as
+  long, makes the node unserviceable (FAULT, with the reason) until it moves again: a primary
+  whose robot loop is stuck must not keep the lease, a node whose disk is stuck must not vote.
 - Any other exception in this thread ends the process with its traceback logged (70), so
-  systemd restarts it; the watchdog is fed from this loop only while it turns and its disk
-  moves, so a stuck core is restarted too.
+  systemd restarts it; the watchdog is fed from this loop only while it turns, its disk moves
+  and the main loop runs, so a node stuck anywhere is restarted too.
 - Nothing here waits for the main loop, a log handler (logging goes through a queue), or a peer.
 """
 
@@ -78,7 +80,7 @@ from ha_voice.cluster.timers import ElectionTimers
 from ha_voice.cluster.transport import UDPTransport
 from ha_voice.cluster.view import Failover, NodeView, PeerInfo
 from ha_voice.metrics import Metrics
-from ha_voice.supervise import exit_now, fatal
+from ha_voice.supervise import exit_now, fatal, guarded
 
 __all__ = ["EXIT_STORAGE_FAILED", "CoreRunner", "CoreSink"]
 
@@ -131,7 +133,7 @@ class CoreRunner:
         metrics: Metrics,
         sink: CoreSink,
         static_peers: dict[NodeId, Address | None],
-        storage_stall_s: float,
+        stall_s: float,
     ) -> None:
         self.election = election
         self.codec = codec
@@ -139,7 +141,10 @@ class CoreRunner:
         self._store = store
         self._metrics = metrics
         self._sink = sink
-        self._storage_stall_s = storage_stall_s
+        self._stall_s = stall_s
+        # Written by the main loop (a float: one store, no lock), read here.
+        self.main_loop_seen = clock.monotonic()
+        self._stalls: dict[str, str] = {}  # what keeps the node from serving, by part
         self._peers = {
             node: PeerInfo(node, address, static=address is not None)
             for node, address in static_peers.items()
@@ -151,7 +156,6 @@ class CoreRunner:
         self._fence_asked = 0
         self._fence_done = 0
         self._write_started: float | None = None
-        self._stall_reported = False
         self._warned: set[str] = set()
         self._rtt_samples: list[float] = []
         self._leader: NodeId | None = None
@@ -213,7 +217,7 @@ class CoreRunner:
         if loop is None or loop.is_closed():
             return  # not started, or stopped: nothing listens any more
         with contextlib.suppress(RuntimeError):  # closed between the check and the call
-            loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon_threadsafe(guarded, fn, *args)
 
     # --- the thread ------------------------------------------------------------------------
 
@@ -419,10 +423,7 @@ class CoreRunner:
         self._metrics.persist_duration.observe(time.perf_counter() - started)
         self._metrics.writes_per_fsync.observe(len(batch.writes))
         self._write_started = None
-        if self._stall_reported:
-            self._stall_reported = False
-            log.warning("storage: the stalled write landed; serving again")
-            self._enqueue(_Request(Serviceability(True, clock.monotonic())))
+        self._stalled("storage", None)
         self._send(self._gate.written(batch))
         last = batch.last_entry
         if last is not None:
@@ -441,19 +442,33 @@ class CoreRunner:
             self._metrics.loop_lag.set(lag)
             self._metrics.loop_lag_hist.observe(lag)
             pending_s = 0.0 if self._write_started is None else now - self._write_started
-            self._maybe_report_stall(pending_s)
-            disk_moves = interval is None or pending_s < interval
-            if interval is not None and disk_moves and now - last_ping >= interval:
+            main_s = now - self.main_loop_seen
+            if pending_s > self._stall_s:
+                self._stalled("storage", f"a write has waited {pending_s:.1f} s for the disk")
+            if main_s > self._stall_s:
+                self._stalled("main loop", f"HTTP and the robot have not run for {main_s:.1f} s")
+            elif "main loop" in self._stalls:
+                self._stalled("main loop", None)
+            if interval is not None and max(pending_s, main_s) < interval <= now - last_ping:
                 sdnotify.watchdog()
                 last_ping = now
 
-    def _maybe_report_stall(self, pending_s: float) -> None:
-        if pending_s <= self._storage_stall_s or self._stall_reported:
+    def _stalled(self, part: str, why: str | None) -> None:
+        """Note that `part` is stuck (`why`) or moves again (None); the core hears of changes."""
+        if why is None:
+            if self._stalls.pop(part, None) is not None:
+                log.warning("%s moves again", part)
+                self._serviceability()
             return
-        self._stall_reported = True
-        reason = f"storage stalled: a write has waited {pending_s:.1f} s for the disk"
-        log.error("%s; not serving until it lands", reason)
-        self._enqueue(_Request(Serviceability(False, clock.monotonic(), reason)))
+        if part not in self._stalls:
+            log.error("%s stalled: %s; not serving until it moves", part, why)
+            self._stalls[part] = why
+            self._serviceability()
+
+    def _serviceability(self) -> None:
+        reasons = "; ".join(f"{part} stalled: {why}" for part, why in self._stalls.items())
+        now = clock.monotonic()
+        self._enqueue(_Request(Serviceability(not self._stalls, now, reasons)))
 
     # --- bookkeeping -----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import pytest
 from ha_voice.local_cluster import LocalCluster
 from tests import slowdisk
 
-STALL_S = 1.0  # storage_stall_timeout_s of the nodes
+STALL_S = 1.0  # stall_timeout_s of the nodes
 WATCHDOG_USEC = 600_000  # systemd's WatchdogSec=0.6 s: pings every 0.3 s
 
 
@@ -95,7 +95,7 @@ def test_a_frozen_disk_makes_a_primary_hand_over_loudly(
     monkeypatch.setenv("NOTIFY_SOCKET", str(gates / "notify"))
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
     prefixes = [slowdisk.prefix(0, gates / f"n{i}") for i in (1, 2, 3)]
-    flags = (f"--storage-stall-timeout-s={STALL_S}",)
+    flags = (f"--stall-timeout-s={STALL_S}",)
     with LocalCluster(3, prefixes=prefixes, extra_flags=flags) as cluster:
         cluster.start()
         found = cluster.wait_for_primary(20.0)

@@ -84,7 +84,7 @@ def runner() -> tuple[CoreRunner, Wire, Sink]:
         metrics=Metrics("me"),
         sink=sink,
         static_peers={"a": ("a", 1), "b": ("b", 2)},
-        storage_stall_s=2.0,
+        stall_s=2.0,
     )
     core._transport = wire  # type: ignore[assignment]
     return core, wire, sink
