@@ -119,15 +119,15 @@ def primary(ctx: Ctx) -> JSONResponse:
     },
 )
 def replica(ctx: Ctx) -> JSONResponse:
-    """200 on a backup that heard a live primary within an election timeout, else 503."""
+    """200 on a backup that heard a live primary within an election timeout and is heard by
+    it, else 503."""
     election = ctx.node.view
     leader = election.leader_info()
     heard = leader.last_heard_at if leader else None
-    fresh = (
-        heard is not None
-        and clock.monotonic() - heard < ctx.config.election_timers().election_timeout_s
-    )
-    ok = election.role is Role.BACKUP and fresh
+    now, timeout_s = clock.monotonic(), ctx.node.timers.election_timeout_s
+    fresh = heard is not None and now - heard < timeout_s
+    counted = election.unheard_reason(now, timeout_s) is None
+    ok = election.role is Role.BACKUP and fresh and counted
     body = {"node": election.node_id, "role": election.role.value, "leader": election.leader}
     return JSONResponse(body, status_code=200 if ok else 503)
 

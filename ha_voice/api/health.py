@@ -30,8 +30,9 @@ def health(ctx: Ctx) -> JSONResponse:
     now = clock.monotonic()
     stuck_s = now - view.published_at
     healthy = view.role is not Role.FAULT and (view.leader is not None or view.role is Role.WITNESS)
-    reason = view.fault_reason or None
-    status = "ok" if healthy else "degraded"
+    unheard = view.unheard_reason(now, ctx.node.timers.election_timeout_s)
+    reason = view.fault_reason or unheard
+    status = "ok" if healthy and unheard is None else "degraded"
     if stuck_s > _CORE_STUCK_S:
         status, reason = "failing", f"the cluster core has not stepped for {stuck_s:.1f} s"
     pending = view.write_pending_since

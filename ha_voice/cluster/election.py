@@ -222,6 +222,12 @@ class Election:
         return self._lease_expiry if self.role is Role.PRIMARY else _NEVER
 
     @property
+    def counted_by_leader(self) -> bool:
+        """Whether the primary's last heartbeat placed us in its line of succession: a backup
+        that can lead but is not placed is one whose acks the primary does not hear."""
+        return self._successor_rank != NOT_A_SUCCESSOR
+
+    @property
     def heartbeat_due_at(self) -> float:
         """When the primary's next heartbeat is due; -inf on other roles."""
         return self._next_heartbeat_at if self.role is Role.PRIMARY else _NEVER

@@ -161,6 +161,7 @@ class CoreRunner:
         self._leader: NodeId | None = None
         self._leader_heard_at: float | None = None
         self._last_failover: Failover | None = None
+        self._unheard_since: float | None = None
         self._shown_role: tuple[Role, int, bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: UDPTransport | None = None
@@ -344,6 +345,7 @@ class CoreRunner:
         if (late and (leading or not self._inbox)) or not stepped:
             due = self.election.heartbeat_due_at
             stepped.append(self._step(_Request(Tick(now), heartbeat_due=due)))
+        self._note_whether_heard(now)
         self.view = self._build_view(clock.monotonic())
         for request, effects, base in stepped:
             self._apply(request, effects, base)
@@ -501,7 +503,22 @@ class CoreRunner:
             last_failover=self._last_failover,
             published_at=now,
             write_pending_since=self._write_started,
+            unheard_since=self._unheard_since,
         )
+
+    def _note_whether_heard(self, now: float) -> None:
+        """Follow whether the primary counts this backup (see `NodeView.unheard_since`)."""
+        e = self.election
+        unheard = (
+            e.role is Role.BACKUP
+            and e.eligible
+            and e.leader is not None
+            and not e.counted_by_leader
+        )
+        if not unheard:
+            self._unheard_since = None
+        elif self._unheard_since is None:
+            self._unheard_since = now
 
     def _round_trip(self, rtt_s: float) -> None:
         self._metrics.heartbeat_rtt.observe(rtt_s)

@@ -74,10 +74,26 @@ class NodeView:
     last_failover: Failover | None = None
     published_at: float = -math.inf  # monotonic seconds
     write_pending_since: float | None = None  # oldest write not yet on disk
+    # Since when the primary's heartbeats have arrived without counting us (a one-way link, or
+    # our datagrams dropped there: stale_boot after a state reset with the clock behind, ...).
+    unheard_since: float | None = None
 
     def lease_valid(self, now: float) -> bool:
         """Whether this node may command the robot at `now` (`Guard`'s `LeaseView`)."""
         return self.role is Role.PRIMARY and now < self.lease_expiry
+
+    def unheard_reason(self, now: float, patience_s: float) -> str | None:
+        """Why this backup is useless to the primary, if its acks have gone unheard there for
+        longer than `patience_s` (an election timeout): it could not take over in time."""
+        if self.unheard_since is None or now - self.unheard_since <= patience_s:
+            return None
+        return (
+            f"the primary {self.leader} does not hear this node for "
+            f"{now - self.unheard_since:.1f} s: its heartbeats arrive, our answers are not "
+            "counted (a one-way link, or dropped there: see its "
+            "ha_voice_cluster_packets_dropped_total, e.g. stale_boot after this node's state "
+            "was reset with its clock behind: set the clock, restart this node)"
+        )
 
     def leader_info(self) -> PeerInfo | None:
         """The primary's peer record, if another node leads and we know of it."""

@@ -177,3 +177,35 @@ def test_a_term_no_election_could_reach_is_not_believed(cluster: LocalCluster) -
     answer = cluster.nodes[primary].post("/cluster/step-down", {})
     assert answer.status_code == 202, answer.text
     assert cluster.wait_for(primary, lambda view: view["term"] == term + 1, 10.0) is not None
+
+
+def test_a_backup_the_primary_no_longer_hears_says_so(cluster: LocalCluster) -> None:
+    """The primary drops a backup's datagrams (here: a boot id forged past its own, as a
+    node whose state was reset with its clock behind also gets): the backup still hears
+    heartbeats, but is no longer counted. It used to call itself healthy; now `/health` and
+    `/cluster/replica` say it is not."""
+    (primary,) = cluster.primaries()
+    backup = next(n for n in cluster.nodes if n != primary)
+    assert cluster.nodes[backup].status_code("/cluster/replica", 2.0) == 200
+    codec = Codec(
+        cluster=cluster.cluster,
+        cluster_key=cluster.key_file.read_bytes(),
+        node_id=backup,
+        boot_id=2**64 - 1,  # every real datagram of the backup is stale at the primary now
+    )
+    target = cluster.nodes[primary]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(codec.encode(primary, Resign(backup, 0)), (target.host, target.cluster_port))
+    deadline = time.monotonic() + 10.0
+    while True:
+        response = cluster.nodes[backup].get("/health")
+        assert response is not None
+        health = response.json()
+        if health["status"] == "degraded":
+            break
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert f"the primary {primary} does not hear this node" in health["fault_reason"]
+    assert health["role"] == "backup"
+    assert cluster.nodes[backup].status_code("/cluster/replica", 2.0) == 503
+    assert _counter(cluster, primary, "stale_boot") > 0
