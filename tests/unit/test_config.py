@@ -259,7 +259,37 @@ BAD: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
         {"env": {"HA_VOICE_PEERS": ",".join(f"n{i}" for i in range(16))}},
         ("peers", "at most 15 entries"),
     ),
+    "trusting everyone": (
+        {"file": 'trusted_networks = ["192.168.123.0/24", "0.0.0.0/0"]\n'},
+        ("trusted_networks", "config file", "'0.0.0.0/0' trusts every address", "token"),
+    ),
 }
+
+
+@pytest.mark.parametrize(
+    ("network", "says"),
+    [
+        ("0.0.0.0/0", "'0.0.0.0/0' trusts every address (IPv4 allows /8 or longer)"),
+        ("::/0", "'::/0' trusts every address (IPv6 allows /7 or longer)"),
+        ("0.0.0.0/1", "trusts 2^31 addresses"),
+        ("8.0.0.0/7", "trusts 2^25 addresses"),
+        ("2000::/3", "trusts 2^125 addresses"),
+        ("::ffff:0:0/96", "'::ffff:0:0/96' trusts every address (IPv4"),
+        ("::ffff:10.0.0.0/104", "compared as IPv4): write it as 10.0.0.0/8"),
+    ],
+)
+def test_trusted_networks_that_trust_far_too_many_are_refused(network: str, says: str) -> None:
+    message = load_error(flags={"trusted_networks": [network]})
+    assert "flag --trusted-networks: trusted_networks" in message
+    assert says in message
+    assert "fix:" in message
+
+
+@pytest.mark.parametrize(
+    "network", ["10.0.0.0/8", "192.168.123.0/24", "127.0.0.0/8", "fc00::/7", "fd12:3456::/64"]
+)
+def test_trusted_networks_of_one_site_or_smaller_are_taken(network: str) -> None:
+    assert load_config(env={}, flags={"trusted_networks": [network]}).trusted_networks == [network]
 
 
 @pytest.mark.parametrize("case", list(BAD))
