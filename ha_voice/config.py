@@ -68,6 +68,7 @@ __all__ = [
     "Config",
     "PeerSpec",
     "Rule",
+    "Unit",
     "bounds_text",
     "core_type",
     "default_node_id",
@@ -80,6 +81,7 @@ __all__ = [
     "read_cluster_key",
     "toml_value",
     "type_text",
+    "unit_of",
 ]
 
 ENV_PREFIX: Final = "HA_VOICE_"
@@ -990,7 +992,29 @@ _TYPE_NAMES: Final[dict[Any, str]] = {
     str: "string",
     Path: "path",
 }
-_UNITS: Final = (("_s", "seconds"), ("_ppm", "parts per million"), ("port", "port number"))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The unit a key's name ends in: how the docs' "type, unit" column and `--help` say it."""
+
+    suffix: str
+    text: str
+    metavar: str
+
+
+# The first suffix that ends a key is its unit, so a rate (`_per_s`) comes before seconds.
+_UNITS: Final = (
+    Unit("_per_s", "per second", "PER_SECOND"),
+    Unit("_s", "seconds", "SECONDS"),
+    Unit("_ppm", "parts per million", "PPM"),
+    Unit("_bytes", "bytes", "BYTES"),
+    Unit("port", "port number", "PORT"),
+    Unit("_connections", "connections", "N"),
+    Unit("_commands", "commands", "N"),
+    Unit("_entries", "entries", "N"),
+    Unit("_burst", "requests", "N"),
+)
 
 
 def env_var_name(key: str) -> str:
@@ -1014,8 +1038,13 @@ def type_text(key: str) -> str:
     core = core_type(Config.model_fields[key])
     origin = get_origin(core)
     base = {Literal: "string", list: "list of strings"}.get(origin) or _TYPE_NAMES[core]
-    unit = next((unit for suffix, unit in _UNITS if key.endswith(suffix)), None)
-    return f"{base}, {unit}" if unit else base
+    unit = unit_of(key)
+    return f"{base}, {unit.text}" if unit else base
+
+
+def unit_of(key: str) -> Unit | None:
+    """The unit `key`'s name ends in, or None for a key without one (a name, a priority)."""
+    return next((unit for unit in _UNITS if key.endswith(unit.suffix)), None)
 
 
 def bounds_text(key: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -21,8 +22,11 @@ from ha_voice.config import (
     PeerSpec,
     Rule,
     default_node_id,
+    flag_name,
     load_config,
     read_cluster_key,
+    type_text,
+    unit_of,
 )
 from ha_voice.config_render import (
     add_arguments,
@@ -34,6 +38,7 @@ from ha_voice.config_render import (
 from ha_voice.errors import ConfigError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+OPERATIONS = DOCS.parent / "operations.md"
 
 
 @pytest.fixture(autouse=True)
@@ -383,6 +388,38 @@ def test_every_field_has_one_flag_with_its_description() -> None:
     assert "Default: 7405." in text
 
 
+# A rank, not a quantity: the only number without a unit.
+UNITLESS = {"priority"}
+
+
+@pytest.mark.parametrize("key", FIELDS)
+def test_every_number_states_its_unit_in_the_docs_and_in_help(key: str) -> None:
+    core = config_module.core_type(Config.model_fields[key])
+    if core not in (int, float) or key in UNITLESS:
+        return
+    unit = unit_of(key)
+    assert unit is not None, f"{key}: a number whose name ends in no unit"
+    assert type_text(key) == f"{'integer' if core is int else 'number'}, {unit.text}"
+    (action,) = [a for a in parser()._actions if a.dest == key]
+    assert action.metavar == unit.metavar
+    assert f"| `{key}` | {type_text(key)} |" in render_markdown()
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "metavar"),
+    [
+        ("api_rate_per_s", "number, per second", "PER_SECOND"),  # a rate, though it ends in _s
+        ("election_timeout_s", "number, seconds", "SECONDS"),
+        ("api_max_body_bytes", "integer, bytes", "BYTES"),
+        ("clock_drift_ppm", "integer, parts per million", "PPM"),
+        ("cluster_port", "integer, port number", "PORT"),
+    ],
+)
+def test_a_unit_is_read_from_the_end_of_the_name(key: str, text: str, metavar: str) -> None:
+    assert type_text(key) == text
+    assert f"{flag_name(key)} {metavar}" in parser().format_help()
+
+
 # --- cluster key ---------------------------------------------------------------------------
 
 
@@ -457,6 +494,16 @@ def test_docs_match_the_model() -> None:
     expected = render_markdown()
     actual = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
     assert actual == expected, f"docs/configuration.md is out of date; run: {REGENERATE_DOCS}"
+
+
+def test_the_documented_jetson_configurations_load_and_drive_the_go2(tmp_path: Path) -> None:
+    section = OPERATIONS.read_text(encoding="utf-8").split("\n## Configure\n", 1)[1]
+    examples = re.findall(r"^```toml\n(.*?)^```$", section.split("\n## ", 1)[0], re.M | re.S)
+    jetsons = [text for text in examples if 'node_id = "jetson-' in text]
+    assert len(jetsons) == 2
+    for text in jetsons:
+        config = load_config(write(tmp_path, text), env={})
+        assert config.robot == "go2", text  # "none" would fail every command
 
 
 def test_markdown_lists_every_key_with_its_sources() -> None:
