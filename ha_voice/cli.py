@@ -323,7 +323,8 @@ def _keygen_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "keygen",
         help="write a cluster key and an API token file, mode 0600",
         description="Creates both files with mode 0600 (never wider, not for a moment) and "
-        "prints the token once. Refuses to overwrite without --force.",
+        "prints the token once. All or nothing: a run that fails changes no file. Refuses to "
+        "overwrite without --force, relative paths, and --no-key with --no-token.",
     )
     keygen_parser.add_argument(
         "--key-file", type=Path, help="default: the configured cluster_key_file"

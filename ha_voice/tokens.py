@@ -27,6 +27,7 @@ __all__ = [
     "MIN_TOKEN_CHARS",
     "TOKEN_ENV",
     "ApiToken",
+    "check_token_name",
     "new_token",
     "parse_tokens",
     "pick_token",
@@ -66,10 +67,15 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def token_line(name: str, token: str) -> str:
-    """The file's line for `token` named `name`, newline included."""
+def check_token_name(name: str) -> None:
+    """ConfigError if `name` cannot name a token (1 to 32 of letters, digits, `.`, `_`, `-`)."""
     if not _NAME_RE.fullmatch(name):
         raise ConfigError(f"token name {name!r}: {_RULES}")
+
+
+def token_line(name: str, token: str) -> str:
+    """The file's line for `token` named `name`, newline included."""
+    check_token_name(name)
     return f"{name}:{token}\n"
 
 
