@@ -31,6 +31,7 @@ from ha_voice.errors import ConfigError
 __all__ = [
     "CLUSTER_KEY_BYTES",
     "PRIVATE_MODE",
+    "ExposedSecret",
     "PrivateBatch",
     "owner_ids",
     "private_problem",
@@ -57,13 +58,21 @@ def private_problem(key: str, path: Path, mode: int) -> str | None:
     )
 
 
+class ExposedSecret(ConfigError):
+    """A secret whose permission bits (`mode`) let group or others read or write it."""
+
+    def __init__(self, message: str, mode: int) -> None:
+        super().__init__(message)
+        self.mode = mode
+
+
 def read_private(path: Path, key: str) -> bytes:
-    """The bytes of secret `path`; ConfigError if its mode exposes it, OSError if unreadable."""
+    """The bytes of secret `path`; ExposedSecret if its mode exposes it, OSError if unreadable."""
     with path.open("rb") as handle:
         mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         problem = private_problem(key, path, mode)
         if problem is not None:
-            raise ConfigError(problem)
+            raise ExposedSecret(problem, mode)
         return handle.read()
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from ha_voice import clock
@@ -182,22 +184,110 @@ def test_with_neither_tokens_nor_networks_everything_is_refused_saying_how_to_co
 # --- the token file changes while the node runs --------------------------------------------
 
 
-def test_a_changed_token_file_is_read_again_and_a_bad_one_keeps_the_old_tokens(
-    tmp_path: Path,
+def changed(path: Path, text: str | None, mode: int = 0o600) -> None:
+    """Rewrite (or, with None, delete) the token file, its mtime surely new."""
+    if text is None:
+        path.unlink()
+        return
+    path.write_text(text)
+    path.chmod(mode)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1))  # a new mtime within a clock tick
+
+
+def test_a_changed_token_file_is_read_again(tmp_path: Path) -> None:
+    auth = authenticator(tmp_path, f"alice:{ALICE}\n")
+    changed(tmp_path / "api.tokens", f"bob:{BOB}\n")  # alice revoked, bob added
+    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
+    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
+
+
+# What an operator revoking alice might leave: each refuses every token, bob's too.
+BROKEN = {
+    "copied with mode 0644": (f"bob:{BOB}\n", 0o644, "mode 0644: group or others may read"),
+    "group-writable": (f"bob:{BOB}\n", 0o620, "mode 0620"),
+    "deleted": (None, 0o600, "no such file"),
+    "emptied": ("# nobody\n", 0o600, "holds no token"),
+    "a short token": (f"bob:{BOB}\ncarol:short\n", 0o600, "line 2: the token has 5 characters"),
+    "not ASCII": ("bob:tökén\n", 0o600, "not ASCII text"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_token_file_that_becomes_unusable_refuses_every_token_until_fixed(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    text, mode, why = BROKEN[case]
+    auth = authenticator(tmp_path, f"alice:{ALICE}\nbob:{BOB}\n")
+    path = tmp_path / "api.tokens"
+    changed(path, text, mode)
+    for token in (ALICE, BOB, BOB):
+        refusal = refused(auth, f"Bearer {token}")
+        assert refusal.reason == "token_file_refused"
+        assert f"n1 accepts no token while its api_token_file is refused ({why}" in refusal.message
+        assert ALICE not in refusal.message
+        assert BOB not in refusal.message
+        assert refusal.challenge == 'Bearer realm="ha-voice", error="invalid_token"'
+    assert auth.token_file_problem() is not None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1  # once per change, not once per request
+    assert "is refused: every token gets 401 until the file is fixed" in errors[0].getMessage()
+    assert "fix:" in errors[0].getMessage()
+    assert ALICE not in caplog.text
+    assert BOB not in caplog.text
+    changed(path, f"bob:{BOB}\n")  # fixed: alice revoked, as meant
+    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
+    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
+    assert auth.token_file_problem() is None
+    assert "re-read (accepted again): 1 token(s)" in caplog.text
+
+
+def test_each_change_to_a_still_broken_file_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     auth = authenticator(tmp_path, f"alice:{ALICE}\n")
     path = tmp_path / "api.tokens"
-    path.write_text(f"bob:{BOB}\n")  # alice revoked, bob added
-    os.utime(path, ns=(1, 1))  # a different mtime even within one clock tick
-    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
-    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
-    path.write_text("bob:short\n")  # refused: the old tokens stay
-    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
-    path.write_text(f"carol:{ALICE}\n")
-    path.chmod(0o644)  # refused: exposed
-    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
-    path.chmod(0o600)
-    assert auth.check(f"Bearer {ALICE}", "192.0.2.7", None).name == "carol"
+    for text, mode in ((f"alice:{ALICE}\n", 0o644), ("x:short\n", 0o600), (None, 0o600)):
+        changed(path, text, mode)
+        refused(auth, f"Bearer {ALICE}")
+        refused(auth, f"Bearer {ALICE}")
+    assert [r.levelname for r in caplog.records].count("ERROR") == 3
+
+
+def test_a_refused_token_file_still_lets_trusted_networks_in_without_a_token(
+    tmp_path: Path,
+) -> None:
+    auth = authenticator(tmp_path, f"alice:{ALICE}\n", networks=("10.9.0.0/16",))
+    changed(tmp_path / "api.tokens", None)
+    assert auth.check(None, "10.9.3.4", None).kind == "network"
+    assert refused(auth, f"Bearer {ALICE}", "10.9.3.4").reason == "token_file_refused"
+
+
+def test_the_token_file_gauge_follows_the_file_without_a_request(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    key_file = tmp_path / "cluster.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    config = Config(
+        node_id="n1",
+        cluster_key_file=key_file,
+        api_token_file=tokens_file(tmp_path, f"alice:{ALICE}\n"),
+    )
+    Authenticator.from_config(config, registry)
+    path = tmp_path / "api.tokens"
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") == 1.0
+    changed(path, f"alice:{ALICE}\n", 0o644)
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") == 0.0
+    changed(path, f"alice:{ALICE}\n")
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") == 1.0
+
+
+def test_without_a_token_file_there_is_no_token_file_gauge(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    key_file = tmp_path / "cluster.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    Authenticator.from_config(Config(node_id="n1", cluster_key_file=key_file), registry)
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") is None
 
 
 def test_a_bad_token_file_refuses_the_start(tmp_path: Path) -> None:
