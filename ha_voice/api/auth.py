@@ -43,6 +43,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from ha_voice.api.body import read_limited
 from ha_voice.api.forward_seal import SEAL_FAILURES, Claim, ForwardSeal, body_digest
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.errors import LocalError, RemoteError
@@ -431,12 +432,13 @@ def source_of(request: Request) -> str:
     return principal_of(request).source
 
 
-def seal_headers(request: Request, body: bytes) -> dict[str, str]:
-    """The marker and seal with which this node forwards `request` (carrying `body`)."""
+def seal_headers(request: Request, body: bytes, recipient: str) -> dict[str, str]:
+    """The marker and seal with which this node forwards `request` (carrying `body`) to the
+    member `recipient` (the primary); no other member believes the seal."""
     auth = authenticator(request)
     principal = principal_of(request)
     seal = auth.seal.seal(
-        request.method, request.url.path, principal.address, principal.label, body
+        request.method, request.url.path, principal.address, principal.label, body, recipient
     )
     return {FORWARDED_BY: auth.node_id, FORWARD_SEAL: seal}
 
@@ -457,12 +459,23 @@ def _claim(request: Request) -> Claim | None:
 
 
 async def _claim_with_body(request: Request, auth: Authenticator) -> Claim | None:
-    """`_claim`, and the body it was sealed for is the body that came; read only if sealed."""
+    """`_claim`, and the body it was sealed for is the body that came; read only if sealed,
+    and only up to the route's limit (413 beyond it, as the route itself would answer)."""
     claim = _claim(request)
     if claim is None:
         return None
-    if not hmac.compare_digest(body_digest(await request.body()), claim.body_sha256):
+    body = await _read_body(request, request.app.state.ctx.config.api_max_body_bytes)
+    if not hmac.compare_digest(body_digest(body), claim.body_sha256):
         auth.ignore_marker("body_mismatch", f"the body is not the one {claim.node!r} sealed")
         setattr(request.state, _STATE_CLAIM, None)
         return None
     return claim
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    """The body, read by the routes' own bounded reader (413 once it is known to exceed
+    `limit_bytes`: the JSON routes' limit, `api_max_body_bytes`), and kept on the request where
+    the route's read finds it: Starlette's `stream()` yields a body already read."""
+    body = await read_limited(request, limit_bytes)
+    request._body = body
+    return body

@@ -299,7 +299,7 @@ def test_a_bad_token_file_refuses_the_start(tmp_path: Path) -> None:
 
 
 def test_a_seal_opens_once_with_what_it_carries() -> None:
-    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}")
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}", "n1")
     claim = seal("n1").open("n2", sealed, "POST", "/api/robot/command")
     assert (claim.node, claim.address, claim.principal) == ("n2", "10.9.3.4", "token:alice")
     assert claim.body_sha256 == body_digest(b"{}")
@@ -314,18 +314,21 @@ def test_a_seal_opens_once_with_what_it_carries() -> None:
         ({"node": "stranger"}, "not_member"),
         ({"node": "n1"}, "not_member"),  # itself
         ({"seal": None}, "unsigned"),
-        ({"seal": "v1;t=1"}, "malformed"),
+        ({"seal": "v2;t=1"}, "malformed"),
+        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),  # no recipient
         ({"seal": "v2;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
-        ({"seal": "v1;t=1;n=x;a=<script>;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v1;" + "t=1;" * 200}, "malformed"),
+        ({"seal": "v2;t=1;n=x;r=n1;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
+        ({"seal": "v2;t=1;n=x;r=n1;a=<script>;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v2;t=1;n=x;r=n.1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v2;" + "t=1;" * 200}, "malformed"),
+        ({"tamper": ("r=n1", "r=n3")}, "bad_mac"),  # readdressed
         ({"tamper": ("a=10.9.3.4", "a=10.9.3.5")}, "bad_mac"),
         ({"tamper": ("p=token:alice", "p=network")}, "bad_mac"),
         ({"tamper": ("p=token:alice", "p=token:bob")}, "bad_mac"),
     ],
 )
 def test_a_seal_that_does_not_match_is_not_believed(change: dict[str, Any], reason: str) -> None:
-    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}")
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}", "n1")
     if "tamper" in change:
         sealed = sealed.replace(*change["tamper"])
     args = {"node": "n2", "seal": sealed, "method": "POST", "path": "/api/robot/command"}
@@ -335,8 +338,18 @@ def test_a_seal_that_does_not_match_is_not_believed(change: dict[str, Any], reas
     assert caught.value.reason == reason
 
 
+def test_a_seal_opens_only_at_the_member_it_is_addressed_to() -> None:
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    for elsewhere in ("n3", "w"):
+        with pytest.raises(RemoteError) as caught:
+            seal(elsewhere).open("n2", sealed, "POST", "/p")
+        assert caught.value.reason == "wrong_recipient"
+        assert "'n2' sealed it for 'n1', not for this node" in str(caught.value)
+    assert seal("n1").open("n2", sealed, "POST", "/p").node == "n2"  # not used up elsewhere
+
+
 def test_a_seal_made_with_another_key_or_the_datagram_key_is_not_believed() -> None:
-    other = seal("n2", (b"o" * 32,)).seal("POST", "/p", "1.2.3.4", "network", b"")
+    other = seal("n2", (b"o" * 32,)).seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
     with pytest.raises(RemoteError, match="bad_mac"):
         seal("n1").open("n2", other, "POST", "/p")
     assert derive_forward_key(KEY, "c") != derive_key(KEY, "c")
@@ -344,7 +357,7 @@ def test_a_seal_made_with_another_key_or_the_datagram_key_is_not_believed() -> N
 
 def test_a_replayed_seal_is_refused() -> None:
     opener = seal("n1")
-    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"")
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
     opener.open("n2", sealed, "POST", "/p")
     with pytest.raises(RemoteError, match="replay"):
         opener.open("n2", sealed, "POST", "/p")
@@ -356,7 +369,7 @@ def test_a_seal_from_far_off_in_time_is_stale(
 ) -> None:
     now_us = clock.wall_clock_us()
     monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us + int(skew_s * 1e6))
-    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"")
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
     monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us)
     with pytest.raises(RemoteError, match="stale"):
         seal("n1").open("n2", sealed, "POST", "/p")
@@ -368,11 +381,11 @@ def test_during_a_rotation_either_key_opens_and_the_first_seals() -> None:
         seal("n1", (KEY, NEXT_KEY)),
         seal("n3", (NEXT_KEY, KEY)),
     )
-    both.open("n2", old_only.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p")
-    both.open("n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p")
+    both.open("n2", old_only.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"), "POST", "/p")
+    both.open("n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"), "POST", "/p")
     with pytest.raises(RemoteError, match="bad_mac"):
         seal("n1", (KEY,)).open(
-            "n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p"
+            "n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"), "POST", "/p"
         )
 
 
@@ -397,7 +410,7 @@ def test_verified_forwarder_names_a_sealed_member_once_and_ignores_a_bare_marker
     app = FastAPI()
     auth = authenticator(tmp_path)
     app.state.ha_voice_auth = auth
-    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "network", b"")
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "network", b"", "n1")
     genuine = request(app, {FORWARDED_BY: "n2", FORWARD_SEAL: sealed})
     assert verified_forwarder(genuine) == "n2"
     assert verified_forwarder(genuine) == "n2"  # asked twice, checked once: no false replay
