@@ -236,13 +236,16 @@ def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
 
 def _client(args: argparse.Namespace) -> HAVoiceClient:
     cluster = args.cluster or load_config().cluster
-    return HAVoiceClient(
-        url=args.url,
-        cluster=cluster,
-        deadline_s=args.deadline,
-        token=_token(args) or "",
-        verify=_verify(args),
-    )
+    try:
+        return HAVoiceClient(
+            url=args.url,
+            cluster=cluster,
+            deadline_s=args.deadline,
+            token=_token(args) or "",
+            ca_file=args.ca_file or load_config().tls_ca_file,  # given: TLS is required
+        )
+    except ValueError as exc:  # a plain-HTTP --url where TLS is configured
+        raise ConfigError(str(exc)) from None
 
 
 _SEND_EXIT = {"done": 0, "stopped": 0, "success": 0, "unknown": 3}
