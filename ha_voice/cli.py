@@ -236,13 +236,16 @@ def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
 
 def _client(args: argparse.Namespace) -> HAVoiceClient:
     cluster = args.cluster or load_config().cluster
-    return HAVoiceClient(
-        url=args.url,
-        cluster=cluster,
-        deadline_s=args.deadline,
-        token=_token(args) or "",
-        verify=_verify(args),
-    )
+    try:
+        return HAVoiceClient(
+            url=args.url,
+            cluster=cluster,
+            deadline_s=args.deadline,
+            token=_token(args) or "",
+            ca_file=args.ca_file or load_config().tls_ca_file,  # given: TLS is required
+        )
+    except ValueError as exc:  # a plain-HTTP --url where TLS is configured
+        raise ConfigError(str(exc)) from None
 
 
 _SEND_EXIT = {"done": 0, "stopped": 0, "success": 0, "unknown": 3}
@@ -323,7 +326,8 @@ def _keygen_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "keygen",
         help="write a cluster key and an API token file, mode 0600",
         description="Creates both files with mode 0600 (never wider, not for a moment) and "
-        "prints the token once. Refuses to overwrite without --force.",
+        "prints the token once. All or nothing: a run that fails changes no file. Refuses to "
+        "overwrite without --force, relative paths, and --no-key with --no-token.",
     )
     keygen_parser.add_argument(
         "--key-file", type=Path, help="default: the configured cluster_key_file"

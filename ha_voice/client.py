@@ -29,8 +29,15 @@ Invariants:
 Credentials: `token` (else the `HA_VOICE_TOKEN` environment variable) goes as
 `Authorization: Bearer TOKEN` on every request; commands, settings and step-down need it unless
 the client's address is in the nodes' `trusted_networks`. HTTPS is verified (`verify`, or the
-cluster CA in `ca_file`); an endpoint found by mDNS is spoken to in the scheme its TXT record
-names (`scheme=https`).
+cluster CA in `ca_file`).
+
+TLS is a floor, never lowered by what the network says. A client given `ca_file`, `verify` or
+an https `url` requires TLS: every address it did not choose itself — the endpoint mDNS
+resolves, a `leader_url` hint, a redirect — is spoken to in https, whatever the answer names,
+and verified; a plain-HTTP `url` with them is a ValueError, and no request ever leaves in
+plain HTTP (checked before each send). mDNS is unauthenticated: anyone on the LAN can answer
+for the endpoint, and its TXT `scheme=https` can only raise the scheme, never lower it. Without
+TLS, such a responder receives the token and can answer "done" to a stop it never passed on.
 
 Where requests go: to `url` if given (or the first of several, comma-separated, the next one
 after each connection error), else to the address mDNS resolves for the endpoint. A
@@ -52,7 +59,7 @@ import random
 import ssl
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Generic, NoReturn, TypeVar
 
 import httpx
@@ -81,6 +88,7 @@ __all__ = [
     "NoPrimaryError",
     "RequestError",
     "ssl_context",
+    "tls_floor",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -268,6 +276,32 @@ def ssl_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext | bool
     return True if ca_file is None else ssl.create_default_context(cafile=os.fspath(ca_file))
 
 
+def tls_floor(url: str, tls: bool) -> str:
+    """`url` in https when `tls` is required: an address the network named (mDNS, a hint, a
+    redirect) may raise the scheme the caller asked for, never lower it."""
+    if tls and url.startswith("http://"):
+        return "https://" + url.removeprefix("http://")
+    return url
+
+
+def _tls_required(
+    urls: list[str], verify: ssl.SSLContext | bool | None, ca_file: object | None
+) -> bool:
+    """Whether the caller asked for TLS; ValueError for a plain-HTTP url that contradicts it."""
+    required = (
+        ca_file is not None
+        or verify not in (None, False)
+        or any(u.startswith("https://") for u in urls)
+    )
+    plain = [u for u in urls if not u.startswith("https://")]
+    if required and plain:
+        raise ValueError(
+            f"url {plain[0]} is plain HTTP, but TLS was asked for (ca_file, verify or an https "
+            "url): the token would travel in clear; fix: use https:// (or leave out ca_file)"
+        )
+    return required
+
+
 def _bearer(token: str | None) -> dict[str, str]:
     """The Authorization header for `token`, or for `HA_VOICE_TOKEN` when `token` is None."""
     token = os.environ.get(TOKEN_ENV) if token is None else token
@@ -396,7 +430,7 @@ class _Core(Generic[_HttpT]):
         token: str | None = None,
         resolve_timeout_s: float = 3.0,
         interfaces: list[str] | None = None,
-        verify: ssl.SSLContext | bool = True,
+        verify: ssl.SSLContext | bool | None = None,
         ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Seconds throughout; `cluster` None means DEFAULT_CLUSTER; mDNS asks on `interfaces`.
@@ -404,11 +438,14 @@ class _Core(Generic[_HttpT]):
         `url` is the first choice (several, comma-separated: any node will do, each is tried
         in turn after a connection error); mDNS is asked when it is None, and after a
         connection error when `cluster` was given. `token` None means `HA_VOICE_TOKEN` (""
-        sends none); `ca_file`, if given, is what HTTPS is verified with, else `verify`.
+        sends none); `ca_file`, if given, is what HTTPS is verified with, else `verify` (None:
+        the system's CAs). `ca_file`, `verify` (but False) or an https `url` require TLS for
+        every request, wherever the network says to go; ValueError with a plain-HTTP `url`.
         """
         if min(deadline_s, timeout_s, resolve_timeout_s) <= 0:
             raise ValueError("deadline_s, timeout_s and resolve_timeout_s must be > 0")
         self._urls = [u.strip().rstrip("/") for u in url.split(",")] if url else []
+        self._tls = _tls_required(self._urls, verify, ca_file)
         self._url = self._urls[0] if self._urls else None
         self._cluster = cluster if cluster is not None else DEFAULT_CLUSTER
         self._may_resolve = url is None or cluster is not None
@@ -417,8 +454,8 @@ class _Core(Generic[_HttpT]):
         self._timeout_s = timeout_s
         self._resolve_timeout_s = resolve_timeout_s
         self._interfaces = interfaces
-        verified = verify if ca_file is None else ssl_context(ca_file)
-        self._http = self._open(_bearer(token), verified)
+        verified = ssl_context(ca_file) if ca_file is not None else verify
+        self._http = self._open(_bearer(token), True if verified is None else verified)
 
     def _open(self, headers: dict[str, str], verify: ssl.SSLContext | bool) -> _HttpT:
         """The shell's HTTP client, sending `headers` on every request, verifying HTTPS."""
@@ -441,12 +478,16 @@ class _Core(Generic[_HttpT]):
                 "is multicast allowed between this host and the nodes?",
                 call.request.key,
             )
-        scheme = "https" if found[2].get("scheme") == "https" else "http"
+        # Unauthenticated: the TXT record may raise the scheme, never lower it.
+        scheme = "https" if self._tls or found[2].get("scheme") == "https" else "http"
         self._base_url = f"{scheme}://{found[0]}:{found[1]}"
         return self._base_url + call.request.path
 
-    def _sent(self, call: _Call) -> httpx.Timeout:
-        """Count the attempt about to be sent; its timeout."""
+    def _sent(self, call: _Call, url: str) -> httpx.Timeout:
+        """Count the attempt about to be sent to `url`; its timeout. Never in plain HTTP when
+        TLS was asked for: the token would go in clear to an address the network named."""
+        if self._tls and not url.startswith("https://"):
+            raise ClientError(f"refused to send to {url} in plain HTTP: this client requires TLS")
         call.attempts += 1
         return httpx.Timeout(call.attempt_timeout_s(self._timeout_s))
 
@@ -458,7 +499,9 @@ class _Core(Generic[_HttpT]):
         if again is None:
             return _Answer(response.status_code, body, call.attempts)
         if again.leader_url is not None:
-            self._base_url = again.leader_url
+            self._base_url = tls_floor(again.leader_url, self._tls)
+        if again.location is not None:
+            again = replace(again, location=tls_floor(again.location, self._tls))
         call.again(url, again)
 
     def _lost(self, call: _Call, url: str, exc: httpx.TransportError) -> NoReturn:
@@ -529,7 +572,7 @@ class HAVoiceClient(_Core[httpx.Client]):
         if url is None:
             within_s = self._resolve_within_s(call)
             url = self._found(call, _resolve_endpoint(self._cluster, within_s, self._interfaces))
-        timeout, request = self._sent(call), call.request
+        timeout, request = self._sent(call, url), call.request
         try:
             response = self._http.request(
                 request.method, url, json=request.body, headers=request.headers(), timeout=timeout
@@ -598,7 +641,7 @@ class AsyncHAVoiceClient(_Core[httpx.AsyncClient]):
             within_s = self._resolve_within_s(call)
             found = await async_resolve_endpoint(self._cluster, within_s, self._interfaces)
             url = self._found(call, found)
-        timeout, request = self._sent(call), call.request
+        timeout, request = self._sent(call, url), call.request
         try:
             response = await self._http.request(
                 request.method, url, json=request.body, headers=request.headers(), timeout=timeout

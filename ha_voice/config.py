@@ -68,6 +68,7 @@ __all__ = [
     "Config",
     "PeerSpec",
     "Rule",
+    "Unit",
     "bounds_text",
     "core_type",
     "default_node_id",
@@ -80,6 +81,7 @@ __all__ = [
     "read_cluster_key",
     "toml_value",
     "type_text",
+    "unit_of",
 ]
 
 ENV_PREFIX: Final = "HA_VOICE_"
@@ -108,6 +110,11 @@ _WHISPER_SIZES: Final = (
     "distil-large-v2", "distil-large-v3", "distil-large-v3.5", "large-v3-turbo", "turbo",
 )  # fmt: skip
 _PEER_FORMAT: Final = "NODE_ID or NODE_ID@HOST:PORT"
+# The shortest prefix trusted_networks takes, by IP version: the largest private block of each,
+# 10.0.0.0/8 (RFC 1918) and fc00::/7 (RFC 4193). Anything wider reaches past any one site's
+# network, and /0 is everyone.
+_SHORTEST_TRUSTED_PREFIX: Final = {4: 8, 6: 7}
+_IPV4_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 _TLS_FIELDS: Final = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
 
@@ -214,10 +221,39 @@ def _ipv4(text: str) -> str:
 def _networks(entries: list[str]) -> list[str]:
     for entry in entries:
         try:
-            ipaddress.ip_network(entry, strict=True)
+            network = ipaddress.ip_network(entry, strict=True)
         except ValueError as exc:
             raise ValueError(f"{entry!r} is not a CIDR network ({exc})") from None
+        _check_trust_scope(entry, network)
     return entries
+
+
+def _check_trust_scope(entry: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """ValueError for a network wider than any robot network can be, or one that would match
+    nothing (IPv4-mapped IPv6: clients are compared as IPv4)."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        start = network.network_address.ipv4_mapped
+        ipv4 = ipaddress.IPv4Network((start, network.prefixlen - _IPV4_MAPPED.prefixlen))
+        _check_width(entry, ipv4)
+        raise ValueError(
+            f"{entry!r} is an IPv4-mapped IPv6 network, which never matches (clients are "
+            f"compared as IPv4): write it as {ipv4}"
+        )
+    _check_width(entry, network)
+
+
+def _check_width(entry: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    shortest = _SHORTEST_TRUSTED_PREFIX[network.version]
+    if network.prefixlen >= shortest:
+        return
+    bits = network.max_prefixlen - network.prefixlen
+    everyone = "every address" if bits == network.max_prefixlen else f"2^{bits} addresses"
+    raise ValueError(
+        f"{entry!r} trusts {everyone} (IPv{network.version} allows /{shortest} or longer), so "
+        "anyone who reaches the port could drive the robot without a token: list only the "
+        "robot's own network, such as 192.168.123.0/24, and give other clients a token "
+        "(api_token_file)"
+    )
 
 
 def _peer_list(entries: list[str]) -> list[str]:
@@ -296,7 +332,11 @@ class Config(BaseModel):
         "every client outside trusted_networks, so a node is never open by accident.",
     )
     trusted_networks: Annotated[
-        list[str], Rule("each a CIDR network such as 192.168.123.0/24", _networks)
+        list[str],
+        Rule(
+            "each a CIDR network such as 192.168.123.0/24, of prefix /8 or longer (IPv6: /7)",
+            _networks,
+        ),
     ] = Field(
         default_factory=list,
         max_length=32,
@@ -953,7 +993,29 @@ _TYPE_NAMES: Final[dict[Any, str]] = {
     str: "string",
     Path: "path",
 }
-_UNITS: Final = (("_s", "seconds"), ("_ppm", "parts per million"), ("port", "port number"))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The unit a key's name ends in: how the docs' "type, unit" column and `--help` say it."""
+
+    suffix: str
+    text: str
+    metavar: str
+
+
+# The first suffix that ends a key is its unit, so a rate (`_per_s`) comes before seconds.
+_UNITS: Final = (
+    Unit("_per_s", "per second", "PER_SECOND"),
+    Unit("_s", "seconds", "SECONDS"),
+    Unit("_ppm", "parts per million", "PPM"),
+    Unit("_bytes", "bytes", "BYTES"),
+    Unit("port", "port number", "PORT"),
+    Unit("_connections", "connections", "N"),
+    Unit("_commands", "commands", "N"),
+    Unit("_entries", "entries", "N"),
+    Unit("_burst", "requests", "N"),
+)
 
 
 def env_var_name(key: str) -> str:
@@ -977,8 +1039,13 @@ def type_text(key: str) -> str:
     core = core_type(Config.model_fields[key])
     origin = get_origin(core)
     base = {Literal: "string", list: "list of strings"}.get(origin) or _TYPE_NAMES[core]
-    unit = next((unit for suffix, unit in _UNITS if key.endswith(suffix)), None)
-    return f"{base}, {unit}" if unit else base
+    unit = unit_of(key)
+    return f"{base}, {unit.text}" if unit else base
+
+
+def unit_of(key: str) -> Unit | None:
+    """The unit `key`'s name ends in, or None for a key without one (a name, a priority)."""
+    return next((unit for unit in _UNITS if key.endswith(unit.suffix)), None)
 
 
 def bounds_text(key: str) -> str:

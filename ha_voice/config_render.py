@@ -28,6 +28,7 @@ from ha_voice.config import (
     load_config,
     toml_value,
     type_text,
+    unit_of,
 )
 from ha_voice.errors import ConfigError
 from ha_voice.markdown import table
@@ -56,7 +57,8 @@ def _metavar(key: str) -> str:
     core = core_type(Config.model_fields[key])
     if get_origin(core) is Literal:
         return "{" + ",".join(map(str, get_args(core))) + "}"
-    return "SECONDS" if key.endswith("_s") else key.upper()
+    unit = unit_of(key)
+    return unit.metavar if unit else key.upper()
 
 
 def flags_from_namespace(namespace: argparse.Namespace) -> dict[str, object]:

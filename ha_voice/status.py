@@ -2,7 +2,9 @@
 
 A backup knows only who leads; the primary knows everyone. So the view is taken from the
 leader when the node asked can name it, and from the node asked otherwise. Reads need no token;
-step-down sends one (`Authorization: Bearer`). `verify` is what HTTPS is verified with.
+step-down sends one (`Authorization: Bearer`). `verify` is what HTTPS is verified with; with a
+CA (an SSLContext) or an https base URL, the leader a node names is asked in https too, as the
+client library does (`client.tls_floor`): the token never goes in clear where a node pointed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from ha_voice.client import tls_floor
 from ha_voice.errors import HAVoiceError
 
 __all__ = ["UnreachableError", "fetch_cluster", "render_table", "step_down"]
@@ -41,6 +44,7 @@ def fetch_cluster(base_url: str, verify: Verify = True) -> dict[str, Any]:
     leader, leader_api = view.get("leader"), view.get("leader_api")
     if not leader_api or view.get("role") == "primary":
         return view
+    leader_api = tls_floor(leader_api, _tls(base_url, verify))
     try:
         leader_view = _get(f"{leader_api}/cluster", verify)
     except UnreachableError:
@@ -49,6 +53,11 @@ def fetch_cluster(base_url: str, verify: Verify = True) -> dict[str, Any]:
         return leader_view
     view["note"] = f"the leader's API was not found at {leader_api}: this is {view['node']}'s view"
     return view
+
+
+def _tls(base_url: str, verify: Verify) -> bool:
+    """Whether the caller asked for TLS: an https base URL, or a CA to verify with."""
+    return base_url.startswith("https://") or isinstance(verify, ssl.SSLContext)
 
 
 def render_table(view: dict[str, Any]) -> str:
@@ -92,6 +101,7 @@ def step_down(
     primary_url = base_url if view.get("role") == "primary" else view.get("leader_api")
     if not primary_url:
         return False, f"no primary known to {view['node']}: nothing to step down"
+    primary_url = tls_floor(primary_url, _tls(base_url, verify))
     try:
         response = httpx.post(
             f"{primary_url}/cluster/step-down",

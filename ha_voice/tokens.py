@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Final
 
 from ha_voice.errors import ConfigError
-from ha_voice.keyfiles import read_private
+from ha_voice.keyfiles import ExposedSecret, read_private
 
 __all__ = [
     "MIN_TOKEN_CHARS",
     "TOKEN_ENV",
     "ApiToken",
+    "TokenFileError",
+    "check_token_name",
     "new_token",
     "parse_tokens",
     "pick_token",
@@ -66,15 +68,28 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def token_line(name: str, token: str) -> str:
-    """The file's line for `token` named `name`, newline included."""
+def check_token_name(name: str) -> None:
+    """ConfigError if `name` cannot name a token (1 to 32 of letters, digits, `.`, `_`, `-`)."""
     if not _NAME_RE.fullmatch(name):
         raise ConfigError(f"token name {name!r}: {_RULES}")
+
+
+def token_line(name: str, token: str) -> str:
+    """The file's line for `token` named `name`, newline included."""
+    check_token_name(name)
     return f"{name}:{token}\n"
 
 
+class TokenFileError(ConfigError):
+    """A token file that cannot be used; `why` says so in a few words, without its path."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 def parse_tokens(text: str, where: str, fix: str = "") -> list[ApiToken]:
-    """Every token in `text`, in file order; ConfigError listing each bad line of `where`."""
+    """Every token in `text`, in file order; TokenFileError listing each bad line of `where`."""
     found: list[ApiToken] = []
     problems: list[str] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -91,29 +106,37 @@ def parse_tokens(text: str, where: str, fix: str = "") -> list[ApiToken]:
         problems.append("holds no token")
     if problems:
         lines = "\n".join(f"  {where}: {problem}" for problem in problems)
-        raise ConfigError(f"{lines}\n  {_RULES}{'; ' + fix if fix else ''}")
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise TokenFileError(f"{lines}\n  {_RULES}{'; ' + fix if fix else ''}", problems[0] + more)
     return found
 
 
 def read_token_file(path: Path, key: str = "api_token_file") -> list[ApiToken]:
-    """The tokens of `path`; ConfigError if it is missing, exposed (mode) or malformed."""
+    """The tokens of `path`; TokenFileError if it is missing, exposed (mode) or malformed."""
     where = f"{key} = {str(path)!r}"
     fix = _FIX.format(path=path)
     try:
         data = read_private(path, key)
     except FileNotFoundError:
-        raise ConfigError(
-            f"{where}: no such file; fix: ha-voice keygen --no-key --token-file {path}"
+        raise TokenFileError(
+            f"{where}: no such file; fix: ha-voice keygen --no-key --token-file {path}",
+            "no such file",
         ) from None
     except OSError as exc:
-        raise ConfigError(
+        raise TokenFileError(
             f"{where}: cannot be read ({exc.strerror}); fix: let the user ha-voice runs as "
-            f"read it (chown it, chmod 600 {path})"
+            f"read it (chown it, chmod 600 {path})",
+            f"cannot be read ({exc.strerror})",
         ) from None
+    except ExposedSecret as exc:
+        why = f"mode {exc.mode:04o}: group or others may read or write it"
+        raise TokenFileError(str(exc), why) from None
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
-        raise ConfigError(f"{where}: not ASCII text; {_RULES}; {fix}") from None
+        raise TokenFileError(
+            f"{where}: not ASCII text; {_RULES}; {fix}", "not ASCII text"
+        ) from None
     return parse_tokens(text, where, fix)
 
 

@@ -12,9 +12,12 @@ Invariants:
   `hmac.compare_digest`, without an early exit: the time taken depends neither on the token
   sent nor on which line it matches. No answer or log line echoes a token.
 - A token that is sent is judged even from a trusted network: a wrong one is refused.
-- The token file is re-read when its size, times or inode change (checked on each mutating
-  request, one `stat`); a new version that fails the checks (mode, syntax) is logged as an
-  error and the previous tokens stay in force.
+- The token file is re-read when its size, times, mode or inode change (checked on each
+  mutating request and each scrape of `ha_voice_api_token_file_ok`, one `stat`). It fails
+  closed: a version that is missing, exposed (mode) or malformed revokes every token until a
+  good version replaces it — each such change logged once at error with the fix, the gauge 0,
+  and every request with a token answered 401 saying that the file is refused and why (never
+  which tokens it held). Keeping the old tokens would keep a token that was just revoked.
 - `X-HA-Voice-Forwarded-By` is believed only with a valid seal (`forward_seal.py`); a marker
   without one is ignored — counted by reason, logged once at warning then at debug — and the
   request is judged as the client's own. A believed forward is judged on the client's behalf:
@@ -29,6 +32,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +41,13 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from ha_voice.api.body import read_limited
 from ha_voice.api.forward_seal import SEAL_FAILURES, Claim, ForwardSeal, body_digest
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
-from ha_voice.errors import ConfigError, LocalError, RemoteError
-from ha_voice.tokens import ApiToken, read_token_file
+from ha_voice.errors import LocalError, RemoteError
+from ha_voice.tokens import ApiToken, TokenFileError, read_token_file
 
 __all__ = [
     "AUTHENTICATED",
@@ -65,7 +70,13 @@ log = logging.getLogger(__name__)
 FORWARDED_BY: Final = "X-HA-Voice-Forwarded-By"
 FORWARD_SEAL: Final = "X-HA-Voice-Forward-Auth"
 REALM: Final = 'Bearer realm="ha-voice"'
-REFUSALS: Final = ("not_configured", "no_credentials", "wrong_scheme", "invalid_token")
+REFUSALS: Final = (
+    "not_configured",
+    "no_credentials",
+    "wrong_scheme",
+    "invalid_token",
+    "token_file_refused",
+)
 _WHERE_TOKENS: Final = (
     "tokens are the lines of api_token_file on the cluster's nodes (docs/operations.md, "
     "'API tokens'); clients send one with token=, HA_VOICE_TOKEN or --token-file"
@@ -106,47 +117,69 @@ class Unauthorized(RemoteError):
         self.challenge = challenge
 
 
+@dataclass(frozen=True)
+class _TokenState:
+    """One version of the token file: its stat signature, its digests, or why it is refused."""
+
+    signature: tuple[int, ...]
+    digests: tuple[tuple[str, bytes], ...]
+    refused: TokenFileError | None = None
+
+
 class _TokenFile:
-    """The digests of `api_token_file`, re-read when the file changes."""
+    """The digests of `api_token_file`, re-read when the file changes; while it is refused
+    (missing, exposed or malformed), no token at all."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._signature = self._stat()
-        self._digests = _digests(read_token_file(path))
-        self._failed: tuple[int, ...] | None = None
+        signature = self._stat()
+        self._state = _TokenState(signature, _digests(read_token_file(path)))
+        self._lock = threading.Lock()  # the request path and a /metrics scrape both check
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return len(self._state.digests)
+
+    def problem(self) -> TokenFileError | None:
+        """Why the file as it is now is refused, or None while its tokens are in force."""
+        return self._current().refused
 
     def match(self, token: str) -> str | None:
         """The name of `token`, compared with every digest in constant time; None if unknown."""
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found = None
-        for name, expected in self._maybe_reload():
+        for name, expected in self._current().digests:
             if hmac.compare_digest(digest, expected):
                 found = name
         return found
 
-    def _maybe_reload(self) -> tuple[tuple[str, bytes], ...]:
-        signature = self._stat()
-        if signature in (self._signature, self._failed):
-            return self._digests
+    def _current(self) -> _TokenState:
+        """The state of the file as it is now: re-read (and logged) once per change."""
+        with self._lock:
+            signature = self._stat()
+            if signature != self._state.signature:
+                self._state = self._read(signature, self._state)
+            return self._state
+
+    def _read(self, signature: tuple[int, ...], before: _TokenState) -> _TokenState:
         try:
             digests = _digests(read_token_file(self.path))
-        except ConfigError as exc:
-            self._failed = signature
-            log.error("api_token_file changed but is refused; the old tokens stay: %s", exc)
-            return self._digests
-        self._signature, self._digests, self._failed = signature, digests, None
-        log.warning("api_token_file %s re-read: %d token(s)", self.path, len(digests))
-        return digests
+        except TokenFileError as exc:
+            log.error(
+                "api_token_file %s is refused: every token gets 401 until the file is fixed: %s",
+                self.path,
+                exc,
+            )
+            return _TokenState(signature, (), exc)
+        again = " (accepted again)" if before.refused is not None else ""
+        log.warning("api_token_file %s re-read%s: %d token(s)", self.path, again, len(digests))
+        return _TokenState(signature, digests)
 
     def _stat(self) -> tuple[int, ...]:
         try:
             st = os.stat(self.path)
         except OSError:
             return ()
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 def _digests(tokens: list[ApiToken]) -> tuple[tuple[str, bytes], ...]:
@@ -186,6 +219,20 @@ class Authenticator:
             self.refusals.labels(reason)
         for reason in SEAL_FAILURES:
             self.ignored_markers.labels(reason)
+        if tokens is not None:
+            # Read at scrape time, so a file that breaks is seen without waiting for a command.
+            token_file_ok = Gauge(
+                "ha_voice_api_token_file_ok",
+                "1 while api_token_file's tokens are in force, 0 while the file is refused "
+                "(missing, exposed or malformed: every token then gets 401)",
+                registry=registry,
+            )
+            token_file_ok.set_function(lambda: 0.0 if tokens.problem() else 1.0)
+
+    def token_file_problem(self) -> str | None:
+        """Why api_token_file is refused now (a few words, no path, no token), else None."""
+        refused = None if self.tokens is None else self.tokens.problem()
+        return None if refused is None else refused.why
 
     @classmethod
     def from_config(
@@ -247,6 +294,14 @@ class Authenticator:
                 f"{self.node_id} has no api_token_file, so it knows no token: only clients in "
                 "its trusted_networks get in, without one; fix: set api_token_file on every node "
                 "(docs/operations.md, 'API tokens')",
+                f'{REALM}, error="invalid_token"',
+            )
+        refused = self.tokens.problem()
+        if refused is not None:
+            raise Unauthorized(
+                "token_file_refused",
+                f"{self.node_id} accepts no token while its api_token_file is refused "
+                f"({refused.why}); an operator must fix the file (the node's log says how)",
                 f'{REALM}, error="invalid_token"',
             )
         name = self.tokens.match(token.strip())
@@ -377,12 +432,13 @@ def source_of(request: Request) -> str:
     return principal_of(request).source
 
 
-def seal_headers(request: Request, body: bytes) -> dict[str, str]:
-    """The marker and seal with which this node forwards `request` (carrying `body`)."""
+def seal_headers(request: Request, body: bytes, recipient: str) -> dict[str, str]:
+    """The marker and seal with which this node forwards `request` (carrying `body`) to the
+    member `recipient` (the primary); no other member believes the seal."""
     auth = authenticator(request)
     principal = principal_of(request)
     seal = auth.seal.seal(
-        request.method, request.url.path, principal.address, principal.label, body
+        request.method, request.url.path, principal.address, principal.label, body, recipient
     )
     return {FORWARDED_BY: auth.node_id, FORWARD_SEAL: seal}
 
@@ -403,12 +459,23 @@ def _claim(request: Request) -> Claim | None:
 
 
 async def _claim_with_body(request: Request, auth: Authenticator) -> Claim | None:
-    """`_claim`, and the body it was sealed for is the body that came; read only if sealed."""
+    """`_claim`, and the body it was sealed for is the body that came; read only if sealed,
+    and only up to the route's limit (413 beyond it, as the route itself would answer)."""
     claim = _claim(request)
     if claim is None:
         return None
-    if not hmac.compare_digest(body_digest(await request.body()), claim.body_sha256):
+    body = await _read_body(request, request.app.state.ctx.config.api_max_body_bytes)
+    if not hmac.compare_digest(body_digest(body), claim.body_sha256):
         auth.ignore_marker("body_mismatch", f"the body is not the one {claim.node!r} sealed")
         setattr(request.state, _STATE_CLAIM, None)
         return None
     return claim
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    """The body, read by the routes' own bounded reader (413 once it is known to exceed
+    `limit_bytes`: the JSON routes' limit, `api_max_body_bytes`), and kept on the request where
+    the route's read finds it: Starlette's `stream()` yields a body already read."""
+    body = await read_limited(request, limit_bytes)
+    request._body = body
+    return body

@@ -78,7 +78,7 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
     view = cluster_view(ctx)
     if view.leader is None or view.leader_url is None:
         return unavailable(ctx, f"{why}; no primary is known")
-    call = asyncio.ensure_future(_send(ctx, request, view.leader_url, body))
+    call = asyncio.ensure_future(_send(ctx, request, view.leader, view.leader_url, body))
     watch = asyncio.ensure_future(_until_lost(ctx, view.leader, view.term))
     try:
         await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -96,10 +96,10 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
 
 
 async def _send(
-    ctx: ApiContext, request: Request, url: str, body: bytes
+    ctx: ApiContext, request: Request, leader: str, url: str, body: bytes
 ) -> httpx.Response | httpx.HTTPError:
     headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_ON}
-    headers.update(seal_headers(request, body))
+    headers.update(seal_headers(request, body, leader))
     try:
         return await _client(ctx).request(
             request.method,

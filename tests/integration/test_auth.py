@@ -7,7 +7,9 @@ a sealed forward can claim such a client and the primary's own check of the netw
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -201,8 +203,9 @@ def test_a_forged_marker_neither_stops_forwarding_nor_lands_in_the_journal(
 @pytest.mark.parametrize(
     ("seal", "reason"),
     [
-        ("v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x", "stale"),
-        ("v1;t=oops", "malformed"),
+        ("v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x", "stale"),
+        ("v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x", "malformed"),  # before seals named a recipient
+        ("v2;t=oops", "malformed"),
         ("garbage", "malformed"),
     ],
 )
@@ -223,6 +226,7 @@ def test_a_marker_with_a_broken_seal_is_counted_by_reason(
 def sealed(
     cluster: LocalCluster,
     forwarder: str,
+    to: str,
     path: str,
     body: bytes,
     address: str = "10.9.1.2",
@@ -235,7 +239,7 @@ def sealed(
         node_id=forwarder,
         members=list(cluster.nodes),
     )
-    seal = maker.seal("POST", path, address, principal, body)
+    seal = maker.seal("POST", path, address, principal, body, to)
     return {
         "X-HA-Voice-Forwarded-By": forwarder,
         "X-HA-Voice-Forward-Auth": seal,
@@ -254,11 +258,11 @@ COMMAND = b'{"command": "stop"}'
 def test_a_sealed_forward_is_judged_for_the_client_it_names(cluster: LocalCluster) -> None:
     primary, backup = roles(cluster)
     path = "/api/robot/command"
-    headers = sealed(cluster, backup, path, COMMAND)  # a client of 10.9.0.0/16, no token
+    headers = sealed(cluster, backup, primary, path, COMMAND)  # a client of 10.9.0.0/16, no token
     answer = send(cluster, primary, path, COMMAND, headers)
     assert answer.status_code == 502, answer.text  # accepted: this node has no robot
     assert last_source(cluster, primary) == f"10.9.1.2 via {backup}"
-    outside = sealed(cluster, backup, path, COMMAND, address="192.0.2.1")
+    outside = sealed(cluster, backup, primary, path, COMMAND, address="192.0.2.1")
     refused = send(cluster, primary, path, COMMAND, outside)
     assert refused.status_code == 401
     assert "192.0.2.1 is not in trusted_networks" in message(refused)
@@ -269,7 +273,7 @@ def test_a_replayed_forward_is_not_believed_again(cluster: LocalCluster) -> None
     primary, backup = roles(cluster)
     path = "/api/settings"
     body = b'{"listening": true}'
-    headers = sealed(cluster, backup, path, body)
+    headers = sealed(cluster, backup, primary, path, body)
     assert send(cluster, primary, path, body, headers).status_code == 200
     before = counter(cluster, primary, "ha_voice_forward_markers_ignored", "replay")
     again = send(cluster, primary, path, body, headers)
@@ -283,7 +287,7 @@ def test_a_stale_forward_is_not_believed(
     primary, backup = roles(cluster)
     now_us = clock.wall_clock_us()
     monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us - 600_000_000)  # 10 min ago
-    headers = sealed(cluster, backup, "/api/settings", b"{}")
+    headers = sealed(cluster, backup, primary, "/api/settings", b"{}")
     monkeypatch.undo()
     before = counter(cluster, primary, "ha_voice_forward_markers_ignored", "stale")
     assert send(cluster, primary, "/api/settings", b"{}", headers).status_code == 401
@@ -305,16 +309,67 @@ def test_a_seal_for_something_else_is_not_believed(
     primary, backup = roles(cluster)
     path = "/api/robot/command"
     if change == "body":
-        headers = sealed(cluster, backup, path, b'{"command": "sit"}')
+        headers = sealed(cluster, backup, primary, path, b'{"command": "sit"}')
     elif change == "path":
-        headers = sealed(cluster, backup, "/api/settings", COMMAND)
+        headers = sealed(cluster, backup, primary, "/api/settings", COMMAND)
     elif change == "key":
-        headers = sealed(cluster, backup, path, COMMAND, key=b"x" * 32)
+        headers = sealed(cluster, backup, primary, path, COMMAND, key=b"x" * 32)
     else:
-        headers = sealed(cluster, "n9", path, COMMAND)
+        headers = sealed(cluster, "n9", primary, path, COMMAND)
     before = counter(cluster, primary, "ha_voice_forward_markers_ignored", reason)
     assert send(cluster, primary, path, COMMAND, headers).status_code == 401
     assert counter(cluster, primary, "ha_voice_forward_markers_ignored", reason) == before + 1
+
+
+def test_a_seal_for_the_primary_is_worth_nothing_at_another_member(cluster: LocalCluster) -> None:
+    """As a seal sniffed from a backup's forward over plain HTTP would be replayed elsewhere."""
+    primary, backup = roles(cluster)
+    third = next(n for n in cluster.nodes if n not in (primary, backup))
+    path = "/api/settings"
+    body = b'{"listening": true}'
+    headers = sealed(cluster, backup, primary, path, body)  # for a trusted client, no token
+    before = counter(cluster, third, "ha_voice_forward_markers_ignored", "wrong_recipient")
+    refused = send(cluster, third, path, body, headers)
+    assert refused.status_code == 401, refused.text  # judged as loopback's own: no token
+    after = counter(cluster, third, "ha_voice_forward_markers_ignored", "wrong_recipient")
+    assert after == before + 1
+    assert send(cluster, primary, path, body, headers).status_code == 200  # where it was sent
+
+
+def raw_post(cluster: LocalCluster, node: str, head: dict[str, str], body: bytes) -> bytes:
+    """Send a request head and then `body` as it is (framing included, unfinished if so), and
+    return the status line of whatever answer comes first."""
+    port = cluster.nodes[node].api_port
+    lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=60.0) as sock:
+        sock.sendall(f"POST /api/robot/command HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+        with contextlib.suppress(OSError):  # the node may close once it has answered
+            sock.sendall(body)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+def test_a_valid_seal_buys_no_larger_body(cluster: LocalCluster, framing: str) -> None:
+    """413 as soon as the body is known to pass api_max_body_bytes (16 KiB), as without a seal:
+    the unfinished body below would leave a node that read it all waiting, then 408."""
+    primary, backup = roles(cluster)
+    path = "/api/robot/command"
+    headers = {**sealed(cluster, backup, primary, path, COMMAND), **cluster.auth_headers}
+    if framing == "chunked":
+        head = {**headers, "Transfer-Encoding": "chunked"}
+        body = b"8000\r\n" + b" " * 0x8000 + b"\r\n"  # 32 KiB, and no last chunk
+    else:
+        head = {**headers, "Content-Length": str(300 << 20)}  # 300 MB announced
+        body = b" " * 0x8000
+    assert raw_post(cluster, primary, head, body) == b"HTTP/1.1 413 Request Entity Too Large"
+    small = send(cluster, primary, path, COMMAND, sealed(cluster, backup, primary, path, COMMAND))
+    assert small.status_code == 502, small.text  # a sealed forward within the limit still goes
 
 
 def test_a_sealed_forward_is_never_forwarded_again(cluster: LocalCluster) -> None:
@@ -322,7 +377,7 @@ def test_a_sealed_forward_is_never_forwarded_again(cluster: LocalCluster) -> Non
     third = next(n for n in cluster.nodes if n not in (primary, backup))
     path = "/api/settings"
     body = b'{"listening": true}'
-    headers = {**sealed(cluster, third, path, body), **cluster.auth_headers}
+    headers = {**sealed(cluster, third, backup, path, body), **cluster.auth_headers}
     answer = send(cluster, backup, path, body, headers)
     assert answer.status_code == 503
     assert f"forwarded by '{third}'" in answer.json()["error"]
@@ -333,7 +388,7 @@ def test_a_token_the_backup_knows_is_checked_again_by_the_primary(cluster: Local
     path = "/api/robot/command"
     # What a backup would send for a client whose token it accepted, had the token been wrong.
     headers = {
-        **sealed(cluster, backup, path, COMMAND, "127.0.0.1", "token:local"),
+        **sealed(cluster, backup, primary, path, COMMAND, "127.0.0.1", "token:local"),
         "Authorization": f"Bearer {new_token()}",
     }
     answer = send(cluster, primary, path, COMMAND, headers)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ha_voice.client import HAVoiceClient, JetsonVoiceClient, RequestError
-from ha_voice.local_cluster import LocalCluster, SimRobotProcess
+from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess
 from ha_voice.tokens import new_token
 
 START_S = 20.0
@@ -142,6 +142,57 @@ def test_the_primary_judges_a_forwarded_token_by_its_own_token_file(tmp_path: Pa
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# --- a token file that breaks while the node runs: fail closed --------------------------------
+
+
+def test_a_token_file_that_breaks_while_running_refuses_every_token_until_fixed() -> None:
+    with LocalCluster(1) as single:
+        single.start()
+        assert single.wait_for_primary(START_S) is not None
+        node, path = single.nodes["n1"], single.token_file
+        assert node.token is not None
+        assert node.post("/api/voice/start").status_code == 200
+        good = path.read_bytes()
+        newcomer = new_token()
+        # Revoking the cluster's token with a copy that lost its mode, then by deleting the file.
+        path.write_text(f"newcomer:{newcomer}\n")
+        path.chmod(0o644)
+        for why, gone in (
+            ("mode 0644: group or others may read or write it", False),
+            ("no such file", True),
+        ):
+            if gone:
+                path.unlink()
+            for token in (node.token, newcomer):
+                answer = httpx.post(
+                    node.url + "/api/voice/start", headers=_bearer(token), timeout=10.0
+                )
+                assert answer.status_code == 401, answer.text
+                error = answer.json()["error"]
+                assert f"api_token_file is refused ({why})" in error
+                assert node.token not in answer.text
+                assert newcomer not in answer.text
+            assert _gauge(node, "ha_voice_api_token_file_ok") == 0.0
+        path.write_bytes(good)
+        path.chmod(0o600)
+        assert _gauge(node, "ha_voice_api_token_file_ok") == 1.0
+        assert node.post("/api/voice/start").status_code == 200
+        log = _log(single, "n1")
+        assert log.count("is refused: every token gets 401") == 2
+        assert "accepted again" in log
+        assert node.token not in log
+        assert newcomer not in log
+        refusals = 'ha_voice_api_auth_refusals_total{reason="token_file_refused"}'
+        assert _gauge(node, refusals) == 4.0
+
+
+def _gauge(node: LocalNode, sample: str) -> float:
+    answer = node.get("/metrics", timeout_s=10.0)
+    assert answer is not None
+    line = next(line for line in answer.text.splitlines() if line.startswith(sample + " "))
+    return float(line.rsplit(" ", 1)[1])
 
 
 # --- secrets: refused at start as ssh refuses an exposed key ------------------------------------

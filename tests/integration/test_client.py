@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,12 +86,19 @@ def _app(server: Scripted) -> FastAPI:
     return app
 
 
-def _start(replies: list[Reply]) -> tuple[Scripted, uvicorn.Server, threading.Thread]:
+def _start(
+    replies: list[Reply], tls: tuple[Path, Path] | None = None
+) -> tuple[Scripted, uvicorn.Server, threading.Thread]:
+    """A scripted server on 127.0.0.1; HTTPS with `tls` (certificate, key)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    server = Scripted(f"http://127.0.0.1:{sock.getsockname()[1]}", replies)
-    config = uvicorn.Config(_app(server), log_level="warning", lifespan="off", access_log=False)
+    scheme = "https" if tls else "http"
+    server = Scripted(f"{scheme}://127.0.0.1:{sock.getsockname()[1]}", replies)
+    certificate = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+    config = uvicorn.Config(
+        _app(server), log_level="warning", lifespan="off", access_log=False, **certificate
+    )
     uvicorn_server = uvicorn.Server(config)
     thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]})
     thread.start()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from ha_voice import clock
@@ -182,22 +184,110 @@ def test_with_neither_tokens_nor_networks_everything_is_refused_saying_how_to_co
 # --- the token file changes while the node runs --------------------------------------------
 
 
-def test_a_changed_token_file_is_read_again_and_a_bad_one_keeps_the_old_tokens(
-    tmp_path: Path,
+def changed(path: Path, text: str | None, mode: int = 0o600) -> None:
+    """Rewrite (or, with None, delete) the token file, its mtime surely new."""
+    if text is None:
+        path.unlink()
+        return
+    path.write_text(text)
+    path.chmod(mode)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1))  # a new mtime within a clock tick
+
+
+def test_a_changed_token_file_is_read_again(tmp_path: Path) -> None:
+    auth = authenticator(tmp_path, f"alice:{ALICE}\n")
+    changed(tmp_path / "api.tokens", f"bob:{BOB}\n")  # alice revoked, bob added
+    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
+    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
+
+
+# What an operator revoking alice might leave: each refuses every token, bob's too.
+BROKEN = {
+    "copied with mode 0644": (f"bob:{BOB}\n", 0o644, "mode 0644: group or others may read"),
+    "group-writable": (f"bob:{BOB}\n", 0o620, "mode 0620"),
+    "deleted": (None, 0o600, "no such file"),
+    "emptied": ("# nobody\n", 0o600, "holds no token"),
+    "a short token": (f"bob:{BOB}\ncarol:short\n", 0o600, "line 2: the token has 5 characters"),
+    "not ASCII": ("bob:tökén\n", 0o600, "not ASCII text"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_token_file_that_becomes_unusable_refuses_every_token_until_fixed(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    text, mode, why = BROKEN[case]
+    auth = authenticator(tmp_path, f"alice:{ALICE}\nbob:{BOB}\n")
+    path = tmp_path / "api.tokens"
+    changed(path, text, mode)
+    for token in (ALICE, BOB, BOB):
+        refusal = refused(auth, f"Bearer {token}")
+        assert refusal.reason == "token_file_refused"
+        assert f"n1 accepts no token while its api_token_file is refused ({why}" in refusal.message
+        assert ALICE not in refusal.message
+        assert BOB not in refusal.message
+        assert refusal.challenge == 'Bearer realm="ha-voice", error="invalid_token"'
+    assert auth.token_file_problem() is not None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1  # once per change, not once per request
+    assert "is refused: every token gets 401 until the file is fixed" in errors[0].getMessage()
+    assert "fix:" in errors[0].getMessage()
+    assert ALICE not in caplog.text
+    assert BOB not in caplog.text
+    changed(path, f"bob:{BOB}\n")  # fixed: alice revoked, as meant
+    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
+    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
+    assert auth.token_file_problem() is None
+    assert "re-read (accepted again): 1 token(s)" in caplog.text
+
+
+def test_each_change_to_a_still_broken_file_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     auth = authenticator(tmp_path, f"alice:{ALICE}\n")
     path = tmp_path / "api.tokens"
-    path.write_text(f"bob:{BOB}\n")  # alice revoked, bob added
-    os.utime(path, ns=(1, 1))  # a different mtime even within one clock tick
-    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
-    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
-    path.write_text("bob:short\n")  # refused: the old tokens stay
-    assert auth.check(f"Bearer {BOB}", "192.0.2.7", None).name == "bob"
-    path.write_text(f"carol:{ALICE}\n")
-    path.chmod(0o644)  # refused: exposed
-    assert refused(auth, f"Bearer {ALICE}").reason == "invalid_token"
-    path.chmod(0o600)
-    assert auth.check(f"Bearer {ALICE}", "192.0.2.7", None).name == "carol"
+    for text, mode in ((f"alice:{ALICE}\n", 0o644), ("x:short\n", 0o600), (None, 0o600)):
+        changed(path, text, mode)
+        refused(auth, f"Bearer {ALICE}")
+        refused(auth, f"Bearer {ALICE}")
+    assert [r.levelname for r in caplog.records].count("ERROR") == 3
+
+
+def test_a_refused_token_file_still_lets_trusted_networks_in_without_a_token(
+    tmp_path: Path,
+) -> None:
+    auth = authenticator(tmp_path, f"alice:{ALICE}\n", networks=("10.9.0.0/16",))
+    changed(tmp_path / "api.tokens", None)
+    assert auth.check(None, "10.9.3.4", None).kind == "network"
+    assert refused(auth, f"Bearer {ALICE}", "10.9.3.4").reason == "token_file_refused"
+
+
+def test_the_token_file_gauge_follows_the_file_without_a_request(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    key_file = tmp_path / "cluster.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    config = Config(
+        node_id="n1",
+        cluster_key_file=key_file,
+        api_token_file=tokens_file(tmp_path, f"alice:{ALICE}\n"),
+    )
+    Authenticator.from_config(config, registry)
+    path = tmp_path / "api.tokens"
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") == 1.0
+    changed(path, f"alice:{ALICE}\n", 0o644)
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") == 0.0
+    changed(path, f"alice:{ALICE}\n")
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") == 1.0
+
+
+def test_without_a_token_file_there_is_no_token_file_gauge(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    key_file = tmp_path / "cluster.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    Authenticator.from_config(Config(node_id="n1", cluster_key_file=key_file), registry)
+    assert registry.get_sample_value("ha_voice_api_token_file_ok") is None
 
 
 def test_a_bad_token_file_refuses_the_start(tmp_path: Path) -> None:
@@ -209,7 +299,7 @@ def test_a_bad_token_file_refuses_the_start(tmp_path: Path) -> None:
 
 
 def test_a_seal_opens_once_with_what_it_carries() -> None:
-    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}")
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}", "n1")
     claim = seal("n1").open("n2", sealed, "POST", "/api/robot/command")
     assert (claim.node, claim.address, claim.principal) == ("n2", "10.9.3.4", "token:alice")
     assert claim.body_sha256 == body_digest(b"{}")
@@ -224,18 +314,21 @@ def test_a_seal_opens_once_with_what_it_carries() -> None:
         ({"node": "stranger"}, "not_member"),
         ({"node": "n1"}, "not_member"),  # itself
         ({"seal": None}, "unsigned"),
-        ({"seal": "v1;t=1"}, "malformed"),
+        ({"seal": "v2;t=1"}, "malformed"),
+        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),  # no recipient
         ({"seal": "v2;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
-        ({"seal": "v1;t=1;n=x;a=<script>;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v1;" + "t=1;" * 200}, "malformed"),
+        ({"seal": "v2;t=1;n=x;r=n1;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
+        ({"seal": "v2;t=1;n=x;r=n1;a=<script>;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v2;t=1;n=x;r=n.1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v2;" + "t=1;" * 200}, "malformed"),
+        ({"tamper": ("r=n1", "r=n3")}, "bad_mac"),  # readdressed
         ({"tamper": ("a=10.9.3.4", "a=10.9.3.5")}, "bad_mac"),
         ({"tamper": ("p=token:alice", "p=network")}, "bad_mac"),
         ({"tamper": ("p=token:alice", "p=token:bob")}, "bad_mac"),
     ],
 )
 def test_a_seal_that_does_not_match_is_not_believed(change: dict[str, Any], reason: str) -> None:
-    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}")
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "token:alice", b"{}", "n1")
     if "tamper" in change:
         sealed = sealed.replace(*change["tamper"])
     args = {"node": "n2", "seal": sealed, "method": "POST", "path": "/api/robot/command"}
@@ -245,8 +338,18 @@ def test_a_seal_that_does_not_match_is_not_believed(change: dict[str, Any], reas
     assert caught.value.reason == reason
 
 
+def test_a_seal_opens_only_at_the_member_it_is_addressed_to() -> None:
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    for elsewhere in ("n3", "w"):
+        with pytest.raises(RemoteError) as caught:
+            seal(elsewhere).open("n2", sealed, "POST", "/p")
+        assert caught.value.reason == "wrong_recipient"
+        assert "'n2' sealed it for 'n1', not for this node" in str(caught.value)
+    assert seal("n1").open("n2", sealed, "POST", "/p").node == "n2"  # not used up elsewhere
+
+
 def test_a_seal_made_with_another_key_or_the_datagram_key_is_not_believed() -> None:
-    other = seal("n2", (b"o" * 32,)).seal("POST", "/p", "1.2.3.4", "network", b"")
+    other = seal("n2", (b"o" * 32,)).seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
     with pytest.raises(RemoteError, match="bad_mac"):
         seal("n1").open("n2", other, "POST", "/p")
     assert derive_forward_key(KEY, "c") != derive_key(KEY, "c")
@@ -254,7 +357,7 @@ def test_a_seal_made_with_another_key_or_the_datagram_key_is_not_believed() -> N
 
 def test_a_replayed_seal_is_refused() -> None:
     opener = seal("n1")
-    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"")
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
     opener.open("n2", sealed, "POST", "/p")
     with pytest.raises(RemoteError, match="replay"):
         opener.open("n2", sealed, "POST", "/p")
@@ -266,7 +369,7 @@ def test_a_seal_from_far_off_in_time_is_stale(
 ) -> None:
     now_us = clock.wall_clock_us()
     monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us + int(skew_s * 1e6))
-    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"")
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
     monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us)
     with pytest.raises(RemoteError, match="stale"):
         seal("n1").open("n2", sealed, "POST", "/p")
@@ -278,11 +381,11 @@ def test_during_a_rotation_either_key_opens_and_the_first_seals() -> None:
         seal("n1", (KEY, NEXT_KEY)),
         seal("n3", (NEXT_KEY, KEY)),
     )
-    both.open("n2", old_only.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p")
-    both.open("n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p")
+    both.open("n2", old_only.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"), "POST", "/p")
+    both.open("n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"), "POST", "/p")
     with pytest.raises(RemoteError, match="bad_mac"):
         seal("n1", (KEY,)).open(
-            "n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b""), "POST", "/p"
+            "n3", new_first.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"), "POST", "/p"
         )
 
 
@@ -307,7 +410,7 @@ def test_verified_forwarder_names_a_sealed_member_once_and_ignores_a_bare_marker
     app = FastAPI()
     auth = authenticator(tmp_path)
     app.state.ha_voice_auth = auth
-    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "network", b"")
+    sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "network", b"", "n1")
     genuine = request(app, {FORWARDED_BY: "n2", FORWARD_SEAL: sealed})
     assert verified_forwarder(genuine) == "n2"
     assert verified_forwarder(genuine) == "n2"  # asked twice, checked once: no false replay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -21,8 +22,11 @@ from ha_voice.config import (
     PeerSpec,
     Rule,
     default_node_id,
+    flag_name,
     load_config,
     read_cluster_key,
+    type_text,
+    unit_of,
 )
 from ha_voice.config_render import (
     add_arguments,
@@ -34,6 +38,7 @@ from ha_voice.config_render import (
 from ha_voice.errors import ConfigError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+OPERATIONS = DOCS.parent / "operations.md"
 
 
 @pytest.fixture(autouse=True)
@@ -259,7 +264,37 @@ BAD: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
         {"env": {"HA_VOICE_PEERS": ",".join(f"n{i}" for i in range(16))}},
         ("peers", "at most 15 entries"),
     ),
+    "trusting everyone": (
+        {"file": 'trusted_networks = ["192.168.123.0/24", "0.0.0.0/0"]\n'},
+        ("trusted_networks", "config file", "'0.0.0.0/0' trusts every address", "token"),
+    ),
 }
+
+
+@pytest.mark.parametrize(
+    ("network", "says"),
+    [
+        ("0.0.0.0/0", "'0.0.0.0/0' trusts every address (IPv4 allows /8 or longer)"),
+        ("::/0", "'::/0' trusts every address (IPv6 allows /7 or longer)"),
+        ("0.0.0.0/1", "trusts 2^31 addresses"),
+        ("8.0.0.0/7", "trusts 2^25 addresses"),
+        ("2000::/3", "trusts 2^125 addresses"),
+        ("::ffff:0:0/96", "'::ffff:0:0/96' trusts every address (IPv4"),
+        ("::ffff:10.0.0.0/104", "compared as IPv4): write it as 10.0.0.0/8"),
+    ],
+)
+def test_trusted_networks_that_trust_far_too_many_are_refused(network: str, says: str) -> None:
+    message = load_error(flags={"trusted_networks": [network]})
+    assert "flag --trusted-networks: trusted_networks" in message
+    assert says in message
+    assert "fix:" in message
+
+
+@pytest.mark.parametrize(
+    "network", ["10.0.0.0/8", "192.168.123.0/24", "127.0.0.0/8", "fc00::/7", "fd12:3456::/64"]
+)
+def test_trusted_networks_of_one_site_or_smaller_are_taken(network: str) -> None:
+    assert load_config(env={}, flags={"trusted_networks": [network]}).trusted_networks == [network]
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -353,6 +388,38 @@ def test_every_field_has_one_flag_with_its_description() -> None:
     assert "Default: 7405." in text
 
 
+# A rank, not a quantity: the only number without a unit.
+UNITLESS = {"priority"}
+
+
+@pytest.mark.parametrize("key", FIELDS)
+def test_every_number_states_its_unit_in_the_docs_and_in_help(key: str) -> None:
+    core = config_module.core_type(Config.model_fields[key])
+    if core not in (int, float) or key in UNITLESS:
+        return
+    unit = unit_of(key)
+    assert unit is not None, f"{key}: a number whose name ends in no unit"
+    assert type_text(key) == f"{'integer' if core is int else 'number'}, {unit.text}"
+    (action,) = [a for a in parser()._actions if a.dest == key]
+    assert action.metavar == unit.metavar
+    assert f"| `{key}` | {type_text(key)} |" in render_markdown()
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "metavar"),
+    [
+        ("api_rate_per_s", "number, per second", "PER_SECOND"),  # a rate, though it ends in _s
+        ("election_timeout_s", "number, seconds", "SECONDS"),
+        ("api_max_body_bytes", "integer, bytes", "BYTES"),
+        ("clock_drift_ppm", "integer, parts per million", "PPM"),
+        ("cluster_port", "integer, port number", "PORT"),
+    ],
+)
+def test_a_unit_is_read_from_the_end_of_the_name(key: str, text: str, metavar: str) -> None:
+    assert type_text(key) == text
+    assert f"{flag_name(key)} {metavar}" in parser().format_help()
+
+
 # --- cluster key ---------------------------------------------------------------------------
 
 
@@ -427,6 +494,16 @@ def test_docs_match_the_model() -> None:
     expected = render_markdown()
     actual = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
     assert actual == expected, f"docs/configuration.md is out of date; run: {REGENERATE_DOCS}"
+
+
+def test_the_documented_jetson_configurations_load_and_drive_the_go2(tmp_path: Path) -> None:
+    section = OPERATIONS.read_text(encoding="utf-8").split("\n## Configure\n", 1)[1]
+    examples = re.findall(r"^```toml\n(.*?)^```$", section.split("\n## ", 1)[0], re.M | re.S)
+    jetsons = [text for text in examples if 'node_id = "jetson-' in text]
+    assert len(jetsons) == 2
+    for text in jetsons:
+        config = load_config(write(tmp_path, text), env={})
+        assert config.robot == "go2", text  # "none" would fail every command
 
 
 def test_markdown_lists_every_key_with_its_sources() -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ha_voice import keyfiles
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.errors import ConfigError
-from ha_voice.keyfiles import append_private, read_private, write_private
+from ha_voice.keyfiles import PrivateBatch, read_private, write_private
 from ha_voice.keygen import KeygenRequest, keygen
 from ha_voice.tokens import MIN_TOKEN_CHARS, new_token, parse_tokens, pick_token, read_token_file
 
@@ -171,16 +174,6 @@ def test_a_restrictive_umask_still_gives_the_owner_read_and_write(tmp_path: Path
     assert read_private(tmp_path / "k", "k") == b"x"
 
 
-def test_appending_checks_the_mode_first(tmp_path: Path) -> None:
-    path = private(tmp_path / "api.tokens", b"a\n")
-    append_private(path, b"b\n", "api_token_file")
-    assert path.read_bytes() == b"a\nb\n"
-    path.chmod(0o640)
-    with pytest.raises(ConfigError, match="chmod 600"):
-        append_private(path, b"c\n", "api_token_file")
-    assert path.read_bytes() == b"a\nb\n"
-
-
 # --- keygen --------------------------------------------------------------------------------
 
 
@@ -222,3 +215,128 @@ def test_keygen_names_an_unknown_owner(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--owner 'no-such-user-here': no such user"):
         keygen(KeygenRequest(tmp_path / "k", None, owner="no-such-user-here"))
     assert not (tmp_path / "k").exists()
+
+
+def test_keygen_adds_to_a_private_token_file_only_and_keeps_it_whole(tmp_path: Path) -> None:
+    token_file = tmp_path / "api.tokens"
+    keygen(KeygenRequest(None, token_file, "admin"))
+    before = token_file.read_bytes()
+    token_file.chmod(0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        keygen(KeygenRequest(None, token_file, "bob", add=True))
+    assert token_file.read_bytes() == before
+    token_file.chmod(0o600)
+    inode = token_file.stat().st_ino
+    keygen(KeygenRequest(None, token_file, "bob", add=True))
+    assert token_file.read_bytes().startswith(before)
+    info = token_file.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, os.getuid())
+    assert info.st_ino != inode  # a new file renamed over the old: never read half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api.tokens"]
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize(
+    ("token_setup", "says"),
+    [
+        ("exists", "api.tokens exists; fix: keep it, or replace it with --force"),
+        ("add-missing", "no such file"),
+        ("add-exposed", "has mode 0644"),
+        ("add-malformed", "line 1: the token has 5 characters"),
+        ("no-directory", "does not exist; fix: create it first"),
+    ],
+)
+def test_keygen_that_fails_on_the_token_file_writes_no_key(
+    tmp_path: Path, token_setup: str, says: str
+) -> None:
+    key_file, token_file = tmp_path / "cluster.key", tmp_path / "api.tokens"
+    add = token_setup.startswith("add")
+    if token_setup == "exists":
+        private(token_file, f"admin:{TOKEN_A}\n".encode())
+    elif token_setup == "add-exposed":
+        private(token_file, f"admin:{TOKEN_A}\n".encode()).chmod(0o644)
+    elif token_setup == "add-malformed":
+        private(token_file, b"x:short\n")
+    elif token_setup == "no-directory":
+        token_file = tmp_path / "absent" / "api.tokens"
+    before = files(tmp_path)
+    with pytest.raises(ConfigError, match=says):
+        keygen(KeygenRequest(key_file, token_file, "bob", add=add))
+    assert files(tmp_path) == before  # no key, no temporary file
+    # So the same run, once the token file is dealt with, does not meet a key of its own.
+    if token_setup == "exists":
+        token_file.unlink()
+        keygen(KeygenRequest(key_file, token_file))
+        assert key_file.exists()
+
+
+@pytest.mark.parametrize("failing", [1, 2])
+def test_a_batch_that_cannot_put_a_file_in_place_takes_back_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    replaced = private(tmp_path / "replaced", b"old")
+    created = tmp_path / "created"
+    calls = {"n": 0}
+    real_place = keyfiles._place
+
+    def place(staged: keyfiles._Staged) -> Path | None:
+        calls["n"] += 1
+        if calls["n"] == failing:
+            raise PermissionError(13, "Permission denied", str(staged.path))
+        return real_place(staged)
+
+    monkeypatch.setattr(keyfiles, "_place", place)
+    with PrivateBatch() as batch:
+        batch.stage(replaced, b"new", replace=True)
+        batch.stage(created, b"fresh", replace=False)
+        with pytest.raises(PermissionError):
+            batch.commit()
+    assert files(tmp_path) == {"replaced": b"old"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "says"),
+    [
+        (KeygenRequest(None, None), "nothing to write (--no-key and --no-token together)"),
+        (KeygenRequest(Path("cluster.key"), None), "--key-file 'cluster.key' is a relative path"),
+        (KeygenRequest(None, Path("etc/api.tokens")), "--token-file 'etc/api.tokens' is a relat"),
+        (KeygenRequest(Path("/x/k"), None, add=True), "--add adds a token, so not with --no-token"),
+        (KeygenRequest(Path("/x/k"), Path("/x/k")), "are both /x/k"),
+        (KeygenRequest(None, Path("/x/t"), "b b"), "token name 'b b'"),
+    ],
+)
+def test_keygen_refuses_what_it_cannot_do_whole_before_writing(
+    request_: KeygenRequest, says: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        keygen(request_)
+    assert says in str(caught.value)
+    assert "fix:" in str(caught.value) or "allowed:" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--no-key", "--no-token"], "nothing to write"),
+        (["--no-token", "--key-file", "cluster.key"], "--key-file 'cluster.key' is a relative"),
+    ],
+)
+def test_the_keygen_command_exits_2_having_written_nothing(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HA_VOICE_")}
+    env["HA_VOICE_CONFIG"] = str(tmp_path / "absent.toml")
+    result = subprocess.run(
+        [sys.executable, "-m", "ha_voice", "keygen", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    assert says in result.stderr
+    assert list(tmp_path.iterdir()) == []
