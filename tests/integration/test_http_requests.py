@@ -242,6 +242,43 @@ def test_405_and_404_are_json_and_name_the_allowed_methods(rig: Rig) -> None:
     assert_refused(httpx.get(url + "/api/journal", params={"limit": "Z" * 5000}), 422)
 
 
+@pytest.mark.parametrize("header", ["Authorization", "Idempotency-Key", "Content-Type"])
+def test_a_header_sent_twice_is_refused_naming_it_before_anything_else(
+    rig: Rig, header: str
+) -> None:
+    """Two Authorization headers: the primary used the first, a backup authenticated the first
+    and forwarded the last. Now no node reads either."""
+    values = {
+        "Authorization": ("Bearer one", "Bearer two"),
+        "Idempotency-Key": ("key-a", "key-b"),
+        "Content-Type": ("application/json", "text/plain"),
+    }[header]
+    for node in rig.nodes:
+        response = httpx.post(
+            rig.url(node) + "/api/robot/command",
+            content=b'{"command": "stand"}',
+            headers=[(header, value) for value in values],
+            timeout=20,
+        )
+        body = assert_refused(response, 400)
+        assert header.lower() in body["error"]
+
+
+def test_an_x_forwarded_for_header_is_not_believed(rig: Rig) -> None:
+    """No proxy stands in front of a node: a client's X-Forwarded-For would let it pose as
+    any address (to trusted_networks, to the rate limits, in the journal)."""
+    response = httpx.post(
+        rig.url(rig.primary) + "/api/robot/command",
+        json={"command": "stand"},
+        headers={"X-Forwarded-For": "10.9.9.9"},
+        timeout=20,
+    )
+    assert response.status_code == 200, response.text  # 10.9.9.9 is not a trusted network
+    index = response.json()["index"]
+    page = httpx.get(rig.url(rig.primary) + "/api/journal", params={"since": index - 1}).json()
+    assert page["entries"][0]["source"] == "127.0.0.1"
+
+
 # --- texts are limited in bytes where they are stored in bytes --------------------------------
 
 NASTY = {
@@ -335,9 +372,16 @@ def test_listen_compares_what_the_transcript_means(rig: Rig) -> None:
     assert assert_refused(other, 409)["held"]["command"] == "stand_up"
 
 
+def _stand(rig: Rig) -> None:
+    """The robot standing, as a move needs it (whichever tests ran before on this cluster)."""
+    standing = _command(rig, rig.primary, f"stand-{time.monotonic_ns()}", {"command": "stand"})
+    assert standing.status_code == 200, standing.text
+
+
 def test_a_key_in_flight_is_compared_too(rig: Rig) -> None:
     walk = {"command": "move", "params": {"vx": 0.2}, "duration_s": 1.5}
     results: dict[str, httpx.Response] = {}
+    _stand(rig)
     walker = threading.Thread(
         target=lambda: results.setdefault("walk", _command(rig, rig.primary, "flight-1", walk))
     )
