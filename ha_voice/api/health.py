@@ -23,7 +23,7 @@ _CORE_STUCK_S = 3 * MAX_IDLE_S
 
 
 @router.get("/health", responses={503: {"description": "the cluster core is not running"}})
-def health(ctx: Ctx) -> JSONResponse:
+async def health(ctx: Ctx) -> JSONResponse:
     """200 while the core runs (`status` says whether the node is useful: ok or degraded, with
     `fault_reason`); 503 with `status` failing when the core has stopped stepping."""
     view = ctx.node.view
@@ -63,6 +63,6 @@ def health(ctx: Ctx) -> JSONResponse:
         }
     },
 )
-def metrics(ctx: Ctx) -> Response:
+async def metrics(ctx: Ctx) -> Response:
     """Every metric of this node, for Prometheus."""
     return Response(content=ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

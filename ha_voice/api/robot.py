@@ -166,7 +166,7 @@ def _openapi(body: JsonBody[Any]) -> dict[str, Any]:
 
 
 @router.get("/commands")
-def commands(ctx: Ctx) -> dict[str, Any]:
+async def commands(ctx: Ctx) -> dict[str, Any]:
     """The vocabulary of the active language, and every robot action."""
     vocabulary = ctx.active_vocabulary()
     return {

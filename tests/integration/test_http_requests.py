@@ -240,6 +240,9 @@ def test_405_and_404_are_json_and_name_the_allowed_methods(rig: Rig) -> None:
     assert_refused(httpx.get(url + "/" + "Z" * 1000), 404)
     assert_refused(httpx.get(url + "/api/journal", params={"since": -1}), 422)
     assert_refused(httpx.get(url + "/api/journal", params={"limit": "Z" * 5000}), 422)
+    too_many = assert_refused(httpx.get(url + "/api/journal", params={"limit": 1001}), 422)
+    assert too_many["field"] == "limit"
+    assert httpx.get(url + "/api/journal", params={"limit": 1000}).status_code == 200
 
 
 @pytest.mark.parametrize("header", ["Authorization", "Idempotency-Key", "Content-Type"])
