@@ -9,8 +9,8 @@ Invariants:
 - The raw bytes are kept, so a backup forwards the body exactly as it came.
 - Parsing and validation errors are 400 (not JSON, empty) or 422 (naming the field), built by
   `problems`; no input is echoed beyond a short quoted prefix.
-- An object that names a key twice is 422 naming the key, at any depth: a parser keeps the
-  last (`{"command": "stand", "command": "sit"}` ran sit), a reader of the first would see
+- An object that names a key twice is 422 naming the key, at any depth: the parser keeps the
+  last (`{"command": "stand", "command": "sit"}` is a sit), a reader of the first would see
   another command.
 """
 

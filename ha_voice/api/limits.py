@@ -6,8 +6,8 @@ Invariants:
   at the node the client reached. A request another node forwarded was limited there, so it is
   not limited again here (else every client behind one backup would share its bucket).
 - Reads (`read_rate_limited`: /api/journal, up to a megabyte an answer) have buckets of their
-  own, so a client that reads never spends the tokens of its commands: 200 connections reading
-  the whole journal in a loop once cost a primary its lease.
+  own, so a client that reads never spends the tokens of its commands (measured: 200
+  connections reading the whole journal in a loop cost a primary its lease).
 - The table of clients is bounded (`MAX_CLIENTS`): the client seen least recently is forgotten
   first, and a forgotten client starts again with a full bucket.
 - Pure arithmetic on the `now` it is given; the route dependency reads the clock.

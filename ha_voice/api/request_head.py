@@ -3,12 +3,13 @@
 Invariants:
 - A head (request line and header fields, as parsed) over `max_head_bytes` is refused with 431,
   however it was packetised: h11 bounds only a head that is still incomplete, so a 60 KB head
-  arriving in one read was parsed whole (h11's own limit answers the incomplete case, also 431,
-  in connections.py).
+  arriving in one read would be parsed whole (h11's own limit answers the incomplete case,
+  also 431, in connections.py).
 - A header that says one thing (`SINGLE_HEADERS`) sent more than once is refused with 400
-  naming it: with two `Authorization` headers one node authenticated the first and forwarded
-  the last. Judged once, here, before authentication, forwarding or any body is read.
-- Pure: takes the ASGI scope, returns the refusal or None.
+  naming it: two readers of one request may take different copies (a node that authenticates
+  the first `Authorization` and forwards the last). Judged once, here, before authentication,
+  forwarding or any body is read.
+- Pure: takes the request line's parts and the headers, returns the refusal or None.
 """
 
 from __future__ import annotations
