@@ -37,7 +37,14 @@ class Refusal:
 class Admission:
     """The open connections by client address; `admit` one more or say why not."""
 
-    def __init__(self, max_connections: int, per_client: int, member_connections: int) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        per_client: int,
+        member_connections: int,
+        node: str = "this node",
+    ) -> None:
+        self.node = node  # who refuses, in the answer: it may reach a client through a backup
         self.max_connections = max_connections
         self.per_client = min(per_client, max_connections)
         self.member_connections = member_connections
@@ -51,7 +58,7 @@ class Admission:
             if self.members >= self.member_connections:
                 return Refusal(
                     "member_cap",
-                    f"this node already holds {self.members} connections from cluster members",
+                    f"{self.node} already holds {self.members} connections from cluster members",
                 )
             self.members += 1
             return Ticket(host, member=True)
@@ -59,13 +66,13 @@ class Admission:
         if held >= self.per_client and self.per_client < self.max_connections:
             return Refusal(
                 "client_share",
-                f"{host} already holds {held} connections to this node "
+                f"{host} already holds {held} connections to {self.node} "
                 "(api_max_connections_per_client); reuse them or close some",
             )
         if self.clients >= self.max_connections:
             return Refusal(
                 "connection_cap",
-                f"this node already holds {self.clients} connections (api_max_connections)",
+                f"{self.node} already holds {self.clients} connections (api_max_connections)",
             )
         self._by_host[host] = held + 1
         self.clients += 1

@@ -50,11 +50,15 @@ class Gates:
         members: Callable[[], Collection[str]],
         make_http: Callable[[], BoundedH11Protocol],
         tls: ssl.SSLContext | None,
+        node: str,
     ) -> None:
         self.limits = limits
         self.refusals = refusals
         self.admission = Admission(
-            limits.max_connections, limits.max_connections_per_client, limits.member_connections
+            limits.max_connections,
+            limits.max_connections_per_client,
+            limits.member_connections,
+            node=node,
         )
         self.members = members
         self.tls = tls

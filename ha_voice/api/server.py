@@ -72,8 +72,10 @@ class EmbeddedServer(uvicorn.Server):
         refusals: Refusals,
         members: Callable[[], Collection[str]],
         errors: ConnectionErrorHandler,
+        node: str,
     ) -> None:
         super().__init__(config)
+        self._node = node
         self._limits = limits
         self._refusals = refusals
         self._members = members
@@ -97,7 +99,9 @@ class EmbeddedServer(uvicorn.Server):
         def make_http() -> BoundedH11Protocol:
             return http(config, self.server_state, self.lifespan.state, loop)
 
-        self.gates = Gates(self._limits, self._refusals, self._members, make_http, config.ssl)
+        self.gates = Gates(
+            self._limits, self._refusals, self._members, make_http, config.ssl, self._node
+        )
         self.servers = [
             await loop.create_server(self.gates, sock=sock, backlog=_BACKLOG) for sock in sockets
         ]
@@ -146,6 +150,7 @@ def build_server(config: Config, app: FastAPI) -> tuple[EmbeddedServer, socket.s
         refusals,
         members,
         ConnectionErrorHandler(refusals.registry, refusals),
+        config.node_id,
     )
     return server, listen(config.listen_address, config.port)
 
