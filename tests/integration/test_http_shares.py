@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import resource
+import shutil
 import socket
 import threading
 import time
@@ -35,6 +36,8 @@ STOP = {"command": "stop"}
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) sets the nodes' open-file limit")
     flags = (
         f"--api-max-connections={POOL}",
         f"--api-max-connections-per-client={SHARE}",
