@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ha_voice import __version__, daemon, status
 from ha_voice import demo as process_demo
@@ -20,6 +21,7 @@ from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient, ssl_co
 from ha_voice.config import Config, default_node_id, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
+from ha_voice.journal import MAX_TAIL
 from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME, KeygenRequest, keygen
 from ha_voice.robot import sim_server
 from ha_voice.simulation import schedules
@@ -281,7 +283,7 @@ def _journal(args: argparse.Namespace) -> int:
         since = args.since
         first = True
         while True:
-            entries = client.journal(since, 10_000)
+            entries = _entries_after(client, since)
             if first:
                 entries = entries[-args.limit :]
                 first = False
@@ -291,6 +293,18 @@ def _journal(args: argparse.Namespace) -> int:
             if not args.follow:
                 return 0
             time.sleep(0.5)
+
+
+def _entries_after(client: HAVoiceClient, since: int) -> list[dict[str, Any]]:
+    """Every journal entry after `since`, a page (MAX_TAIL, the most one answer holds) at a
+    time."""
+    entries: list[dict[str, Any]] = []
+    while True:
+        page = client.journal(since, MAX_TAIL)
+        entries += page
+        if len(page) < MAX_TAIL:
+            return entries
+        since = int(page[-1]["index"])
 
 
 def _base_url(args: argparse.Namespace) -> str:

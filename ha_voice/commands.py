@@ -17,7 +17,8 @@ Invariants:
 - A key is in flight at most once per primary: a second request for it waits for the first.
 - A key names one command (action, parameters, duration): the same key with another command is
   refused (`KeyConflict`, naming the command the key holds), in flight or answered, never
-  answered with the other command's outcome.
+  answered with the other command's outcome. Except a stop: a stop is always taken, so a stop
+  whose key holds another command runs under a new key, and its answer says so (`note`).
 - At most `max_pending` commands are in flight; one more is refused at once (`Busy`) and never
   enters the journal. STOP_MOVE is never refused for that: it preempts what waits.
 """
@@ -27,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.node import ClusterNode, NotPrimary
@@ -45,7 +47,15 @@ from ha_voice.journal import (
 from ha_voice.robot.base import ACTIONS, Action, Command, RobotError
 from ha_voice.robot.guard import Guard, NotLeading, Outcome
 
-__all__ = ["Answer", "Busy", "CommandRequest", "CommandService", "KeyConflict", "ensure_same"]
+__all__ = [
+    "Answer",
+    "Busy",
+    "CommandRequest",
+    "CommandService",
+    "KeyConflict",
+    "conflict",
+    "held_note",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,30 +91,39 @@ class Busy(HAVoiceError):
         self.pending = pending
 
 
-def ensure_same(
+def conflict(
     key: str,
     action: str,
     params: Mapping[str, float],
     duration_s: float | None,
     new: CommandRequest,
-) -> None:
-    """Return if `new` is the command that `key` holds (action, params, duration); else
-    raise KeyConflict naming the held one."""
+) -> KeyConflict | None:
+    """None if `new` is the command that `key` holds (action, params, duration); else the
+    KeyConflict naming the held one."""
     same = (
         action == new.action.value
         and dict(params) == dict(new.params)
         and duration_s == new.duration_s
     )
-    if not same:
-        raise KeyConflict(key, action, params, duration_s)
+    return None if same else KeyConflict(key, action, params, duration_s)
+
+
+def held_note(clash: KeyConflict, new_key: str) -> str:
+    """What a stop's answer says when its key held another command."""
+    return (
+        f"idempotency key {clash.key} holds {clash.action}; a stop is always taken, so this "
+        f"one ran under the new key {new_key}"
+    )
 
 
 @dataclass(frozen=True)
 class Answer:
-    """The journal's record of a finished command; `duplicate` if it was answered before."""
+    """The journal's record of a finished command; `duplicate` if it was answered before;
+    `note` if it ran otherwise than asked (a stop under a new key)."""
 
     record: CommandRecord
     duplicate: bool
+    note: str | None = None
 
 
 class CommandService:
@@ -175,18 +194,22 @@ class CommandService:
 
     async def submit(self, request: CommandRequest, *, max_pending: int | None = None) -> Answer:
         """Run `request` exactly once, or answer what became of it; NotPrimary if we cannot,
-        KeyConflict if its key holds another command, Busy past `max_pending` in flight."""
+        KeyConflict if its key holds another command (a stop then runs under a new key), Busy
+        past `max_pending` in flight."""
+        clash = self._conflict(request)
+        if clash is not None:
+            if request.action is not Action.STOP_MOVE:
+                raise clash
+            fresh = replace(request, key=str(uuid.uuid4()))
+            answer = await self.submit(fresh, max_pending=max_pending)
+            return replace(answer, note=held_note(clash, fresh.key))
         key = request.key
         known = self._node.journal.get(key)
-        if known is not None:
-            ensure_same(key, known.action, known.params, known.duration_s, request)
-            if known.final:
-                return Answer(known, duplicate=True)
+        if known is not None and known.final:
+            return Answer(known, duplicate=True)
         waiting = self._inflight.get(key)
         if waiting is not None:
-            first, running = waiting
-            ensure_same(key, first.action.value, first.params, first.duration_s, request)
-            answer = await asyncio.shield(running)
+            answer = await asyncio.shield(waiting[1])
             return Answer(answer.record, duplicate=True)
         if not self.ready():
             raise NotPrimary(self._why_not())
@@ -207,6 +230,19 @@ class CommandService:
             self._inflight.pop(request.key, None)
         future.set_result(answer)
         return answer
+
+    def _conflict(self, request: CommandRequest) -> KeyConflict | None:
+        """The conflict if `request`'s key holds another command, answered or in flight."""
+        known = self._node.journal.get(request.key)
+        if known is not None:
+            return conflict(request.key, known.action, known.params, known.duration_s, request)
+        waiting = self._inflight.get(request.key)
+        if waiting is not None:
+            first = waiting[0]
+            return conflict(
+                request.key, first.action.value, first.params, first.duration_s, request
+            )
+        return None
 
     async def _append_and_run(self, request: CommandRequest) -> Answer:
         data = command_entry(

@@ -520,11 +520,13 @@ class Config(BaseModel):
         default=1024,
         ge=8,
         le=16_384,
-        description="Open HTTP connections this node holds at once, 8 to 16384; one more is "
-        "answered 503 and closed, so no number of idle or slow clients can exhaust file "
-        "descriptors (the soft open-file limit is raised to fit, where the hard limit allows); "
-        "1024 because a primary flooded by 1000 clients held about 550: its third of them "
-        "plus up to 100 forwards from each backup.",
+        description="Open HTTP connections this node holds at once from clients, 8 to 16384, a "
+        "TLS handshake under way included; one more is answered 503 and closed at once, so no "
+        "number of idle or slow clients can exhaust file descriptors; the cluster's members "
+        "(forwards) have a pool of the same size of their own, and the soft open-file limit is "
+        "raised to the hard one at start, both pools shrunk to fit under it if they must; 1024 "
+        "because a primary flooded by 1000 clients held about 550: its third of them plus up "
+        "to 100 forwards from each backup.",
     )
     api_rate_per_s: float = Field(
         default=50.0,
@@ -549,6 +551,17 @@ class Config(BaseModel):
         description="Commands the primary holds accepted but not yet answered (waiting for the "
         "journal or the robot), 1 to 4096; one more is answered 429 at once and never enters "
         "the journal, so a burst cannot queue minutes of robot work; stop is always taken.",
+    )
+    api_max_connections_per_client: int = Field(
+        default=64,
+        ge=1,
+        le=16_384,
+        description="Open HTTP connections one client address may hold at once, 1 to 16384; "
+        "one more is answered 503 and closed at once, so one client can never take all of "
+        "api_max_connections (a client holding 1100 idle connections once kept every stop "
+        "out for 25 s); connections from the cluster's members (forwards) have a pool of "
+        "their own and are never counted here; 64 is far more than a client sending commands "
+        "needs, and it takes 16 addresses to fill the default pool.",
     )
     robot_ip: IPv4Text = Field(
         default="192.168.123.161",
@@ -1012,6 +1025,7 @@ _UNITS: Final = (
     Unit("_bytes", "bytes", "BYTES"),
     Unit("port", "port number", "PORT"),
     Unit("_connections", "connections", "N"),
+    Unit("_connections_per_client", "connections", "N"),
     Unit("_commands", "commands", "N"),
     Unit("_entries", "entries", "N"),
     Unit("_burst", "requests", "N"),

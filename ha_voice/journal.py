@@ -37,6 +37,7 @@ from ha_voice.errors import LocalError
 __all__ = [
     "FINAL",
     "MAX_KEY",
+    "MAX_TAIL",
     "CommandRecord",
     "Journal",
     "Settings",
@@ -49,6 +50,9 @@ Status = Literal["committed", "done", "stopped", "failed", "unknown"]
 FINAL: Final = frozenset({"done", "stopped", "failed", "unknown"})
 MAX_KEY: Final = 64
 MAX_TEXT: Final = 200
+# The most records one read returns (GET /api/journal's `limit`): each is under 1.2 KB of JSON
+# (a payload is at most MAX_ENTRY_BYTES), so an answer stays near a megabyte.
+MAX_TAIL: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,22 @@ class CommandRecord:
         return self.status in FINAL
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["params"] = dict(self.params)
-        return data
+        """The record as JSON types (field by field: `asdict` deep-copies every value)."""
+        return {
+            "index": self.index,
+            "term": self.term,
+            "key": self.key,
+            "action": self.action,
+            "params": dict(self.params),
+            "duration_s": self.duration_s,
+            "text": self.text,
+            "source": self.source,
+            "accepted_at": self.accepted_at,
+            "status": self.status,
+            "outcome": self.outcome,
+            "executed_by": self.executed_by,
+            "finished_at": self.finished_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -168,14 +185,27 @@ class Journal:
         return [r for r in self.records.values() if not r.final]
 
     def tail(self, since: int, limit: int) -> list[CommandRecord]:
-        """Records with index > `since`, at most `limit`, in index order."""
-        out = []
-        for index, record in self.records.items():
-            if index > since:
-                out.append(record)
-                if len(out) >= limit:
-                    break
-        return out
+        """Records with index > `since`, at most `limit`, in index order. Walks from the end
+        of the records nearer to `since`: a follower's poll costs what is new, not the
+        whole journal."""
+        if not self.records:
+            return []
+        first, last = next(iter(self.records)), next(reversed(self.records))
+        if since - first < last - since:
+            out = []
+            for index, record in self.records.items():
+                if index > since:
+                    out.append(record)
+                    if len(out) >= limit:
+                        break
+            return out
+        newer = []
+        for index in reversed(self.records):
+            if index <= since:
+                break
+            newer.append(self.records[index])
+        newer.reverse()
+        return newer[:limit]
 
     # --- retention and snapshots -----------------------------------------------------------
 

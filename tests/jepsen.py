@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ha_voice.journal import MAX_TAIL
 from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess
 from ha_voice.robot.base import ACTIONS, Action
 from ha_voice.robot.sim import EntryKind, JournalEntry, Verdict, ViolationKind, entry_to_json
@@ -836,7 +837,7 @@ def _journal_page(node: LocalNode, since: int, limit: int) -> dict[str, Any] | N
     return data
 
 
-def fetch_node_journal(node: LocalNode, limit: int = 10000) -> NodeJournal:
+def fetch_node_journal(node: LocalNode, limit: int = MAX_TAIL) -> NodeJournal:
     """Every command entry `node` holds, fetched `limit` at a time."""
     entries: dict[int, dict[str, Any]] = {}
     since = 0

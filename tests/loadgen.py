@@ -14,7 +14,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Reply", "Target", "flood", "request", "slow_connections", "summary"]
+__all__ = [
+    "Reply",
+    "Target",
+    "flood",
+    "read_flood",
+    "request",
+    "slow_connections",
+    "summary",
+]
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,50 @@ async def flood(
         return await request(target, "POST", path, make_body(i), extra, timeout_s)
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def read_flood(
+    target: Target, connections: int, duration_s: float, path: str, source: str = "127.0.0.1"
+) -> Counter[int]:
+    """`connections` kept-alive connections from `source`, each sending GET `path` back to back
+    for `duration_s` and reading every answer whole; the answers' statuses (0: an error)."""
+    statuses: Counter[int] = Counter()
+    get = f"GET {path} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n\r\n".encode()
+
+    async def one() -> None:
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    target.host, target.port, local_addr=(source, 0)
+                )
+            except OSError:
+                statuses[0] += 1
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                while time.monotonic() < deadline:
+                    writer.write(get)
+                    status, close = await _read_answer(reader)
+                    statuses[status] += 1
+                    if close:
+                        break
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+                statuses[0] += 1
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return statuses
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, whether the server closes the connection) of one answer, its body read."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    lines = head.decode("latin-1").lower().split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    await reader.readexactly(int(fields.get("content-length", "0")))
+    return int(lines[0].split(" ")[1]), fields.get("connection") == "close"
 
 
 async def slow_connections(target: Target, count: int, hold_s: float) -> list[bool]:

@@ -464,18 +464,11 @@ async def _claim_with_body(request: Request, auth: Authenticator) -> Claim | Non
     claim = _claim(request)
     if claim is None:
         return None
-    body = await _read_body(request, request.app.state.ctx.config.api_max_body_bytes)
+    # The routes' own bounded reader: 413 past api_max_body_bytes, as the route would answer,
+    # and the bytes kept on the request for the route.
+    body = await read_limited(request, request.app.state.ctx.config.api_max_body_bytes)
     if not hmac.compare_digest(body_digest(body), claim.body_sha256):
         auth.ignore_marker("body_mismatch", f"the body is not the one {claim.node!r} sealed")
         setattr(request.state, _STATE_CLAIM, None)
         return None
     return claim
-
-
-async def _read_body(request: Request, limit_bytes: int) -> bytes:
-    """The body, read by the routes' own bounded reader (413 once it is known to exceed
-    `limit_bytes`: the JSON routes' limit, `api_max_body_bytes`), and kept on the request where
-    the route's read finds it: Starlette's `stream()` yields a body already read."""
-    body = await read_limited(request, limit_bytes)
-    request._body = body
-    return body

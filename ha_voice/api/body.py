@@ -9,10 +9,14 @@ Invariants:
 - The raw bytes are kept, so a backup forwards the body exactly as it came.
 - Parsing and validation errors are 400 (not JSON, empty) or 422 (naming the field), built by
   `problems`; no input is echoed beyond a short quoted prefix.
+- An object that names a key twice is 422 naming the key, at any depth: the parser keeps the
+  last (`{"command": "stand", "command": "sit"}` is a sit), a reader of the first would see
+  another command.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -20,9 +24,9 @@ from typing import Any, Final, Generic, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from ha_voice.api.problems import ApiError, quote, validation_message
+from ha_voice.api.problems import ApiError, field_name, quote, validation_message
 
-__all__ = ["ACCEPTED", "JsonBody", "read_limited"]
+__all__ = ["ACCEPTED", "JsonBody", "read_limited", "repeated_key"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -95,6 +99,15 @@ class JsonBody(Generic[_Model]):
         )
 
     def _parse(self, raw: bytes) -> _Model:
+        repeated = repeated_key(raw)
+        if repeated is not None:
+            field = ".".join(field_name(part) for part in repeated)
+            raise ApiError(
+                422,
+                "repeated_key",
+                f"{field}: the key appears twice in one object; send it once",
+                field=field,
+            )
         try:
             return self.model.model_validate_json(raw)
         except ValidationError as exc:
@@ -109,8 +122,39 @@ class JsonBody(Generic[_Model]):
         raise ApiError(422, "invalid", line, field=field)
 
 
+def repeated_key(raw: bytes) -> tuple[str | int, ...] | None:
+    """Where the JSON `raw` first names a key twice in one object (the path to that key, e.g.
+    ("params", "vx")); None if no object does, or if `raw` is not JSON the standard parser
+    reads (pydantic's parser then says what is wrong)."""
+    try:
+        tree = json.loads(raw, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), tree)]
+    while stack:  # depth first, in document order, without recursion
+        path, node = stack.pop()
+        if isinstance(node, _Pairs):
+            seen: set[str] = set()
+            for key, _ in node:
+                if key in seen:
+                    return (*path, key)
+                seen.add(key)
+            stack.extend(((*path, key), value) for key, value in reversed(node))
+        elif isinstance(node, list):
+            stack.extend(((*path, i), value) for i, value in reversed(list(enumerate(node))))
+    return None
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as the parser saw it: its (key, value) pairs, repeats kept."""
+
+
 async def read_limited(request: Request, limit_bytes: int) -> bytes:
-    """The request's body, or 413 as soon as it is known to exceed `limit_bytes`."""
+    """The request's body, or 413 as soon as it is known to exceed `limit_bytes`.
+
+    The bytes are kept on the request (Starlette's `stream()` yields a body already read), so a
+    second reader of the same request (auth checking a forward seal, then the route) reads the
+    same bytes and the stream is consumed once."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
         raise _too_large(request, f"{int(declared)} bytes", limit_bytes)
@@ -121,7 +165,9 @@ async def read_limited(request: Request, limit_bytes: int) -> bytes:
         if size > limit_bytes:  # stop here: the rest is never read
             raise _too_large(request, f"more than {limit_bytes} bytes", limit_bytes)
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    request._body = body  # noqa: SLF001 - Starlette's cache of the read body
+    return body
 
 
 def _too_large(request: Request, size: str, limit_bytes: int) -> ApiError:

@@ -67,7 +67,7 @@ _STEP_DOWN_BODY = JsonBody(StepDownBody, '{"target": "n2"} or no body', optional
 
 
 @router.get("")
-def cluster(ctx: Ctx) -> dict[str, Any]:
+async def cluster(ctx: Ctx) -> dict[str, Any]:
     """This node's view of the cluster; the primary's view is the complete one."""
     node = ctx.node
     election = node.view
@@ -103,7 +103,7 @@ def cluster(ctx: Ctx) -> dict[str, Any]:
         503: {"model": PrimaryCheck, "description": "not the primary with a valid lease"},
     },
 )
-def primary(ctx: Ctx) -> JSONResponse:
+async def primary(ctx: Ctx) -> JSONResponse:
     """200 on the primary holding a valid lease, else 503."""
     election = ctx.node.view
     ok = election.lease_valid(clock.monotonic())
@@ -118,7 +118,7 @@ def primary(ctx: Ctx) -> JSONResponse:
         503: {"model": ReplicaCheck, "description": "not a backup following a live primary"},
     },
 )
-def replica(ctx: Ctx) -> JSONResponse:
+async def replica(ctx: Ctx) -> JSONResponse:
     """200 on a backup that heard a live primary within an election timeout and is heard by
     it, else 503."""
     election = ctx.node.view

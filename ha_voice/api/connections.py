@@ -1,11 +1,12 @@
-"""HTTP/1.1 connections with bounded reads: uvicorn's h11 protocol plus deadlines and a cap.
+"""HTTP/1.1 connections with bounded reads: uvicorn's h11 protocol plus deadlines.
 
-uvicorn's h11 protocol times only the idle gap after an answer; a client that never finishes
-its request head, or its body, is held for ever. This subclass gives every phase of a
-connection one deadline:
+A connection reaches this protocol admitted (gate.py: the connection shares, the TLS
+handshake); it gives back its admission when it is closed. uvicorn's h11 protocol times only
+the idle gap after an answer; a client that never finishes its request head, or its body, is
+held for ever. This subclass gives every phase of a connection one deadline:
 
-- head: from connecting, or from the first byte of a later request, until the request head is
-  complete (`header_timeout_s`); then 408.
+- head: from the accept (a TLS handshake included), or from the first byte of a later request,
+  until the request head is complete (`header_timeout_s`); then 408.
 - body: from the head until the body is complete (`body_timeout_s`); then 408.
 - idle: after an answer, until the next request begins (`keepalive_timeout_s`); then closed.
 - linger: an answer was sent while the client was still sending a body nobody reads (413, 415,
@@ -15,8 +16,11 @@ connection one deadline:
   lingering_close does the same); keeping the connection would mean reading that body.
 
 While the application works on a complete request nothing is timed: a `move` may take 60 s.
-Past `max_connections` a new connection is answered 503 and closed. Errors written here are
-the same JSON `ErrorBody` the routes answer with.
+Every head is judged before the application sees it (request_head.py: 431 over
+`max_head_bytes`, 400 for a single header sent twice). Errors written here are the same JSON
+`ErrorBody` the routes answer with, and each is counted in `ha_voice_api_refusals_total`.
+Nothing a client does makes a callback of this protocol raise: an OS error on a dead socket
+closes the connection.
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from ha_voice.api.problems import problem_bytes
+from ha_voice.api.problems import Refusals, problem_bytes
+from ha_voice.api.request_head import judge_head
 
-__all__ = ["ConnectionLimits", "bounded_protocol", "quiet_uvicorn_warnings"]
+__all__ = ["BoundedH11Protocol", "ConnectionLimits", "bounded_protocol", "quiet_uvicorn_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +61,22 @@ _LINGER_S: Final = 2.0
 _LINGER_BYTES: Final = 8 << 20
 
 
+# h11's default bound on an incomplete event; the documented limit on a request head.
+MAX_HEAD_BYTES: Final = 16_384
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """The deadlines of each phase of a connection, in seconds, and the connection cap."""
+    """The deadlines of each phase of a connection (seconds), the connection shares and the
+    largest request head."""
 
     header_timeout_s: float
     body_timeout_s: float
     keepalive_timeout_s: float
-    max_connections: int
+    max_connections: int  # the clients' pool
+    max_connections_per_client: int
+    member_connections: int  # the members' pool, apart from the clients'
+    max_head_bytes: int = MAX_HEAD_BYTES
     linger_s: float = _LINGER_S
     linger_bytes: int = _LINGER_BYTES
 
@@ -76,9 +89,11 @@ class _Phase(enum.Enum):
 
 
 class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each phase and a cap on connections."""
+    """uvicorn's h11 protocol with a deadline for each phase; made by gate.py for a connection
+    it admitted (`admitted` before `connection_made`)."""
 
     limits: ClassVar[ConnectionLimits]
+    refusals: ClassVar[Refusals]
 
     def __init__(
         self,
@@ -88,11 +103,19 @@ class BoundedH11Protocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.app = self._closing_if_unread(self.app)
+        self.app = self._judged(self.app)
         self._phase: _Phase | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._discarded = 0
         self._lost = False
+        self._accepted_at = self.loop.time()
+        self._release: Callable[[], None] | None = None
+
+    def admitted(self, accepted_at: float, release: Callable[[], None]) -> None:
+        """This connection was accepted at `accepted_at` (the loop's clock); `release` gives its
+        admission back, once, when it closes."""
+        self._accepted_at = accepted_at
+        self._release = release
 
     # --- uvicorn's hooks -----------------------------------------------------------------
 
@@ -100,12 +123,9 @@ class BoundedH11Protocol(H11Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._socket = transport  # ours to close; uvicorn's closes go through `_close`
         super().connection_made(_LingeringTransport(transport, self._close))
-        cap = self.limits.max_connections
-        if len(self.connections) > cap:
-            error = f"this node already holds {cap} connections (api_max_connections)"
-            self._answer_and_linger(503, error, retry_after_s=1.0)
-            return
-        self._arm(_Phase.HEAD, self.limits.header_timeout_s)
+        # The head's deadline runs from the accept: a TLS handshake spends it too.
+        spent_s = self.loop.time() - self._accepted_at
+        self._arm(_Phase.HEAD, max(0.0, self.limits.header_timeout_s - spent_s))
 
     def data_received(self, data: bytes) -> None:
         if self._phase is _Phase.LINGER:
@@ -123,10 +143,22 @@ class BoundedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._disarm()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        self._answer_and_linger(400, f"not an HTTP/1.1 request h11 can parse ({msg})")
+        """h11 could not parse the request: 431 if its head outgrew the limit before it was
+        complete (h11's `max_incomplete_event_size`), else 400."""
+        unparsed, _ = self.conn.trailing_data
+        limit = self.limits.max_head_bytes
+        if len(unparsed) > limit:
+            error = f"request line and headers are over the limit of {limit} bytes"
+            self._answer_and_linger(431, "head_too_large", error)
+        else:
+            error = "not an HTTP/1.1 request h11 can parse"
+            self._answer_and_linger(400, "bad_http", error)
 
     # --- phases ----------------------------------------------------------------------------
 
@@ -160,9 +192,11 @@ class BoundedH11Protocol(H11Protocol):
     def _expired(self, phase: _Phase) -> None:
         self._deadline = None
         if phase is _Phase.HEAD:
-            self._answer_and_linger(408, self._late("request head", self.limits.header_timeout_s))
+            late = self._late("request head", self.limits.header_timeout_s)
+            self._answer_and_linger(408, "head_timeout", late)
         elif phase is _Phase.BODY and not (self.cycle and self.cycle.response_started):
-            self._answer_and_linger(408, self._late("request body", self.limits.body_timeout_s))
+            late = self._late("request body", self.limits.body_timeout_s)
+            self._answer_and_linger(408, "body_timeout", late)
         else:
             self._socket.close()
 
@@ -172,8 +206,9 @@ class BoundedH11Protocol(H11Protocol):
 
     # --- answers written here --------------------------------------------------------------
 
-    def _answer_and_linger(self, status: int, error: str, **details: Any) -> None:
-        """Write an error answer ourselves (no route runs), then close gently."""
+    def _answer_and_linger(self, status: int, reason: str, error: str, **details: Any) -> None:
+        """Write an error answer ourselves (no route runs), count it, then close gently."""
+        self.refusals.note_connection(status, reason, error)
         if self.cycle is not None and not self.cycle.response_complete:
             # The application must not write after us; its reads end as for a client gone.
             self.cycle.disconnected = True
@@ -197,8 +232,11 @@ class BoundedH11Protocol(H11Protocol):
             return
         self._arm(_Phase.LINGER, self.limits.linger_s)
         self.flow.resume_reading()
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        except OSError:  # the client is gone already (ENOTCONN): nothing to linger for
+            self._socket.close()
 
     def _close(self) -> None:
         """uvicorn closes the connection: gently if the client may still be sending a body."""
@@ -207,9 +245,10 @@ class BoundedH11Protocol(H11Protocol):
         else:
             self._socket.close()
 
-    def _closing_if_unread(self, app: ASGI3Application) -> ASGI3Application:
-        """`app`, its answers saying `Connection: close` if the request body was not all read
-        (so the client does not send its next request on a connection we will close)."""
+    def _judged(self, app: ASGI3Application) -> ASGI3Application:
+        """`app` behind the head's judgement (request_head.py), its answers saying
+        `Connection: close` if the request body was not all read (so the client does not
+        send its next request on a connection we will close)."""
 
         async def wrapped(
             scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -223,6 +262,15 @@ class BoundedH11Protocol(H11Protocol):
                     message = {**message, "headers": headers}
                 await send(message)
 
+            if scope["type"] == "http":
+                target = len(scope["raw_path"]) + 1 + len(scope["query_string"])
+                refused = judge_head(
+                    scope["method"], target, list(scope["headers"]), self.limits.max_head_bytes
+                )
+                if refused is not None:
+                    self.refusals.note_connection(refused.status, refused.reason, refused.error)
+                    await _send_problem(send_closing, refused.status, refused.error)
+                    return
             await app(scope, receive, send_closing)
 
         return wrapped
@@ -282,9 +330,27 @@ class _LingeringTransport(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
 
-def bounded_protocol(limits: ConnectionLimits) -> type[BoundedH11Protocol]:
-    """The protocol class to pass as uvicorn's `http`, bound to `limits`."""
-    return type("BoundedH11Protocol", (BoundedH11Protocol,), {"limits": limits})
+async def _send_problem(send: ASGISendCallable, status: int, error: str) -> None:
+    """An `ErrorBody` answer through ASGI, before (instead of) the application."""
+    body = problem_bytes(status, error)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def bounded_protocol(limits: ConnectionLimits, refusals: Refusals) -> type[BoundedH11Protocol]:
+    """The protocol class to pass as uvicorn's `http`, bound to `limits`, counting its
+    refusals in `refusals`."""
+    attributes = {"limits": limits, "refusals": refusals}
+    return type("BoundedH11Protocol", (BoundedH11Protocol,), attributes)
 
 
 class _OnceThenDebug(logging.Filter):

@@ -42,7 +42,7 @@ class ApiContext:
         return cached
 
 
-def context(request: Request) -> ApiContext:
+async def context(request: Request) -> ApiContext:
     """FastAPI dependency: the daemon's context, stored on the app at creation."""
     ctx: ApiContext = request.app.state.ctx
     return ctx

@@ -19,12 +19,13 @@ from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED
 from ha_voice.api.body import JsonBody
 from ha_voice.api.context import ApiContext, context
 from ha_voice.api.forward import forward, unavailable
-from ha_voice.api.limits import rate_limited
+from ha_voice.api.limits import rate_limited, read_rate_limited
 from ha_voice.api.problems import ApiError, error_responses, quote
 from ha_voice.cluster.node import NotPrimary
+from ha_voice.journal import MAX_TAIL
 from ha_voice.voice.intents import LANGUAGES
 
-__all__ = ["router"]
+__all__ = ["JournalPage", "router"]
 
 router = APIRouter(prefix="/api", tags=["journal"])
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -72,14 +73,40 @@ _WRITTEN: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/journal", responses=error_responses(422))
-def journal(
+class JournalPage(BaseModel):
+    """Up to `limit` commands of this node's journal after `since`, oldest first."""
+
+    node: str
+    term: int
+    commit_index: int = Field(description="how far this node's copy is committed")
+    last_index: int
+    first_index: int = Field(description="older entries are folded into the snapshot")
+    entries: list[dict[str, Any]] = Field(
+        description="each command's record (key, action, params, status, outcome, …) and "
+        "whether it is committed"
+    )
+
+
+@router.get(
+    "/journal",
+    dependencies=[read_rate_limited],
+    response_class=JSONResponse,
+    responses={200: {"model": JournalPage}, **error_responses(422, 429)},
+)
+async def journal(
     ctx: Ctx,
     since: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="only entries after this index")
     ] = 0,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-) -> dict[str, Any]:
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_TAIL,
+            description=f"at most this many entries (at most {MAX_TAIL}: page with `since`)",
+        ),
+    ] = 100,
+) -> JSONResponse:
     """The commands this node's journal holds, oldest first, with status and outcome."""
     node = ctx.node
     view = node.view
@@ -88,18 +115,21 @@ def journal(
         {**record.to_json(), "committed": record.index <= commit}
         for record in node.journal.tail(since, limit)
     ]
-    return {
-        "node": view.node_id,
-        "term": view.term,
-        "commit_index": commit,
-        "last_index": view.last_index,
-        "first_index": view.first_index,
-        "entries": entries,
-    }
+    # JSONResponse as it is: FastAPI's encoder would walk every value of every entry again.
+    return JSONResponse(
+        {
+            "node": view.node_id,
+            "term": view.term,
+            "commit_index": commit,
+            "last_index": view.last_index,
+            "first_index": view.first_index,
+            "entries": entries,
+        }
+    )
 
 
 @router.get("/voice/status")
-def voice_status(ctx: Ctx) -> dict[str, Any]:
+async def voice_status(ctx: Ctx) -> dict[str, Any]:
     """The seed's fields, from the replicated journal: the same on every node."""
     node = ctx.node
     settings = node.journal.settings
@@ -137,7 +167,7 @@ async def stop_listening(ctx: Ctx, request: Request) -> Response:
 
 
 @router.get("/settings")
-def get_settings(ctx: Ctx) -> dict[str, Any]:
+async def get_settings(ctx: Ctx) -> dict[str, Any]:
     """The replicated runtime settings."""
     return asdict(ctx.node.journal.settings)
 

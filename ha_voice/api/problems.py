@@ -8,8 +8,9 @@ Invariants:
 - Routes raise `ApiError`; FastAPI's validation errors, Starlette's HTTP exceptions (404, 405),
   a client gone mid-body (499) and any other exception (500, logged with its traceback) leave
   through `problem` as well.
-- Each refusal is counted in `ha_voice_api_refusals_total{status,reason}` and logged at warning
-  the first time for its reason, then at debug (STYLE.md 7).
+- Each refusal, of a route or of the connection layer (connections.py, gate.py), is counted in
+  `ha_voice_api_refusals_total{status,reason}` and logged at warning the first time for its
+  reason, then at debug with a summary at most once a minute (STYLE.md 7).
 """
 
 from __future__ import annotations
@@ -29,15 +30,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ha_voice.api.log_throttle import LogThrottle
 from ha_voice.errors import RemoteError
 
 __all__ = [
     "CLIENT_GONE",
+    "CLOSED_UNANSWERED",
     "ECHO_CHARS",
     "ApiError",
     "ErrorBody",
     "HeldCommand",
+    "Refusals",
     "error_responses",
+    "field_name",
     "install",
     "problem",
     "problem_bytes",
@@ -51,6 +56,9 @@ log = logging.getLogger(__name__)
 ECHO_CHARS: Final = 64
 # nginx's "client closed request": nobody reads it, the log line says what happened.
 CLIENT_GONE: Final = 499
+# nginx's 444: the connection was closed without an answer (a TLS client refused before its
+# handshake, a handshake that failed or took too long, a connection the kernel could not hand us).
+CLOSED_UNANSWERED: Final = 444
 # An error line stays a line: our words plus a few quoted prefixes fit easily.
 _MAX_ERROR_CHARS: Final = 400
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
@@ -148,7 +156,7 @@ def validation_message(errors: Sequence[Mapping[str, Any]], skip: int = 0) -> tu
     first: it is most often a misspelling of the one reported missing."""
     unknown = [error for error in errors if error.get("type") == "extra_forbidden"]
     first = (unknown or errors)[0]
-    names = [_name(part) for part in tuple(first.get("loc", ()))[skip:]]
+    names = [field_name(part) for part in tuple(first.get("loc", ()))[skip:]]
     field = ".".join(names) or "body"
     kind = str(first.get("type", ""))
     if kind == "extra_forbidden":
@@ -162,7 +170,9 @@ def validation_message(errors: Sequence[Mapping[str, Any]], skip: int = 0) -> tu
     return field, line + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
-def _name(part: object) -> str:
+def field_name(part: object) -> str:
+    """One part of a field's path as an answer names it: `[3]` for an index, the name if it
+    is one, else a quoted prefix."""
     if isinstance(part, int):
         return f"[{part}]"
     text = str(part)
@@ -178,7 +188,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _DESCRIPTIONS: Final = {
-    400: "the request is malformed: not JSON, empty, a bad key or an unknown command",
+    400: "the request is malformed: not JSON, empty, a bad key, an unknown command, or a header "
+    "that must be sent once sent twice",
     401: "no valid bearer token",
     404: "no such route",
     405: "the route takes another method",
@@ -186,6 +197,7 @@ _DESCRIPTIONS: Final = {
     409: "the idempotency key already holds another command, or the step-down was refused",
     413: "the body is larger than this route's limit",
     415: "the content type is not accepted",
+    431: "the request line and headers are larger than 16 KiB",
     422: "the JSON does not match the schema: the field and the problem are named",
     429: "too many requests from this client, or too many commands waiting: see Retry-After",
     500: "a bug: the traceback is in the node's log",
@@ -196,31 +208,36 @@ _DESCRIPTIONS: Final = {
 # --- wiring -----------------------------------------------------------------------------------
 
 
-class _Refusals:
-    """Counts refusals by status and reason, logs the first of each reason at warning."""
+class Refusals:
+    """Counts refusals by status and reason; logs the first of each reason at warning, then
+    at debug with a summary at most once a minute (`LogThrottle`)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.counter = Counter(
             "ha_voice_api_refusals",
-            "HTTP requests answered with an error, by status and reason",
+            "HTTP requests and connections refused, by status (444: closed without an answer) "
+            "and reason",
             ["status", "reason"],
             registry=registry,
         )
-        self._warned: set[str] = set()
+        self._log = LogThrottle(log, "refusals")
 
     def note(self, request: Request | None, status: int, reason: str, error: str) -> None:
-        self.counter.labels(str(status), reason).inc()
+        """Count and log a request refused with `status`."""
         where = f"{request.method} {request.url.path}" if request is not None else "HTTP"
-        level = logging.DEBUG if reason in self._warned else logging.WARNING
-        self._warned.add(reason)
-        later = "" if level == logging.DEBUG else " (further ones of this kind logged at debug)"
-        log.log(level, "%s refused %d %s: %s%s", where, status, reason, _one_line(error), later)
+        self.note_connection(status, reason, error, where)
+
+    def note_connection(self, status: int, reason: str, error: str, where: str = "HTTP") -> None:
+        """Count and log a refusal of the connection layer (no request object, or none yet)."""
+        self.counter.labels(str(status), reason).inc()
+        self._log.note(reason, "%s refused %d %s: %s", where, status, reason, _one_line(error))
 
 
 def install(app: FastAPI, registry: CollectorRegistry, routers: Sequence[APIRouter] = ()) -> None:
     """Route every error `app` can produce through `problem`, and count it in `registry`;
     `routers` are the app's routers, whose methods a 405 lists."""
-    refusals = _Refusals(registry)
+    refusals = Refusals(registry)
     app.state.refusals = refusals
     methods: dict[str, set[str]] = {}
     for route in [*app.routes, *(r for router in routers for r in router.routes)]:
@@ -271,7 +288,7 @@ def _http_line(request: Request, status: int, allowed: str, detail: str) -> str:
 class _LastResort:
     """Inside every other layer: an exception nobody handled is a bug, logged, answered 500."""
 
-    def __init__(self, app: ASGIApp, refusals: _Refusals) -> None:
+    def __init__(self, app: ASGIApp, refusals: Refusals) -> None:
         self.app = app
         self.refusals = refusals
 

@@ -5,13 +5,14 @@ forwards it to the primary and returns the primary's answer (forward.py); with n
 Retry-After. Each command carries an idempotency key — the `Idempotency-Key` header or the
 body's `idempotency_key`; the server makes one if there is none — and a retry with the same key
 gets the stored answer, on any node, also after a failover; the same key with another command
-gets 409 naming the command it holds.
+gets 409 naming the command it holds. A stop is always taken: a stop whose key holds another
+command runs under a new key, and the answer's `key` and `note` say so.
 
 Answers: 200 with the journal's record (`status` done, stopped or unknown); 502 when the robot
 failed the command (final: retrying returns the same); 400 for a bad command or key (the list of
 known commands included); 409 for a key that holds another command; 413/415/422 for a body that
-is too large, not JSON or not the schema; 429 for a client over its rate or a full queue;
-503 while no primary can take it.
+is too large, not JSON or not the schema (a duration on anything but a move, a key twice in
+one object); 429 for a client over its rate or a full queue; 503 while no primary can take it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ha_voice.api.limits import rate_limited
 from ha_voice.api.problems import ApiError, HeldCommand, error_responses, quote
 from ha_voice.api.view import cluster_view
 from ha_voice.cluster.node import NotPrimary
-from ha_voice.commands import Answer, Busy, CommandRequest, KeyConflict, ensure_same
+from ha_voice.commands import Answer, Busy, CommandRequest, KeyConflict, conflict
 from ha_voice.journal import MAX_KEY
 from ha_voice.robot.base import ACTIONS, Action, Command, RobotError
 from ha_voice.voice.intents import Match
@@ -60,7 +61,8 @@ _WRITE_ERRORS = (413, 415, 422, 429, 503)
 
 
 def known_commands() -> list[str]:
-    return sorted([*(a.value for a in Action), *_SEED_ALIASES])
+    """Every name the command route takes, once each (a seed alias may be an action's name)."""
+    return sorted({*(a.value for a in Action), *_SEED_ALIASES})
 
 
 class RobotCommandBody(BaseModel):
@@ -70,7 +72,9 @@ class RobotCommandBody(BaseModel):
         max_length=64, description="stand, sit, stop (the seed's) or any action name"
     )
     params: dict[str, float] = Field(default_factory=dict, description="e.g. vx, vy, vyaw")
-    duration_s: float | None = Field(default=None, ge=0, le=60, description="for move")
+    duration_s: float | None = Field(
+        default=None, ge=0, le=60, description="seconds to walk; for move only"
+    )
     idempotency_key: str | None = _KEY_FIELD
 
 
@@ -96,6 +100,9 @@ class CommandAnswer(BaseModel):
     leader: str | None
     journal_term: int
     elapsed_ms: float
+    note: str | None = Field(
+        default=None, description="a stop whose key held another command: it ran under `key`"
+    )
 
 
 class ListenAnswer(BaseModel):
@@ -112,6 +119,10 @@ class ListenAnswer(BaseModel):
     node: str
     term: int
     leader: str | None
+    key: str | None = Field(default=None, description="the key the command ran under")
+    note: str | None = Field(
+        default=None, description="a stop whose key held another command: it ran under `key`"
+    )
 
 
 def _robot_command_schema() -> dict[str, Any]:
@@ -126,10 +137,12 @@ def _robot_command_schema() -> dict[str, Any]:
             for name, (low, high) in spec.params.items()
         }
         properties = {
-            **base,
+            **{name: field for name, field in base.items() if name != "duration_s"},
             "command": {**base["command"], "enum": names},
             "params": {"type": "object", "properties": params, "additionalProperties": False},
         }
+        if action is Action.MOVE:
+            properties["duration_s"] = base["duration_s"]
         variants.append(
             {
                 "type": "object",
@@ -166,7 +179,7 @@ def _openapi(body: JsonBody[Any]) -> dict[str, Any]:
 
 
 @router.get("/commands")
-def commands(ctx: Ctx) -> dict[str, Any]:
+async def commands(ctx: Ctx) -> dict[str, Any]:
     """The vocabulary of the active language, and every robot action."""
     vocabulary = ctx.active_vocabulary()
     return {
@@ -211,6 +224,13 @@ async def robot_command(ctx: Ctx, request: Request) -> Response:
             f"command: unknown command {quote(body.command)}",
             field="command",
             known=known_commands(),
+        )
+    if body.duration_s is not None and action is not Action.MOVE:
+        raise ApiError(
+            422,
+            "invalid",
+            f"duration_s: only move takes a duration; {action.value} takes none",
+            field="duration_s",
         )
     _check_params(action, body.params)
     key = _key(request, body.idempotency_key)
@@ -276,9 +296,11 @@ async def _submit(
         if service is None or not service.ready():
             known = ctx.node.journal.get(command.key)
             if known is not None:  # answered before, or held: any node can say so
-                ensure_same(command.key, known.action, known.params, known.duration_s, command)
-                if known.final:
+                clash = conflict(command.key, known.action, known.params, known.duration_s, command)
+                if clash is None and known.final:
                     return Answer(known, duplicate=True)
+                if clash is not None and command.action is not Action.STOP_MOVE:
+                    raise clash  # a stop goes on: the primary runs it under a new key
             why = "this node is not the primary" if service is None else _why(ctx)
             return await forward(ctx, request, raw, why)
         answer = await service.submit(command, max_pending=ctx.config.max_pending_commands)
@@ -346,6 +368,8 @@ def _answer(ctx: ApiContext, answer: Answer, started: float, extra: dict[str, An
         "journal_term": record.term,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
     }
+    if answer.note is not None:
+        body["note"] = answer.note
     if record.status == "unknown":
         body["detail"] = record.outcome or "outcome unknown; not repeated"
     return JSONResponse(body, 502 if record.status == "failed" else 200)

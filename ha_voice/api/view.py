@@ -12,7 +12,7 @@ from ha_voice import clock
 from ha_voice.api.context import ApiContext
 from ha_voice.api.tls import leader_url
 
-__all__ = ["ClusterView", "cluster_view"]
+__all__ = ["ClusterView", "cluster_view", "member_hosts"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,9 @@ def cluster_view(ctx: ApiContext) -> ClusterView:
         heartbeat_interval_s=node.timers.heartbeat_interval_s,
         election_timeout_s=node.timers.election_timeout_s,
     )
+
+
+def member_hosts(ctx: ApiContext) -> frozenset[str]:
+    """The IP addresses this node knows its peers by: where forwards between members come from."""
+    peers = ctx.node.view.peers.values()
+    return frozenset(peer.address[0] for peer in peers if peer.address is not None)

@@ -92,7 +92,7 @@ def counter(cluster: LocalCluster, node: str, name: str, reason: str) -> float:
 
 
 def last_source(cluster: LocalCluster, node: str) -> str:
-    response = cluster.nodes[node].get("/api/journal?limit=10000", timeout_s=5.0)
+    response = cluster.nodes[node].get("/api/journal?limit=1000", timeout_s=5.0)
     assert response is not None
     entries = response.json()["entries"]
     return str(entries[-1]["source"])

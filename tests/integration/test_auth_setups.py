@@ -175,9 +175,17 @@ def test_a_token_file_that_breaks_while_running_refuses_every_token_until_fixed(
                 assert node.token not in answer.text
                 assert newcomer not in answer.text
             assert _gauge(node, "ha_voice_api_token_file_ok") == 0.0
+            health = node.get("/health", timeout_s=10.0)
+            assert health is not None and health.status_code == 200
+            assert health.json()["status"] == "degraded"  # it can take no command now
+            assert health.json()["token_file"] == f"refused: {why}"
+            assert f"api_token_file refused: {why}" in health.json()["fault_reason"]
         path.write_bytes(good)
         path.chmod(0o600)
         assert _gauge(node, "ha_voice_api_token_file_ok") == 1.0
+        health = node.get("/health", timeout_s=10.0)
+        assert health is not None
+        assert (health.json()["status"], health.json()["token_file"]) == ("ok", "ok")
         assert node.post("/api/voice/start").status_code == 200
         log = _log(single, "n1")
         assert log.count("is refused: every token gets 401") == 2

@@ -32,11 +32,12 @@ from ha_voice.metrics import Metrics
 LIMIT = 1024
 CAP = 8
 _READ_S = 10.0  # a test fails rather than hangs if the server never answers
+METRICS = Metrics("t")
 
 
 def _app() -> FastAPI:
     app = FastAPI()
-    problems.install(app, Metrics("t").registry)
+    problems.install(app, METRICS.registry)
 
     @app.post("/echo")
     async def echo(request: Request) -> dict[str, int]:
@@ -265,3 +266,66 @@ def test_a_genuine_bug_is_logged_with_its_traceback_and_answered_a_short_json_50
     (record,) = [r for r in caplog.records if r.name == "ha_voice.api.problems"]
     assert record.exc_info is not None
     assert "a genuine bug" in str(record.exc_info[1])
+
+
+def _refusals(status: int, reason: str) -> float:
+    labels = {"status": str(status), "reason": reason}
+    return METRICS.registry.get_sample_value("ha_voice_api_refusals_total", labels) or 0.0
+
+
+@pytest.mark.parametrize("pieces", [1, 60], ids=["one packet", "60 packets"])
+def test_a_head_over_16_kib_is_431_however_it_arrives(server: tuple[str, int], pieces: int) -> None:
+    """h11 bounds a head only while it is incomplete: 60 KB in one packet was parsed whole."""
+    head = b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n"
+    before = _refusals(431, "head_too_large")
+    with _connect(server) as sock:
+        size = len(head) // pieces + 1
+        try:
+            for start in range(0, len(head), size):
+                sock.sendall(head[start : start + size])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it was all sent
+        status, body = _status_and_json(_read_all(sock))
+    assert status == 431
+    assert "16384" in body["error"]
+    assert _refusals(431, "head_too_large") == before + 1
+
+
+def test_a_head_just_under_16_kib_is_answered(server: tuple[str, int]) -> None:
+    with _connect(server) as sock:
+        pad = b"a" * 16_000
+        sock.sendall(
+            b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-P: " + pad + b"\r\n\r\n"
+        )
+        status, _ = _status_and_json(_read_all(sock))
+    assert status == 200
+
+
+@pytest.mark.parametrize("name", ["Authorization", "Idempotency-Key", "Content-Type", "Host"])
+def test_a_header_that_must_be_single_sent_twice_is_400_naming_it(
+    server: tuple[str, int], name: str
+) -> None:
+    headers = f"{name}: one\r\n{name}: two\r\n"
+    host = "" if name == "Host" else "Host: t\r\n"
+    body = b'{"command": "stop"}'
+    with _connect(server) as sock:
+        sock.sendall(
+            f"POST /echo HTTP/1.1\r\n{host}{headers}Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        status, answer = _status_and_json(_read_all(sock))
+    assert status == 400
+    if name != "Host":  # two Host headers h11 refuses itself (RFC 9112 §3.2), in its words
+        assert name.lower() in answer["error"]
+
+
+def test_connection_level_refusals_are_counted(server: tuple[str, int]) -> None:
+    timeouts, garbage = _refusals(408, "head_timeout"), _refusals(400, "bad_http")
+    with _connect(server) as sock:
+        assert _status_and_json(_read_all(sock))[0] == 408
+    with _connect(server) as sock:
+        sock.sendall(b"\x16\x03\x01 not http\r\n\r\n")
+        assert _status_and_json(_read_all(sock))[0] == 400
+    assert _refusals(408, "head_timeout") == timeouts + 1
+    assert _refusals(400, "bad_http") == garbage + 1

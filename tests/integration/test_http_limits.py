@@ -58,7 +58,26 @@ def test_a_client_over_its_rate_gets_429_with_retry_after(
         body = refused.json()
         assert body["retry_after_s"] > 0
         assert "api_rate_per_s" in body["error"]
-    assert httpx.get(url + "/api/journal", timeout=20).status_code == 200  # reads are not limited
+    # Reads of the journal have buckets of their own: a spent command bucket does not refuse them.
+    assert httpx.get(url + "/api/journal", timeout=20).status_code == 200
+
+
+def test_reads_of_the_journal_are_limited_apart_from_commands(
+    limited: tuple[LocalCluster, str, str],
+) -> None:
+    """A whole journal is up to a megabyte of JSON: 200 connections reading it in a loop once
+    cost a primary its lease. Reading never spends the tokens a client's stop needs."""
+    cluster, primary, _ = limited
+    url = cluster.nodes[primary].url
+    reads = [httpx.get(url + "/api/journal", timeout=20).status_code for _ in range(BURST)]
+    assert reads == [200] * BURST
+    refused = httpx.get(url + "/api/journal", timeout=20)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "reads of the journal" in refused.json()["error"]
+    for cheap in ("/health", "/cluster", "/api/voice/status", "/metrics"):
+        assert httpx.get(url + cheap, timeout=20).status_code == 200
+    assert _stand(url).status_code == 200
 
 
 def test_a_forwarded_request_is_limited_where_the_client_came_in_only(

@@ -195,6 +195,10 @@ FIELDS: dict[str, list[tuple[str, str, int]]] = {
         ('{"command": "stand", "idempotency_key": "a b"}', "idempotency_key", 422),
         ('{"command": "stand", "idempotency_key": "' + "k" * 65 + '"}', "idempotency_key", 422),
         ('{"command": "stand", "duration": 1}', "duration", 422),
+        ('{"command": "stand", "duration_s": 1}', "duration_s", 422),
+        ('{"command": "stop", "duration_s": 0}', "duration_s", 422),
+        ('{"command": "stand", "command": "sit"}', "command", 422),
+        ('{"command": "move", "params": {"vx": 0.1, "vx": 0.5}}', "params.vx", 422),
     ],
     "/api/voice/listen": [
         ('{"text": 5}', "text", 422),
@@ -204,6 +208,7 @@ FIELDS: dict[str, list[tuple[str, str, int]]] = {
         ('{"text": ["sta op"]}', "text", 422),
         ('{"txt": "sta op"}', "txt", 422),
         ('{"text": "sta op", "idempotency_key": 1.5}', "idempotency_key", 422),
+        ('{"text": "sta op", "text": "ga zitten"}', "text", 422),
     ],
     "/api/settings": [
         ("{}", "", 400),
@@ -213,11 +218,13 @@ FIELDS: dict[str, list[tuple[str, str, int]]] = {
         ('{"listening": "yes"}', "listening", 422),
         ('{"listening": 1}', "listening", 422),
         ('{"listen": true}', "listen", 422),
+        ('{"listening": true, "listening": false}', "listening", 422),
     ],
     "/cluster/step-down": [
         ('{"target": 5}', "target", 422),
         ('{"target": "' + "x" * 64 + '"}', "target", 422),
         ('{"to": "n2"}', "to", 422),
+        ('{"target": "n2", "target": "n3"}', "target", 422),
     ],
 }
 
@@ -240,6 +247,52 @@ def test_405_and_404_are_json_and_name_the_allowed_methods(rig: Rig) -> None:
     assert_refused(httpx.get(url + "/" + "Z" * 1000), 404)
     assert_refused(httpx.get(url + "/api/journal", params={"since": -1}), 422)
     assert_refused(httpx.get(url + "/api/journal", params={"limit": "Z" * 5000}), 422)
+    too_many = assert_refused(httpx.get(url + "/api/journal", params={"limit": 1001}), 422)
+    assert too_many["field"] == "limit"
+    assert httpx.get(url + "/api/journal", params={"limit": 1000}).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["Authorization", "Idempotency-Key", "Content-Type"])
+def test_a_header_sent_twice_is_refused_naming_it_before_anything_else(
+    rig: Rig, header: str
+) -> None:
+    """Two Authorization headers: the primary used the first, a backup authenticated the first
+    and forwarded the last. Now no node reads either."""
+    values = {
+        "Authorization": ("Bearer one", "Bearer two"),
+        "Idempotency-Key": ("key-a", "key-b"),
+        "Content-Type": ("application/json", "text/plain"),
+    }[header]
+    for node in rig.nodes:
+        response = httpx.post(
+            rig.url(node) + "/api/robot/command",
+            content=b'{"command": "stand"}',
+            headers=[(header, value) for value in values],
+            timeout=20,
+        )
+        body = assert_refused(response, 400)
+        assert header.lower() in body["error"]
+
+
+def test_an_x_forwarded_for_header_is_not_believed(rig: Rig) -> None:
+    """No proxy stands in front of a node: a client's X-Forwarded-For would let it pose as
+    any address (to trusted_networks, to the rate limits, in the journal)."""
+    response = httpx.post(
+        rig.url(rig.primary) + "/api/robot/command",
+        json={"command": "stand"},
+        headers={"X-Forwarded-For": "10.9.9.9"},
+        timeout=20,
+    )
+    assert response.status_code == 200, response.text  # 10.9.9.9 is not a trusted network
+    index = response.json()["index"]
+    page = httpx.get(rig.url(rig.primary) + "/api/journal", params={"since": index - 1}).json()
+    assert page["entries"][0]["source"] == "127.0.0.1"
+
+
+def test_the_known_commands_are_listed_once_each(rig: Rig) -> None:
+    body = assert_refused(_command(rig, rig.primary, "known-1", {"command": "fly"}), 400)
+    assert len(body["known"]) == len(set(body["known"]))
+    assert {"sit", "stand", "stop", "stand_up", "stop_move"} <= set(body["known"])
 
 
 # --- texts are limited in bytes where they are stored in bytes --------------------------------
@@ -335,9 +388,16 @@ def test_listen_compares_what_the_transcript_means(rig: Rig) -> None:
     assert assert_refused(other, 409)["held"]["command"] == "stand_up"
 
 
+def _stand(rig: Rig) -> None:
+    """The robot standing, as a move needs it (whichever tests ran before on this cluster)."""
+    standing = _command(rig, rig.primary, f"stand-{time.monotonic_ns()}", {"command": "stand"})
+    assert standing.status_code == 200, standing.text
+
+
 def test_a_key_in_flight_is_compared_too(rig: Rig) -> None:
     walk = {"command": "move", "params": {"vx": 0.2}, "duration_s": 1.5}
     results: dict[str, httpx.Response] = {}
+    _stand(rig)
     walker = threading.Thread(
         target=lambda: results.setdefault("walk", _command(rig, rig.primary, "flight-1", walk))
     )
@@ -353,6 +413,63 @@ def test_a_key_in_flight_is_compared_too(rig: Rig) -> None:
     assert same.status_code == 200
     assert same.json()["duplicate"] is True
     assert same.json()["index"] == results["walk"].json()["index"]
+
+
+def test_a_stop_whose_key_holds_another_command_is_taken_under_a_new_key(rig: Rig) -> None:
+    assert _command(rig, rig.primary, "stop-1", {"command": "stand"}).status_code == 200
+    for node in rig.nodes:
+        stop = _command(rig, node, "stop-1", {"command": "stop"})
+        assert stop.status_code == 200, stop.text
+        body = stop.json()
+        assert (body["status"], body["command"], body["duplicate"]) == ("done", "stop_move", False)
+        assert body["key"] != "stop-1"
+        assert "stop-1" in body["note"]
+        assert "stand_up" in body["note"]
+    halt = httpx.post(
+        rig.url(rig.backup) + "/api/voice/listen",
+        json={"text": "halt"},
+        headers={"Idempotency-Key": "stop-1"},
+        timeout=30,
+    )
+    assert halt.status_code == 200, halt.text
+    assert halt.json()["outcome"] == "done"
+    assert halt.json()["key"] != "stop-1"
+    assert "stop-1" in halt.json()["note"]
+    kept = _command(rig, rig.backup, "stop-1", {"command": "stand"})
+    assert (kept.json()["duplicate"], kept.json()["command"]) == (True, "stand_up")
+
+
+def test_a_careless_stop_with_the_key_of_a_running_move_stops_it(rig: Rig) -> None:
+    """A client that sends its stop under the key of the move it wants stopped once got 409
+    while the robot walked on for up to 60 s."""
+    walk = {"command": "move", "params": {"vx": 0.2}, "duration_s": 30}
+    results: dict[str, httpx.Response] = {}
+    _stand(rig)
+    walker = threading.Thread(
+        target=lambda: results.setdefault("walk", _command(rig, rig.primary, "careless-1", walk))
+    )
+    walker.start()
+    try:
+        assert _wait_for_key(rig, "careless-1")
+        stop = _command(rig, rig.backup, "careless-1", {"command": "stop"})
+    finally:
+        walker.join(40)
+    assert stop.status_code == 200, stop.text
+    assert stop.json()["key"] != "careless-1"
+    assert "move" in stop.json()["note"]
+    assert results["walk"].status_code == 200
+    assert results["walk"].json()["status"] == "stopped"
+
+
+def _wait_for_key(rig: Rig, key: str, timeout_s: float = 20.0) -> bool:
+    """Whether the primary's journal holds `key` within `timeout_s` (a wait, not a measure)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        page = httpx.get(rig.url(rig.primary) + "/api/journal", params={"limit": 1000}).json()
+        if any(entry["key"] == key for entry in page["entries"]):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # --- curl -d, as the seed's users send ----------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The pure pieces of the API: rate buckets, quoting, error bodies, validation messages, keys."""
+"""The pure pieces of the API: rate buckets, quoting, error bodies, validation messages, keys,
+repeated JSON keys, the list of known commands."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from ha_voice.api.body import repeated_key
 from ha_voice.api.limits import TokenBuckets
 from ha_voice.api.problems import ECHO_CHARS, problem_bytes, quote, validation_message
-from ha_voice.api.robot import RobotCommandBody
-from ha_voice.commands import CommandRequest, KeyConflict, ensure_same
+from ha_voice.api.robot import RobotCommandBody, known_commands
+from ha_voice.commands import CommandRequest, conflict
 from ha_voice.robot.base import Action
 
 
@@ -100,12 +102,39 @@ def _request(action: Action, **params: float) -> CommandRequest:
 
 
 def test_a_key_names_one_command() -> None:
-    ensure_same("K", "stand_up", {}, None, _request(Action.STAND_UP))
-    with pytest.raises(KeyConflict) as caught:
-        ensure_same("K", "stand_up", {}, None, _request(Action.MOVE, vx=0.5))
-    assert caught.value.action == "stand_up"
-    with pytest.raises(KeyConflict):
-        ensure_same("K", "move", {"vx": 0.5}, None, _request(Action.MOVE, vx=0.4))
+    assert conflict("K", "stand_up", {}, None, _request(Action.STAND_UP)) is None
+    clash = conflict("K", "stand_up", {}, None, _request(Action.MOVE, vx=0.5))
+    assert clash is not None
+    assert clash.action == "stand_up"
+    assert conflict("K", "move", {"vx": 0.5}, None, _request(Action.MOVE, vx=0.4)) is not None
     longer = CommandRequest("K", Action.MOVE, {"vx": 0.5}, 2.0)
-    with pytest.raises(KeyConflict):
-        ensure_same("K", "move", {"vx": 0.5}, 1.0, longer)
+    assert conflict("K", "move", {"vx": 0.5}, 1.0, longer) is not None
+
+
+# --- repeated JSON keys ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (b'{"command": "stand", "command": "sit"}', ("command",)),
+        (b'{"command": "move", "params": {"vx": 0.1, "vx": 0.5}}', ("params", "vx")),
+        (b'[{"a": 1}, {"b": 1, "b": 2}]', (1, "b")),
+        (b'{"a": {"b": 1}, "a": 2}', ("a",)),
+        (b'{"command": "stand"}', None),
+        (b'{"command": "stand", "Command": "sit"}', None),  # JSON keys are case-sensitive
+        (b"{", None),  # not JSON: the parser's own message says what is wrong
+        (b"[" * 5000 + b"]" * 5000, None),  # too deep for the standard parser
+        (b'{"a": "\xff"}', None),
+    ],
+)
+def test_a_key_named_twice_in_one_object_is_found_with_its_path(
+    raw: bytes, where: tuple[str | int, ...] | None
+) -> None:
+    assert repeated_key(raw) == where
+
+
+def test_the_known_commands_are_each_named_once() -> None:
+    known = known_commands()
+    assert len(known) == len(set(known))
+    assert {"sit", "stand", "stop", "stand_up", "stop_move"} <= set(known)
