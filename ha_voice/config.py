@@ -752,8 +752,8 @@ class Config(BaseModel):
             heartbeat = self.heartbeat_interval_s or base.heartbeat_interval_s
             limit = max_safe_lease_s(timeout, self.clock_drift_ppm / 1e6)
             return [
-                f"unsafe election timers ({exc}); keys involved: heartbeat_interval_s, "
-                "election_timeout_s, lease_timeout_s, clock_drift_ppm; allowed: "
+                f"unsafe election timers ({exc}); keys involved: timer_profile, "
+                "heartbeat_interval_s, election_timeout_s, lease_timeout_s, clock_drift_ppm; allowed: "
                 f"election_timeout_s >= 3 x heartbeat_interval_s ({3 * heartbeat:g} s) and "
                 f"2 x heartbeat_interval_s ({2 * heartbeat:g} s) <= lease_timeout_s < "
                 f"{limit:.4f} s; fix: unset lease_timeout_s so it follows election_timeout_s, "
@@ -780,16 +780,25 @@ _Settings = dict[str, tuple[object, _Origin]]
 _DEFAULT: Final = _Origin("default", "set the key explicitly")
 
 
+Role = Literal["node", "witness"]
+_WITNESS_COMMAND: Final = _Origin(
+    "ha-voice witness", "a witness is its own witness: leave witness unset on this host"
+)
+
+
 def load_config(
     path: Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, object] | None = None,
+    role: Role = "node",
 ) -> Config:
     """Defaults < TOML file < `HA_VOICE_*` environment < flags; ConfigError listing every fault.
 
     Without `path`, the file named by `HA_VOICE_CONFIG` is read, else the default path if it
-    exists. `env` defaults to `os.environ`; in `flags` a None value means "not given".
+    exists. `env` defaults to `os.environ`; in `flags` a None value means "not given". For
+    `role="witness"` (`ha-voice witness`) an unset `witness` becomes this node's node_id, once
+    every source has been read; a `witness` naming another node is a fault.
     """
     env = os.environ if env is None else env
     settings: _Settings = {}
@@ -801,14 +810,56 @@ def load_config(
     ):
         settings.update(found)
         problems.extend(wrong)
+    if role == "witness":
+        problems.extend(_as_witness(settings))
+    config, invalid = _validate(settings)
+    problems.extend(invalid)
+    if config is None or problems:
+        raise ConfigError(_summary(problems))
+    return config
+
+
+def _as_witness(settings: _Settings) -> list[str]:
+    """Make this node its own witness in `settings`; the fault if a source names another."""
+    node_id, _ = settings.get("node_id", (default_node_id(), _DEFAULT))
+    if "witness" not in settings:
+        settings["witness"] = (node_id, _WITNESS_COMMAND)
+        return []
+    witness, origin = settings["witness"]
+    if witness is None:  # unset by a source (HA_VOICE_WITNESS=""): as if never given
+        settings["witness"] = (node_id, _WITNESS_COMMAND)
+        return []
     try:
-        config = Config.model_validate({key: value for key, (value, _) in settings.items()})
+        if PeerSpec.parse(str(witness)).node_id == node_id:
+            return []
+    except ValueError:
+        return []  # a malformed entry is the field's own problem, reported by validation
+    return [
+        f"{origin.where}: witness = {_show(witness)} but node_id = {_show(node_id)}; allowed: "
+        "on the witness itself, its own node_id or unset (ha-voice witness sets it); fix: "
+        f"{origin.fix} (unset it), or run ha-voice run if this host is a full node"
+    ]
+
+
+def _validate(settings: _Settings) -> tuple[Config | None, list[str]]:
+    """The Config, or every problem in one round: each bad value, and the cross-key rules
+    among the keys whose values are good (with a bad key at its default, a rule that names
+    it would only speak of the default)."""
+    try:
+        return Config.model_validate({key: value for key, (value, _) in settings.items()}), []
     except ValidationError as exc:
-        problems.extend(_translate(exc, settings))
-    else:
-        if not problems:
-            return config
-    raise ConfigError(_summary(problems))
+        problems = _translate(exc, settings)
+        bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+    if not bad:
+        return None, problems
+    good = {key: entry for key, entry in settings.items() if key not in bad}
+    try:
+        Config.model_validate({key: value for key, (value, _) in good.items()})
+    except ValidationError as exc:
+        for line in _translate(exc, good):
+            if not any(re.search(rf"\b{key}\b", line) for key in bad):
+                problems.append(line)
+    return None, problems
 
 
 def read_cluster_key(config: Config) -> bytes:
@@ -856,11 +907,23 @@ def _file_layer(path: Path | None) -> tuple[_Settings, list[str]]:
     settings: _Settings = {}
     problems = []
     for key, value in _read_toml(path).items():
-        if key in FIELDS:
+        if isinstance(value, dict):
+            problems.append(_section(where, key, value))
+        elif key in FIELDS:
             settings[key] = (value, _Origin(where, f"edit {key} in {path}"))
         else:
             problems.append(_unknown(where, key, value, str))
     return settings, problems
+
+
+def _section(where: str, name: str, table: Mapping[str, object]) -> str:
+    """A TOML `[name]` table: ha-voice reads top-level keys only, so its keys were lost."""
+    held = ", ".join(table) or "no keys"
+    return (
+        f"{where}: [{name}] is a section, and sections are not used: every key is at the top "
+        f"level; the section held {held}; fix: move those keys above the first [section] line "
+        f"and delete the line [{name}]"
+    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import uvicorn
 from ha_voice import __version__, clock, sdnotify
 from ha_voice.api.app import create_app
 from ha_voice.api.context import ApiContext
-from ha_voice.api.server import build_server, check_secrets
+from ha_voice.api.server import build_server
 from ha_voice.api.tls import api_scheme
 from ha_voice.cluster.discovery import Discovery, PeerRecord
 from ha_voice.cluster.events import RoleChanged
@@ -47,6 +47,7 @@ from ha_voice.commands import CommandService
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
+from ha_voice.preflight import check_startable
 from ha_voice.robot.backends import make_robot
 from ha_voice.robot.base import Robot, RobotError
 from ha_voice.robot.guard import Guard, NotLeading
@@ -160,7 +161,7 @@ async def serve(config: Config) -> int:
 
 
 async def _start(config: Config) -> _Daemon:
-    check_secrets(config)  # refuse an exposed or malformed secret before anything runs
+    check_startable(config)  # refuse a bad secret or state directory before anything runs
     store = open_store(config.state_dir)
     boot_id = await asyncio.to_thread(store.next_boot_id, clock.wall_clock_us())
     membership = _membership(config)
