@@ -470,8 +470,16 @@ class Config(BaseModel):
     )
     listen_address: IPv4Text = Field(
         default="0.0.0.0",
-        description="IPv4 address the cluster's UDP socket binds to, 0.0.0.0 for every "
-        "interface; IPv4 only because the Go2's own network is IPv4.",
+        description="IPv4 address the cluster's UDP socket (heartbeats, votes, replication) "
+        "binds to, 0.0.0.0 for every interface, or one of this node's addresses to keep the "
+        "cluster's traffic on one network; the HTTP API binds api_listen_address instead. "
+        "IPv4 only because the Go2's own network is IPv4.",
+    )
+    api_listen_address: IPv4Text = Field(
+        default="0.0.0.0",
+        description="IPv4 address the HTTP API binds to, 0.0.0.0 for every interface; every "
+        "interface by default so that clients reach the primary at each of its addresses, "
+        "the floating IP (vip) included, which a bind to one address would refuse.",
     )
     cluster_port: Port = Field(
         default=7405,
