@@ -761,7 +761,8 @@ class Config(BaseModel):
             limit = max_safe_lease_s(timeout, self.clock_drift_ppm / 1e6)
             return [
                 f"unsafe election timers ({exc}); keys involved: timer_profile, "
-                "heartbeat_interval_s, election_timeout_s, lease_timeout_s, clock_drift_ppm; allowed: "
+                "heartbeat_interval_s, election_timeout_s, lease_timeout_s, clock_drift_ppm; "
+                "allowed: "
                 f"election_timeout_s >= 3 x heartbeat_interval_s ({3 * heartbeat:g} s) and "
                 f"2 x heartbeat_interval_s ({2 * heartbeat:g} s) <= lease_timeout_s < "
                 f"{limit:.4f} s; fix: unset lease_timeout_s so it follows election_timeout_s, "

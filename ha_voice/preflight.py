@@ -58,14 +58,14 @@ def _token_file(config: Config) -> None:
 
 
 def _tls(config: Config) -> None:
-    # Imported here: the TLS module pulls in the HTTP stack, which `config check` needs not.
-    from ha_voice.api.tls import server_options
+    # Imported here: api.tls pulls in FastAPI, which `config check` without TLS needs not.
+    from ha_voice.api.tls import server_options  # noqa: PLC0415
 
     server_options(config)
 
 
 def _tls_ca(config: Config) -> None:
-    from ha_voice.api.tls import client_context
+    from ha_voice.api.tls import client_context  # noqa: PLC0415
 
     client_context(config)
 
