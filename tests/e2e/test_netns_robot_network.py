@@ -4,9 +4,13 @@ has, and one whose interface comes up after the node started, as at boot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,7 +89,29 @@ def test_defaults_elect_on_a_network_without_a_gateway(lan: Lan) -> None:
         assert str(addresses[f"n{other + 1}"]).startswith(lan.address(other)), addresses
 
 
-def test_a_node_started_before_its_network_waits_for_it(lan: Lan) -> None:
+@pytest.fixture
+def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """Where the nodes' sd_notify goes (a path: it is reached from any network namespace)."""
+    with tempfile.TemporaryDirectory(prefix="hv-") as short:
+        path = Path(short) / "notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(0.2)
+            monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+            yield sock
+
+
+def messages(sock: socket.socket) -> list[str]:
+    found = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            found.append(sock.recv(4096).decode())
+    return found
+
+
+def test_a_node_started_before_its_network_waits_for_it(
+    lan: Lan, notify_socket: socket.socket
+) -> None:
     lan[0].ip("link", "set", "eth0", "down")
     with defaults_cluster(lan) as cluster:
         cluster.start()
@@ -96,6 +122,13 @@ def test_a_node_started_before_its_network_waits_for_it(lan: Lan) -> None:
             assert time.monotonic() < deadline, logs(cluster)
             time.sleep(0.2)
         assert "listen_address = '0.0.0.0' with mdns = true" in n1.log_path.read_text()
+        told = messages(notify_socket)
+        # systemd hears what the node waits for, and that the wait is not a start timeout.
+        waiting = [m for m in told if "STATUS=waiting for the network" in m]
+        assert waiting, told
+        assert all("EXTEND_TIMEOUT_USEC=" in m for m in waiting)
         lan[0].ip("link", "set", "eth0", "up")
         wait_for_one_primary(lan, cluster)
         assert "network ready after" in n1.log_path.read_text()
+        told += messages(notify_socket)
+        assert sum(m.startswith("READY=1") for m in told) == 2, told
