@@ -17,12 +17,12 @@ from typing import Any
 from ha_voice import __version__, daemon, status
 from ha_voice import demo as process_demo
 from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient, ssl_context
-from ha_voice.config import Config, load_config
+from ha_voice.config import Config, Role, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
 from ha_voice.journal import MAX_TAIL
 from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME, KeygenRequest, keygen
-from ha_voice.preflight import check_startable
+from ha_voice.preflight import startable_problems
 from ha_voice.robot import sim_server
 from ha_voice.simulation import schedules
 from ha_voice.simulation.demo import run_demo as run_sim_demo
@@ -125,7 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     check.add_argument(
-        "--witness", action="store_true", help="check it as ha-voice witness reads it"
+        "--witness",
+        dest="as_witness",
+        action="store_true",
+        help="check it as ha-voice witness reads it",
     )
     check.set_defaults(handler=_config_check)
     docs = config_commands.add_parser("docs", help="print docs/configuration.md")
@@ -161,17 +164,21 @@ def _write(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, flags=flags_from_namespace(args))
-    return _serve(config)
+    return _serve(_startable(args, args.config, "node"))
 
 
 def _witness(args: argparse.Namespace) -> int:
-    return _serve(load_config(args.config, flags=flags_from_namespace(args), role="witness"))
+    return _serve(_startable(args, args.config, "witness"))
+
+
+def _startable(args: argparse.Namespace, path: Path | None, role: Role) -> Config:
+    """The configuration `run`, `witness` and `config check` read: file, environment and flags,
+    and the files and directory a start needs, every problem in one ConfigError."""
+    flags = flags_from_namespace(args)
+    return load_config(path, flags=flags, role=role, checks=(startable_problems,))
 
 
 def _serve(config: Config) -> int:
-    # Refuse at once, before the node votes or binds anything, over an exposed or bad secret.
-    check_startable(config)
     try:
         return daemon.run(config)
     except OSError as exc:
@@ -397,8 +404,7 @@ def _config_show(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     if not args.file.exists():
         raise ConfigError(f"{args.file}: no such file")
-    config = load_config(args.file, role="witness" if args.witness else "node")
-    check_startable(config)
+    config = _startable(args, args.file, "witness" if args.as_witness else "node")
     _write(render_toml(config))
     print(f"{args.file}: valid", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, get_args, get_origin
@@ -65,8 +65,10 @@ __all__ = [
     "FIELDS",
     "REGENERATE_DOCS",
     "TIMER_FIELDS",
+    "Check",
     "Config",
     "PeerSpec",
+    "Role",
     "Rule",
     "Unit",
     "bounds_text",
@@ -790,6 +792,8 @@ _DEFAULT: Final = _Origin("default", "set the key explicitly")
 
 
 Role = Literal["node", "witness"]
+# A check beyond the values (ha_voice.preflight): one line per problem, naming key and fix.
+Check = Callable[[Config], list[str]]
 _WITNESS_COMMAND: Final = _Origin(
     "ha-voice witness", "a witness is its own witness: leave witness unset on this host"
 )
@@ -801,13 +805,16 @@ def load_config(
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, object] | None = None,
     role: Role = "node",
+    checks: Sequence[Check] = (),
 ) -> Config:
     """Defaults < TOML file < `HA_VOICE_*` environment < flags; ConfigError listing every fault.
 
     Without `path`, the file named by `HA_VOICE_CONFIG` is read, else the default path if it
     exists. `env` defaults to `os.environ`; in `flags` a None value means "not given". For
     `role="witness"` (`ha-voice witness`) an unset `witness` becomes this node's node_id, once
-    every source has been read; a `witness` naming another node is a fault.
+    every source has been read; a `witness` naming another node is a fault. Each of `checks`
+    (the files a start needs: `ha_voice.preflight`) runs too, on the keys whose values are
+    good, so that its problems come in the same round as the values'.
     """
     env = os.environ if env is None else env
     settings: _Settings = {}
@@ -821,8 +828,11 @@ def load_config(
         problems.extend(wrong)
     if role == "witness":
         problems.extend(_as_witness(settings))
-    config, invalid = _validate(settings)
+    config, invalid, bad = _validate(settings)
     problems.extend(invalid)
+    if config is not None:
+        checked = [line for check in checks for line in check(config)]
+        problems.extend(line for line in checked if not _names_any(line, bad))
     if config is None or problems:
         raise ConfigError(_summary(problems))
     return config
@@ -850,25 +860,30 @@ def _as_witness(settings: _Settings) -> list[str]:
     ]
 
 
-def _validate(settings: _Settings) -> tuple[Config | None, list[str]]:
+def _validate(settings: _Settings) -> tuple[Config | None, list[str], set[str]]:
     """The Config, or every problem in one round: each bad value, and the cross-key rules
     among the keys whose values are good (with a bad key at its default, a rule that names
-    it would only speak of the default)."""
+    it would only speak of the default). With bad values, the Config is that of the good keys
+    (if their rules hold), for further checks only, and the bad keys are named."""
     try:
-        return Config.model_validate({key: value for key, (value, _) in settings.items()}), []
+        values = {key: value for key, (value, _) in settings.items()}
+        return Config.model_validate(values), [], set()
     except ValidationError as exc:
         problems = _translate(exc, settings)
         bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
     if not bad:
-        return None, problems
+        return None, problems, bad
     good = {key: entry for key, entry in settings.items() if key not in bad}
     try:
-        Config.model_validate({key: value for key, (value, _) in good.items()})
+        config = Config.model_validate({key: value for key, (value, _) in good.items()})
     except ValidationError as exc:
-        for line in _translate(exc, good):
-            if not any(re.search(rf"\b{key}\b", line) for key in bad):
-                problems.append(line)
-    return None, problems
+        problems.extend(line for line in _translate(exc, good) if not _names_any(line, bad))
+        return None, problems, bad
+    return config, problems, bad
+
+
+def _names_any(line: str, keys: set[str]) -> bool:
+    return any(re.search(rf"\b{key}\b", line) for key in keys)
 
 
 def read_cluster_key(config: Config) -> bytes:

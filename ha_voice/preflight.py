@@ -2,9 +2,10 @@
 the directory it writes.
 
 Invariants:
-- `check_startable` is the one list of these checks: `ha-voice run`, `ha-voice witness` and the
-  daemon call it before anything votes or binds, and `ha-voice config check` calls it too, so a
-  file that `check` calls valid is one that starts (binding sockets aside).
+- `startable_problems` is the one list of these checks: `ha-voice run`, `ha-voice witness` and
+  `ha-voice config check` load their configuration with it (`load_config(checks=...)`, so its
+  problems come in the same round as the values'), and the daemon checks again before anything
+  votes or binds; a file that `check` calls valid is one that starts (binding sockets aside).
 - Every check runs, and the one ConfigError lists every problem, each naming the key and a fix.
 - Nothing is created or changed: the state directory is only looked at, and an existing state
   database is opened read-only.
@@ -24,20 +25,26 @@ from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.errors import ConfigError
 from ha_voice.tokens import read_token_file
 
-__all__ = ["check_startable"]
+__all__ = ["check_startable", "startable_problems"]
 
 _WRITABLE: Final = os.W_OK | os.X_OK
 
 
-def check_startable(config: Config) -> None:
-    """ConfigError listing every secret file, TLS file and state-directory problem that would
-    refuse the start of a node with `config`; None if there is none."""
+def startable_problems(config: Config) -> list[str]:
+    """Every secret file, TLS file and state-directory problem that would refuse the start of a
+    node with `config`, one line each naming the key and the fix; a `config.Check`."""
     problems = []
     for check in _CHECKS:
         try:
             check(config)
         except ConfigError as exc:
             problems.append(str(exc))
+    return problems
+
+
+def check_startable(config: Config) -> None:
+    """ConfigError listing `startable_problems(config)`, if there are any."""
+    problems = startable_problems(config)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         lines = "\n".join(f"  {problem}" for problem in problems)
