@@ -921,7 +921,11 @@ def _config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
         return path
     if env.get(CONFIG_ENV):
         return Path(env[CONFIG_ENV])
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    try:
+        present = DEFAULT_CONFIG_PATH.exists()
+    except OSError:  # /etc/ha-voice is 0750 root:ha-voice: reading it says why, with the fix
+        present = True
+    return DEFAULT_CONFIG_PATH if present else None
 
 
 def _file_layer(path: Path | None) -> tuple[_Settings, list[str]]:
@@ -957,7 +961,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         fix = f"create it (keys: docs/configuration.md) or name an existing file in {CONFIG_ENV}"
         raise ConfigError(_summary([f"config file {path}: no such file; fix: {fix}"])) from None
     except (OSError, UnicodeError) as exc:
-        fix = "make it a UTF-8 text file that the ha-voice user can read"
+        fix = (
+            "make it a UTF-8 text file that the ha-voice user can read; to read it as "
+            "another user, join group ha-voice (sudo usermod -aG ha-voice $USER) or use sudo"
+        )
         raise ConfigError(
             _summary([f"config file {path}: unreadable ({exc}); fix: {fix}"])
         ) from None

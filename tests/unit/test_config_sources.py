@@ -313,3 +313,23 @@ def test_values_and_files_come_in_one_round(
     assert f"cluster_key_file = '{absent}': no such file" in err
     # state_dir's value is wrong: its default directory is not checked in its place.
     assert len([line for line in err.splitlines() if "state_dir" in line]) == 1
+
+
+class _LockedPath(type(Path())):  # type: ignore[misc]
+    """A path in a directory this user may not search, as /etc/ha-voice (0750) is to most."""
+
+    def exists(self, **kwargs: Any) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    def read_text(self, *args: Any, **kwargs: Any) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+
+def test_a_default_file_this_user_cannot_read_is_named_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", _LockedPath("/etc/ha-voice/c.toml"))
+    assert cli.main(["status"]) == 2  # not a traceback
+    err = capsys.readouterr().err
+    assert "config file /etc/ha-voice/c.toml: unreadable" in err
+    assert "join group ha-voice" in err
