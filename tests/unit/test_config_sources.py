@@ -7,11 +7,12 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from ha_voice import cli, status
+from ha_voice import client as client_module
 from ha_voice import config as config_module
 from ha_voice.config import Config, load_config
 from ha_voice.errors import ConfigError
@@ -179,6 +180,54 @@ def test_status_finds_the_port_where_the_daemon_does(
     monkeypatch.setenv("HA_VOICE_PORT", "2222")
     assert cli.main(["status"]) == 0
     assert urls == ["http://127.0.0.1:1111", "http://127.0.0.1:2222"]
+
+
+class _FakeClient:
+    """Stands in for HAVoiceClient: records how `send` made it, answers "done"."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.made.append(kwargs)
+
+    def __enter__(self) -> _FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def say(self, text: str, key: str) -> Any:
+        return type("Result", (), {"body": {"outcome": "done"}, "attempts": 1})()
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "cluster"),
+    [
+        ({}, [], "from-file"),
+        ({"HA_VOICE_CLUSTER": "from-env"}, [], "from-env"),
+        ({"HA_VOICE_CLUSTER": "from-env"}, ["--cluster", "from-flag"], "from-flag"),
+    ],
+)
+def test_send_finds_cluster_and_token_where_the_daemon_does(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    flags: list[str],
+    cluster: str,
+) -> None:
+    token = "t" * 30
+    write_private(tmp_path / "api.tokens", f"ops:{token}\n".encode())
+    extra = f'cluster = "from-file"\napi_token_file = "{tmp_path / "api.tokens"}"\n'
+    monkeypatch.setenv("HA_VOICE_CONFIG", str(node_files(tmp_path, extra)))
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(client_module, "HAVoiceClient", _FakeClient)  # imported when used
+    monkeypatch.setattr(cli, "HAVoiceClient", _FakeClient, raising=False)  # or at the top
+    monkeypatch.setattr(status, "render_outcome", lambda body, attempts: "done")
+    _FakeClient.made.clear()
+    assert cli.main(["send", "sta op", *flags]) == 0
+    (made,) = _FakeClient.made
+    assert (made["cluster"], made["token"]) == (cluster, token)
 
 
 # --- every problem in one round ----------------------------------------------------------
