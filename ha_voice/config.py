@@ -936,7 +936,10 @@ def _file_layer(path: Path | None) -> tuple[_Settings, list[str]]:
     problems = []
     for key, value in _read_toml(path).items():
         if isinstance(value, dict):
-            problems.append(_section(where, key, value))
+            problems.append(_section(where, f"[{key}]", value))
+        elif _is_table_array(value):
+            held = {name: None for table in value for name in table}
+            problems.append(_section(where, f"[[{key}]]", held))
         elif key in FIELDS:
             settings[key] = (value, _Origin(where, f"edit {key} in {path}"))
         else:
@@ -944,13 +947,18 @@ def _file_layer(path: Path | None) -> tuple[_Settings, list[str]]:
     return settings, problems
 
 
-def _section(where: str, name: str, table: Mapping[str, object]) -> str:
-    """A TOML `[name]` table: ha-voice reads top-level keys only, so its keys were lost."""
+def _is_table_array(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _section(where: str, header: str, table: Mapping[str, object]) -> str:
+    """A TOML table (`[name]` or `[[name]]`): ha-voice reads top-level keys only, so the keys
+    under it were not read."""
     held = ", ".join(table) or "no keys"
     return (
-        f"{where}: [{name}] is a section, and sections are not used: every key is at the top "
+        f"{where}: {header} is a section, and sections are not used: every key is at the top "
         f"level; the section held {held}; fix: move those keys above the first [section] line "
-        f"and delete the line [{name}]"
+        f"and delete the line {header}"
     )
 
 

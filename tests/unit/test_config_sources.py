@@ -270,6 +270,15 @@ def test_a_section_is_named_with_the_keys_it_took(tmp_path: Path) -> None:
     assert "top level" in text
 
 
+def test_an_array_of_tables_is_a_section_too(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[peers]]\nnode_id = "b"\n[[peers]]\nnode_id = "c"\nhost = "h"\n')
+    text = load_error(path)
+    assert "(1 problem)" in text
+    assert "[[peers]] is a section" in text
+    assert "held node_id, host" in text
+
+
 # --- config check refuses what run refuses -----------------------------------------------
 
 
