@@ -20,6 +20,7 @@ from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient, ssl_co
 from ha_voice.config import Config, Role, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
+from ha_voice.interfaces import network_wait_reason
 from ha_voice.journal import MAX_TAIL
 from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME, KeygenRequest, keygen
 from ha_voice.preflight import startable_problems
@@ -406,6 +407,11 @@ def _config_check(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.file}: no such file")
     config = _startable(args, args.file, "witness" if args.as_witness else "node")
     _write(render_toml(config))
+    waiting = network_wait_reason(config)
+    if waiting is not None:  # not an error: at boot the network may come up after the node
+        print(
+            f"{args.file}: note: a start now would wait for the network: {waiting}", file=sys.stderr
+        )
     print(f"{args.file}: valid", file=sys.stderr)
     return 0
 

@@ -36,6 +36,8 @@ class NetworkSettings(Protocol):
     def api_listen_address(self) -> str: ...
     @property
     def mdns(self) -> bool: ...
+    @property
+    def vip_interface(self) -> str | None: ...
 
 
 def local_ipv4() -> list[tuple[str, str]]:
@@ -71,6 +73,9 @@ def network_wait_reason(settings: NetworkSettings) -> str | None:
         address = getattr(settings, key)
         if address != WILDCARD and not _assigned(address):
             return f"{key} = {address!r} is not an address of this host yet"
+    interface = settings.vip_interface
+    if interface is not None and not (_SYS_NET / interface).exists():
+        return f"vip_interface = {interface!r}: no such interface yet"
     if settings.mdns and settings.listen_address == WILDCARD and not local_ipv4():
         return (
             f"listen_address = {WILDCARD!r} with mdns = true: no interface but lo is up with "
