@@ -80,6 +80,17 @@ def test_a_flood_of_whole_journal_reads_moves_no_leader(cluster: LocalCluster) -
     )
     assert set(statuses) == {200}, statuses
     assert statuses[200] > 100
+    assert _role_changes(cluster) == changes, _why(cluster)
     assert cluster.primaries() == [primary]
     assert _terms(cluster) == terms
-    assert _role_changes(cluster) == changes
+
+
+def _why(cluster: LocalCluster) -> str:
+    """The lines of every node's log that tell why a leader changed."""
+    words = ("lease", " -> ", "stall", "late", "timeout", "WARNING", "ERROR")
+    return "\n".join(
+        f"{n}: {line}"
+        for n, node in cluster.nodes.items()
+        for line in node.log_path.read_text().splitlines()
+        if any(word in line for word in words)
+    )
