@@ -21,7 +21,7 @@ from tests.integration.netns import Lan, NetnsUnavailable
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    network = Lan(2, subnet="10.217.0.0/24", prefix="hvr")
+    network = Lan(2, subnet="10.221.0.0/24", prefix="hvg")
     try:
         network.create()
     except NetnsUnavailable as exc:
