@@ -515,20 +515,6 @@ def test_markdown_lists_every_key_with_its_sources() -> None:
         assert f"| `{profile}` |" in text
 
 
-def test_main_check_prints_the_effective_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--check", str(write(tmp_path, "priority = 9\n"))]) == 0
-    assert "priority = 9\n" in capsys.readouterr().out
-
-
-def test_main_check_reports_errors_with_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--check", str(write(tmp_path, "priority = 999\n"))]) == 2
-    assert "priority = 999" in capsys.readouterr().err
-
-
 def test_main_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--markdown"]) == 0
     assert capsys.readouterr().out == render_markdown()
