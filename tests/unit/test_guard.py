@@ -9,9 +9,9 @@ from typing import TypeVar
 
 import pytest
 
-from ha_voice.robot.base import Action, Command, Mode
-from ha_voice.robot.guard import Guard, NotLeading
-from ha_voice.robot.sim import SimGo2
+from ha_voice.robot.base import Action, Command, FencingToken, Mode
+from ha_voice.robot.guard import POSTURE_GOALS, Guard, NotLeading, posture_plan
+from ha_voice.robot.sim import POSTURES, SimGo2
 
 T = TypeVar("T")
 
@@ -204,3 +204,77 @@ def test_every_command_carries_term_index_and_lease() -> None:
     ]
     assert {e.lease_expiry_s for e in entries} == {10_000.0}
     assert {e.node for e in entries} == {"n1"}
+
+
+# --- postures: every posture command from every posture the simulated Go2 can be in ------------
+
+_TOKEN = FencingToken(3, 0, "setup")
+# Direct calls (not through the guard) that put the simulator in each of its postures.
+_INTO: dict[Mode, tuple[Command, ...]] = {
+    Mode.LIE_DOWN: (),
+    Mode.DAMPING: (Command(Action.DAMP),),
+    Mode.JOINT_LOCK: (Command(Action.STAND_UP),),
+    Mode.BALANCE_STAND: (Command(Action.STAND_UP), Command(Action.BALANCE_STAND)),
+    Mode.LOCOMOTION: (
+        Command(Action.STAND_UP),
+        Command(Action.BALANCE_STAND),
+        Command(Action.MOVE, {"vx": 0.3}),
+    ),
+    Mode.SIT: (Command(Action.STAND_UP), Command(Action.BALANCE_STAND), Command(Action.SIT)),
+}
+
+
+def test_the_setup_covers_every_posture_of_the_simulator() -> None:
+    assert set(_INTO) == set(POSTURES)
+
+
+def in_posture(mode: Mode) -> tuple[SimGo2, Guard]:
+    _, _, robot, guard = setup()
+    run(robot.connect())
+    run(guard.take_over())  # from lying: nothing but STOP_MOVE
+    for command in _INTO[mode]:
+        run(robot.execute(command, _TOKEN))
+    assert run(robot.state()).mode is mode
+    return robot, guard
+
+
+@pytest.mark.parametrize("mode", POSTURES, ids=lambda m: m.name.lower())
+@pytest.mark.parametrize("action", POSTURE_GOALS, ids=lambda a: a.value)
+def test_a_posture_command_reaches_its_posture_from_every_posture(
+    action: Action, mode: Mode
+) -> None:
+    robot, guard = in_posture(mode)
+    before = len(robot.journal())
+    outcome = run(guard.execute(Command(action), index=7))
+    assert outcome.status == "done", outcome.detail
+    assert run(robot.state()).mode is POSTURE_GOALS[action]
+    sent = robot.journal()[before:]
+    refused = [(e.action.value, e.code) for e in sent if not e.accepted]
+    assert refused == []  # the guard asked only what the robot accepts in each mode
+    assert {e.token for e in sent} == {FencingToken(3, 7, "n1")}
+    assert [e.action for e in sent] == list(posture_plan(action, mode))
+
+
+def test_sta_op_after_sitting_rises_and_says_how() -> None:
+    robot, guard = in_posture(Mode.SIT)
+    outcome = run(guard.execute(Command(Action.STAND_UP)))
+    assert outcome.status == "done"
+    assert outcome.detail == "from sit: rise_sit"
+    assert run(robot.state()).mode is Mode.BALANCE_STAND
+    run(guard.execute(Command(Action.MOVE, {"vx": 0.3}), duration_s=0.2))
+    assert run(robot.state()).mode is Mode.BALANCE_STAND  # walked, then stopped
+
+
+def test_a_refused_step_fails_the_command_and_names_the_step() -> None:
+    robot, guard = in_posture(Mode.SIT)
+    run(robot.execute(Command(Action.STOP_MOVE), FencingToken(9, 0, "other")))  # a newer term
+    outcome = run(guard.execute(Command(Action.STAND_DOWN)))
+    assert outcome.status == "failed"
+    assert outcome.detail.startswith("rise_sit (from sit): ")
+    assert "4001" in outcome.detail
+    assert run(robot.state()).mode is Mode.SIT
+
+
+def test_a_robot_without_a_known_mode_gets_the_command_as_asked() -> None:
+    assert posture_plan(Action.SIT, None) == (Action.SIT,)
+    assert posture_plan(Action.STAND_UP, None) == (Action.STAND_UP, Action.BALANCE_STAND)
