@@ -18,6 +18,8 @@ Invariants:
   the robot's mode and sends the calls `posture_plan` lists (SIT: RISE_SIT, then the stand), all
   under the command's token. The Go2 refuses a posture call outside its modes (3203), so this
   table, not the caller, knows the way; STAND_UP ends with BALANCE_STAND, so the robot can walk.
+  Each call after the first waits until the robot reports the mode the one before leads to (at
+  most `posture_settle_s`); `stop()` ends the plan between two calls.
 """
 
 from __future__ import annotations
@@ -112,6 +114,21 @@ _PLANS: Final[Mapping[Action, Mapping[Mode, tuple[Action, ...]]]] = {
 }
 # StandUp locks the joints; BalanceStand after it lets the robot walk.
 _DIRECT: Final[Mapping[Action, tuple[Action, ...]]] = {_STAND_UP: (_STAND_UP, _BALANCE_UP)}
+# The mode each call of a plan leads to (sim.TRANSITIONS); the next call waits for it.
+_LEADS_TO: Final[Mapping[Action, Mode]] = {
+    Action.STOP_MOVE: _BALANCE,
+    _STAND_UP: _LOCK,
+    _BALANCE_UP: _BALANCE,
+    Action.RECOVERY_STAND: _BALANCE,
+    Action.RISE_SIT: _BALANCE,
+    Action.SIT: _SIT,
+    Action.STAND_DOWN: _LIE,
+    Action.DAMP: _DAMP,
+}
+# A call returns once the robot accepted it, before the motion ends; the next call of a plan is
+# sent when the robot reports the mode the last one leads to, or after this long at most (a bound
+# on the wait, far above a posture change's duration; the robot's 3203 then tells the truth).
+DEFAULT_POSTURE_SETTLE_S = 3.0
 
 
 def posture_plan(action: Action, mode: Mode | None) -> tuple[Action, ...]:
@@ -163,6 +180,7 @@ class Guard:
         *,
         stream_hz: float = DEFAULT_STREAM_HZ,
         send_margin_s: float = DEFAULT_SEND_MARGIN_S,
+        posture_settle_s: float = DEFAULT_POSTURE_SETTLE_S,
         now: Callable[[], float] = clock.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -171,6 +189,7 @@ class Guard:
         self._node_id = node_id
         self._period_s = 1.0 / stream_hz
         self._send_margin_s = send_margin_s
+        self._posture_settle_s = posture_settle_s
         self._now = now
         self._sleep = sleep
         self._turn = asyncio.Lock()
@@ -232,7 +251,7 @@ class Guard:
             if command.action is Action.MOVE:
                 return await self._run_stream(command, duration_s or 0.0, index)
             if command.action in POSTURE_GOALS:
-                return await self._reach_posture(command, index)
+                return await self._reach_posture(command, index, epoch)
             return await self._once(command, index)
 
     async def _run_stream(self, command: Command, duration_s: float, index: int) -> Outcome:
@@ -255,13 +274,16 @@ class Guard:
             return Outcome("failed", None, str(exc))
         return Outcome("done", token)
 
-    async def _reach_posture(self, command: Command, index: int) -> Outcome:
-        """The calls `posture_plan` lists from the robot's mode now; the first refusal ends it.
-        A route other than the command alone is named in the outcome's detail."""
+    async def _reach_posture(self, command: Command, index: int, epoch: int) -> Outcome:
+        """The calls `posture_plan` lists from the robot's mode now, each after the robot got
+        where the last one leads; a refusal or a stop ends it. A route other than the command
+        alone is named in the outcome's detail."""
         mode = await self._mode_or_none()
         plan = posture_plan(command.action, mode)
         first: FencingToken | None = None
-        for step in plan:
+        for position, step in enumerate(plan):
+            if position and not await self._settled(_LEADS_TO[plan[position - 1]], epoch):
+                return Outcome("stopped", first, f"preempted by stop before {step.value}")
             try:
                 token = await self._send(Command(step), index)
             except RobotError as exc:
@@ -270,6 +292,16 @@ class Guard:
         if plan == _DIRECT.get(command.action, (command.action,)):
             return Outcome("done", first)
         return Outcome("done", first, f"from {_name(mode)}: {', '.join(a.value for a in plan)}")
+
+    async def _settled(self, mode: Mode, epoch: int) -> bool:
+        """Wait (polling at the stream rate) until the robot reports `mode`, reports none, or
+        `posture_settle_s` passed; False at once if a stop came meanwhile."""
+        deadline = self._now() + self._posture_settle_s
+        while epoch == self._epoch:
+            if await self._mode_or_none() in (mode, None) or self._now() >= deadline:
+                return True
+            await self._sleep(self._period_s)
+        return False
 
     async def _mode_or_none(self) -> Mode | None:
         """The robot's mode now, or None if it has reported none (then the command goes as is)."""

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import pytest
 
-from ha_voice.robot.base import Action, Command, FencingToken, Mode
-from ha_voice.robot.guard import POSTURE_GOALS, Guard, NotLeading, posture_plan
+from ha_voice.robot.base import Action, Command, FencingToken, Mode, RobotState
+from ha_voice.robot.guard import (
+    DEFAULT_POSTURE_SETTLE_S,
+    DEFAULT_STREAM_HZ,
+    POSTURE_GOALS,
+    Guard,
+    NotLeading,
+    Outcome,
+    posture_plan,
+)
 from ha_voice.robot.sim import POSTURES, SimGo2
 
 T = TypeVar("T")
@@ -278,3 +286,80 @@ def test_a_refused_step_fails_the_command_and_names_the_step() -> None:
 def test_a_robot_without_a_known_mode_gets_the_command_as_asked() -> None:
     assert posture_plan(Action.SIT, None) == (Action.SIT,)
     assert posture_plan(Action.STAND_UP, None) == (Action.STAND_UP, Action.BALANCE_STAND)
+
+
+class SlowToSettle(SimGo2):
+    """A Go2 whose `rt/sportmodestate` shows a posture change only `polls` reads after the call
+    was accepted, as a real motion takes time."""
+
+    def __init__(self, polls: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.polls = polls
+        self._shown: Mode | None = None
+        self._hidden_for = 0
+
+    async def execute(
+        self, command: Command, token: FencingToken, *, lease_expiry_s: float | None = None
+    ) -> None:
+        before = (await super().state()).mode
+        await super().execute(command, token, lease_expiry_s=lease_expiry_s)
+        self._shown, self._hidden_for = before, self.polls
+
+    async def state(self) -> RobotState:
+        state = await super().state()
+        if self._hidden_for > 0:
+            self._hidden_for -= 1
+            return replace(state, mode=self._shown or state.mode)
+        return state
+
+
+def sitting_slow_to_settle(polls: int) -> tuple[SlowToSettle, Guard]:
+    """A sitting robot whose reports lag `polls` reads behind each call from now on."""
+    clock = Clock()
+    robot = SlowToSettle(0, now=clock, latency_s=0.0)
+    guard = Guard(robot, Lease(clock), "n1", now=clock, sleep=clock.sleep)
+    run(robot.connect())
+    run(guard.take_over())
+    for command in _INTO[Mode.SIT]:
+        run(robot.execute(command, _TOKEN))
+    robot.polls = polls
+    return robot, guard
+
+
+def test_each_call_of_a_plan_waits_until_the_robot_got_where_the_last_one_leads() -> None:
+    robot, guard = sitting_slow_to_settle(3)
+    before = len(robot.journal())
+    outcome = run(guard.execute(Command(Action.STAND_DOWN)))
+    assert outcome.status == "done", outcome.detail
+    rise, down = robot.journal()[before:]
+    assert (rise.action, down.action) == (Action.RISE_SIT, Action.STAND_DOWN)
+    # Three reads still showed SIT: the guard polled at the stream rate until BALANCE_STAND.
+    assert down.arrival_s - rise.arrival_s == pytest.approx(3 / DEFAULT_STREAM_HZ)
+    assert run(SimGo2.state(robot)).mode is Mode.LIE_DOWN  # the simulator's own, no lag
+
+
+def test_a_robot_that_never_reports_the_mode_gets_the_next_call_after_the_bound() -> None:
+    robot, guard = sitting_slow_to_settle(10**6)
+    before = len(robot.journal())
+    outcome = run(guard.execute(Command(Action.STAND_DOWN)))
+    assert outcome.status == "done"  # the simulator got there; its report only lagged
+    rise, down = robot.journal()[before:]
+    assert down.arrival_s - rise.arrival_s == pytest.approx(DEFAULT_POSTURE_SETTLE_S, abs=0.1)
+
+
+def test_a_stop_ends_a_plan_between_two_calls() -> None:
+    robot, guard = sitting_slow_to_settle(10**6)
+
+    async def scenario() -> tuple[Outcome, Outcome]:
+        plan = asyncio.ensure_future(guard.execute(Command(Action.STAND_DOWN)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stopped = await guard.stop()
+        return await plan, stopped
+
+    before = len(robot.journal())
+    outcome, stopped = run(scenario())
+    assert outcome.status == "stopped"
+    assert stopped.status == "done"
+    sent = [e.action for e in robot.journal()[before:]]
+    assert sent == [Action.RISE_SIT, Action.STOP_MOVE]  # never StandDown after the stop
