@@ -282,7 +282,9 @@ class Guard:
         plan = posture_plan(command.action, mode)
         first: FencingToken | None = None
         for position, step in enumerate(plan):
-            if position and not await self._settled(_LEADS_TO[plan[position - 1]], epoch):
+            # Where the last call leads, or further on: a robot that chains calls itself.
+            ahead = frozenset(_LEADS_TO[done] for done in plan[position - 1 :])
+            if position and not await self._settled(ahead, epoch):
                 return Outcome("stopped", first, f"preempted by stop before {step.value}")
             try:
                 token = await self._send(Command(step), index)
@@ -293,12 +295,13 @@ class Guard:
             return Outcome("done", first)
         return Outcome("done", first, f"from {_name(mode)}: {', '.join(a.value for a in plan)}")
 
-    async def _settled(self, mode: Mode, epoch: int) -> bool:
-        """Wait (polling at the stream rate) until the robot reports `mode`, reports none, or
-        `posture_settle_s` passed; False at once if a stop came meanwhile."""
+    async def _settled(self, modes: frozenset[Mode], epoch: int) -> bool:
+        """Wait (polling at the stream rate) until the robot reports one of `modes`, reports
+        none, or `posture_settle_s` passed; False at once if a stop came meanwhile."""
         deadline = self._now() + self._posture_settle_s
         while epoch == self._epoch:
-            if await self._mode_or_none() in (mode, None) or self._now() >= deadline:
+            mode = await self._mode_or_none()
+            if mode is None or mode in modes or self._now() >= deadline:
                 return True
             await self._sleep(self._period_s)
         return False

@@ -363,3 +363,26 @@ def test_a_stop_ends_a_plan_between_two_calls() -> None:
     assert stopped.status == "done"
     sent = [e.action for e in robot.journal()[before:]]
     assert sent == [Action.RISE_SIT, Action.STOP_MOVE]  # never StandDown after the stop
+
+
+class ChainsItsStand(SimGo2):
+    """A robot that balances by itself right after StandUp (firmware or adapter that chains)."""
+
+    async def execute(
+        self, command: Command, token: FencingToken, *, lease_expiry_s: float | None = None
+    ) -> None:
+        await super().execute(command, token, lease_expiry_s=lease_expiry_s)
+        if command.action is Action.STAND_UP:
+            await super().execute(Command(Action.BALANCE_STAND), token)
+
+
+def test_a_robot_already_further_along_the_plan_is_not_waited_for() -> None:
+    clock = Clock()
+    robot = ChainsItsStand(now=clock, latency_s=0.0)
+    guard = Guard(robot, Lease(clock), "n1", now=clock, sleep=clock.sleep)
+    run(robot.connect())
+    run(guard.take_over())
+    started = clock.t
+    assert run(guard.execute(Command(Action.STAND_UP))).status == "done"
+    assert clock.t == started  # BALANCE_STAND reported instead of JOINT_LOCK: no wait
+    assert run(robot.state()).mode is Mode.BALANCE_STAND
