@@ -401,6 +401,25 @@ def test_a_client_given_one_url_learns_the_members_and_fails_over_to_them(
     assert kept == MAX_URLS  # a long list cannot make the client hold more
 
 
+def test_a_client_given_one_url_asks_mdns_for_the_learned_cluster_when_every_url_refuses(
+    serve: Callable[..., Scripted],
+) -> None:
+    other = serve()
+    cluster = _unique_cluster()
+    named = Reply(200, DONE, {CLUSTER_HEADER: cluster, MEMBERS_HEADER: ""})
+    given, uvicorn_server, thread = _start([named])
+    with (
+        _advertised(cluster, int(other.url.rsplit(":", 1)[1])),
+        HAVoiceClient(url=given.url, interfaces=["127.0.0.1"]) as client,
+    ):
+        client.status()
+        uvicorn_server.should_exit = True
+        thread.join(10)
+        result = client.command("sit", key="key-m2")
+    assert (result.status, result.attempts) == ("done", 2)  # the given URL, then mDNS's
+    assert [(s.key, s.path) for s in other.seen] == [("key-m2", "/api/robot/command")]
+
+
 def test_the_endpoint_is_found_over_mdns(serve: Callable[..., Scripted], dead_url: str) -> None:
     """Loopback multicast works in this sandbox (checked); both resolvers use 127.0.0.1 only."""
     server = serve()
