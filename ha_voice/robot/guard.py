@@ -282,9 +282,7 @@ class Guard:
         plan = posture_plan(command.action, mode)
         first: FencingToken | None = None
         for position, step in enumerate(plan):
-            # Where the last call leads, or further on: a robot that chains calls itself.
-            ahead = frozenset(_LEADS_TO[done] for done in plan[position - 1 :])
-            if position and not await self._settled(ahead, epoch):
+            if position and not await self._settled(_ahead(plan[position - 1 :]), epoch):
                 return Outcome("stopped", first, f"preempted by stop before {step.value}")
             try:
                 token = await self._send(Command(step), index)
@@ -343,6 +341,12 @@ class Guard:
         if not self._lease.lease_valid(self._now()):
             return "not the primary (no valid lease)"
         return "taking over: the robot is not in its safe state yet"
+
+
+def _ahead(calls: tuple[Action, ...]) -> frozenset[Mode]:
+    """The modes that show the first of `calls` took effect: where it leads, or further on (a
+    robot may chain calls itself)."""
+    return frozenset(_LEADS_TO[call] for call in calls)
 
 
 def _name(mode: Mode | None) -> str:
