@@ -293,6 +293,10 @@ AbsolutePath = Annotated[Path, Rule("an absolute path", _absolute)]
 OptionalPath = Annotated[Path | None, Rule("an absolute path", _optional_absolute)]
 
 
+# Keys only the Go2 backend reads (the seed's robot flags).
+_ROBOT_KEYS: Final = frozenset({"robot_ip", "network_interface"})
+
+
 class Config(BaseModel):
     """The daemon's whole configuration; each field is one TOML key, variable and flag."""
 
@@ -601,7 +605,10 @@ class Config(BaseModel):
         default="none",
         description="Robot backend: go2 (unitree_sdk2py on network_interface), sim (a simulated "
         "Go2 inside this process), sim://HOST:PORT (one `ha-voice sim-robot` that all nodes "
-        "share) or none; none by default so that a node without a robot still elects.",
+        "share) or none; none by default so that a node without a robot still elects, but go2 "
+        "when robot_ip or network_interface is set (the seed's flags: its command line drives "
+        "the Go2); robot = none with either of them set to another than its default is refused, "
+        "as every command would fail.",
     )
     on_takeover: Literal["stop", "none"] = Field(
         default="stop",
@@ -686,9 +693,23 @@ class Config(BaseModel):
             raise ValueError("true/false is not allowed here")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _robot_keys_mean_go2(cls, data: object) -> object:
+        """The seed's --robot-ip and --network-interface drive the Go2: without a `robot`
+        key, either of them means robot = "go2" (the seed's command line works as it did)."""
+        if isinstance(data, dict) and "robot" not in data and _ROBOT_KEYS & data.keys():
+            return {**data, "robot": "go2"}
+        return data
+
     @model_validator(mode="after")
     def _check_relations(self) -> Config:
-        problems = self._membership_problems() + self._timer_problems() + self._tls_problems()
+        problems = (
+            self._membership_problems()
+            + self._timer_problems()
+            + self._tls_problems()
+            + self._robot_problems()
+        )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -741,6 +762,22 @@ class Config(BaseModel):
                 "(a third voter that never leads), which keeps a majority without split brain"
             )
         return found
+
+    def _robot_problems(self) -> list[str]:
+        # A key set to its default is no request for a robot: a rendered sample config has all.
+        given = sorted(
+            key
+            for key in _ROBOT_KEYS & self.model_fields_set
+            if getattr(self, key) != Config.model_fields[key].default
+        )
+        if self.robot != "none" or not given:
+            return []
+        keys = " and ".join(given)
+        return [
+            f"{keys} set but robot = 'none', which drives no robot: every command would fail; "
+            f'allowed: {keys} with a robot backend; fix: set robot = "go2" (or leave robot '
+            f"unset, and {keys} select go2), or unset {keys}"
+        ]
 
     def _tls_problems(self) -> list[str]:
         given = [key for key in _TLS_FIELDS if getattr(self, key) is not None]

@@ -203,6 +203,12 @@ async def _start(config: Config) -> _Daemon:
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
         actions.guard = Guard(robot, node, config.node_id)
+    elif config.node_id not in membership.witnesses:
+        log.warning(
+            'robot = "none": this node drives no robot, and every command it runs as primary '
+            'fails; fix: robot = "go2" (or the seed\'s --robot-ip/--network-interface) on a '
+            "node that reaches the Go2"
+        )
     if config.node_id not in membership.witnesses:
         actions.commands = CommandService(
             node, actions.guard, reexecute_window_s=config.reexecute_window_s

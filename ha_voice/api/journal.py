@@ -43,7 +43,10 @@ def _settings_schema(schema: dict[str, Any]) -> None:
         "enum": [*LANGUAGES, None],
         "description": f"one of {', '.join(LANGUAGES)}; null: each node's configured language",
     }
-    properties["listening"] = {"type": "boolean", "description": "whether voice commands are taken"}
+    properties["listening"] = {
+        "type": "boolean",
+        "description": "whether the microphone loop listens; posted text and audio run either way",
+    }
     schema["minProperties"] = 1
 
 
@@ -176,7 +179,7 @@ async def voice_status(ctx: Ctx) -> dict[str, Any]:
     responses={**_WRITTEN, **error_responses(429, 503), **AUTH_RESPONSES},
 )
 async def start_listening(ctx: Ctx, request: Request) -> Response:
-    """Take voice commands again (replicated: every node's status says so)."""
+    """Listen to the microphone again (replicated: every node's status says so)."""
     return await _change(ctx, request, {"listening": True})
 
 
@@ -186,7 +189,8 @@ async def start_listening(ctx: Ctx, request: Request) -> Response:
     responses={**_WRITTEN, **error_responses(429, 503), **AUTH_RESPONSES},
 )
 async def stop_listening(ctx: Ctx, request: Request) -> Response:
-    """Stop taking voice commands (robot commands still work)."""
+    """Stop the microphone loop only, as the seed does: posted text, audio and robot commands
+    still run."""
     return await _change(ctx, request, {"listening": False})
 
 
