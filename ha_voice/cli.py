@@ -1,34 +1,37 @@
-"""The `ha-voice` command: one subcommand per job, each a thin call into the package."""
+"""The `ha-voice` command: one subcommand per job, each a thin call into the package.
+
+Start-up is part of the interface: a command that starts no server (`--version`, `status`,
+`send`, `journal`, `step-down`) must answer in well under half a second on a Jetson, so this
+module imports only the standard library and light parts of the package at the top; each
+handler imports what its job needs (the daemon's FastAPI and uvicorn only for `run`, `witness`
+and `demo`). tests/unit/test_cli_imports.py keeps it so; tests/bench/bench_cli_startup.py
+measures it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import ssl
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ha_voice import __version__, daemon, status
-from ha_voice import demo as process_demo
-from ha_voice.api import server
-from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient, ssl_context
+from ha_voice import __version__
 from ha_voice.config import Config, default_node_id, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
-from ha_voice.errors import ConfigError
-from ha_voice.journal import MAX_TAIL
-from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME, KeygenRequest, keygen
-from ha_voice.robot import sim_server
-from ha_voice.simulation import schedules
-from ha_voice.simulation.demo import run_demo as run_sim_demo
-from ha_voice.simulation.engine import ClusterSpec
-from ha_voice.simulation.scenarios import SCENARIOS, run_scenario
+from ha_voice.errors import ConfigError, UnreachableError
+from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME
 from ha_voice.tokens import TOKEN_ENV, pick_token, read_token_file
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ha_voice.client import HAVoiceClient
 
 __all__ = ["main"]
 
@@ -36,6 +39,8 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["sim-robot"]:  # its own parser: argparse cannot pass options through
+        from ha_voice.robot import sim_server
+
         return sim_server.main(args_list[1:])
     parser = _parser()
     args = parser.parse_args(args_list)
@@ -47,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ha-voice: {exc}", file=sys.stderr)
         return 2
-    except status.UnreachableError as exc:
+    except UnreachableError as exc:
         print(f"ha-voice: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -171,6 +176,9 @@ def _witness(args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config) -> int:
+    from ha_voice import daemon
+    from ha_voice.api import server
+
     # Refuse at once, before the node votes or binds anything, over an exposed or bad secret.
     server.check_secrets(config)
     try:
@@ -232,11 +240,15 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    from ha_voice.client import ssl_context
+
     ca_file = args.ca_file or load_config().tls_ca_file
     return ssl_context(ca_file)
 
 
 def _client(args: argparse.Namespace) -> HAVoiceClient:
+    from ha_voice.client import HAVoiceClient
+
     cluster = args.cluster or load_config().cluster
     try:
         return HAVoiceClient(
@@ -256,6 +268,9 @@ _SEND_EXIT = {"done": 0, "stopped": 0, "success": 0, "unknown": 3}
 def _send(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.action is None):
         raise ConfigError('send: give what was said ("sta op") or --action NAME, not both')
+    from ha_voice import status
+    from ha_voice.client import ClientError, DeadlineExceeded
+
     key = args.key or str(uuid.uuid4())
     with _client(args) as client:
         try:
@@ -279,6 +294,8 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _journal(args: argparse.Namespace) -> int:
+    from ha_voice import status
+
     with _client(args) as client:
         since = args.since
         first = True
@@ -298,6 +315,8 @@ def _journal(args: argparse.Namespace) -> int:
 def _entries_after(client: HAVoiceClient, since: int) -> list[dict[str, Any]]:
     """Every journal entry after `since`, a page (MAX_TAIL, the most one answer holds) at a
     time."""
+    from ha_voice.journal import MAX_TAIL
+
     entries: list[dict[str, Any]] = []
     while True:
         page = client.journal(since, MAX_TAIL)
@@ -316,6 +335,8 @@ def _base_url(args: argparse.Namespace) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ha_voice import status
+
     base = _base_url(args)
     verify = _verify(args)
     while True:
@@ -330,6 +351,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _step_down(args: argparse.Namespace) -> int:
+    from ha_voice import status
+
     ok, message = status.step_down(_base_url(args), args.target, _token(args), _verify(args))
     print(message)
     return 0 if ok else 1
@@ -365,6 +388,8 @@ def _keygen_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from ha_voice.keygen import KeygenRequest, keygen
+
     needs_config = (not args.no_key and args.key_file is None) or (
         not args.no_token and args.token_file is None
     )
@@ -386,7 +411,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.simulated:
+        from ha_voice.simulation.demo import run_demo as run_sim_demo
+
         return run_sim_demo(seed=args.seed, as_json=args.json)
+    from ha_voice import demo as process_demo
+
     return process_demo.run_demo(as_json=args.json)
 
 
@@ -422,6 +451,10 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from ha_voice.simulation import schedules
+    from ha_voice.simulation.engine import ClusterSpec
+    from ha_voice.simulation.scenarios import SCENARIOS, run_scenario
+
     if args.list:
         print("scenarios:", ", ".join(sorted(SCENARIOS)))
         print("specs:", ", ".join(spec.name for spec in schedules.CONFIGURATIONS), "(+wifi)")

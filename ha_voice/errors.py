@@ -7,7 +7,7 @@ The receive paths catch `RemoteError` only; anything else is a bug and must surf
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "HAVoiceError", "LocalError", "RemoteError"]
+__all__ = ["ConfigError", "HAVoiceError", "LocalError", "RemoteError", "UnreachableError"]
 
 
 class HAVoiceError(Exception):
@@ -29,3 +29,7 @@ class RemoteError(HAVoiceError):
 
 class ConfigError(HAVoiceError):
     """The configuration is invalid; the message names the key and the fix."""
+
+
+class UnreachableError(HAVoiceError):
+    """No node answered at the given address."""
