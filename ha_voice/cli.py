@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from ha_voice import __version__
 from ha_voice.config import Config, default_node_id, load_config
-from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
+from ha_voice.config_render import (
+    add_arguments,
+    flags_from_namespace,
+    render_markdown,
+    render_toml,
+    witness_keys,
+)
 from ha_voice.errors import ConfigError, UnreachableError
 from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME
 from ha_voice.tokens import TOKEN_ENV, pick_token, read_token_file
@@ -60,6 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+_CONFIG_USAGE = "%(prog)s [-h] [--config FILE] [--KEY VALUE ...]"
+_CONFIG_EPILOG = (
+    "Each option sets the configuration key of its name and overrides HA_VOICE_<KEY> and the "
+    "file. docs/configuration.md (or `ha-voice config docs`) gives each key's unit, bounds "
+    "and the reason for its default."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ha-voice",
@@ -68,7 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ha-voice {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run this node (the daemon)")
+    run = commands.add_parser(
+        "run",
+        help="run this node (the daemon)",
+        usage=_CONFIG_USAGE,
+        epilog=_CONFIG_EPILOG,
+    )
     run.add_argument(
         "--config",
         type=Path,
@@ -78,9 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(run)
     run.set_defaults(handler=_run)
 
-    witness = commands.add_parser("witness", help="run a vote-only member that never leads")
+    witness = commands.add_parser(
+        "witness",
+        help="run a vote-only member that never leads",
+        usage=_CONFIG_USAGE,
+        description="A witness votes and serves /health and /metrics; it never leads, so it "
+        "takes no robot, speech or floating-IP options.",
+        epilog=_CONFIG_EPILOG,
+    )
     witness.add_argument("--config", type=Path, metavar="FILE", help="TOML file")
-    add_arguments(witness)
+    add_arguments(witness, witness_keys())
     witness.set_defaults(handler=_witness)
 
     status = commands.add_parser("status", help="the cluster as a table, from any node")
