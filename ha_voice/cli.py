@@ -32,6 +32,16 @@ from ha_voice.config_render import (
 )
 from ha_voice.errors import ConfigError, UnreachableError
 from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME
+from ha_voice.send_outcomes import (
+    DONE,
+    NO_PRIMARY,
+    UNAUTHORIZED,
+    USAGE,
+    Outcome,
+    help_table,
+    of_answer,
+    of_refusal,
+)
 from ha_voice.tokens import TOKEN_ENV, pick_token, read_token_file
 
 if TYPE_CHECKING:
@@ -161,9 +171,10 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     send = commands.add_parser(
         "send",
         help="send a command to the cluster's primary (found by mDNS) and print its outcome",
-        description="Exit status: 0 done or stopped, 1 failed or not understood, 3 outcome "
-        "unknown (a failover hit it; not repeated), 4 no answer before the deadline (retry with "
-        "the printed --key: it runs at most once).",
+        description="Send what was said (or --action) to the primary; print the outcome on "
+        "stdout and, when it is not done, the likely cause on stderr.",
+        epilog=help_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     send.add_argument("text", nargs="?", help='what was said, e.g. "sta op"')
     send.add_argument("--action", help="a robot action instead of text, e.g. sit, hello")
@@ -288,14 +299,11 @@ def _client(args: argparse.Namespace) -> HAVoiceClient:
         raise ConfigError(str(exc)) from None
 
 
-_SEND_EXIT = {"done": 0, "stopped": 0, "success": 0, "unknown": 3}
-
-
 def _send(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.action is None):
         raise ConfigError('send: give what was said ("sta op") or --action NAME, not both')
     from ha_voice import status
-    from ha_voice.client import ClientError, DeadlineExceeded
+    from ha_voice.client import ClientError, DeadlineExceeded, NoPrimaryError, RequestError
 
     key = args.key or str(uuid.uuid4())
     with _client(args) as client:
@@ -304,19 +312,56 @@ def _send(args: argparse.Namespace) -> int:
                 result = client.command(args.action, key=key)
             else:
                 result = client.say(args.text, key=key)
-        except DeadlineExceeded as exc:
-            print(f"ha-voice: {exc}; retry with --key {key}", file=sys.stderr)
-            return 4
-        except ClientError as exc:
-            print(f"ha-voice: {exc}", file=sys.stderr)
-            return 1
+        except (DeadlineExceeded, NoPrimaryError):
+            outcome, why = _why_no_primary(args)
+            return _fail(outcome, f"{why}; retry with --key {key} (it runs at most once)")
+        except RequestError as exc:
+            outcome = of_refusal(exc.status)
+            hint = (
+                f"; give a token: --token-file FILE or ${TOKEN_ENV}"
+                if outcome is UNAUTHORIZED
+                else ""
+            )
+            return _fail(outcome, f"HTTP {exc.status}: {exc.error}{hint}")
+        except ClientError as exc:  # this client's own rule (TLS required): nothing was sent
+            return _fail(USAGE, str(exc))
     body = result.body
     if args.json:
         print(json.dumps(body, indent=2))
     else:
         print(status.render_outcome(body, result.attempts))
-    outcome = body.get("outcome") or body.get("status")
-    return _SEND_EXIT.get(str(outcome), 1)
+    outcome = of_answer(body)
+    if outcome is not DONE:
+        print(
+            f"ha-voice: {outcome.name} (exit {outcome.exit_code}): {outcome.meaning}",
+            file=sys.stderr,
+        )
+    return outcome.exit_code
+
+
+def _fail(outcome: Outcome, why: str) -> int:
+    print(f"ha-voice: {outcome.name} (exit {outcome.exit_code}): {why}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _why_no_primary(args: argparse.Namespace) -> tuple[Outcome, str]:
+    """What the nodes say about their leader: from --url's nodes, else those mDNS finds."""
+    from ha_voice.diagnose import diagnose, find_nodes
+
+    verify = _verify(args)
+    if args.url:
+        urls = [url.strip().rstrip("/") for url in str(args.url).split(",")]
+        return diagnose(urls, verify)
+    config = load_config()
+    cluster = args.cluster or config.cluster
+    tls = args.ca_file is not None or config.tls_ca_file is not None
+    urls = find_nodes(cluster, "https" if tls else "http")
+    if not urls:
+        return NO_PRIMARY, (
+            f"no node of cluster {cluster!r} answers mDNS: is it running, is the name right "
+            "(--cluster), does multicast pass between this host and the nodes (else --url)?"
+        )
+    return diagnose(urls, verify)
 
 
 def _journal(args: argparse.Namespace) -> int:

@@ -1,15 +1,20 @@
 """`ha-voice run --help` groups its options and gives each one line; `witness --help` offers
-only what a witness uses. The rationale of each key stays in docs/configuration.md."""
+only what a witness uses (the rationale of each key stays in docs/configuration.md); `send
+--help` and docs/operations.md list the same table of outcomes and exit statuses."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from ha_voice.cli import main
 from ha_voice.config import FIELDS, flag_name
 from ha_voice.config_render import group_of, short_help, witness_keys
+from ha_voice.send_outcomes import OUTCOMES, help_table
+
+ROOT = Path(__file__).resolve().parents[2]
 
 GROUPS = (
     "node and cluster",
@@ -83,3 +88,14 @@ def test_a_witness_refuses_a_robot_flag(capsys: pytest.CaptureFixture[str]) -> N
         main(["witness", "--robot", "sim"])
     assert exited.value.code == 2
     assert "unrecognized arguments: --robot" in capsys.readouterr().err
+
+
+def test_the_send_outcomes_in_the_docs_are_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    docs = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    block = docs.split("<!-- send-outcomes:start -->\n")[1].split("<!-- send-outcomes:end -->")[0]
+    rows = [line.split(" | ") for line in block.splitlines()[2:]]
+    documented = [(int(r[0].strip("| ")), r[1], r[2].rstrip(" |")) for r in rows]
+    assert documented == [(o.exit_code, o.name, o.meaning) for o in OUTCOMES]
+    exit_codes = [o.exit_code for o in OUTCOMES]
+    assert len(set(exit_codes)) == len(exit_codes)
+    assert help_table() in _help(capsys, "send")
