@@ -1,10 +1,10 @@
 """The `ha-voice` command: one subcommand per job, each a thin call into the package.
 
 Start-up is part of the interface: a command that starts no server (`--version`, `status`,
-`send`, `journal`, `step-down`) must answer in well under half a second on a Jetson, so this
-module imports only the standard library and light parts of the package at the top; each
-handler imports what its job needs (the daemon's FastAPI and uvicorn only for `run`, `witness`
-and `demo`). tests/unit/test_cli_imports.py keeps it so; tests/bench/bench_cli_startup.py
+`send`, `journal`, `step-down`) must answer within half a second, so this module imports at the
+top only the standard library, the configuration model and the outcome table; each handler
+imports what its job needs (the daemon's FastAPI and uvicorn only for `run`, `witness` and
+`demo`). tests/integration/test_cli_imports.py keeps it so; tests/bench/bench_cli_startup.py
 measures it.
 """
 
