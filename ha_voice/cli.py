@@ -1,35 +1,56 @@
-"""The `ha-voice` command: one subcommand per job, each a thin call into the package."""
+"""The `ha-voice` command: one subcommand per job, each a thin call into the package.
+
+Start-up is part of the interface: a command that starts no server (`--version`, `status`,
+`send`, `journal`, `step-down`) must answer within half a second, so this module imports at the
+top only the standard library, the configuration model and the outcome table; each handler
+imports what its job needs (the daemon's FastAPI and uvicorn only for `run`, `witness` and
+`demo`). tests/integration/test_cli_imports.py keeps it so; tests/bench/bench_cli_startup.py
+measures it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import ssl
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ha_voice import __version__, daemon, status
-from ha_voice import demo as process_demo
-from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient, ssl_context
+from ha_voice import __version__
 from ha_voice.config import Config, Role, load_config
-from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
-from ha_voice.errors import ConfigError
+from ha_voice.config_render import (
+    add_arguments,
+    flags_from_namespace,
+    render_markdown,
+    render_toml,
+    witness_keys,
+)
+from ha_voice.errors import ConfigError, UnreachableError
 from ha_voice.interfaces import network_wait_reason
 from ha_voice.journal import MAX_TAIL
-from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME, KeygenRequest, keygen
+from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME
 from ha_voice.preflight import startable_problems
-from ha_voice.robot import sim_server
-from ha_voice.simulation import schedules
-from ha_voice.simulation.demo import run_demo as run_sim_demo
-from ha_voice.simulation.engine import ClusterSpec
-from ha_voice.simulation.scenarios import SCENARIOS, run_scenario
+from ha_voice.send_outcomes import (
+    DONE,
+    NO_PRIMARY,
+    UNAUTHORIZED,
+    USAGE,
+    Outcome,
+    help_table,
+    of_answer,
+    of_refusal,
+)
 from ha_voice.tokens import TOKEN_ENV, pick_token, read_token_file
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ha_voice.client import HAVoiceClient
 
 __all__ = ["main"]
 
@@ -37,6 +58,8 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["sim-robot"]:  # its own parser: argparse cannot pass options through
+        from ha_voice.robot import sim_server
+
         return sim_server.main(args_list[1:])
     parser = _parser()
     args = parser.parse_args(args_list)
@@ -48,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ha-voice: {exc}", file=sys.stderr)
         return 2
-    except status.UnreachableError as exc:
+    except UnreachableError as exc:
         print(f"ha-voice: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -56,15 +79,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+_CONFIG_USAGE = "%(prog)s [-h] [--config FILE] [--KEY VALUE ...]"
+_CONFIG_EPILOG = (
+    "Each option sets the configuration key of its name and overrides HA_VOICE_<KEY> and the "
+    "file. docs/configuration.md (or `ha-voice config docs`) gives each key's unit, bounds "
+    "and the reason for its default."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser, and the parser of every subcommand, that takes whole flags only:
+    argparse's default would read `witness --priority 9` as `--priority-skew-s 9`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ha-voice",
         description="High-availability voice commands for a Unitree Go2 on several Jetsons.",
     )
     parser.add_argument("--version", action="version", version=f"ha-voice {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run this node (the daemon)")
+    run = commands.add_parser(
+        "run",
+        help="run this node (the daemon)",
+        usage=_CONFIG_USAGE,
+        epilog=_CONFIG_EPILOG,
+    )
     run.add_argument(
         "--config",
         type=Path,
@@ -74,9 +119,16 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(run)
     run.set_defaults(handler=_run)
 
-    witness = commands.add_parser("witness", help="run a vote-only member that never leads")
+    witness = commands.add_parser(
+        "witness",
+        help="run a vote-only member that never leads",
+        usage=_CONFIG_USAGE,
+        description="A witness votes and serves /health and /metrics; it never leads, so it "
+        "takes no robot, speech or floating-IP options.",
+        epilog=_CONFIG_EPILOG,
+    )
     witness.add_argument("--config", type=Path, metavar="FILE", help="TOML file")
-    add_arguments(witness)
+    add_arguments(witness, witness_keys())
     witness.set_defaults(handler=_witness)
 
     status = commands.add_parser("status", help="the cluster as a table, from any node")
@@ -141,9 +193,10 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     send = commands.add_parser(
         "send",
         help="send a command to the cluster's primary (found by mDNS) and print its outcome",
-        description="Exit status: 0 done or stopped, 1 failed or not understood, 3 outcome "
-        "unknown (a failover hit it; not repeated), 4 no answer before the deadline (retry with "
-        "the printed --key: it runs at most once).",
+        description="Send what was said (or --action) to the primary; print the outcome on "
+        "stdout and, when it is not done, the likely cause on stderr.",
+        epilog=help_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     send.add_argument("text", nargs="?", help='what was said, e.g. "sta op"')
     send.add_argument("--action", help="a robot action instead of text, e.g. sit, hello")
@@ -180,6 +233,8 @@ def _startable(args: argparse.Namespace, path: Path | None, role: Role) -> Confi
 
 
 def _serve(config: Config) -> int:
+    from ha_voice import daemon
+
     try:
         return daemon.run(config)
     except OSError as exc:
@@ -239,11 +294,15 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    from ha_voice.client import ssl_context
+
     ca_file = args.ca_file or load_config().tls_ca_file
     return ssl_context(ca_file)
 
 
 def _client(args: argparse.Namespace) -> HAVoiceClient:
+    from ha_voice.client import HAVoiceClient
+
     cluster = args.cluster or load_config().cluster
     try:
         return HAVoiceClient(
@@ -257,12 +316,12 @@ def _client(args: argparse.Namespace) -> HAVoiceClient:
         raise ConfigError(str(exc)) from None
 
 
-_SEND_EXIT = {"done": 0, "stopped": 0, "success": 0, "unknown": 3}
-
-
 def _send(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.action is None):
         raise ConfigError('send: give what was said ("sta op") or --action NAME, not both')
+    from ha_voice import status
+    from ha_voice.client import ClientError, DeadlineExceeded, NoPrimaryError, RequestError
+
     key = args.key or str(uuid.uuid4())
     with _client(args) as client:
         try:
@@ -270,22 +329,61 @@ def _send(args: argparse.Namespace) -> int:
                 result = client.command(args.action, key=key)
             else:
                 result = client.say(args.text, key=key)
-        except DeadlineExceeded as exc:
-            print(f"ha-voice: {exc}; retry with --key {key}", file=sys.stderr)
-            return 4
-        except ClientError as exc:
-            print(f"ha-voice: {exc}", file=sys.stderr)
-            return 1
+        except (DeadlineExceeded, NoPrimaryError):
+            outcome, why = _why_no_primary(args)
+            return _fail(outcome, f"{why}; retry with --key {key} (it runs at most once)")
+        except RequestError as exc:
+            outcome = of_refusal(exc.status)
+            hint = (
+                f"; give a token: --token-file FILE or ${TOKEN_ENV}"
+                if outcome is UNAUTHORIZED
+                else ""
+            )
+            return _fail(outcome, f"HTTP {exc.status}: {exc.error}{hint}")
+        except ClientError as exc:  # this client's own rule (TLS required): nothing was sent
+            return _fail(USAGE, str(exc))
     body = result.body
     if args.json:
         print(json.dumps(body, indent=2))
     else:
         print(status.render_outcome(body, result.attempts))
-    outcome = body.get("outcome") or body.get("status")
-    return _SEND_EXIT.get(str(outcome), 1)
+    outcome = of_answer(body)
+    if outcome is not DONE:
+        print(
+            f"ha-voice: {outcome.name} (exit {outcome.exit_code}): {outcome.meaning}",
+            file=sys.stderr,
+        )
+    return outcome.exit_code
+
+
+def _fail(outcome: Outcome, why: str) -> int:
+    print(f"ha-voice: {outcome.name} (exit {outcome.exit_code}): {why}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _why_no_primary(args: argparse.Namespace) -> tuple[Outcome, str]:
+    """What the nodes say about their leader: from --url's nodes, else those mDNS finds."""
+    from ha_voice.diagnose import diagnose, find_nodes
+
+    verify = _verify(args)
+    if args.url:
+        urls = [url.strip().rstrip("/") for url in str(args.url).split(",")]
+        return diagnose(urls, verify)
+    config = load_config()
+    cluster = args.cluster or config.cluster
+    tls = args.ca_file is not None or config.tls_ca_file is not None
+    urls = find_nodes(cluster, "https" if tls else "http")
+    if not urls:
+        return NO_PRIMARY, (
+            f"no node of cluster {cluster!r} answers mDNS: is it running, is the name right "
+            "(--cluster), does multicast pass between this host and the nodes (else --url)?"
+        )
+    return diagnose(urls, verify)
 
 
 def _journal(args: argparse.Namespace) -> int:
+    from ha_voice import status
+
     with _client(args) as client:
         since = args.since
         first = True
@@ -305,6 +403,7 @@ def _journal(args: argparse.Namespace) -> int:
 def _entries_after(client: HAVoiceClient, since: int) -> list[dict[str, Any]]:
     """Every journal entry after `since`, a page (MAX_TAIL, the most one answer holds) at a
     time."""
+
     entries: list[dict[str, Any]] = []
     while True:
         page = client.journal(since, MAX_TAIL)
@@ -323,6 +422,8 @@ def _base_url(args: argparse.Namespace) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ha_voice import status
+
     base = _base_url(args)
     verify = _verify(args)
     while True:
@@ -337,6 +438,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _step_down(args: argparse.Namespace) -> int:
+    from ha_voice import status
+
     ok, message = status.step_down(_base_url(args), args.target, _token(args), _verify(args))
     print(message)
     return 0 if ok else 1
@@ -372,6 +475,8 @@ def _keygen_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from ha_voice.keygen import KeygenRequest, keygen
+
     needs_config = (not args.no_key and args.key_file is None) or (
         not args.no_token and args.token_file is None
     )
@@ -393,7 +498,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.simulated:
+        from ha_voice.simulation.demo import run_demo as run_sim_demo
+
         return run_sim_demo(seed=args.seed, as_json=args.json)
+    from ha_voice import demo as process_demo
+
     return process_demo.run_demo(as_json=args.json)
 
 
@@ -434,6 +543,10 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from ha_voice.simulation import schedules
+    from ha_voice.simulation.engine import ClusterSpec
+    from ha_voice.simulation.scenarios import SCENARIOS, run_scenario
+
     if args.list:
         print("scenarios:", ", ".join(sorted(SCENARIOS)))
         print("specs:", ", ".join(spec.name for spec in schedules.CONFIGURATIONS), "(+wifi)")

@@ -79,9 +79,9 @@ from tenacity import (
 from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 
 from ha_voice import clock
-from ha_voice.api.members import CLUSTER_HEADER, MEMBERS_HEADER
 from ha_voice.cluster.discovery import ENDPOINT_SERVICE_TYPE, async_resolve_endpoint, endpoint_name
 from ha_voice.errors import HAVoiceError
+from ha_voice.http_headers import CLUSTER_HEADER, MEMBERS_HEADER
 from ha_voice.tokens import TOKEN_ENV
 
 __all__ = [

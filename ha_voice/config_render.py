@@ -6,6 +6,7 @@ Everything here is derived from `ha_voice.config.Config`; nothing is declared tw
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Final, Literal, get_args, get_origin
@@ -30,24 +31,120 @@ from ha_voice.config import (
 )
 from ha_voice.markdown import table
 
-__all__ = ["add_arguments", "flags_from_namespace", "main", "render_markdown", "render_toml"]
+__all__ = [
+    "add_arguments",
+    "flags_from_namespace",
+    "group_of",
+    "main",
+    "render_markdown",
+    "render_toml",
+    "short_help",
+    "witness_keys",
+]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--kebab-case` flag per field, all defaulting to None so unset flags never override."""
-    group = parser.add_argument_group("configuration (overrides the file and HA_VOICE_*)")
-    for key, info in Config.model_fields.items():
-        # argparse expands "%" in help text; descriptions may mention percentages.
-        help_text = f"{info.description} Default: {default_text(key)}.".replace("%", "%%")
-        if info.annotation is bool:
-            action = argparse.BooleanOptionalAction
-            group.add_argument(flag_name(key), dest=key, action=action, help=help_text)
-        elif get_origin(info.annotation) is list:
-            group.add_argument(
-                flag_name(key), dest=key, action="append", metavar="ITEM[,ITEM]", help=help_text
-            )
-        else:
-            group.add_argument(flag_name(key), dest=key, metavar=_metavar(key), help=help_text)
+# The groups of `run --help`, in this order; a key belongs to the first group that names it,
+# else to the first whose prefix it has, else to "other". The rationale of each key stays in
+# docs/configuration.md: a flag's help is one line.
+_GROUPS: Final[tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]] = (
+    (
+        "node and cluster",
+        frozenset(
+            {"node_id", "cluster", "priority", "peers", "witness", "two_node", "preempt"}
+            | {"preempt_delay_s", "state_dir", "stall_timeout_s", "log_level"}
+            | {"shutdown_timeout_s"}
+        ),
+        (),
+    ),
+    ("cluster network", frozenset({"listen_address", "cluster_port", "mdns"}), ()),
+    (
+        "timers (seconds; unset: the timer_profile's)",
+        frozenset({"timer_profile", "clock_drift_ppm"}),
+        ("heartbeat_", "election_", "lease_", "priority_skew"),
+    ),
+    (
+        "keys, tokens and TLS",
+        frozenset({"cluster_key_file", "cluster_key_accepted_file", "trusted_networks"}),
+        ("tls_", "api_token"),
+    ),
+    ("HTTP API", frozenset({"port", "max_pending_commands"}), ("api_",)),
+    ("robot", frozenset({"robot", "robot_ip", "network_interface", "on_takeover"}), ("robot_",)),
+    ("speech", frozenset({"whisper_model", "language"}), ("stt_", "whisper_")),
+    (
+        "endpoint: floating IP and notify hook",
+        frozenset({"vip", "vip_interface", "notify", "notify_timeout_s"}),
+        ("vip_",),
+    ),
+    ("journal", frozenset({"reexecute_window_s"}), ("journal_",)),
+)
+_OTHER: Final = "other"
+# What a witness never uses: it never leads (robot, speech, floating IP, priority, preemption,
+# the primary's queue) and is the witness itself.
+_NOT_FOR_WITNESS: Final = frozenset(
+    {"robot", "robot_ip", "network_interface", "on_takeover", "whisper_model", "language"}
+    | {"vip", "vip_interface", "priority", "preempt", "preempt_delay_s", "two_node"}
+    | {"max_pending_commands", "reexecute_window_s", "witness"}
+)
+# Where a description's first clause ends: a sentence or clause mark, or a comma before bounds
+# or a reason ("…, 1 to 65535", "…, because …").
+_CLAUSE_END = re.compile(
+    r"[.;:](?:\s|$)"
+    r"|,\s(?=\d|the same|higher|absolute|because|so |or |one at|at most|by default|held|from)"
+)
+
+
+def group_of(key: str) -> str:
+    """The title of the `--help` group that lists `key`'s flag ("other" for none)."""
+    for title, keys, _ in _GROUPS:
+        if key in keys:
+            return title
+    for title, _, prefixes in _GROUPS:
+        if prefixes and key.startswith(prefixes):
+            return title
+    return _OTHER
+
+
+def witness_keys() -> list[str]:
+    """The keys `ha-voice witness` takes as flags: those a vote-only member uses."""
+    return [key for key in FIELDS if key not in _NOT_FOR_WITNESS]
+
+
+def short_help(key: str) -> str:
+    """One line for `--help`: the description's first clause, without asides, and the default."""
+    text = Config.model_fields[key].description or key
+    while (plain := re.sub(r"\s*\([^()]*\)", "", text)) != text:
+        text = plain
+    first = _CLAUSE_END.split(text, maxsplit=1)[0].strip()
+    # argparse expands "%" in help text.
+    return f"{first}; default {default_text(key)}".replace("%", "%%")
+
+
+def add_arguments(parser: argparse.ArgumentParser, keys: Sequence[str] | None = None) -> None:
+    """One `--kebab-case` flag per key (every field by default), in groups, all defaulting to
+    None so unset flags never override the file or HA_VOICE_*."""
+    chosen = list(FIELDS) if keys is None else list(keys)
+    titles = [title for title, _, _ in _GROUPS] + [_OTHER]
+    groups = {
+        title: parser.add_argument_group(title)
+        for title in titles
+        if any(group_of(key) == title for key in chosen)
+    }
+    for key in chosen:
+        _add_flag(groups[group_of(key)], key)
+
+
+def _add_flag(group: argparse._ArgumentGroup, key: str) -> None:
+    info = Config.model_fields[key]
+    help_text = short_help(key)
+    if info.annotation is bool:
+        action = argparse.BooleanOptionalAction
+        group.add_argument(flag_name(key), dest=key, action=action, help=help_text)
+    elif get_origin(info.annotation) is list:
+        group.add_argument(
+            flag_name(key), dest=key, action="append", metavar="ITEM[,ITEM]", help=help_text
+        )
+    else:
+        group.add_argument(flag_name(key), dest=key, metavar=_metavar(key), help=help_text)
 
 
 def _metavar(key: str) -> str:

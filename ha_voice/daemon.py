@@ -45,6 +45,7 @@ from ha_voice.cluster.storage import SQLiteStore, open_store
 from ha_voice.cluster.vip import FloatingIP
 from ha_voice.commands import CommandService
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
+from ha_voice.errors import BindError
 from ha_voice.interfaces import network_wait_reason
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
@@ -214,7 +215,14 @@ async def _start(config: Config) -> _Daemon:
             node, actions.guard, reexecute_window_s=config.reexecute_window_s
         )
     await hook.start()
-    await node.start(config.listen_address, config.cluster_port)
+    try:
+        await node.start(config.listen_address, config.cluster_port)
+    except OSError as exc:
+        address, port = (
+            ("listen_address", config.listen_address),
+            ("cluster_port", config.cluster_port),
+        )
+        raise BindError("cluster UDP", address, port, exc) from None
     if config.mdns:
         actions.discovery = _discovery(config, node, membership)
         await actions.discovery.async_start(lambda record: _learn(node, record), _forget)

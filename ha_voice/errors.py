@@ -7,7 +7,16 @@ The receive paths catch `RemoteError` only; anything else is a bug and must surf
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "HAVoiceError", "LocalError", "RemoteError"]
+import errno
+
+__all__ = [
+    "BindError",
+    "ConfigError",
+    "HAVoiceError",
+    "LocalError",
+    "RemoteError",
+    "UnreachableError",
+]
 
 
 class HAVoiceError(Exception):
@@ -29,3 +38,40 @@ class RemoteError(HAVoiceError):
 
 class ConfigError(HAVoiceError):
     """The configuration is invalid; the message names the key and the fix."""
+
+
+class UnreachableError(HAVoiceError):
+    """No node answered at the given address."""
+
+
+class BindError(ConfigError):
+    """A socket this node binds at start could not be bound; the message names the socket, the
+    keys that choose its address and port, the cause and a fix."""
+
+    def __init__(
+        self, socket_name: str, host: tuple[str, str], port: tuple[str, int], cause: OSError
+    ) -> None:
+        (host_key, host_value), (port_key, port_value) = host, port
+        where = f"{socket_name} port {port_value} (`{port_key}`) on {host_value} (`{host_key}`)"
+        if cause.errno == errno.EADDRINUSE:
+            text = (
+                f"{socket_name} port {port_value} (`{port_key}`) is in use by another process "
+                f"on {host_value}; fix: stop that process (`ss -lnptu 'sport = :{port_value}'` "
+                f"names it) or set `{port_key}` to a free port"
+            )
+        elif cause.errno == errno.EADDRNOTAVAIL:
+            text = (
+                f"cannot bind the {socket_name} socket to {host_value} (`{host_key}`): no "
+                f"interface of this host has that address; fix: set `{host_key}` to one of this "
+                "host's addresses, or 0.0.0.0"
+            )
+        elif cause.errno == errno.EACCES:
+            text = (
+                f"{where}: permission denied (ports below 1024 need root or "
+                f"CAP_NET_BIND_SERVICE); fix: set `{port_key}` to 1024 or above"
+            )
+        else:
+            text = f"cannot bind {where}: {cause.strerror or cause}"
+        super().__init__(text)
+        self.socket_name = socket_name
+        self.cause = cause

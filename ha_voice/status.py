@@ -15,15 +15,11 @@ from typing import Any
 import httpx
 
 from ha_voice.client import tls_floor
-from ha_voice.errors import HAVoiceError
+from ha_voice.errors import UnreachableError
 
 __all__ = ["UnreachableError", "fetch_cluster", "render_table", "step_down"]
 
 _TIMEOUT_S = 2.0
-
-
-class UnreachableError(HAVoiceError):
-    """No node answered at the given address."""
 
 
 Verify = ssl.SSLContext | bool

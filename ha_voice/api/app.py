@@ -1,19 +1,29 @@
-"""The FastAPI application of one daemon; OpenAPI at /docs."""
+"""The FastAPI application of one daemon; OpenAPI at /docs (Swagger UI) and /redoc.
+
+Both pages load their scripts, styles and icon from this node (fastapi-offline ships them):
+a robot's network has no internet, and a page that fetched them from a CDN stayed blank there.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from ha_voice.api import cluster, health, journal, problems, robot
 from ha_voice.api.context import ApiContext
 from ha_voice.api.limits import TokenBuckets
 from ha_voice.api.members import MemberHeaders
 
-__all__ = ["create_app"]
+__all__ = ["DOCS_ASSETS", "create_app"]
+
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's files, served by this node
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        # Swagger UI would show a badge from validator.swagger.io, on the internet.
+        swagger_ui_parameters={"validatorUrl": None},
         title="ha-voice",
         version=ctx.version,
         description="High-availability voice commands for a Unitree Go2. Read-only endpoints "

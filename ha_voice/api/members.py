@@ -10,12 +10,15 @@ Invariants:
   or mDNS record carry (else this node's own port: the cluster's nodes share one port unless
   told otherwise), in this node's scheme (all members serve TLS or none do).
 - Read from the immutable `NodeView`: building the headers never waits.
-- Imports nothing at run time: the client (which must start fast) takes the header names here.
+- The header names live in `ha_voice/http_headers.py`, which the client shares without
+  loading this package.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
+
+from ha_voice.http_headers import CLUSTER_HEADER, MEMBERS_HEADER
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,8 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CLUSTER_HEADER", "MEMBERS_HEADER", "MemberHeaders", "member_api_urls"]
 
-CLUSTER_HEADER: Final = "X-HA-Voice-Cluster"
-MEMBERS_HEADER: Final = "X-HA-Voice-Members"
 
 
 def member_api_urls(ctx: ApiContext) -> dict[str, str]:

@@ -48,6 +48,7 @@ from ha_voice.api.problems import Refusals
 from ha_voice.api.tls import client_context, server_options
 from ha_voice.api.view import member_hosts
 from ha_voice.config import Config
+from ha_voice.errors import BindError
 
 __all__ = ["EmbeddedServer", "build_server", "check_secrets", "connection_limits", "listen"]
 
@@ -121,7 +122,8 @@ class EmbeddedServer(uvicorn.Server):
 
 def build_server(config: Config, app: FastAPI) -> tuple[EmbeddedServer, socket.socket]:
     """The server for `app` and its bound, listening socket; `server.serve(sockets=[sock])`.
-    ConfigError if the tokens, the keys or the TLS pair are missing, exposed or malformed.
+    ConfigError if the tokens, the keys or the TLS pair are missing, exposed or malformed;
+    BindError (a ConfigError) if the API socket cannot be bound.
     `app` has its error handling installed (problems.install); its `state.ctx`, if any, says
     who the members are."""
     install(app, config)
@@ -152,7 +154,12 @@ def build_server(config: Config, app: FastAPI) -> tuple[EmbeddedServer, socket.s
         ConnectionErrorHandler(refusals.registry, refusals),
         config.node_id,
     )
-    return server, listen(config.api_listen_address, config.port)
+    try:
+        sock = listen(config.api_listen_address, config.port)
+    except OSError as exc:
+        address, port = ("api_listen_address", config.api_listen_address), ("port", config.port)
+        raise BindError("API", address, port, exc) from None
+    return server, sock
 
 
 def check_secrets(config: Config) -> None:

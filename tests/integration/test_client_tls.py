@@ -210,7 +210,7 @@ def test_the_seeds_client_and_the_cli_keep_tls_too(
         )
     assert answer["status"] == "error"
     assert found >= 1
-    assert sent.returncode in (1, 4), sent.stderr  # no primary, or no answer in time
+    assert sent.returncode in (4, 6), sent.stderr  # no answer in time, or no primary
     assert spoof.tls_handshakes > found
     assert spoof.plain == []
 

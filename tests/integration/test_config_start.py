@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from ha_voice import cli
+from ha_voice.config import Config
 from ha_voice.keyfiles import write_private
 from ha_voice.local_cluster import LocalCluster, free_port
 
@@ -115,7 +116,11 @@ def test_the_witness_unit_starts_from_the_documented_file(node_dir: Path) -> Non
 
 def test_the_api_answers_at_every_address_while_the_cluster_binds_one() -> None:
     # 127.0.0.2 stands for the floating IP: an address of this host that is not listen_address.
-    with LocalCluster(1, api_token=False) as cluster:
+    # LocalCluster pins each node's API to its own address; this node has the default back.
+    default = Config.model_fields["api_listen_address"].default
+    assert default == "0.0.0.0"
+    flags = (f"--api-listen-address={default}",)
+    with LocalCluster(1, api_token=False, extra_flags=flags) as cluster:
         node = cluster.nodes["n1"]
         assert f"--listen-address={node.host}" in node.argv
         cluster.start()

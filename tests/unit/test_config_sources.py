@@ -94,8 +94,7 @@ def test_witness_takes_node_id_from_whichever_source_wins(
 
 
 @pytest.mark.parametrize(
-    ("where", "source"),
-    [("file", "config file"), ("env", "HA_VOICE_WITNESS"), ("flag", "flag --witness")],
+    ("where", "source"), [("file", "config file"), ("env", "HA_VOICE_WITNESS")]
 )
 def test_a_witness_key_naming_another_node_is_named_with_its_source(
     tmp_path: Path,
@@ -108,8 +107,7 @@ def test_a_witness_key_naming_another_node_is_named_with_its_source(
     path = node_files(tmp_path, PC_TOML + ('witness = "other"\n' if where == "file" else ""))
     if where == "env":
         monkeypatch.setenv("HA_VOICE_WITNESS", "other")
-    flags = ["--witness", "other"] if where == "flag" else []
-    assert cli.main(["witness", "--config", str(path), *flags]) == 2
+    assert cli.main(["witness", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert source in err
     assert 'witness = "other" but node_id = "go2-pc"' in err
@@ -140,19 +138,22 @@ def test_flags_beat_environment_beats_file_in_every_command(
     served: list[Config],
     command: str,
 ) -> None:
-    path = node_files(tmp_path, 'port = 1111\npriority = 7\ncluster = "from-file"\n')
+    # cluster_port: a key every command takes, the witness too.
+    path = node_files(tmp_path, 'port = 1111\ncluster_port = 7007\ncluster = "from-file"\n')
     monkeypatch.setenv("HA_VOICE_PORT", "2222")
-    monkeypatch.setenv("HA_VOICE_PRIORITY", "8")
-    argv = [*command.split(), "--config", str(path), "--priority", "9"]
+    monkeypatch.setenv("HA_VOICE_CLUSTER_PORT", "8008")
+    argv = [*command.split(), "--config", str(path), "--cluster-port", "9009"]
     assert cli.main(argv) == 0
     if command == "config show":
         out = capsys.readouterr().out
-        found = {k: out.split(f"\n{k} = ", 1)[1].split("\n", 1)[0] for k in ("port", "priority")}
-        assert found == {"port": "2222", "priority": "9"}
+        found = {
+            k: out.split(f"\n{k} = ", 1)[1].split("\n", 1)[0] for k in ("port", "cluster_port")
+        }
+        assert found == {"port": "2222", "cluster_port": "9009"}
         assert 'cluster = "from-file"' in out
     else:
         (config,) = served
-        assert (config.port, config.priority, config.cluster) == (2222, 9, "from-file")
+        assert (config.port, config.cluster_port, config.cluster) == (2222, 9009, "from-file")
 
 
 def test_config_check_reads_the_environment_over_the_file(
