@@ -97,7 +97,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="ha-voice",
         description="High-availability voice commands for a Unitree Go2 on several Jetsons.",
     )

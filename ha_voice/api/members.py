@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["CLUSTER_HEADER", "MEMBERS_HEADER", "MemberHeaders", "member_api_urls"]
 
 
-
 def member_api_urls(ctx: ApiContext) -> dict[str, str]:
     """Node id -> API URL of every other voting member with a known address (no witnesses)."""
     view = ctx.node.view
