@@ -208,7 +208,11 @@ class LocalCluster:
             f"--cluster-key-file={self.key_file}",
             f"--state-dir={self.dir / node.node_id}",
             f"--listen-address={node.host}",
-            f"--api-listen-address={node.host}",  # each node its own address, port 8888 too
+            # Sharing this host's network, each node binds its API to its own address (nodes on
+            # their own loopback addresses may share port 8888, as Jetsons do); under a prefix
+            # (a network namespace of its own) it keeps the default, every address, so that
+            # the floating IP reaches it as on a Jetson.
+            *([] if self.prefixes else [f"--api-listen-address={node.host}"]),
             f"--cluster-port={node.cluster_port}",
             f"--port={node.api_port}",
             f"--peers={','.join(peers)}",
