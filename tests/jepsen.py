@@ -35,7 +35,8 @@ from typing import Any, Protocol
 
 from ha_voice.journal import MAX_TAIL
 from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess
-from ha_voice.robot.base import ACTIONS, Action
+from ha_voice.robot.base import ACTIONS, Action, Mode
+from ha_voice.robot.guard import POSTURE_GOALS, posture_plan
 from ha_voice.robot.sim import EntryKind, JournalEntry, Verdict, ViolationKind, entry_to_json
 from ha_voice.robot.sim_server import fetch_journal, fetch_verdict
 
@@ -374,8 +375,15 @@ def _idempotent(action: str) -> bool:
 
 
 def _own_actions(action: str) -> frozenset[str]:
-    """The robot calls that can show a command of `action` ran: a move is MOVEs then STOP_MOVE."""
-    return frozenset({"move", "stop_move"}) if action == "move" else frozenset({action})
+    """The robot calls that can show a command of `action` ran: a move is MOVEs then STOP_MOVE;
+    a posture command is the guard's plan from whatever mode the robot was in (from walking,
+    "sta op" is one STOP_MOVE)."""
+    if action == "move":
+        return frozenset({"move", "stop_move"})
+    if Action(action) not in POSTURE_GOALS:
+        return frozenset({action})
+    plans = (posture_plan(Action(action), mode) for mode in (None, *Mode))
+    return frozenset({action} | {call.value for plan in plans for call in plan})
 
 
 def _check_executions(
@@ -423,8 +431,8 @@ def _executions_in(
             f"which holds {_describe(record)}"
         )
         return 0
-    if record.action == "move":
-        return 1  # a stream of MOVE under one index is one execution
+    if record.action == "move" or Action(record.action) in POSTURE_GOALS:
+        return 1  # a stream of MOVE, or a posture's plan, under one index is one execution
     return sum(entry.action.value == record.action for entry in entries)
 
 

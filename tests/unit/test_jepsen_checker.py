@@ -220,6 +220,22 @@ def test_a_move_stream_is_one_execution_and_an_idempotent_rerun_is_allowed() -> 
     assert report.duplicate_executions == []  # k-move: 3 MOVE + STOP_MOVE; k-sit: terms 1 and 2
 
 
+def test_a_posture_plan_under_one_index_is_that_command_s_execution() -> None:
+    # "sta op" (rise_sit) to a dog that walks is one STOP_MOVE (the guard's plan): it is
+    # neither foreign nor missing.
+    rise = [row for row in ROBOT if row[2] == 7]
+    assert rise, "the fixture runs k-rise at index 7"
+    term, node = rise[0][1], rise[0][3]
+    rows = [row for row in ROBOT if row[2] != 7] + [("stop_move", term, 7, node, True)]
+    report = run(robot=robot_journal(rows))
+    assert report.foreign_executions == []
+    assert report.missing_execution == []
+    # A call no plan of rise_sit makes is still someone else's.
+    rows = [row for row in ROBOT if row[2] != 7] + [("hello", term, 7, node, True)]
+    report = run(robot=robot_journal(rows))
+    assert any("index 7" in line for line in report.foreign_executions)
+
+
 def test_a_command_answered_done_that_never_reached_the_robot_is_missing() -> None:
     rows = [row for row in ROBOT if row[2] != 3]
     report = run(robot=robot_journal(rows))
