@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess
+from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess, free_port
 from ha_voice.robot.base import Action, Command, FencingToken
 from ha_voice.robot.sim_server import SimRobotClient
 from tests.integration.test_stuck_main_loop import frozen_thread
@@ -280,3 +283,45 @@ def test_status_shows_why_a_node_is_degraded() -> None:
             lambda: v if (v := fetch_cluster(lone.url)).get("reason") else None, 20.0, "no reason"
         )
         assert "n1 is degraded: no " in render_table(view)
+
+
+def test_haproxy_with_a_patroni_style_check_sends_traffic_to_the_primary_only(
+    trio: tuple[LocalCluster, str, str], tmp_path: Path
+) -> None:
+    """`option httpchk OPTIONS /cluster/primary`, as Patroni's HAProxy template has it (HAProxy
+    sends OPTIONS unless told otherwise): the primary is up, the backups down."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy; .ci/run installs it)")
+    cluster, primary, _ = trio
+    port = free_port()
+    servers = "\n".join(
+        f"    server {n.node_id} 127.0.0.1:{n.api_port} check" for n in cluster.nodes.values()
+    )
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n"
+        "    timeout server 5s\n"
+        f"listen voice\n    bind 127.0.0.1:{port}\n"
+        "    option httpchk OPTIONS /cluster/primary\n    http-check expect status 200\n"
+        "    default-server inter 100ms fall 2 rise 1\n"
+        f"{servers}\n"
+    )
+    process = subprocess.Popen(
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+
+        def through_the_proxy() -> str | None:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/cluster", timeout=2.0)
+            except httpx.HTTPError:
+                return None
+            return str(response.json()["node"]) if response.status_code == 200 else None
+
+        assert _wait(through_the_proxy, 10.0, "HAProxy found no node up") == primary
+        answered = {through_the_proxy() for _ in range(10)}
+        assert answered == {primary}, answered
+    finally:
+        process.terminate()
+        process.wait(10)
