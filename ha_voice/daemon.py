@@ -74,6 +74,11 @@ class _Actions:
     vip: FloatingIP | None = None
     guard: Guard | None = None
     commands: CommandService | None = None
+    node: ClusterNode | None = None
+
+    def robot_term_seen(self, term: int) -> None:
+        if self.node is not None:
+            self.node.robot_term_seen(term)
 
     def stop_robot(self, reason: str) -> None:
         if self.guard is not None:
@@ -94,8 +99,11 @@ class _Actions:
                 log.warning("term %d: gave up taking over: %s", term, exc)
                 return
             except RobotError as exc:  # not connected yet, a timeout, fenced: the robot decides
-                # A fenced refusal has moved the core past the robot's term already (the
-                # guard's on_fenced): this loop ends as soon as the view shows it.
+                if exc.seen_term is not None:
+                    # Refused before this node ever commanded in `term`: the robot knows a term
+                    # no live member leads (state moved aside): move past it (docs/operations.md,
+                    # "A robot that has seen a newer term"); this loop ends once the view shows it.
+                    self.robot_term_seen(exc.seen_term)
                 commands.takeover_failed(term, str(exc))
                 why = f"term {term}: robot not made safe yet ({exc}); trying again"
                 problems.check(why, clock.monotonic())
@@ -200,9 +208,10 @@ async def _start(config: Config) -> _Daemon:
         retention=(config.journal_max_entries, config.journal_max_age_s),
         stall_s=config.stall_timeout_s,
     )
+    actions.node = node
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
-        actions.guard = Guard(robot, node, config.node_id, on_fenced=node.robot_term_seen)
+        actions.guard = Guard(robot, node, config.node_id)
     if config.node_id not in membership.witnesses:
         actions.commands = CommandService(
             node, actions.guard, reexecute_window_s=config.reexecute_window_s

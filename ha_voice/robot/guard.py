@@ -15,8 +15,6 @@ Invariants:
 - After `take_over()` — STOP_MOVE, then BALANCE_STAND if the robot stands — and only then,
   commands are accepted; stepping down (`halt`) closes the gate again.
 - STAND_UP is followed by BALANCE_STAND on every backend, so that the robot can walk after it.
-- A refusal for an old fencing token that names the term the robot has seen is passed to
-  `on_fenced` before it is raised: the election moves past that term (cluster/election.py).
 """
 
 from __future__ import annotations
@@ -93,10 +91,8 @@ class Guard:
         send_margin_s: float = DEFAULT_SEND_MARGIN_S,
         now: Callable[[], float] = clock.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        on_fenced: Callable[[int], None] | None = None,
     ) -> None:
         self._robot = robot
-        self._on_fenced = on_fenced
         self._lease = lease
         self._node_id = node_id
         self._period_s = 1.0 / stream_hz
@@ -209,12 +205,7 @@ class Guard:
         if not self._lease.lease_valid(now + self._send_margin_s):
             raise NotLeading("this node holds no valid lease (or it ends before a call arrives)")
         token = FencingToken(self._lease.term, index, self._node_id)
-        try:
-            await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
-        except RobotError as exc:
-            if exc.seen_term is not None and self._on_fenced is not None:
-                self._on_fenced(exc.seen_term)
-            raise
+        await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
         return token
 
     def _why_not(self) -> str:

@@ -20,8 +20,7 @@ from ha_voice.cluster.protocol import Resign
 from ha_voice.cluster.view import PRIMARY_WITHOUT_LEASE, NodeView, PeerInfo
 from ha_voice.metrics import ClusterSnapshot, Metrics
 from ha_voice.problem_log import ProblemLog
-from ha_voice.robot.base import Action, Command, ErrorCode, RobotError
-from ha_voice.robot.guard import Guard
+from ha_voice.robot.base import Action, Command, ErrorCode, FencingToken, RobotError
 from ha_voice.robot.sim import SimGo2
 from tests.unit.election_harness import Harness
 
@@ -152,26 +151,15 @@ def test_a_problem_shorter_than_its_grace_is_not_logged(caplog: pytest.LogCaptur
     assert caplog.records == []
 
 
-class _Lease:
-    term = 2
-    lease_expiry = float("inf")
-
-    def lease_valid(self, now: float) -> bool:
-        return True
-
-
-def test_the_guard_hands_the_robots_term_to_the_election_when_fenced() -> None:
-    async def run() -> list[int]:
+def test_a_fenced_refusal_names_the_term_the_robot_has_seen() -> None:
+    async def run() -> RobotError:
         robot = SimGo2()
         await robot.connect()
-        seen: list[int] = []
-        newer = Guard(robot, type("L", (_Lease,), {"term": 7})(), "old")
-        await newer.take_over()
-        guard = Guard(robot, _Lease(), "n1", on_fenced=seen.append)
+        await robot.execute(Command(Action.STOP_MOVE), FencingToken(7, 3, "old"))
         with pytest.raises(RobotError) as refused:
-            await guard.take_over()
-        assert refused.value.code == ErrorCode.FENCED
-        assert (await guard.execute(Command(Action.STOP_MOVE))).status == "failed"
-        return seen
+            await robot.execute(Command(Action.STOP_MOVE), FencingToken(1, 1, "n1"))
+        return refused.value
 
-    assert asyncio.run(run()) == [7, 7]
+    refused = asyncio.run(run())
+    assert refused.code == ErrorCode.FENCED
+    assert refused.seen_term == 7
