@@ -266,7 +266,7 @@ class ClusterNode:
         self._runner.post(RobotReachability(reachable, clock.monotonic(), reason))
 
     def robot_term_seen(self, term: int) -> None:
-        """The robot refused our fencing token: it has accepted `term` (`Guard`'s on_fenced)."""
+        """The robot refused our takeover: it has accepted a token of `term`, newer than ours."""
         log.warning(
             "the robot refused term %d: it has seen term %d; moving past it", self.term, term
         )
