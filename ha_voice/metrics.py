@@ -238,6 +238,17 @@ class Metrics:
             buckets=_LATENESS_BUCKETS,
             registry=r,
         )
+        self.healthy = Gauge(
+            "ha_voice_healthy",
+            "1 while /health says ok; 0 while degraded or failing (the reason is on /health)",
+            registry=r,
+        )
+        self.serving = Gauge(
+            "ha_voice_serving",
+            "1 while /cluster/primary answers 200: the primary with a valid lease whose takeover "
+            "(robot made safe, journal settled) is done",
+            registry=r,
+        )
         self.api_loop_lag = Gauge(
             "ha_voice_api_event_loop_lag_seconds",
             "Latest scheduling delay of the main loop (HTTP API, robot, discovery)",

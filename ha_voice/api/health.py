@@ -76,6 +76,10 @@ def _token_file_text(ctx: ApiContext, problem: str | None) -> str | None:
         }
     },
 )
-async def metrics(ctx: Ctx) -> Response:
-    """Every metric of this node, for Prometheus."""
+async def metrics(ctx: Ctx, request: Request) -> Response:
+    """Every metric of this node, for Prometheus; `ha_voice_healthy` and `ha_voice_serving`
+    are `/health`'s and `/cluster/primary`'s answers at the moment of the scrape."""
+    condition = node_condition(ctx, request, clock.monotonic())
+    ctx.metrics.healthy.set(1 if condition.status == "ok" else 0)
+    ctx.metrics.serving.set(1 if condition.serving else 0)
     return Response(content=ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

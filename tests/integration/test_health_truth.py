@@ -50,13 +50,17 @@ def _log(node: LocalNode) -> str:
     return node.log_path.read_text(errors="replace")
 
 
-def _is_primary(node: LocalNode) -> float | None:
+def _gauge(node: LocalNode, name: str) -> float | None:
     response = node.get("/metrics", timeout_s=2.0)
     if response is None:
         return None
-    found = re.search(r"^ha_voice_is_primary (\S+)$", response.text, re.M)
-    assert found is not None, "no ha_voice_is_primary on /metrics"
+    found = re.search(rf"^{name} (\S+)$", response.text, re.M)
+    assert found is not None, f"no {name} on /metrics"
     return float(found.group(1))
+
+
+def _is_primary(node: LocalNode) -> float | None:
+    return _gauge(node, "ha_voice_is_primary")
 
 
 async def _command_at_term(sim: SimRobotProcess, term: int) -> None:
@@ -120,6 +124,7 @@ def test_a_node_that_hears_no_peer_names_them_in_health_and_the_log() -> None:
         assert view["status"] == "degraded"
         assert "no quorum: 0 of 2 peers heard" in view["reason"]
         assert _json(lone, "/health")["status"] == "degraded"  # type: ignore[index]
+        assert _gauge(lone, "ha_voice_healthy") == 0.0
         _wait(lambda: "no quorum: 0 of 2 peers heard" in _log(lone), 20.0, "nothing logged")
         # Once a peer is back, the cluster elects and the node says it is fine again.
         cluster.nodes["n2"].start()
@@ -259,6 +264,14 @@ def test_health_checks_answer_head_and_options_with_the_status_of_get(
     if expected is not None:
         for node_id, status in zip((primary, backup), expected, strict=True):
             assert httpx.options(cluster.nodes[node_id].url + path).status_code == status
+
+
+def test_metrics_say_who_is_healthy_and_who_serves(trio: tuple[LocalCluster, str, str]) -> None:
+    cluster, primary, backup = trio
+    assert _gauge(cluster.nodes[primary], "ha_voice_serving") == 1.0
+    assert _gauge(cluster.nodes[backup], "ha_voice_serving") == 0.0
+    for node_id in (primary, backup):
+        assert _gauge(cluster.nodes[node_id], "ha_voice_healthy") == 1.0
 
 
 def test_health_reports_the_speech_model_loaded_not_the_one_configured(
