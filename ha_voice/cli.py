@@ -16,13 +16,14 @@ from typing import Any
 
 from ha_voice import __version__, daemon, status
 from ha_voice import demo as process_demo
-from ha_voice.api import server
 from ha_voice.client import ClientError, DeadlineExceeded, HAVoiceClient, ssl_context
-from ha_voice.config import Config, default_node_id, load_config
+from ha_voice.config import Config, Role, load_config
 from ha_voice.config_render import add_arguments, flags_from_namespace, render_markdown, render_toml
 from ha_voice.errors import ConfigError
+from ha_voice.interfaces import network_wait_reason
 from ha_voice.journal import MAX_TAIL
 from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME, KeygenRequest, keygen
+from ha_voice.preflight import startable_problems
 from ha_voice.robot import sim_server
 from ha_voice.simulation import schedules
 from ha_voice.simulation.demo import run_demo as run_sim_demo
@@ -118,8 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, metavar="FILE", help="TOML file to read")
     add_arguments(show)
     show.set_defaults(handler=_config_show)
-    check = config_commands.add_parser("check", help="validate a file (and HA_VOICE_*)")
+    check = config_commands.add_parser(
+        "check",
+        help="validate a file (and HA_VOICE_*) and what it names: everything run checks but "
+        "binding sockets",
+    )
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--witness",
+        dest="as_witness",
+        action="store_true",
+        help="check it as ha-voice witness reads it",
+    )
     check.set_defaults(handler=_config_check)
     docs = config_commands.add_parser("docs", help="print docs/configuration.md")
     docs.set_defaults(handler=lambda args: _write(render_markdown()))
@@ -154,25 +165,21 @@ def _write(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, flags=flags_from_namespace(args))
-    return _serve(config)
+    return _serve(_startable(args, args.config, "node"))
 
 
 def _witness(args: argparse.Namespace) -> int:
+    return _serve(_startable(args, args.config, "witness"))
+
+
+def _startable(args: argparse.Namespace, path: Path | None, role: Role) -> Config:
+    """The configuration `run`, `witness` and `config check` read: file, environment and flags,
+    and the files and directory a start needs, every problem in one ConfigError."""
     flags = flags_from_namespace(args)
-    flags.setdefault("witness", flags.get("node_id") or default_node_id())
-    config = load_config(args.config, flags=flags)
-    if config.witness_spec is None or config.witness_spec.node_id != config.node_id:
-        raise ConfigError(
-            f"witness = {config.witness!r} but node_id = {config.node_id!r}: a witness is "
-            "its own witness; fix: drop the witness key on this node or set it to node_id"
-        )
-    return _serve(config)
+    return load_config(path, flags=flags, role=role, checks=(startable_problems,))
 
 
 def _serve(config: Config) -> int:
-    # Refuse at once, before the node votes or binds anything, over an exposed or bad secret.
-    server.check_secrets(config)
     try:
         return daemon.run(config)
     except OSError as exc:
@@ -398,8 +405,13 @@ def _config_show(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     if not args.file.exists():
         raise ConfigError(f"{args.file}: no such file")
-    config = load_config(args.file)
+    config = _startable(args, args.file, "witness" if args.as_witness else "node")
     _write(render_toml(config))
+    waiting = network_wait_reason(config)
+    if waiting is not None:  # not an error: at boot the network may come up after the node
+        print(
+            f"{args.file}: note: a start now would wait for the network: {waiting}", file=sys.stderr
+        )
     print(f"{args.file}: valid", file=sys.stderr)
     return 0
 

@@ -42,9 +42,15 @@ TLS, such a responder receives the token and can answer "done" to a stop it neve
 Where requests go: to `url` if given (or the first of several, comma-separated, the next one
 after each connection error), else to the address mDNS resolves for the endpoint. A
 connection error forgets the current address. The next attempt then resolves the endpoint
-again, except when `url` was given and `cluster` was not: then it goes back to `url`. With
-both given, `url` is the first choice and mDNS the fallback. Finding no primary within
-`resolve_timeout_s` is final (`NoPrimaryError`).
+again, except when `url` was given and `cluster` was not: then it goes to the next URL it
+knows. With both given, `url` is the first choice and mDNS the fallback. Finding no primary
+within `resolve_timeout_s` is final (`NoPrimaryError`).
+
+Given URLs, the client learns the rest of the cluster from every answer: each names the other
+members' API URLs (`X-HA-Voice-Members`, at most `MAX_URLS` kept) and the cluster's name
+(`X-HA-Voice-Cluster`). So `JetsonVoiceClient(jetson_url="http://one-node:8888")`, the seed's
+call, fails over to the other members when that node dies, as a client given every URL does;
+once every known URL has refused in a row, it asks mDNS for the learned cluster's endpoint.
 
 A fresh TCP connection per attempt (3 to 5 ms on 127.0.0.1): a pooled connection could still
 point at the old primary after a failover, and an older daemon without TCP_NODELAY on its API
@@ -73,12 +79,14 @@ from tenacity import (
 from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 
 from ha_voice import clock
+from ha_voice.api.members import CLUSTER_HEADER, MEMBERS_HEADER
 from ha_voice.cluster.discovery import ENDPOINT_SERVICE_TYPE, async_resolve_endpoint, endpoint_name
 from ha_voice.errors import HAVoiceError
 from ha_voice.tokens import TOKEN_ENV
 
 __all__ = [
     "DEFAULT_CLUSTER",
+    "MAX_URLS",
     "AsyncHAVoiceClient",
     "ClientError",
     "CommandResult",
@@ -95,6 +103,9 @@ _LOGGER = logging.getLogger(__name__)
 _HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 
 DEFAULT_CLUSTER: Final = "ha-voice"
+# URLs a client keeps (given and learned): far above any cluster's size, and a bound on what an
+# answer's member list can make it hold.
+MAX_URLS: Final = 16
 _BACKOFF: Final = wait_random_exponential(multiplier=0.05, max=1.0)
 _NO_KEEPALIVE: Final = httpx.Limits(max_keepalive_connections=0)
 _MIN_ATTEMPT_S: Final = 0.001  # httpx would read a zero timeout as "give up at once"
@@ -449,6 +460,8 @@ class _Core(Generic[_HttpT]):
         self._url = self._urls[0] if self._urls else None
         self._cluster = cluster if cluster is not None else DEFAULT_CLUSTER
         self._may_resolve = url is None or cluster is not None
+        self._learned_cluster: str | None = None  # from an answer, when only URLs were given
+        self._refused_in_a_row = 0
         self._base_url = self._url
         self._deadline_s = deadline_s
         self._timeout_s = timeout_s
@@ -493,6 +506,8 @@ class _Core(Generic[_HttpT]):
 
     def _settle(self, call: _Call, url: str, response: httpx.Response) -> _Answer:
         """The final answer in `response`, or raise what `_judge` decided."""
+        self._refused_in_a_row = 0
+        self._learn(response.headers)
         body = _json_object(response)
         is_command = call.request.key is not None  # for a command, 502 is its recorded outcome
         again = _judge(url, response.status_code, response.headers, body, is_command)
@@ -504,11 +519,29 @@ class _Core(Generic[_HttpT]):
             again = replace(again, location=tls_floor(again.location, self._tls))
         call.again(url, again)
 
+    def _learn(self, headers: Mapping[str, str]) -> None:
+        """Keep the members and the cluster name an answer names (only with URLs given)."""
+        if not self._urls:
+            return
+        for member in headers.get(MEMBERS_HEADER, "").split(","):
+            found = tls_floor(member.strip().rstrip("/"), self._tls)
+            known = found in self._urls or len(self._urls) >= MAX_URLS
+            if found.startswith(("http://", "https://")) and not known:
+                self._urls.append(found)
+        name = headers.get(CLUSTER_HEADER, "").strip()
+        if name and not self._may_resolve:
+            self._learned_cluster = name
+
     def _lost(self, call: _Call, url: str, exc: httpx.TransportError) -> NoReturn:
         """After a connection error or a timeout: forget the address, try again (at the next
-        of several URLs, or where mDNS says)."""
+        URL, or where mDNS says; mDNS too once every known URL has failed in a row and the
+        cluster's name was learned)."""
+        self._refused_in_a_row += 1
         if len(self._urls) > 1:
             self._url = self._urls[(self._urls.index(self._url or "") + 1) % len(self._urls)]
+        learned = self._learned_cluster
+        if learned is not None and self._refused_in_a_row >= len(self._urls):
+            self._cluster, self._may_resolve = learned, True  # from now on as if it was given
         self._base_url = None if self._may_resolve else self._url
         call.again(url, _Again(f"{type(exc).__name__}: {exc}"))
 

@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, get_args, get_origin
@@ -65,8 +65,10 @@ __all__ = [
     "FIELDS",
     "REGENERATE_DOCS",
     "TIMER_FIELDS",
+    "Check",
     "Config",
     "PeerSpec",
+    "Role",
     "Rule",
     "Unit",
     "bounds_text",
@@ -291,6 +293,10 @@ AbsolutePath = Annotated[Path, Rule("an absolute path", _absolute)]
 OptionalPath = Annotated[Path | None, Rule("an absolute path", _optional_absolute)]
 
 
+# Keys only the Go2 backend reads (the seed's robot flags).
+_ROBOT_KEYS: Final = frozenset({"robot_ip", "network_interface"})
+
+
 class Config(BaseModel):
     """The daemon's whole configuration; each field is one TOML key, variable and flag."""
 
@@ -470,8 +476,16 @@ class Config(BaseModel):
     )
     listen_address: IPv4Text = Field(
         default="0.0.0.0",
-        description="IPv4 address the cluster's UDP socket binds to, 0.0.0.0 for every "
-        "interface; IPv4 only because the Go2's own network is IPv4.",
+        description="IPv4 address the cluster's UDP socket (heartbeats, votes, replication) "
+        "binds to, 0.0.0.0 for every interface, or one of this node's addresses to keep the "
+        "cluster's traffic on one network; the HTTP API binds api_listen_address instead. "
+        "IPv4 only because the Go2's own network is IPv4.",
+    )
+    api_listen_address: IPv4Text = Field(
+        default="0.0.0.0",
+        description="IPv4 address the HTTP API binds to, 0.0.0.0 for every interface; every "
+        "interface by default so that clients reach the primary at each of its addresses, "
+        "the floating IP (vip) included, which a bind to one address would refuse.",
     )
     cluster_port: Port = Field(
         default=7405,
@@ -591,7 +605,10 @@ class Config(BaseModel):
         default="none",
         description="Robot backend: go2 (unitree_sdk2py on network_interface), sim (a simulated "
         "Go2 inside this process), sim://HOST:PORT (one `ha-voice sim-robot` that all nodes "
-        "share) or none; none by default so that a node without a robot still elects.",
+        "share) or none; none by default so that a node without a robot still elects, but go2 "
+        "when robot_ip or network_interface is set (the seed's flags: its command line drives "
+        "the Go2); robot = none with either of them set to another than its default is refused, "
+        "as every command would fail.",
     )
     on_takeover: Literal["stop", "none"] = Field(
         default="stop",
@@ -676,9 +693,23 @@ class Config(BaseModel):
             raise ValueError("true/false is not allowed here")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _robot_keys_mean_go2(cls, data: object) -> object:
+        """The seed's --robot-ip and --network-interface drive the Go2: without a `robot`
+        key, either of them means robot = "go2" (the seed's command line works as it did)."""
+        if isinstance(data, dict) and "robot" not in data and _ROBOT_KEYS & data.keys():
+            return {**data, "robot": "go2"}
+        return data
+
     @model_validator(mode="after")
     def _check_relations(self) -> Config:
-        problems = self._membership_problems() + self._timer_problems() + self._tls_problems()
+        problems = (
+            self._membership_problems()
+            + self._timer_problems()
+            + self._tls_problems()
+            + self._robot_problems()
+        )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -732,6 +763,22 @@ class Config(BaseModel):
             )
         return found
 
+    def _robot_problems(self) -> list[str]:
+        # A key set to its default is no request for a robot: a rendered sample config has all.
+        given = sorted(
+            key
+            for key in _ROBOT_KEYS & self.model_fields_set
+            if getattr(self, key) != Config.model_fields[key].default
+        )
+        if self.robot != "none" or not given:
+            return []
+        keys = " and ".join(given)
+        return [
+            f"{keys} set but robot = 'none', which drives no robot: every command would fail; "
+            f'allowed: {keys} with a robot backend; fix: set robot = "go2" (or leave robot '
+            f"unset, and {keys} select go2), or unset {keys}"
+        ]
+
     def _tls_problems(self) -> list[str]:
         given = [key for key in _TLS_FIELDS if getattr(self, key) is not None]
         if not given or len(given) == len(_TLS_FIELDS):
@@ -752,8 +799,9 @@ class Config(BaseModel):
             heartbeat = self.heartbeat_interval_s or base.heartbeat_interval_s
             limit = max_safe_lease_s(timeout, self.clock_drift_ppm / 1e6)
             return [
-                f"unsafe election timers ({exc}); keys involved: heartbeat_interval_s, "
-                "election_timeout_s, lease_timeout_s, clock_drift_ppm; allowed: "
+                f"unsafe election timers ({exc}); keys involved: timer_profile, "
+                "heartbeat_interval_s, election_timeout_s, lease_timeout_s, clock_drift_ppm; "
+                "allowed: "
                 f"election_timeout_s >= 3 x heartbeat_interval_s ({3 * heartbeat:g} s) and "
                 f"2 x heartbeat_interval_s ({2 * heartbeat:g} s) <= lease_timeout_s < "
                 f"{limit:.4f} s; fix: unset lease_timeout_s so it follows election_timeout_s, "
@@ -780,16 +828,30 @@ _Settings = dict[str, tuple[object, _Origin]]
 _DEFAULT: Final = _Origin("default", "set the key explicitly")
 
 
+Role = Literal["node", "witness"]
+# A check beyond the values (ha_voice.preflight): one line per problem, naming key and fix.
+Check = Callable[[Config], list[str]]
+_WITNESS_COMMAND: Final = _Origin(
+    "ha-voice witness", "a witness is its own witness: leave witness unset on this host"
+)
+
+
 def load_config(
     path: Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, object] | None = None,
+    role: Role = "node",
+    checks: Sequence[Check] = (),
 ) -> Config:
     """Defaults < TOML file < `HA_VOICE_*` environment < flags; ConfigError listing every fault.
 
     Without `path`, the file named by `HA_VOICE_CONFIG` is read, else the default path if it
-    exists. `env` defaults to `os.environ`; in `flags` a None value means "not given".
+    exists. `env` defaults to `os.environ`; in `flags` a None value means "not given". For
+    `role="witness"` (`ha-voice witness`) an unset `witness` becomes this node's node_id, once
+    every source has been read; a `witness` naming another node is a fault. Each of `checks`
+    (the files a start needs: `ha_voice.preflight`) runs too, on the keys whose values are
+    good, so that its problems come in the same round as the values'.
     """
     env = os.environ if env is None else env
     settings: _Settings = {}
@@ -801,14 +863,64 @@ def load_config(
     ):
         settings.update(found)
         problems.extend(wrong)
+    if role == "witness":
+        problems.extend(_as_witness(settings))
+    config, invalid, bad = _validate(settings)
+    problems.extend(invalid)
+    if config is not None:
+        checked = [line for check in checks for line in check(config)]
+        problems.extend(line for line in checked if not _names_any(line, bad))
+    if config is None or problems:
+        raise ConfigError(_summary(problems))
+    return config
+
+
+def _as_witness(settings: _Settings) -> list[str]:
+    """Make this node its own witness in `settings`; the fault if a source names another."""
+    node_id, _ = settings.get("node_id", (default_node_id(), _DEFAULT))
+    if "witness" not in settings:
+        settings["witness"] = (node_id, _WITNESS_COMMAND)
+        return []
+    witness, origin = settings["witness"]
+    if witness is None:  # unset by a source (HA_VOICE_WITNESS=""): as if never given
+        settings["witness"] = (node_id, _WITNESS_COMMAND)
+        return []
     try:
-        config = Config.model_validate({key: value for key, (value, _) in settings.items()})
+        if PeerSpec.parse(str(witness)).node_id == node_id:
+            return []
+    except ValueError:
+        return []  # a malformed entry is the field's own problem, reported by validation
+    return [
+        f"{origin.where}: witness = {_show(witness)} but node_id = {_show(node_id)}; allowed: "
+        "on the witness itself, its own node_id or unset (ha-voice witness sets it); fix: "
+        f"{origin.fix} (unset it), or run ha-voice run if this host is a full node"
+    ]
+
+
+def _validate(settings: _Settings) -> tuple[Config | None, list[str], set[str]]:
+    """The Config, or every problem in one round: each bad value, and the cross-key rules
+    among the keys whose values are good (with a bad key at its default, a rule that names
+    it would only speak of the default). With bad values, the Config is that of the good keys
+    (if their rules hold), for further checks only, and the bad keys are named."""
+    try:
+        values = {key: value for key, (value, _) in settings.items()}
+        return Config.model_validate(values), [], set()
     except ValidationError as exc:
-        problems.extend(_translate(exc, settings))
-    else:
-        if not problems:
-            return config
-    raise ConfigError(_summary(problems))
+        problems = _translate(exc, settings)
+        bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+    if not bad:
+        return None, problems, bad
+    good = {key: entry for key, entry in settings.items() if key not in bad}
+    try:
+        config = Config.model_validate({key: value for key, (value, _) in good.items()})
+    except ValidationError as exc:
+        problems.extend(line for line in _translate(exc, good) if not _names_any(line, bad))
+        return None, problems, bad
+    return config, problems, bad
+
+
+def _names_any(line: str, keys: set[str]) -> bool:
+    return any(re.search(rf"\b{key}\b", line) for key in keys)
 
 
 def read_cluster_key(config: Config) -> bytes:
@@ -846,7 +958,11 @@ def _config_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
         return path
     if env.get(CONFIG_ENV):
         return Path(env[CONFIG_ENV])
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    try:
+        present = DEFAULT_CONFIG_PATH.exists()
+    except OSError:  # /etc/ha-voice is 0750 root:ha-voice: reading it says why, with the fix
+        present = True
+    return DEFAULT_CONFIG_PATH if present else None
 
 
 def _file_layer(path: Path | None) -> tuple[_Settings, list[str]]:
@@ -856,11 +972,31 @@ def _file_layer(path: Path | None) -> tuple[_Settings, list[str]]:
     settings: _Settings = {}
     problems = []
     for key, value in _read_toml(path).items():
-        if key in FIELDS:
+        if isinstance(value, dict):
+            problems.append(_section(where, f"[{key}]", value))
+        elif _is_table_array(value):
+            held = {name: None for table in value for name in table}
+            problems.append(_section(where, f"[[{key}]]", held))
+        elif key in FIELDS:
             settings[key] = (value, _Origin(where, f"edit {key} in {path}"))
         else:
             problems.append(_unknown(where, key, value, str))
     return settings, problems
+
+
+def _is_table_array(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _section(where: str, header: str, table: Mapping[str, object]) -> str:
+    """A TOML table (`[name]` or `[[name]]`): ha-voice reads top-level keys only, so the keys
+    under it were not read."""
+    held = ", ".join(table) or "no keys"
+    return (
+        f"{where}: {header} is a section, and sections are not used: every key is at the top "
+        f"level; the section held {held}; fix: move those keys above the first [section] line "
+        f"and delete the line {header}"
+    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -870,7 +1006,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         fix = f"create it (keys: docs/configuration.md) or name an existing file in {CONFIG_ENV}"
         raise ConfigError(_summary([f"config file {path}: no such file; fix: {fix}"])) from None
     except (OSError, UnicodeError) as exc:
-        fix = "make it a UTF-8 text file that the ha-voice user can read"
+        fix = (
+            "make it a UTF-8 text file that the ha-voice user can read; to read it as "
+            "another user, join group ha-voice (sudo usermod -aG ha-voice $USER) or use sudo"
+        )
         raise ConfigError(
             _summary([f"config file {path}: unreadable ({exc}); fix: {fix}"])
         ) from None

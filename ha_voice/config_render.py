@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Final, Literal, get_args, get_origin
 
 from ha_voice.cluster.timers import PROFILES, ElectionTimers
@@ -25,12 +24,10 @@ from ha_voice.config import (
     default_text,
     env_var_name,
     flag_name,
-    load_config,
     toml_value,
     type_text,
     unit_of,
 )
-from ha_voice.errors import ConfigError
 from ha_voice.markdown import table
 
 __all__ = ["add_arguments", "flags_from_namespace", "main", "render_markdown", "render_toml"]
@@ -97,10 +94,17 @@ ha-voice has one flat set of keys. Each key can come from four sources; a later 
 4. command-line flags `--<key-with-dashes>` (booleans also `--no-<key>`; list flags repeat or
    take commas).
 
-Everything is checked at start. `ha-voice config check FILE` prints the effective
-configuration as TOML, or every problem, one per line, each naming its source, the key, the
-value, what is allowed and a fix (exit status 2). Unknown keys are errors, with the closest
-valid key suggested.
+Everything is checked at start. `ha-voice config check FILE` checks what `ha-voice run` checks
+before it binds a socket: every value, the rules between keys, and the files the keys name (the
+cluster keys, the token file and the TLS files: present, readable, private, well-formed) and the
+state directory (exists or can be made, writable, an ha-voice database if one is there). It
+prints the effective configuration as TOML, or every problem at once, one per line, each naming
+its source, the key, the value, what is allowed and a fix (exit status 2); `--witness` checks
+the file as `ha-voice witness` reads it. Unknown keys are errors, with the closest valid key
+suggested; so is a `[section]`, whose keys would otherwise be lost.
+
+`ha-voice witness` reads the same sources in the same order, then, if no source set `witness`,
+sets it to the node's own `node_id` (a witness is its own witness).
 
 ## Timer profiles
 
@@ -149,23 +153,14 @@ def _key_table() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`--markdown` prints the docs page; `--check FILE` validates FILE (exit 2 on error)."""
+    """`--markdown` prints the docs page (checking a file is `ha-voice config check`, which
+    also checks the files it names)."""
     parser = argparse.ArgumentParser(
-        prog="python -m ha_voice.config_render", description="Check or document the configuration."
+        prog="python -m ha_voice.config_render", description="Document the configuration."
     )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
-    mode.add_argument("--check", type=Path, metavar="FILE", help="validate FILE and HA_VOICE_*")
-    args = parser.parse_args(argv)
-    if args.markdown:
-        sys.stdout.write(render_markdown())
-        return 0
-    try:
-        config = load_config(args.check)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    sys.stdout.write(render_toml(config))
+    parser.add_argument("--markdown", action="store_true", required=True, help="print the page")
+    parser.parse_args(argv)
+    sys.stdout.write(render_markdown())
     return 0
 
 

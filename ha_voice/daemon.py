@@ -33,7 +33,7 @@ import uvicorn
 from ha_voice import __version__, clock, sdnotify
 from ha_voice.api.app import create_app
 from ha_voice.api.context import ApiContext
-from ha_voice.api.server import build_server, check_secrets
+from ha_voice.api.server import build_server
 from ha_voice.api.tls import api_scheme
 from ha_voice.cluster.discovery import Discovery, PeerRecord
 from ha_voice.cluster.events import RoleChanged
@@ -44,8 +44,10 @@ from ha_voice.cluster.storage import SQLiteStore, open_store
 from ha_voice.cluster.vip import FloatingIP
 from ha_voice.commands import CommandService
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
+from ha_voice.interfaces import network_wait_reason
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
+from ha_voice.preflight import check_startable
 from ha_voice.problem_log import ProblemLog
 from ha_voice.robot.backends import make_robot
 from ha_voice.robot.base import Robot, RobotError
@@ -62,6 +64,9 @@ _ROBOT_POLL_S = 0.5
 # A primary whose robot did not answer the takeover asks again this often while it leads.
 _TAKEOVER_RETRY_S = 0.2
 _LAG_PROBE_S = 0.1
+# Before the network is up: look again each second, and say so in the log twice a minute.
+_NETWORK_POLL_S = 1.0
+_NETWORK_LOG_EVERY_S = 30.0
 
 
 @dataclass
@@ -174,7 +179,8 @@ async def serve(config: Config) -> int:
 
 
 async def _start(config: Config) -> _Daemon:
-    check_secrets(config)  # refuse an exposed or malformed secret before anything runs
+    check_startable(config)  # refuse a bad secret or state directory before anything runs
+    await _wait_for_network(config)
     store = open_store(config.state_dir)
     boot_id = await asyncio.to_thread(store.next_boot_id, clock.wall_clock_us())
     membership = _membership(config)
@@ -212,6 +218,12 @@ async def _start(config: Config) -> _Daemon:
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
         actions.guard = Guard(robot, node, config.node_id)
+    elif config.node_id not in membership.witnesses:
+        log.warning(
+            'robot = "none": this node drives no robot, and every command it runs as primary '
+            'fails; fix: robot = "go2" (or the seed\'s --robot-ip/--network-interface) on a '
+            "node that reaches the Go2"
+        )
     if config.node_id not in membership.witnesses:
         actions.commands = CommandService(
             node, actions.guard, reexecute_window_s=config.reexecute_window_s
@@ -239,14 +251,36 @@ async def _start(config: Config) -> _Daemon:
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
     log.info(
-        "node %s of cluster %s: cluster port %d, API port %d, boot %d",
+        "node %s of cluster %s: cluster %s:%d, API %s:%d, boot %d",
         config.node_id,
         config.cluster,
-        node.address[1],
+        *node.address,
+        config.api_listen_address,
         config.port,
         boot_id,
     )
     return daemon
+
+
+async def _wait_for_network(config: Config) -> None:
+    """Return once the addresses the node binds and advertises exist (interfaces.py), saying
+    what it waits for in the log and to systemd: at boot the network may come up after us."""
+    reason = network_wait_reason(config)
+    if reason is None:
+        return
+    started = clock.monotonic()
+    next_log = started
+    while reason is not None:
+        waited = clock.monotonic() - started
+        text = f"waiting for the network for {waited:.0f} s: {reason}"
+        sdnotify.extend_timeout(3 * _NETWORK_POLL_S, text)
+        sdnotify.watchdog()
+        if clock.monotonic() >= next_log:
+            log.warning("%s; checking every %g s", text, _NETWORK_POLL_S)
+            next_log += _NETWORK_LOG_EVERY_S
+        await asyncio.sleep(_NETWORK_POLL_S)
+        reason = network_wait_reason(config)
+    log.info("network ready after %.1f s", clock.monotonic() - started)
 
 
 def _supervised(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -261,7 +295,7 @@ def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Dis
     return Discovery(
         cluster=config.cluster,
         node_id=config.node_id,
-        address=config.listen_address,  # 0.0.0.0: discovery advertises the routed one
+        address=config.listen_address,  # 0.0.0.0: discovery picks one (interfaces.py)
         cluster_port=node.address[1],
         api_port=config.port,
         priority=config.priority,

@@ -11,7 +11,15 @@ import logging
 import os
 import socket
 
-__all__ = ["notify", "ready", "status", "stopping", "watchdog", "watchdog_interval_s"]
+__all__ = [
+    "extend_timeout",
+    "notify",
+    "ready",
+    "status",
+    "stopping",
+    "watchdog",
+    "watchdog_interval_s",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -41,6 +49,12 @@ def ready(status: str = "") -> bool:
 def status(text: str) -> bool:
     """Set the one-line status that `systemctl status` shows."""
     return notify(*_status_lines(text))
+
+
+def extend_timeout(seconds: float, text: str = "") -> bool:
+    """Ask systemd for `seconds` more before it calls the start (or stop) timed out
+    (EXTEND_TIMEOUT_USEC, systemd 236+), with an optional status line; repeat before they end."""
+    return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", *_status_lines(text))
 
 
 def stopping() -> bool:

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from ha_voice.api import cluster, health, journal, problems, robot
 from ha_voice.api.context import ApiContext
 from ha_voice.api.limits import TokenBuckets
+from ha_voice.api.members import MemberHeaders
 
 __all__ = ["create_app"]
 
@@ -26,4 +27,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
     problems.install(app, ctx.metrics.registry, routers)
     for router in routers:
         app.include_router(router)
+    app.add_middleware(MemberHeaders, ctx=ctx)
     return app

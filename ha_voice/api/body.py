@@ -166,7 +166,7 @@ async def read_limited(request: Request, limit_bytes: int) -> bytes:
             raise _too_large(request, f"more than {limit_bytes} bytes", limit_bytes)
         chunks.append(chunk)
     body = b"".join(chunks)
-    request._body = body  # noqa: SLF001 - Starlette's cache of the read body
+    request._body = body  # Starlette's cache of the read body
     return body
 
 

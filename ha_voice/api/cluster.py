@@ -21,6 +21,7 @@ from ha_voice.api.body import JsonBody
 from ha_voice.api.condition import node_condition
 from ha_voice.api.context import ApiContext, context
 from ha_voice.api.limits import rate_limited
+from ha_voice.api.members import member_api_urls
 from ha_voice.api.probe import add_probe_methods, health_check_response
 from ha_voice.api.problems import ApiError, error_responses
 from ha_voice.api.tls import leader_url
@@ -178,6 +179,7 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
     membership = election.membership
     views = {view.node: view for view in election.followers}
     names = sorted(membership.voters)  # members only: strangers are dropped at decode
+    api_urls = member_api_urls(ctx)
     members = []
     for name in names:
         peer = election.peers.get(name)
@@ -196,6 +198,7 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
                 "priority": ctx.config.priority if is_self else _priority(peer, view),
                 "last_heard_s": None if is_self else _since(peer, now),
                 "address": _address(peer),
+                "api": api_urls.get(name),
                 "load": round(os.getloadavg()[0], 2) if is_self else None,
             }
         )

@@ -111,8 +111,14 @@ class ListenAnswer(BaseModel):
     status: str = Field(description="success, error (with 502) or rejected")
     recognized: str
     processed: bool
-    response: str | None
-    intent: str | None = None
+    response: str = Field(
+        description="what the robot says: the intent's response only when the command ran "
+        "(outcome done); else the language's sentence for failed, stopped, unknown or rejected"
+    )
+    intent: str | None = Field(default=None, description="null when rejected")
+    candidate: str | None = Field(
+        default=None, description="when rejected: the intent the text came closest to"
+    )
     reason: str | None = None
     score: float | None = None
     outcome: str | None = None
@@ -180,11 +186,14 @@ def _openapi(body: JsonBody[Any]) -> dict[str, Any]:
 
 @router.get("/commands")
 async def commands(ctx: Ctx) -> dict[str, Any]:
-    """The vocabulary of the active language, and every robot action."""
+    """The active language's phrases as the seed lists them (`commands`: strings), each intent
+    with its action, parameters, phrases and response (`intents`), and every robot action."""
     vocabulary = ctx.active_vocabulary()
+    intents = vocabulary.commands()
     return {
         "language": vocabulary.language,
-        "commands": vocabulary.commands(),
+        "commands": [phrase for intent in intents for phrase in intent["phrases"]],
+        "intents": intents,
         "actions": known_commands(),
     }
 
@@ -250,22 +259,22 @@ async def listen(ctx: Ctx, request: Request) -> Response:
     raw, body = await _LISTEN_BODY.read(request, ctx.config.api_max_body_bytes)
     assert body is not None
     key = _key(request, body.idempotency_key)  # refused up front, even if nothing will run
-    if not ctx.node.journal.settings.listening:
-        return _rejected(ctx, body.text, "not listening (POST /api/voice/start to listen again)")
     started = time.perf_counter()
-    found = ctx.active_vocabulary().match(body.text)
+    vocabulary = ctx.active_vocabulary()
+    found = vocabulary.match(body.text)
     match_ms = round((time.perf_counter() - started) * 1000, 2)
     if not isinstance(found, Match):
         return _rejected(
             ctx,
             body.text,
             found.reason,
-            intent=found.candidate.name if found.candidate else None,
+            vocabulary.response(None, "rejected"),
+            candidate=found.candidate.name if found.candidate else None,
             timings={"match_ms": match_ms},
         )
     intent = found.intent
-    seed = {"recognized": body.text, "response": intent.response, "intent": intent.name}
     if intent.action is None:
+        seed = {"recognized": body.text, "response": intent.response, "intent": intent.name}
         return JSONResponse({"status": "success", "processed": False, **seed, **_who(ctx)})
     command = CommandRequest(
         key, intent.action, intent.action_params, intent.duration_s, body.text, _source(request)
@@ -277,7 +286,9 @@ async def listen(ctx: Ctx, request: Request) -> Response:
     extra = {
         "status": "error" if record.status == "failed" else "success",
         "processed": record.status == "done",
-        **seed,
+        "recognized": body.text,
+        "response": vocabulary.response(intent, record.status),
+        "intent": intent.name,
         "score": round(found.score, 3),
         "outcome": record.status,
     }
@@ -403,10 +414,10 @@ def _source(request: Request) -> str:
     return source_of(request)
 
 
-def _rejected(ctx: ApiContext, text: str, reason: str, **extra: Any) -> JSONResponse:
-    """The seed's answer to a transcript that runs nothing."""
-    body = {"status": "rejected", "recognized": text, "processed": False, "response": None}
-    return JSONResponse({**body, "reason": reason, **extra, **_who(ctx)})
+def _rejected(ctx: ApiContext, text: str, reason: str, response: str, **extra: Any) -> JSONResponse:
+    """The seed's answer to a transcript that is no command: no intent, and says so."""
+    body = {"status": "rejected", "recognized": text, "processed": False, "response": response}
+    return JSONResponse({**body, "intent": None, "reason": reason, **extra, **_who(ctx)})
 
 
 def _action(name: str) -> Action | None:

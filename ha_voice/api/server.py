@@ -133,7 +133,7 @@ def build_server(config: Config, app: FastAPI) -> tuple[EmbeddedServer, socket.s
     server = EmbeddedServer(
         uvicorn.Config(
             app,
-            host=config.listen_address,
+            host=config.api_listen_address,
             port=config.port,
             log_level="warning",
             lifespan="off",
@@ -152,7 +152,7 @@ def build_server(config: Config, app: FastAPI) -> tuple[EmbeddedServer, socket.s
         ConnectionErrorHandler(refusals.registry, refusals),
         config.node_id,
     )
-    return server, listen(config.listen_address, config.port)
+    return server, listen(config.api_listen_address, config.port)
 
 
 def check_secrets(config: Config) -> None:

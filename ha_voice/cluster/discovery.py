@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -62,6 +61,7 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ha_voice.errors import ConfigError, LocalError, RemoteError
+from ha_voice.interfaces import WILDCARD, advertised_ipv4
 
 __all__ = [
     "ENDPOINT_SERVICE_TYPE",
@@ -94,10 +94,6 @@ _MAX_PORT: Final = 65535
 _MAX_PRIORITY: Final = 255  # VRRP's range (RFC 5798); the config narrows it to 1..254
 _MAX_DNS_LABEL_BYTES: Final = 63  # RFC 1035 §2.3.4
 _DIGITS: Final = re.compile(r"[0-9]{1,10}")
-# Where mDNS goes: the local address the kernel picks for this destination is the one to
-# advertise when the configured address is the wildcard.
-_MDNS_GROUP: Final = ("224.0.0.251", 5353)
-_WILDCARD: Final = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -167,19 +163,18 @@ def _check_label(key: str, value: str) -> None:
 
 
 def _advertised_address(address: str) -> str:
-    """`address`, or for the wildcard the local address the kernel would send mDNS from."""
-    if address != _WILDCARD:
+    """`address`, or for the wildcard this host's address for mDNS (interfaces.py: with or
+    without a default route); ConfigError naming listen_address if the host has none."""
+    if address != WILDCARD:
         return address
-    # connect() on UDP only picks a route and a source address; nothing is sent.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(_MDNS_GROUP)
-        except OSError as err:
-            raise ConfigError(
-                f"address {address!r}: no route for multicast ({err}); set address to this "
-                "node's IPv4 address"
-            ) from err
-        return str(probe.getsockname()[0])
+    found = advertised_ipv4()
+    if found is None:
+        raise ConfigError(
+            f"listen_address = {address!r}: no interface but lo is up with an IPv4 address, so "
+            "mDNS has no address to advertise; fix: bring up the robot's network, or set "
+            "listen_address to this node's address"
+        )
+    return found
 
 
 def _drop_queued_answers(zc: Zeroconf, name: str) -> None:
@@ -239,7 +234,7 @@ class Discovery:
         self._capabilities = capabilities
         self._api_scheme = api_scheme
         self._interfaces: list[str] | InterfaceChoice = interfaces or (
-            InterfaceChoice.All if address == _WILDCARD else [address]
+            InterfaceChoice.All if address == WILDCARD else [address]
         )
         self._aiozc = zeroconf
         self._owns_zeroconf = zeroconf is None

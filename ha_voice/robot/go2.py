@@ -13,8 +13,8 @@ Invariants:
   loop: a call blocks until the robot answers or the client's timeout expires.
 - A return code other than 0 raises `RobotError` with that code; an exception inside the SDK
   raises `RobotError(SEND_FAILED)`. Nothing else escapes `execute`.
-- `STAND_UP` is `StandUp` then `BalanceStand`: after StandUp the joints are locked and the
-  robot will not walk until BalanceStand.
+- One action, one SDK call, as in the simulator: sequences (BalanceStand after StandUp, RiseSit
+  before a stand from sitting) are planned in one place, the guard (`guard.posture_plan`).
 - The fencing token is NOT checked by the Go2 firmware (the sport API has no field for it): it
   is logged at debug only. What keeps a deposed primary off the robot is `guard.py`.
 - The state is the newest `rt/sportmodestate` sample with its receipt time on the injected
@@ -97,10 +97,6 @@ SDK_PARAMETERS: Final[dict[Action, tuple[tuple[str, type[int] | type[float]], ..
     Action.MOVE: (("vx", float), ("vy", float), ("vyaw", float)),
     Action.SPEED_LEVEL: (("level", int),),
 }
-
-# Actions whose success is followed by a second call before `execute` returns: after StandUp the
-# joints are locked (mode 6) and the robot will not walk until BalanceStand.
-_FOLLOW_UPS: Final[dict[Action, Action]] = {Action.STAND_UP: Action.BALANCE_STAND}
 
 _KNOWN_CODES: Final = frozenset(
     {ErrorCode.SEND_FAILED, ErrorCode.TIMEOUT, ErrorCode.NOT_AVAILABLE_IN_MODE}
@@ -360,7 +356,7 @@ class Go2Robot:
     async def execute(
         self, command: Command, token: FencingToken, *, lease_expiry_s: float | None = None
     ) -> None:
-        """Make the SDK call(s) for `command`; `token` is logged only (the Go2 cannot check it).
+        """Make the SDK call for `command`; `token` is logged only (the Go2 cannot check it).
 
         `lease_expiry_s` is for the simulator's checker; the Go2 has no use for it.
         """
@@ -374,9 +370,6 @@ class Go2Robot:
             token.node,
         )
         await asyncio.to_thread(self._call, client, command)
-        follow_up = _FOLLOW_UPS.get(command.action)
-        if follow_up is not None:
-            await asyncio.to_thread(self._call, client, Command(follow_up))
 
     def _call(self, client: SportClientLike, command: Command) -> None:
         """One blocking SDK call; raises RobotError for any failure."""

@@ -14,7 +14,12 @@ Invariants:
 - `stop()` preempts: the stream and every command still waiting for its turn are cancelled.
 - After `take_over()` — STOP_MOVE, then BALANCE_STAND if the robot stands — and only then,
   commands are accepted; stepping down (`halt`) closes the gate again.
-- STAND_UP is followed by BALANCE_STAND on every backend, so that the robot can walk after it.
+- A posture command reaches its posture from every posture the robot can be in: the guard reads
+  the robot's mode and sends the calls `posture_plan` lists (SIT: RISE_SIT, then the stand), all
+  under the command's token. The Go2 refuses a posture call outside its modes (3203), so this
+  table, not the caller, knows the way; STAND_UP ends with BALANCE_STAND, so the robot can walk.
+  Each call after the first waits until the robot reports the mode the one before leads to (at
+  most `posture_settle_s`); `stop()` ends the plan between two calls.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from ha_voice import clock
 from ha_voice.errors import HAVoiceError
@@ -38,7 +43,14 @@ from ha_voice.robot.base import (
     RobotState,
 )
 
-__all__ = ["Guard", "LeaseView", "NotLeading", "Outcome"]
+__all__ = [
+    "POSTURE_GOALS",
+    "Guard",
+    "LeaseView",
+    "NotLeading",
+    "Outcome",
+    "posture_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,85 @@ log = logging.getLogger(__name__)
 DEFAULT_STREAM_HZ = 15.0
 DEFAULT_SEND_MARGIN_S = 0.025
 _STANDING = frozenset({Mode.BALANCE_STAND, Mode.LOCOMOTION, Mode.JOINT_LOCK, Mode.POSE})
+
+# --- postures ---------------------------------------------------------------------------------
+
+_LIE, _DAMP, _LOCK = Mode.LIE_DOWN, Mode.DAMPING, Mode.JOINT_LOCK
+_BALANCE, _WALK, _SIT = Mode.BALANCE_STAND, Mode.LOCOMOTION, Mode.SIT
+_STAND_UP, _BALANCE_UP = Action.STAND_UP, Action.BALANCE_STAND
+
+# The posture each posture command ends in. The robot can walk only from a balanced stand, so
+# every "stand" ends there.
+POSTURE_GOALS: Final[Mapping[Action, Mode]] = {
+    Action.STAND_UP: _BALANCE,
+    Action.BALANCE_STAND: _BALANCE,
+    Action.RECOVERY_STAND: _BALANCE,
+    Action.RISE_SIT: _BALANCE,
+    Action.SIT: _SIT,
+    Action.STAND_DOWN: _LIE,
+    Action.DAMP: _DAMP,
+}
+
+# Posture command -> {mode: the calls that take the robot from that mode to the command's goal}.
+# The Go2 accepts Sit only from a balanced stand, RiseSit only from sitting, StandUp and
+# StandDown not while walking or sitting, StandDown not when damped, BalanceStand not lying
+# (DESIGN.md "The Go2"; sim.TRANSITIONS holds the same rules and refuses the rest with 3203).
+# A mode not listed takes the command itself (`_DIRECT`).
+_PLANS: Final[Mapping[Action, Mapping[Mode, tuple[Action, ...]]]] = {
+    Action.STAND_UP: {_WALK: (Action.STOP_MOVE,), _SIT: (Action.RISE_SIT,)},
+    Action.BALANCE_STAND: {
+        _LIE: (_STAND_UP, _BALANCE_UP),
+        _DAMP: (_STAND_UP, _BALANCE_UP),
+        _SIT: (Action.RISE_SIT,),
+    },
+    Action.RECOVERY_STAND: {
+        _LOCK: (_BALANCE_UP,),
+        _WALK: (Action.STOP_MOVE,),
+        _SIT: (Action.RISE_SIT,),
+    },
+    Action.RISE_SIT: {
+        _LIE: (_STAND_UP, _BALANCE_UP),
+        _DAMP: (_STAND_UP, _BALANCE_UP),
+        _LOCK: (_BALANCE_UP,),
+        _WALK: (Action.STOP_MOVE,),
+    },
+    Action.SIT: {
+        _LIE: (_STAND_UP, _BALANCE_UP, Action.SIT),
+        _DAMP: (_STAND_UP, _BALANCE_UP, Action.SIT),
+        _LOCK: (_BALANCE_UP, Action.SIT),
+        _WALK: (Action.STOP_MOVE, Action.SIT),
+    },
+    Action.STAND_DOWN: {
+        _DAMP: (_STAND_UP, Action.STAND_DOWN),
+        _WALK: (Action.STOP_MOVE, Action.STAND_DOWN),
+        _SIT: (Action.RISE_SIT, Action.STAND_DOWN),
+    },
+}
+# StandUp locks the joints; BalanceStand after it lets the robot walk.
+_DIRECT: Final[Mapping[Action, tuple[Action, ...]]] = {_STAND_UP: (_STAND_UP, _BALANCE_UP)}
+# The mode each call of a plan leads to (sim.TRANSITIONS); the next call waits for it.
+_LEADS_TO: Final[Mapping[Action, Mode]] = {
+    Action.STOP_MOVE: _BALANCE,
+    _STAND_UP: _LOCK,
+    _BALANCE_UP: _BALANCE,
+    Action.RECOVERY_STAND: _BALANCE,
+    Action.RISE_SIT: _BALANCE,
+    Action.SIT: _SIT,
+    Action.STAND_DOWN: _LIE,
+    Action.DAMP: _DAMP,
+}
+# A call returns once the robot accepted it, before the motion ends; the next call of a plan is
+# sent when the robot reports the mode the last one leads to, or after this long at most (a bound
+# on the wait, far above a posture change's duration; the robot's 3203 then tells the truth).
+DEFAULT_POSTURE_SETTLE_S = 3.0
+
+
+def posture_plan(action: Action, mode: Mode | None) -> tuple[Action, ...]:
+    """The calls that carry out `action` from `mode` (None: unknown, the command as asked)."""
+    direct = _DIRECT.get(action, (action,))
+    if mode is None:
+        return direct
+    return _PLANS.get(action, {}).get(mode, direct)
 
 
 class LeaseView(Protocol):
@@ -89,6 +180,7 @@ class Guard:
         *,
         stream_hz: float = DEFAULT_STREAM_HZ,
         send_margin_s: float = DEFAULT_SEND_MARGIN_S,
+        posture_settle_s: float = DEFAULT_POSTURE_SETTLE_S,
         now: Callable[[], float] = clock.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -97,6 +189,7 @@ class Guard:
         self._node_id = node_id
         self._period_s = 1.0 / stream_hz
         self._send_margin_s = send_margin_s
+        self._posture_settle_s = posture_settle_s
         self._now = now
         self._sleep = sleep
         self._turn = asyncio.Lock()
@@ -157,10 +250,9 @@ class Guard:
                 raise NotLeading(self._why_not())
             if command.action is Action.MOVE:
                 return await self._run_stream(command, duration_s or 0.0, index)
-            outcome = await self._once(command, index)
-            if command.action is Action.STAND_UP and outcome.status == "done":
-                await self._once(Command(Action.BALANCE_STAND), index)
-            return outcome
+            if command.action in POSTURE_GOALS:
+                return await self._reach_posture(command, index, epoch)
+            return await self._once(command, index)
 
     async def _run_stream(self, command: Command, duration_s: float, index: int) -> Outcome:
         stream = asyncio.ensure_future(self._move(command, duration_s, index))
@@ -181,6 +273,43 @@ class Guard:
         except RobotError as exc:
             return Outcome("failed", None, str(exc))
         return Outcome("done", token)
+
+    async def _reach_posture(self, command: Command, index: int, epoch: int) -> Outcome:
+        """The calls `posture_plan` lists from the robot's mode now, each after the robot got
+        where the last one leads; a refusal or a stop ends it. A route other than the command
+        alone is named in the outcome's detail."""
+        mode = await self._mode_or_none()
+        plan = posture_plan(command.action, mode)
+        first: FencingToken | None = None
+        for position, step in enumerate(plan):
+            if position and not await self._settled(_ahead(plan[position - 1 :]), epoch):
+                return Outcome("stopped", first, f"preempted by stop before {step.value}")
+            try:
+                token = await self._send(Command(step), index)
+            except RobotError as exc:
+                return Outcome("failed", first, f"{step.value} (from {_name(mode)}): {exc}")
+            first = first or token
+        if plan == _DIRECT.get(command.action, (command.action,)):
+            return Outcome("done", first)
+        return Outcome("done", first, f"from {_name(mode)}: {', '.join(a.value for a in plan)}")
+
+    async def _settled(self, modes: frozenset[Mode], epoch: int) -> bool:
+        """Wait (polling at the stream rate) until the robot reports one of `modes`, reports
+        none, or `posture_settle_s` passed; False at once if a stop came meanwhile."""
+        deadline = self._now() + self._posture_settle_s
+        while epoch == self._epoch:
+            mode = await self._mode_or_none()
+            if mode is None or mode in modes or self._now() >= deadline:
+                return True
+            await self._sleep(self._period_s)
+        return False
+
+    async def _mode_or_none(self) -> Mode | None:
+        """The robot's mode now, or None if it has reported none (then the command goes as is)."""
+        try:
+            return (await self._robot.state()).mode
+        except RobotError:
+            return None
 
     async def _move(self, command: Command, duration_s: float, index: int) -> Outcome:
         end = self._now() + duration_s
@@ -212,3 +341,13 @@ class Guard:
         if not self._lease.lease_valid(self._now()):
             return "not the primary (no valid lease)"
         return "taking over: the robot is not in its safe state yet"
+
+
+def _ahead(calls: tuple[Action, ...]) -> frozenset[Mode]:
+    """The modes that show the first of `calls` took effect: where it leads, or further on (a
+    robot may chain calls itself)."""
+    return frozenset(_LEADS_TO[call] for call in calls)
+
+
+def _name(mode: Mode | None) -> str:
+    return "an unknown mode" if mode is None else mode.name.lower()

@@ -45,6 +45,7 @@ else:
 __all__ = [
     "LANGUAGES",
     "MATCH_THRESHOLD",
+    "OUTCOMES",
     "REGENERATE_DOCS",
     "STOP_RADIUS",
     "CommandInfo",
@@ -90,7 +91,9 @@ MAX_DURATION_S: Final = 10.0
 MatchRule = Literal["exact", "contains", "fuzzy", "stop_phrase", "stop_shadow"]
 RejectionReason = Literal["empty", "no_match", "ambiguous"]
 
-_TOP_KEYS: Final = frozenset({"language", "name", "wake_words", "fillers", "intents"})
+_TOP_KEYS: Final = frozenset({"language", "name", "wake_words", "fillers", "responses", "intents"})
+# The answers for outcomes other than "done" (which answers with the intent's own response).
+OUTCOMES: Final = ("failed", "stopped", "unknown", "rejected")
 _INTENT_KEYS: Final = frozenset({"stop", "action", "phrases", "params", "response"})
 # Hyphens and apostrophes join word parts ("sta-op" is heard as one word, "commando's").
 _JOINERS: Final = re.compile(r"[-‐‑'’‘`´]")
@@ -220,6 +223,7 @@ class Vocabulary:
     source: str
     wake_words: tuple[str, ...]
     fillers: frozenset[str]
+    responses: Mapping[str, str]  # outcome (OUTCOMES) -> what the robot answers
     intents: tuple[Intent, ...]
     # Derived at load: normalised phrase → intent, and the safety sets.
     _phrases: Mapping[str, Intent] = field(repr=False, compare=False)
@@ -269,6 +273,14 @@ class Vocabulary:
         if shadow is not None:
             return shadow
         return _decide(normalised, candidates)
+
+    def response(self, intent: Intent | None, outcome: str) -> str:
+        """What the robot answers: the intent's own response when it ran ("done") or needs no
+        robot (`intent.action` None), else this language's sentence for `outcome` (one of
+        OUTCOMES; any other says "failed": never a success sentence for what did not happen)."""
+        if intent is not None and (outcome == "done" or intent.action is None):
+            return intent.response
+        return self.responses.get(outcome, self.responses["failed"])
 
     @property
     def stop_intent(self) -> Intent:
@@ -419,6 +431,7 @@ def _build(data: Mapping[str, object], source: str) -> Vocabulary:
         source=source,
         wake_words=tuple(wake_words),
         fillers=fillers,
+        responses=_responses(data.get("responses"), source),
         intents=intents,
         _phrases=phrases,
         _stop_phrases=stop_phrases,
@@ -445,6 +458,17 @@ def _strings(table: Mapping[str, object], name: str, source: str, intent: str) -
     if not isinstance(value, list):
         raise VocabularyError(source, intent, name, "must be a list of strings")
     return [_string(item, source, intent, name) for item in value]
+
+
+def _responses(raw: object, source: str) -> Mapping[str, str]:
+    if not isinstance(raw, dict):
+        raise VocabularyError(source, "", "responses", f"needs a [responses] table: {OUTCOMES}")
+    for key in raw:
+        if key not in OUTCOMES:
+            raise VocabularyError(source, "", f"responses.{key}", f"unknown; allowed: {OUTCOMES}")
+    return MappingProxyType(
+        {key: _string(raw.get(key), source, "", f"responses.{key}") for key in OUTCOMES}
+    )
 
 
 def _intent(name: str, raw: object, source: str) -> Intent:
@@ -627,12 +651,15 @@ def _language_section(vocabulary: Vocabulary) -> str:
         for intent in vocabulary.intents
     ]
     exact_only = quoted(sorted(vocabulary.confusable_phrases))
+    answers = "; ".join(f'{key}: "{text}"' for key, text in vocabulary.responses.items())
     return "\n".join(
         [
             f"## {vocabulary.name} (`{vocabulary.language}`, {vocabulary.source})",
             "",
             f"Wake words: {quoted(vocabulary.wake_words)}. Fillers: "
             f"{quoted(sorted(vocabulary.fillers))}. Exact only (rule 3): {exact_only}.",
+            "",
+            f"A command that did not do what its response says answers otherwise ({answers}).",
             "",
             *table(header, rows),
             "",

@@ -48,7 +48,10 @@ class Net:
 
     def get(self, node: str, path: str) -> tuple[int | None, Any]:
         """GET from the client namespace; (status, parsed JSON or None)."""
-        url = f"{self.cluster.nodes[node].url}{path}"
+        return self.fetch(f"{self.cluster.nodes[node].url}{path}")
+
+    def fetch(self, url: str) -> tuple[int | None, Any]:
+        """GET `url` from the client namespace; (status, parsed JSON or None)."""
         start = len(self.probe.stdout.lines)
         self.probe.send(url)
         line = self.probe.wait_for(lambda text: json.loads(text)["url"] == url, 5.0, start)
@@ -155,11 +158,16 @@ def test_discovery_endpoint_and_floating_ip_follow_the_primary(net: Net) -> None
     assert txt["term"] == str(view["term"])
     net.wait(lambda: net.vip_on(_index(primary)), 10.0, "the primary never took the VIP")
     assert [i for i in range(3) if net.vip_on(i)] == [_index(primary)]
+    # Clients of the floating IP reach the primary's API, though its cluster socket is bound to
+    # the node's own address (listen_address): the API binds api_listen_address, every address.
+    at_vip = f"http://{VIP}:8888/cluster/primary"
+    assert net.fetch(at_vip)[0] == 200
 
     net.cluster.kill(primary, signal.SIGKILL)
     new = net.one_primary(exclude=primary)
     assert new != primary
     net.wait(lambda: net.vip_on(_index(new)), 10.0, "the VIP did not move")
+    net.wait(lambda: net.fetch(at_vip)[0] == 200, 10.0, "the VIP does not reach the new primary")
     net.wait(lambda: (e := net.endpoint()) and e[3].get("node") == new, 10.0, "the endpoint stayed")
 
     # The killed node comes back, finds the VIP on itself while not primary, and drops it.

@@ -176,7 +176,8 @@ def test_a_token_file_that_breaks_while_running_refuses_every_token_until_fixed(
                 assert newcomer not in answer.text
             assert _gauge(node, "ha_voice_api_token_file_ok") == 0.0
             health = node.get("/health", timeout_s=10.0)
-            assert health is not None and health.status_code == 200
+            assert health is not None
+            assert health.status_code == 200
             assert health.json()["status"] == "degraded"  # it can take no command now
             assert health.json()["token_file"] == f"refused: {why}"
             assert f"api_token_file refused: {why}" in health.json()["fault_reason"]

@@ -25,8 +25,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from zeroconf import ServiceInfo, Zeroconf
 
+from ha_voice.api.members import CLUSTER_HEADER, MEMBERS_HEADER
 from ha_voice.client import (
+    MAX_URLS,
     AsyncHAVoiceClient,
+    CommandResult,
     DeadlineExceeded,
     HAVoiceClient,
     JetsonVoiceClient,
@@ -362,6 +365,59 @@ def test_jetson_client_returns_the_seed_answers(
     assert not nobody.health_check()
     assert not nobody.start_listening()
     nobody.close()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_client_given_one_url_learns_the_members_and_fails_over_to_them(
+    serve: Callable[..., Scripted], dead_url: str, asynchronous: bool
+) -> None:
+    other = serve()
+    junk = [f"http://10.255.255.{i}:1" for i in range(2 * MAX_URLS)]
+    members = ", ".join([dead_url, other.url, "not-a-url", "ftp://x", *junk])
+    named = Reply(200, DONE, {MEMBERS_HEADER: members, CLUSTER_HEADER: "seed-test"})
+    given, uvicorn_server, thread = _start([named])
+
+    def kill_given() -> None:
+        uvicorn_server.should_exit = True
+        thread.join(10)
+
+    if asynchronous:
+
+        async def scenario() -> tuple[CommandResult, int]:
+            async with AsyncHAVoiceClient(url=given.url) as client:
+                await client.status()
+                kill_given()
+                return await client.command("sit", key="key-m1"), len(client._urls)
+
+        result, kept = asyncio.run(scenario())
+    else:
+        with HAVoiceClient(url=given.url) as client:
+            client.status()
+            kill_given()
+            result, kept = client.command("sit", key="key-m1"), len(client._urls)
+    # the given node (refused), the first member it named (refused), the second: done
+    assert (result.status, result.attempts) == ("done", 3)
+    assert [(s.key, s.path) for s in other.seen] == [("key-m1", "/api/robot/command")]
+    assert kept == MAX_URLS  # a long list cannot make the client hold more
+
+
+def test_a_client_given_one_url_asks_mdns_for_the_learned_cluster_when_every_url_refuses(
+    serve: Callable[..., Scripted],
+) -> None:
+    other = serve()
+    cluster = _unique_cluster()
+    named = Reply(200, DONE, {CLUSTER_HEADER: cluster, MEMBERS_HEADER: ""})
+    given, uvicorn_server, thread = _start([named])
+    with (
+        _advertised(cluster, int(other.url.rsplit(":", 1)[1])),
+        HAVoiceClient(url=given.url, interfaces=["127.0.0.1"]) as client,
+    ):
+        client.status()
+        uvicorn_server.should_exit = True
+        thread.join(10)
+        result = client.command("sit", key="key-m2")
+    assert (result.status, result.attempts) == ("done", 2)  # the given URL, then mDNS's
+    assert [(s.key, s.path) for s in other.seen] == [("key-m2", "/api/robot/command")]
 
 
 def test_the_endpoint_is_found_over_mdns(serve: Callable[..., Scripted], dead_url: str) -> None:

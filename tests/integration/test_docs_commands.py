@@ -12,6 +12,7 @@ from pathlib import Path
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.tokens import read_token_file
 from tests.doc_commands import OPERATIONS, block, blocks, run, system_replacements
+from tests.e2e.test_netns_walkthrough import RUN_HERE as WALKTHROUGH_RUN_HERE
 
 # Every marked block, and the test that runs it.
 RUN_BY = {
@@ -19,6 +20,7 @@ RUN_BY = {
     "add-token": "test_docs_commands.py",
     "new-key": "test_docs_commands.py",
     "tls-certificates": "test_tls.py",
+    **dict.fromkeys(WALKTHROUGH_RUN_HERE, "../e2e/test_netns_walkthrough.py"),
 }
 # The sections whose every shell block must be marked (and so run).
 SECTIONS = ("## Secret files", "## Who may command the robot")

@@ -63,7 +63,7 @@ def _config(tmp: Path, header_timeout_s: float, **tls: Any) -> Config:
     return Config(
         node_id="t",
         cluster_key_file=key,
-        listen_address="127.0.0.1",
+        api_listen_address="127.0.0.1",
         port=free_port(),
         api_header_timeout_s=header_timeout_s,
         api_max_connections=CAP,

@@ -67,7 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
     config = Config(
         node_id="t",
         cluster_key_file=key,
-        listen_address="127.0.0.1",
+        api_listen_address="127.0.0.1",
         port=free_port(),
         api_header_timeout_s=0.5,
         api_body_timeout_s=0.5,

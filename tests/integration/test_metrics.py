@@ -19,7 +19,15 @@ from ha_voice.local_cluster import LocalCluster
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(3) as running:
         running.start()
-        assert running.wait_for_primary(20.0) is not None
+        found = running.wait_for_primary(20.0)
+        assert found is not None
+        # Two of three elect a primary: wait until the third is heard too.
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            alive = re.search(r"^ha_voice_peers_alive (\S+)$", _metrics(running, found[0]), re.M)
+            if alive is not None and float(alive.group(1)) == 2:
+                break
+            time.sleep(0.2)
         yield running
 
 

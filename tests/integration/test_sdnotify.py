@@ -56,6 +56,11 @@ def test_each_helper_sends_its_assignment(listener: socket.socket) -> None:
     ]
 
 
+def test_extend_timeout_asks_for_microseconds_with_a_status(listener: socket.socket) -> None:
+    assert sdnotify.extend_timeout(3.0, "waiting for the network")
+    assert listener.recv(4096) == b"EXTEND_TIMEOUT_USEC=3000000\nSTATUS=waiting for the network"
+
+
 def test_a_status_cannot_smuggle_in_another_assignment(listener: socket.socket) -> None:
     assert sdnotify.status("line one\nREADY=1")
     assert listener.recv(4096) == b"STATUS=line one READY=1"

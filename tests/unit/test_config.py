@@ -515,20 +515,6 @@ def test_markdown_lists_every_key_with_its_sources() -> None:
         assert f"| `{profile}` |" in text
 
 
-def test_main_check_prints_the_effective_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--check", str(write(tmp_path, "priority = 9\n"))]) == 0
-    assert "priority = 9\n" in capsys.readouterr().out
-
-
-def test_main_check_reports_errors_with_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--check", str(write(tmp_path, "priority = 999\n"))]) == 2
-    assert "priority = 999" in capsys.readouterr().err
-
-
 def test_main_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--markdown"]) == 0
     assert capsys.readouterr().out == render_markdown()
@@ -538,3 +524,50 @@ def test_a_witness_configures_itself_as_the_witness() -> None:
     config = load_config(env={}, flags={"node_id": "w", "peers": "n1,n2", "witness": "w"})
     assert config.witness_spec is not None
     assert config.witness_spec.node_id == config.node_id
+
+
+# --- the seed's robot flags ----------------------------------------------------------------------
+
+
+def test_the_seeds_command_line_drives_the_go2() -> None:
+    argv = "--robot-ip 192.168.123.161 --network-interface eth0 --port 8888 "
+    argv += "--whisper-model medium --language nl-NL"
+    flags = flags_from_namespace(parser().parse_args(argv.split()))
+    assert load_config(env={}, flags=flags).robot == "go2"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"robot_ip": "192.168.123.20"}, {"network_interface": "eth1"}],
+    ids=["robot_ip", "network_interface"],
+)
+def test_either_robot_key_alone_means_go2_and_nothing_means_none(
+    tmp_path: Path, given: dict[str, str]
+) -> None:
+    assert load_config(env={}, flags=given).robot == "go2"
+    key, value = next(iter(given.items()))
+    assert load_config(write(tmp_path, f'{key} = "{value}"\n'), env={}).robot == "go2"
+    assert load_config(env={}, flags={}).robot == "none"
+
+
+def test_a_robot_key_with_robot_none_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, 'robot = "none"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={}, flags={"robot_ip": "192.168.123.20"})
+    message = str(caught.value)
+    assert "flag --robot-ip" in message
+    assert "robot = 'none', which drives no robot" in message
+    assert 'fix: set robot = "go2"' in message
+
+
+@pytest.mark.parametrize("backend", ["go2", "sim", "sim://127.0.0.1:9000"])
+def test_a_robot_key_with_a_backend_is_kept(backend: str) -> None:
+    flags = {"robot": backend, "network_interface": "eth1"}
+    assert load_config(env={}, flags=flags).robot == backend
+
+
+def test_robot_none_with_the_robot_keys_at_their_defaults_is_a_config_without_a_robot(
+    tmp_path: Path,
+) -> None:
+    text = 'robot = "none"\nrobot_ip = "192.168.123.161"\nnetwork_interface = "eth0"\n'
+    assert load_config(write(tmp_path, text), env={}).robot == "none"

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import pytest
 
-from ha_voice.robot.base import Action, Command, Mode
-from ha_voice.robot.guard import Guard, NotLeading
-from ha_voice.robot.sim import SimGo2
+from ha_voice.robot.base import Action, Command, FencingToken, Mode, RobotState
+from ha_voice.robot.guard import (
+    DEFAULT_POSTURE_SETTLE_S,
+    DEFAULT_STREAM_HZ,
+    POSTURE_GOALS,
+    Guard,
+    NotLeading,
+    Outcome,
+    posture_plan,
+)
+from ha_voice.robot.sim import POSTURES, SimGo2
 
 T = TypeVar("T")
 
@@ -204,3 +212,177 @@ def test_every_command_carries_term_index_and_lease() -> None:
     ]
     assert {e.lease_expiry_s for e in entries} == {10_000.0}
     assert {e.node for e in entries} == {"n1"}
+
+
+# --- postures: every posture command from every posture the simulated Go2 can be in ------------
+
+_TOKEN = FencingToken(3, 0, "setup")
+# Direct calls (not through the guard) that put the simulator in each of its postures.
+_INTO: dict[Mode, tuple[Command, ...]] = {
+    Mode.LIE_DOWN: (),
+    Mode.DAMPING: (Command(Action.DAMP),),
+    Mode.JOINT_LOCK: (Command(Action.STAND_UP),),
+    Mode.BALANCE_STAND: (Command(Action.STAND_UP), Command(Action.BALANCE_STAND)),
+    Mode.LOCOMOTION: (
+        Command(Action.STAND_UP),
+        Command(Action.BALANCE_STAND),
+        Command(Action.MOVE, {"vx": 0.3}),
+    ),
+    Mode.SIT: (Command(Action.STAND_UP), Command(Action.BALANCE_STAND), Command(Action.SIT)),
+}
+
+
+def test_the_setup_covers_every_posture_of_the_simulator() -> None:
+    assert set(_INTO) == set(POSTURES)
+
+
+def in_posture(mode: Mode) -> tuple[SimGo2, Guard]:
+    _, _, robot, guard = setup()
+    run(robot.connect())
+    run(guard.take_over())  # from lying: nothing but STOP_MOVE
+    for command in _INTO[mode]:
+        run(robot.execute(command, _TOKEN))
+    assert run(robot.state()).mode is mode
+    return robot, guard
+
+
+@pytest.mark.parametrize("mode", POSTURES, ids=lambda m: m.name.lower())
+@pytest.mark.parametrize("action", POSTURE_GOALS, ids=lambda a: a.value)
+def test_a_posture_command_reaches_its_posture_from_every_posture(
+    action: Action, mode: Mode
+) -> None:
+    robot, guard = in_posture(mode)
+    before = len(robot.journal())
+    outcome = run(guard.execute(Command(action), index=7))
+    assert outcome.status == "done", outcome.detail
+    assert run(robot.state()).mode is POSTURE_GOALS[action]
+    sent = robot.journal()[before:]
+    refused = [(e.action.value, e.code) for e in sent if not e.accepted]
+    assert refused == []  # the guard asked only what the robot accepts in each mode
+    assert {e.token for e in sent} == {FencingToken(3, 7, "n1")}
+    assert [e.action for e in sent] == list(posture_plan(action, mode))
+
+
+def test_sta_op_after_sitting_rises_and_says_how() -> None:
+    robot, guard = in_posture(Mode.SIT)
+    outcome = run(guard.execute(Command(Action.STAND_UP)))
+    assert outcome.status == "done"
+    assert outcome.detail == "from sit: rise_sit"
+    assert run(robot.state()).mode is Mode.BALANCE_STAND
+    run(guard.execute(Command(Action.MOVE, {"vx": 0.3}), duration_s=0.2))
+    assert run(robot.state()).mode is Mode.BALANCE_STAND  # walked, then stopped
+
+
+def test_a_refused_step_fails_the_command_and_names_the_step() -> None:
+    robot, guard = in_posture(Mode.SIT)
+    run(robot.execute(Command(Action.STOP_MOVE), FencingToken(9, 0, "other")))  # a newer term
+    outcome = run(guard.execute(Command(Action.STAND_DOWN)))
+    assert outcome.status == "failed"
+    assert outcome.detail.startswith("rise_sit (from sit): ")
+    assert "4001" in outcome.detail
+    assert run(robot.state()).mode is Mode.SIT
+
+
+def test_a_robot_without_a_known_mode_gets_the_command_as_asked() -> None:
+    assert posture_plan(Action.SIT, None) == (Action.SIT,)
+    assert posture_plan(Action.STAND_UP, None) == (Action.STAND_UP, Action.BALANCE_STAND)
+
+
+class SlowToSettle(SimGo2):
+    """A Go2 whose `rt/sportmodestate` shows a posture change only `polls` reads after the call
+    was accepted, as a real motion takes time."""
+
+    def __init__(self, polls: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.polls = polls
+        self._shown: Mode | None = None
+        self._hidden_for = 0
+
+    async def execute(
+        self, command: Command, token: FencingToken, *, lease_expiry_s: float | None = None
+    ) -> None:
+        before = (await super().state()).mode
+        await super().execute(command, token, lease_expiry_s=lease_expiry_s)
+        self._shown, self._hidden_for = before, self.polls
+
+    async def state(self) -> RobotState:
+        state = await super().state()
+        if self._hidden_for > 0:
+            self._hidden_for -= 1
+            return replace(state, mode=self._shown or state.mode)
+        return state
+
+
+def sitting_slow_to_settle(polls: int) -> tuple[SlowToSettle, Guard]:
+    """A sitting robot whose reports lag `polls` reads behind each call from now on."""
+    clock = Clock()
+    robot = SlowToSettle(0, now=clock, latency_s=0.0)
+    guard = Guard(robot, Lease(clock), "n1", now=clock, sleep=clock.sleep)
+    run(robot.connect())
+    run(guard.take_over())
+    for command in _INTO[Mode.SIT]:
+        run(robot.execute(command, _TOKEN))
+    robot.polls = polls
+    return robot, guard
+
+
+def test_each_call_of_a_plan_waits_until_the_robot_got_where_the_last_one_leads() -> None:
+    robot, guard = sitting_slow_to_settle(3)
+    before = len(robot.journal())
+    outcome = run(guard.execute(Command(Action.STAND_DOWN)))
+    assert outcome.status == "done", outcome.detail
+    rise, down = robot.journal()[before:]
+    assert (rise.action, down.action) == (Action.RISE_SIT, Action.STAND_DOWN)
+    # Three reads still showed SIT: the guard polled at the stream rate until BALANCE_STAND.
+    assert down.arrival_s - rise.arrival_s == pytest.approx(3 / DEFAULT_STREAM_HZ)
+    assert run(SimGo2.state(robot)).mode is Mode.LIE_DOWN  # the simulator's own, no lag
+
+
+def test_a_robot_that_never_reports_the_mode_gets_the_next_call_after_the_bound() -> None:
+    robot, guard = sitting_slow_to_settle(10**6)
+    before = len(robot.journal())
+    outcome = run(guard.execute(Command(Action.STAND_DOWN)))
+    assert outcome.status == "done"  # the simulator got there; its report only lagged
+    rise, down = robot.journal()[before:]
+    assert down.arrival_s - rise.arrival_s == pytest.approx(DEFAULT_POSTURE_SETTLE_S, abs=0.1)
+
+
+def test_a_stop_ends_a_plan_between_two_calls() -> None:
+    robot, guard = sitting_slow_to_settle(10**6)
+
+    async def scenario() -> tuple[Outcome, Outcome]:
+        plan = asyncio.ensure_future(guard.execute(Command(Action.STAND_DOWN)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stopped = await guard.stop()
+        return await plan, stopped
+
+    before = len(robot.journal())
+    outcome, stopped = run(scenario())
+    assert outcome.status == "stopped"
+    assert stopped.status == "done"
+    sent = [e.action for e in robot.journal()[before:]]
+    assert sent == [Action.RISE_SIT, Action.STOP_MOVE]  # never StandDown after the stop
+
+
+class ChainsItsStand(SimGo2):
+    """A robot that balances by itself right after StandUp (firmware or adapter that chains)."""
+
+    async def execute(
+        self, command: Command, token: FencingToken, *, lease_expiry_s: float | None = None
+    ) -> None:
+        await super().execute(command, token, lease_expiry_s=lease_expiry_s)
+        if command.action is Action.STAND_UP:
+            await super().execute(Command(Action.BALANCE_STAND), token)
+
+
+def test_a_robot_already_further_along_the_plan_is_not_waited_for() -> None:
+    clock = Clock()
+    robot = ChainsItsStand(now=clock, latency_s=0.0)
+    guard = Guard(robot, Lease(clock), "n1", now=clock, sleep=clock.sleep)
+    run(robot.connect())
+    run(guard.take_over())
+    started = clock.t
+    assert run(guard.execute(Command(Action.STAND_UP))).status == "done"
+    assert clock.t == started  # BALANCE_STAND reported instead of JOINT_LOCK: no wait
+    assert run(robot.state()).mode is Mode.BALANCE_STAND

@@ -468,6 +468,12 @@ language = "xx"
 wake_words = ["robot"]
 fillers = ["eh"]
 
+[responses]
+failed = "Failed."
+stopped = "Stopped."
+unknown = "Unknown."
+rejected = "Pardon?"
+
 [intents.stop]
 stop = true
 action = "stop_move"
@@ -522,6 +528,9 @@ def test_a_minimal_vocabulary_loads(tmp_path: Path) -> None:
         ('response = "Sitting."', 'respons = "x"', "sit", "respons", "unknown key"),
         ("stop = true", "stop = false", "", "stop", "exactly one"),
         ("stop = true", 'stop = "yes"', "stop", "stop", "true or false"),
+        ('rejected = "Pardon?"', "", "", "responses.rejected", "non-empty string"),
+        ('rejected = "Pardon?"', 'refused = "x"', "", "responses.refused", "unknown"),
+        ("[responses]", "[answers]", "", "answers", "unknown key"),
     ],
 )
 def test_validation_errors_name_file_intent_and_field(
@@ -558,6 +567,54 @@ def test_unknown_language_is_refused_with_the_known_ones() -> None:
 def test_language_tags_like_the_seeds_work() -> None:
     assert Vocabulary.load("nl-NL") is NL
     assert Vocabulary.load("en_GB") is EN
+
+
+# What the robot says: the intent's response only for what happened
+
+
+@pytest.mark.parametrize(
+    ("vocabulary", "said", "sentences"),
+    [
+        (
+            NL,
+            "sta op",
+            {
+                "done": "Ik sta op.",
+                "failed": "Dat lukt me nu niet.",
+                "stopped": "Ik ben gestopt.",
+                "unknown": "Ik weet niet of het gelukt is.",
+            },
+        ),
+        (
+            EN,
+            "stand up",
+            {
+                "done": "Standing up.",
+                "failed": "I cannot do that now.",
+                "stopped": "I stopped.",
+                "unknown": "I do not know whether that worked.",
+            },
+        ),
+    ],
+)
+def test_the_response_follows_the_outcome(
+    vocabulary: Vocabulary, said: str, sentences: dict[str, str]
+) -> None:
+    found = vocabulary.match(said)
+    assert isinstance(found, Match)
+    for outcome, sentence in sentences.items():
+        assert vocabulary.response(found.intent, outcome) == sentence
+    success = found.intent.response
+    assert vocabulary.response(found.intent, "no such outcome") == sentences["failed"]
+    assert all(vocabulary.response(found.intent, o) != success for o in sentences if o != "done")
+
+
+def test_a_rejection_and_a_talk_only_intent_answer_in_their_language() -> None:
+    assert NL.response(None, "rejected") == "Dat heb ik niet verstaan."
+    assert EN.response(None, "rejected") == "I did not understand that."
+    help_nl = NL.match("help")
+    assert isinstance(help_nl, Match)
+    assert NL.response(help_nl.intent, "done").startswith("Ik ken:")
 
 
 # GET /api/commands and docs/commands.md

@@ -1,0 +1,158 @@
+"""What a node checks before it starts, besides the values of its keys: the files it reads and
+the directory it writes.
+
+Invariants:
+- `startable_problems` is the one list of these checks: `ha-voice run`, `ha-voice witness` and
+  `ha-voice config check` load their configuration with it (`load_config(checks=...)`, so its
+  problems come in the same round as the values'), and the daemon checks again before anything
+  votes or binds; a file that `check` calls valid is one that starts (binding sockets aside).
+- Every check runs, and the one ConfigError lists every problem, each naming the key and a fix.
+- Nothing is created or changed: the state directory is only looked at, and an existing state
+  database is opened read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from ha_voice.cluster.storage import SCHEMA_VERSION, STATE_FILE_NAME
+from ha_voice.config import Config, read_accepted_keys, read_cluster_key
+from ha_voice.errors import ConfigError
+from ha_voice.tokens import read_token_file
+
+__all__ = ["check_startable", "startable_problems"]
+
+_WRITABLE: Final = os.W_OK | os.X_OK
+
+
+def startable_problems(config: Config) -> list[str]:
+    """Every secret file, TLS file and state-directory problem that would refuse the start of a
+    node with `config`, one line each naming the key and the fix; a `config.Check`."""
+    problems = []
+    for check in _CHECKS:
+        try:
+            check(config)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def check_startable(config: Config) -> None:
+    """ConfigError listing `startable_problems(config)`, if there are any."""
+    problems = startable_problems(config)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        raise ConfigError(f"cannot start ({len(problems)} {noun}):\n{lines}")
+
+
+def _cluster_keys(config: Config) -> None:
+    read_cluster_key(config)
+
+
+def _accepted_keys(config: Config) -> None:
+    read_accepted_keys(config)
+
+
+def _token_file(config: Config) -> None:
+    if config.api_token_file is not None:
+        read_token_file(config.api_token_file, "api_token_file")
+
+
+def _tls(config: Config) -> None:
+    # Imported here: api.tls pulls in FastAPI, which `config check` without TLS needs not.
+    from ha_voice.api.tls import server_options  # noqa: PLC0415
+
+    server_options(config)
+
+
+def _tls_ca(config: Config) -> None:
+    from ha_voice.api.tls import client_context  # noqa: PLC0415
+
+    client_context(config)
+
+
+def _state_dir(config: Config) -> None:
+    path = config.state_dir
+    shown = f"state_dir = {str(path)!r}"
+    if not path.exists():
+        _check_creatable(shown, path)
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{shown}: not a directory; fix: move it aside or set state_dir")
+    if not os.access(path, _WRITABLE):
+        raise ConfigError(
+            f"{shown}: this user ({_user()}) cannot write it; fix: chown it to the user "
+            "ha-voice runs as and chmod 700 it"
+        )
+    database = path / STATE_FILE_NAME
+    if database.exists():
+        _check_database(shown, database)
+
+
+def _check_creatable(shown: str, path: Path) -> None:
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, _WRITABLE):
+        raise ConfigError(
+            f"{shown}: does not exist, and this user ({_user()}) cannot create it in {parent}; "
+            f"fix: create it for the ha-voice user (install -d -m 0700 -o ha-voice {path}; "
+            "systemd's StateDirectory= does this) or set state_dir to a writable directory"
+        )
+
+
+def _check_database(shown: str, database: Path) -> None:
+    if not os.access(database, os.R_OK | os.W_OK):
+        raise ConfigError(
+            f"{shown}: this user ({_user()}) cannot read and write {database}; fix: chown it "
+            "to the user ha-voice runs as"
+        )
+    try:
+        connection = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+            version = (
+                connection.execute("SELECT version FROM schema_version WHERE id = 0").fetchone()
+                if "schema_version" in tables
+                else None
+            )
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            f"{shown}: {database} is not a usable SQLite database ({exc}); fix: move the "
+            "state directory aside (docs/operations.md, 'State')"
+        ) from None
+    if tables and version is None:
+        raise ConfigError(
+            f"{shown}: {database} is not an ha-voice state database; fix: set state_dir to a "
+            "directory of its own"
+        )
+    if version is not None and int(version[0]) > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{shown}: {database} has schema version {version[0]}, newer than this ha-voice "
+            f"knows ({SCHEMA_VERSION}); fix: upgrade ha-voice"
+        )
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+_CHECKS: Final[tuple[Callable[[Config], None], ...]] = (
+    _cluster_keys,
+    _accepted_keys,
+    _token_file,
+    _tls,
+    _tls_ca,
+    _state_dir,
+)
