@@ -208,6 +208,7 @@ class LocalCluster:
             f"--cluster-key-file={self.key_file}",
             f"--state-dir={self.dir / node.node_id}",
             f"--listen-address={node.host}",
+            f"--api-listen-address={node.host}",  # each node its own address, port 8888 too
             f"--cluster-port={node.cluster_port}",
             f"--port={node.api_port}",
             f"--peers={','.join(peers)}",
