@@ -134,6 +134,7 @@ class CommandService:
         self._guard = guard
         self._reexecute_window_s = reexecute_window_s
         self._ready_term: int | None = None
+        self._takeover_problem: tuple[int, str] | None = None  # (term, why not ready yet)
         self._inflight: dict[str, tuple[CommandRequest, asyncio.Future[Answer]]] = {}
 
     @property
@@ -148,6 +149,21 @@ class CommandService:
     def ready(self) -> bool:
         view = self._node.view
         return self._ready_term == view.term and view.role is Role.PRIMARY
+
+    def not_ready_reason(self) -> str | None:
+        """Why this primary takes no commands yet (its takeover is not done), or None: ready,
+        or not primary at all."""
+        view = self._node.view
+        if view.role is not Role.PRIMARY or self.ready():
+            return None
+        problem = self._takeover_problem
+        if problem is not None and problem[0] == view.term:
+            return f"term {view.term}: robot not made safe yet ({problem[1]})"
+        return f"term {view.term}: taking over (robot to its safe state, journal settling)"
+
+    def takeover_failed(self, term: int, why: str) -> None:
+        """Note why the takeover of `term` has not succeeded yet (`not_ready_reason`)."""
+        self._takeover_problem = (term, why)
 
     # --- takeover --------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -50,6 +49,7 @@ from ha_voice.interfaces import network_wait_reason
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
 from ha_voice.preflight import check_startable
+from ha_voice.problem_log import ProblemLog
 from ha_voice.robot.backends import make_robot
 from ha_voice.robot.base import Robot, RobotError
 from ha_voice.robot.guard import Guard, NotLeading
@@ -80,6 +80,11 @@ class _Actions:
     vip: FloatingIP | None = None
     guard: Guard | None = None
     commands: CommandService | None = None
+    node: ClusterNode | None = None
+
+    def robot_term_seen(self, term: int) -> None:
+        if self.node is not None:
+            self.node.robot_term_seen(term)
 
     def stop_robot(self, reason: str) -> None:
         if self.guard is not None:
@@ -90,15 +95,24 @@ class _Actions:
         commands = self.commands
         if commands is None:
             return
+        problems = ProblemLog(log, f"term {term}: takeover")
         while commands.leading(term):
             try:
                 await commands.take_over(term, index, self.config.on_takeover)
+                problems.check(None, clock.monotonic())
                 return
             except (NotLeading, NotPrimary) as exc:
                 log.warning("term %d: gave up taking over: %s", term, exc)
                 return
-            except RobotError as exc:  # not connected yet, or a timeout: the robot decides
-                log.warning("term %d: robot not made safe yet (%s); trying again", term, exc)
+            except RobotError as exc:  # not connected yet, a timeout, fenced: the robot decides
+                if exc.seen_term is not None:
+                    # Refused before this node ever commanded in `term`: the robot knows a term
+                    # no live member leads (state moved aside): move past it (docs/operations.md,
+                    # "A robot that has seen a newer term"); this loop ends once the view shows it.
+                    self.robot_term_seen(exc.seen_term)
+                commands.takeover_failed(term, str(exc))
+                why = f"term {term}: robot not made safe yet ({exc}); trying again"
+                problems.check(why, clock.monotonic())
                 await asyncio.sleep(_TAKEOVER_RETRY_S)
 
     async def publish_endpoint(self, term: int) -> None:
@@ -201,6 +215,7 @@ async def _start(config: Config) -> _Daemon:
         retention=(config.journal_max_entries, config.journal_max_age_s),
         stall_s=config.stall_timeout_s,
     )
+    actions.node = node
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
         actions.guard = Guard(robot, node, config.node_id)
@@ -239,7 +254,7 @@ async def _start(config: Config) -> _Daemon:
     )
     server, api_socket = build_server(config, app)
     server_task = _supervised(server.serve(sockets=[api_socket]), "HTTP server")
-    lag_probe = _supervised(_probe_api_loop(node, metrics), "main loop probe")
+    lag_probe = _supervised(_probe_api_loop(node, metrics, config.mdns), "main loop probe")
     daemon = _Daemon(config, store, node, actions, hook, server, server_task, lag_probe)
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
@@ -309,29 +324,41 @@ def _forget(node_id: str) -> None:
 
 
 async def _watch_robot(robot: Robot, node: ClusterNode) -> None:
-    """Tell the core whether the robot answers: a node that cannot reach it does not lead."""
-    known: bool | None = None
+    """Tell the core whether the robot answers, and if not why (the connect error, verbatim):
+    a node that cannot reach it does not lead. Each new reason is logged once, at warning."""
+    known: tuple[bool, str] | None = None
     while True:
-        reachable = await robot.reachable()
+        reachable, why = await robot.reachable(), "no answer to the probe"
         if not reachable:
-            with contextlib.suppress(RobotError):
+            try:
                 await robot.connect()
                 reachable = await robot.reachable()
-        if reachable != known:
-            log.info("robot %s", "reachable" if reachable else "unreachable")
-            node.set_robot_reachable(reachable)
-            known = reachable
+            except RobotError as exc:
+                why = str(exc)
+        state = (reachable, "" if reachable else why)
+        if state != known:
+            if reachable:
+                log.info("robot reachable")
+            else:
+                log.warning("robot unreachable: %s", why)
+            node.set_robot_reachable(*state)
+            known = state
         await asyncio.sleep(_ROBOT_POLL_S)
 
 
-async def _probe_api_loop(node: ClusterNode, metrics: Metrics) -> None:
+async def _probe_api_loop(node: ClusterNode, metrics: Metrics, mdns: bool) -> None:
     """How late this loop (API, robot, discovery) wakes us (requests wait as long, or longer),
-    and the sign of life the core needs to keep leading (runner.py: a stuck loop is a stall)."""
+    and the sign of life the core needs to keep leading (runner.py: a stuck loop is a stall).
+    A node without a primary says why in the log, while it lasts (`ProblemLog`)."""
+    timeout_s = node.timers.election_timeout_s
+    quorum = ProblemLog(log, "no primary", grace_s=3 * timeout_s)
     while True:
         expected = clock.monotonic() + _LAG_PROBE_S
         node.main_loop_alive()
         await asyncio.sleep(_LAG_PROBE_S)
-        metrics.api_loop_lag.set(max(0.0, clock.monotonic() - expected))
+        now = clock.monotonic()
+        metrics.api_loop_lag.set(max(0.0, now - expected))
+        quorum.check(node.view.no_primary_reason(now, timeout_s, mdns), now)
 
 
 async def _wait_for_stop_signal() -> None:

@@ -90,6 +90,14 @@ class ClusterCollector(Collector):
             "Seconds this node may still command the robot without a renewal (0 unless primary)",
             value=max(snap.lease_remaining_s, 0.0),
         )
+        # Read from the lease at scrape time, not set when the role changes: a lapsed lease
+        # (a stuck core, a primary that has not heard a quorum) shows at once, and since leases
+        # never overlap, sum(ha_voice_is_primary) over the cluster is never above 1.
+        yield GaugeMetricFamily(
+            "ha_voice_is_primary",
+            "1 while primary with a valid lease (at the moment of the scrape)",
+            value=1 if snap.lease_remaining_s > 0 else 0,
+        )
         for name, help_text, value in (
             ("ha_voice_votes_granted", "Pre-votes and votes this node granted", snap.votes_granted),
             ("ha_voice_votes_denied", "Pre-votes and votes this node refused", snap.votes_denied),
@@ -158,9 +166,6 @@ class Metrics:
             "ha_voice_node_info", "Static facts about this node", ["node", "cluster"], registry=r
         )
         self.role = Gauge("ha_voice_role", "1 for the role this node is in", ["role"], registry=r)
-        self.is_primary = Gauge(
-            "ha_voice_is_primary", "1 while primary with a valid lease", registry=r
-        )
         self.term = Gauge("ha_voice_term", "Current election term", registry=r)
         self.failovers = Counter(
             "ha_voice_failovers", "Terms this node won after another primary", registry=r
@@ -233,6 +238,17 @@ class Metrics:
             buckets=_LATENESS_BUCKETS,
             registry=r,
         )
+        self.healthy = Gauge(
+            "ha_voice_healthy",
+            "1 while /health says ok; 0 while degraded or failing (the reason is on /health)",
+            registry=r,
+        )
+        self.serving = Gauge(
+            "ha_voice_serving",
+            "1 while /cluster/primary answers 200: the primary with a valid lease whose takeover "
+            "(robot made safe, journal settled) is done",
+            registry=r,
+        )
         self.api_loop_lag = Gauge(
             "ha_voice_api_event_loop_lag_seconds",
             "Latest scheduling delay of the main loop (HTTP API, robot, discovery)",
@@ -297,11 +313,10 @@ class Metrics:
         """Export the node's scrape-time values."""
         self.registry.register(ClusterCollector(snapshot))
 
-    def set_role(self, role: Role, term: int, lease_valid: bool) -> None:
+    def set_role(self, role: Role, term: int) -> None:
         for each in Role:
             self.role.labels(each.value).set(1 if each is role else 0)
         self.term.set(term)
-        self.is_primary.set(1 if lease_valid else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -79,6 +79,8 @@ def render_table(view: dict[str, Any]) -> str:
             + (f", {took * 1000:.0f} ms" if took is not None else "")
             + f", at {failover['at']}"
         )
+    if view.get("reason"):
+        lines.append(f"{view['node']} is {view.get('status', 'degraded')}: {view['reason']}")
     if "note" in view:
         lines.append(view["note"])
     return "\n".join(lines)

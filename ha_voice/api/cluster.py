@@ -11,16 +11,18 @@ import datetime
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ha_voice import clock
 from ha_voice.api.auth import AUTH_RESPONSES, AUTHENTICATED
 from ha_voice.api.body import JsonBody
+from ha_voice.api.condition import node_condition
 from ha_voice.api.context import ApiContext, context
 from ha_voice.api.limits import rate_limited
 from ha_voice.api.members import member_api_urls
+from ha_voice.api.probe import add_probe_methods, health_check_response
 from ha_voice.api.problems import ApiError, error_responses
 from ha_voice.api.tls import leader_url
 from ha_voice.cluster.events import Role
@@ -42,11 +44,12 @@ class StepDownBody(BaseModel):
 
 
 class PrimaryCheck(BaseModel):
-    """Who answered a health check, in which role and term."""
+    """Who answered a health check, in which role and term; why it is not the primary."""
 
     node: str
     role: str
     term: int
+    reason: str | None
 
 
 class ReplicaCheck(BaseModel):
@@ -68,16 +71,20 @@ _STEP_DOWN_BODY = JsonBody(StepDownBody, '{"target": "n2"} or no body', optional
 
 
 @router.get("")
-async def cluster(ctx: Ctx) -> dict[str, Any]:
-    """This node's view of the cluster; the primary's view is the complete one."""
+async def cluster(ctx: Ctx, request: Request) -> dict[str, Any]:
+    """This node's view of the cluster; the primary's view is the complete one. `role` is
+    "primary" only while the lease is valid; `status` and `reason` are `/health`'s."""
     node = ctx.node
     election = node.view
     now = clock.monotonic()
+    condition = node_condition(ctx, request, now)
     failover = election.last_failover
     return {
         "cluster": ctx.config.cluster,
         "node": election.node_id,
-        "role": election.role.value,
+        "role": condition.role,
+        "status": condition.status,
+        "reason": condition.reason,
         "term": election.term,
         "leader": election.leader,
         "leader_api": _leader_api(ctx),
@@ -104,12 +111,21 @@ async def cluster(ctx: Ctx) -> dict[str, Any]:
         503: {"model": PrimaryCheck, "description": "not the primary with a valid lease"},
     },
 )
-async def primary(ctx: Ctx) -> JSONResponse:
-    """200 on the primary holding a valid lease, else 503."""
+async def primary(ctx: Ctx, request: Request) -> Response:
+    """200 on the primary holding a valid lease whose takeover is done (the robot made safe,
+    the journal settled), else 503 with the reason; HEAD and OPTIONS alike (`probe.py`)."""
     election = ctx.node.view
-    ok = election.lease_valid(clock.monotonic())
-    body = {"node": election.node_id, "role": election.role.value, "term": election.term}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    condition = node_condition(ctx, request, clock.monotonic())
+    body = {
+        "node": election.node_id,
+        "role": condition.role,
+        "term": election.term,
+        "reason": None if condition.serving else condition.reason or "not the primary",
+    }
+    return health_check_response(request, body, 200 if condition.serving else 503)
+
+
+add_probe_methods(router, "/primary", primary)
 
 
 @router.get(
@@ -119,9 +135,9 @@ async def primary(ctx: Ctx) -> JSONResponse:
         503: {"model": ReplicaCheck, "description": "not a backup following a live primary"},
     },
 )
-async def replica(ctx: Ctx) -> JSONResponse:
+async def replica(ctx: Ctx, request: Request) -> Response:
     """200 on a backup that heard a live primary within an election timeout and is heard by
-    it, else 503."""
+    it, else 503; HEAD and OPTIONS alike (`probe.py`)."""
     election = ctx.node.view
     leader = election.leader_info()
     heard = leader.last_heard_at if leader else None
@@ -130,7 +146,10 @@ async def replica(ctx: Ctx) -> JSONResponse:
     counted = election.unheard_reason(now, timeout_s) is None
     ok = election.role is Role.BACKUP and fresh and counted
     body = {"node": election.node_id, "role": election.role.value, "leader": election.leader}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return health_check_response(request, body, 200 if ok else 503)
+
+
+add_probe_methods(router, "/replica", replica)
 
 
 @router.post(
@@ -189,7 +208,7 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
 def _role_of(node: ClusterNode, name: str, now: float) -> str:
     election = node.view
     if name == election.node_id:
-        return election.role.value
+        return election.shown_role(now)
     if name == election.leader:
         return Role.PRIMARY.value
     if name in election.membership.witnesses:

@@ -5,61 +5,59 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ha_voice import clock
-from ha_voice.api.auth import authenticator
+from ha_voice.api.condition import node_condition
 from ha_voice.api.context import ApiContext, context
-from ha_voice.cluster.events import Role
-from ha_voice.cluster.runner import MAX_IDLE_S
+from ha_voice.api.probe import add_probe_methods, health_check_response
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
-# The core steps at least every MAX_IDLE_S; three of them without a step means it is stuck.
-_CORE_STUCK_S = 3 * MAX_IDLE_S
-
 
 @router.get("/health", responses={503: {"description": "the cluster core is not running"}})
-async def health(ctx: Ctx, request: Request) -> JSONResponse:
+async def health(ctx: Ctx, request: Request) -> Response:
     """200 while the core runs (`status` says whether the node is useful: ok or degraded, with
-    `fault_reason`); 503 with `status` failing when the core has stopped stepping.
+    `fault_reason`); 503 with `status` failing when the core has stopped stepping. HEAD and
+    OPTIONS get the same status without a body (HAProxy's `option httpchk` sends OPTIONS).
 
     `token_file` is null without api_token_file, "ok" while its tokens are in force, and
     "refused: <why>" while every token is refused (the node is then degraded: it cannot take
-    an authenticated command)."""
+    an authenticated command). `whisper_model` is the speech model loaded and ready, or
+    "not loaded: <why>"; `whisper_model_configured` the one configured."""
     view = ctx.node.view
     now = clock.monotonic()
-    stuck_s = now - view.published_at
-    healthy = view.role is not Role.FAULT and (view.leader is not None or view.role is Role.WITNESS)
-    unheard = view.unheard_reason(now, ctx.node.timers.election_timeout_s)
-    token_problem = authenticator(request).token_file_problem()
-    token_reason = None if token_problem is None else f"api_token_file refused: {token_problem}"
-    reason = view.fault_reason or unheard or token_reason
-    status = "ok" if healthy and unheard is None and token_problem is None else "degraded"
-    if stuck_s > _CORE_STUCK_S:
-        status, reason = "failing", f"the cluster core has not stepped for {stuck_s:.1f} s"
+    condition = node_condition(ctx, request, now)
     pending = view.write_pending_since
     body: dict[str, Any] = {
-        "status": status,
-        "robot_connected": ctx.guard is not None and view.eligible,
+        "status": condition.status,
+        "robot_connected": ctx.guard is not None and view.robot_reachable,
         "robot": ctx.config.robot,
-        "whisper_model": ctx.config.whisper_model,
+        "whisper_model": _speech_model(ctx),
+        "whisper_model_configured": ctx.config.whisper_model,
         "language": ctx.config.language,
         "node": view.node_id,
         "cluster": ctx.config.cluster,
-        "role": view.role.value,
+        "role": condition.role,
         "term": view.term,
         "leader": view.leader,
-        "fault_reason": reason,
-        "token_file": _token_file_text(ctx, token_problem),
+        "fault_reason": condition.reason,
+        "token_file": _token_file_text(ctx, condition.token_problem),
         "storage_write_pending_s": None if pending is None else round(now - pending, 3),
         "version": ctx.version,
     }
-    return JSONResponse(body, status_code=503 if status == "failing" else 200)
+    return health_check_response(request, body, 503 if condition.status == "failing" else 200)
+
+
+add_probe_methods(router, "/health", health)
+
+
+def _speech_model(ctx: ApiContext) -> str:
+    """The speech-to-text model loaded and ready; no build of ha-voice loads one yet."""
+    return "not loaded: this version has no speech to text (text commands only)"
 
 
 def _token_file_text(ctx: ApiContext, problem: str | None) -> str | None:
@@ -78,6 +76,10 @@ def _token_file_text(ctx: ApiContext, problem: str | None) -> str | None:
         }
     },
 )
-async def metrics(ctx: Ctx) -> Response:
-    """Every metric of this node, for Prometheus."""
+async def metrics(ctx: Ctx, request: Request) -> Response:
+    """Every metric of this node, for Prometheus; `ha_voice_healthy` and `ha_voice_serving`
+    are `/health`'s and `/cluster/primary`'s answers at the moment of the scrape."""
+    condition = node_condition(ctx, request, clock.monotonic())
+    ctx.metrics.healthy.set(1 if condition.status == "ok" else 0)
+    ctx.metrics.serving.set(1 if condition.serving else 0)
     return Response(content=ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -49,6 +49,7 @@ from ha_voice.cluster.events import (
     Propose,
     PublishEndpoint,
     RobotReachability,
+    RobotTermSeen,
     Role,
     RoleChanged,
     Serviceability,
@@ -175,6 +176,7 @@ class Election:
         self._serviceable = True
         self._fault_reason = ""
         self._robot_reachable = True
+        self._robot_problem = ""
         self._stopping = False
         # Boot counts as having just heard a primary: see invariant 3.
         self._leader_contact_at = now
@@ -261,7 +263,7 @@ class Election:
         if not self._serviceable:
             return self._fault_reason or "not serviceable"
         if not self._robot_reachable:
-            return "robot unreachable"
+            return " ".join(("robot unreachable:", self._robot_problem or "no answer"))
         return ""
 
     def peers(self) -> list[PeerView]:
@@ -293,7 +295,10 @@ class Election:
             self._receive(event.message, event.now, out)
         elif isinstance(event, RobotReachability):
             self._robot_reachable = event.reachable
+            self._robot_problem = "" if event.reachable else event.reason
             self._eligibility_changed(event.now, out)
+        elif isinstance(event, RobotTermSeen):
+            self._robot_term_seen(event.term, event.now, out)
         elif isinstance(event, Serviceability):
             self._serviceable = event.serviceable
             self._fault_reason = event.reason
@@ -687,6 +692,20 @@ class Election:
                 self._start_transfer(target, now, out)
         elif self.role in (Role.BACKUP, Role.PRE_CANDIDATE, Role.CANDIDATE):
             self._become(Role.FAULT, now, out, reason)
+
+    def _robot_term_seen(self, term: int, now: float, out: _Out) -> None:
+        """The robot knows a newer term than ours (its fencing refused us): step down and move
+        to that term, as on any message of a newer term (Raft §5.1), so that the next election
+        is above it. A primary resigns first, so that the others elect without waiting."""
+        if term <= self.term:
+            return
+        if term > self.term + MAX_TERM_JUMP:
+            self.stats.implausible_terms += 1
+            return
+        reason = f"the robot has seen term {term}"
+        if self.role is Role.PRIMARY:
+            self._resign(now, out, reason)
+        self._become_follower(term, None, now, out, reason)
 
     def _resign(self, now: float, out: _Out, reason: str) -> None:
         """Give up the lease and tell everyone, so that they elect without waiting."""

@@ -47,6 +47,7 @@ __all__ = [
     "Propose",
     "PublishEndpoint",
     "RobotReachability",
+    "RobotTermSeen",
     "Role",
     "RoleChanged",
     "Serviceability",
@@ -101,6 +102,16 @@ class RobotReachability:
     """Whether this node can reach the robot; a node that cannot does not lead."""
 
     reachable: bool
+    now: float
+    reason: str = ""  # why not, in the backend's words (its connect error), when unreachable
+
+
+@dataclass(frozen=True)
+class RobotTermSeen:
+    """The robot refused a command because it has already accepted one of `term` (a fencing
+    token newer than ours): a term this node must move past, as if a peer had sent it."""
+
+    term: int
     now: float
 
 
@@ -159,6 +170,7 @@ Event: TypeAlias = (
     Tick
     | MessageReceived
     | RobotReachability
+    | RobotTermSeen
     | Serviceability
     | StepDownRequested
     | ShutdownRequested

@@ -43,6 +43,7 @@ from ha_voice.cluster.events import (
     Propose,
     PublishEndpoint,
     RobotReachability,
+    RobotTermSeen,
     Role,
     RoleChanged,
     ShutdownRequested,
@@ -260,8 +261,16 @@ class ClusterNode:
         """Call on the main loop, often (every 0.1 s): the core judges it stuck without."""
         self._runner.main_loop_seen = clock.monotonic()
 
-    def set_robot_reachable(self, reachable: bool) -> None:
-        self._runner.post(RobotReachability(reachable, clock.monotonic()))
+    def set_robot_reachable(self, reachable: bool, reason: str = "") -> None:
+        """Whether the robot answers; `reason` (the backend's error) goes to `fault_reason`."""
+        self._runner.post(RobotReachability(reachable, clock.monotonic(), reason))
+
+    def robot_term_seen(self, term: int) -> None:
+        """The robot refused our takeover: it has accepted a token of `term`, newer than ours."""
+        log.warning(
+            "the robot refused term %d: it has seen term %d; moving past it", self.term, term
+        )
+        self._runner.post(RobotTermSeen(term, clock.monotonic()))
 
     def learn_peer(
         self, node_id: NodeId, address: Address, priority: int | None, api_port: int | None

@@ -162,7 +162,7 @@ class CoreRunner:
         self._leader_heard_at: float | None = None
         self._last_failover: Failover | None = None
         self._unheard_since: float | None = None
-        self._shown_role: tuple[Role, int, bool] | None = None
+        self._shown_role: tuple[Role, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: UDPTransport | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -577,7 +577,7 @@ class CoreRunner:
 
     def _update_role_metrics(self) -> None:
         e = self.election
-        shown = (e.role, e.term, e.lease_valid(clock.monotonic()))
+        shown = (e.role, e.term)
         if shown != self._shown_role:
             self._shown_role = shown
             self._metrics.set_role(*shown)

@@ -19,7 +19,10 @@ from ha_voice.cluster.followers import PeerView
 from ha_voice.cluster.membership import Membership
 from ha_voice.cluster.protocol import Address, NodeId
 
-__all__ = ["Failover", "NodeView", "PeerInfo"]
+__all__ = ["PRIMARY_WITHOUT_LEASE", "Failover", "NodeView", "PeerInfo"]
+
+# What a node reports as its role while elected but holding no valid lease.
+PRIMARY_WITHOUT_LEASE = "primary_without_lease"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,38 @@ class NodeView:
     def lease_valid(self, now: float) -> bool:
         """Whether this node may command the robot at `now` (`Guard`'s `LeaseView`)."""
         return self.role is Role.PRIMARY and now < self.lease_expiry
+
+    def shown_role(self, now: float) -> str:
+        """The role to report at `now`: "primary" only while the lease is valid. A primary
+        without one (just elected, before a quorum acknowledged it; handing over; its core
+        stuck while others elect) is PRIMARY_WITHOUT_LEASE: it commands nothing."""
+        if self.role is Role.PRIMARY and not self.lease_valid(now):
+            return PRIMARY_WITHOUT_LEASE
+        return self.role.value
+
+    def no_primary_reason(self, now: float, patience_s: float, mdns: bool) -> str | None:
+        """Why this node follows no primary, naming the peers it does not hear within
+        `patience_s` and where it looked for them; None while it leads or follows one."""
+        if self.role is Role.PRIMARY or self.leader is not None:
+            return None
+        peers = sorted(self.membership.voters - {self.node_id})
+        heard = [p for p in peers if self._heard_within(p, now, patience_s)]
+        counted = f"{len(heard)} of {len(peers)} peers heard"
+        if self.membership.is_quorum({self.node_id, *heard}):
+            return f"no primary yet: election under way in term {self.term} ({counted})"
+        missing = [self._where_not_heard(p, mdns) for p in peers if p not in heard]
+        return f"no quorum: {counted}; " + "; ".join(missing)
+
+    def _heard_within(self, node: NodeId, now: float, patience_s: float) -> bool:
+        peer = self.peers.get(node)
+        heard = None if peer is None else peer.last_heard_at
+        return heard is not None and now - heard < patience_s
+
+    def _where_not_heard(self, node: NodeId, mdns: bool) -> str:
+        peer = self.peers.get(node)
+        if peer is None or peer.address is None:
+            return f"{node} not found by mDNS" if mdns else f"{node} has no address (mDNS off)"
+        return f"{node} not heard at {peer.address[0]}:{peer.address[1]}"
 
     def unheard_reason(self, now: float, patience_s: float) -> str | None:
         """Why this backup is useless to the primary, if its acks have gone unheard there for

@@ -125,12 +125,14 @@ class ErrorCode(enum.IntEnum):
 
 
 class RobotError(RemoteError):
-    """The robot refused or did not answer; `code` is an `ErrorCode` value."""
+    """The robot refused or did not answer; `code` is an `ErrorCode` value. A FENCED refusal
+    carries `seen_term`, the newest term the robot has accepted, when the backend knows it."""
 
-    def __init__(self, code: int, detail: str = "") -> None:
+    def __init__(self, code: int, detail: str = "", *, seen_term: int | None = None) -> None:
         name = ErrorCode(code).name.lower() if code in ErrorCode._value2member_map_ else "error"
         super().__init__(name, f"{code}: {detail}" if detail else str(code))
         self.code = code
+        self.seen_term = seen_term
 
 
 @dataclass(frozen=True, order=True)

@@ -324,7 +324,11 @@ class SimGo2:
         """Why the robot refuses `command` now, fencing first; None if it accepts it."""
         highest = self._highest_term
         if self._enforce_fencing and highest is not None and token.term < highest:
-            return RobotError(ErrorCode.FENCED, f"term {token.term} < term {highest} already seen")
+            return RobotError(
+                ErrorCode.FENCED,
+                f"term {token.term} < term {highest} already seen",
+                seen_term=highest,
+            )
         if self._mode not in TRANSITIONS[command.action]:
             return RobotError(
                 ErrorCode.NOT_AVAILABLE_IN_MODE,

@@ -90,8 +90,11 @@ def _encode(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def _error(code: int, detail: str) -> _Json:
-    return {"ok": False, "code": code, "detail": detail}
+def _error(code: int, detail: str, seen_term: int | None = None) -> _Json:
+    reply: _Json = {"ok": False, "code": code, "detail": detail}
+    if seen_term is not None:
+        reply["seen_term"] = seen_term
+    return reply
 
 
 # --- Parsing requests: every check raises _Malformed with what was wrong ---------------------
@@ -224,7 +227,7 @@ class _Handler:
             return _error(ErrorCode.BAD_PARAMETER, str(exc))
         except RobotError as exc:
             # RobotError's detail starts with its code; the reply carries the code on its own.
-            return _error(exc.code, exc.detail.removeprefix(f"{exc.code}: "))
+            return _error(exc.code, exc.detail.removeprefix(f"{exc.code}: "), exc.seen_term)
 
     def _refused(self, detail: str) -> None:
         self.stats.malformed += 1
@@ -421,9 +424,11 @@ class SimRobotClient:
                 raise
         if reply.get("ok") is True:
             return reply
-        code = reply.get("code")
+        code, seen = reply.get("code"), reply.get("seen_term")
         raise RobotError(
-            code if isinstance(code, int) else ErrorCode.SEND_FAILED, str(reply.get("detail", ""))
+            code if isinstance(code, int) else ErrorCode.SEND_FAILED,
+            str(reply.get("detail", "")),
+            seen_term=seen if isinstance(seen, int) and not isinstance(seen, bool) else None,
         )
 
     async def _exchange(self, line: bytes, resend: bool) -> _Json:

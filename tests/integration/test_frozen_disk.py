@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,28 @@ def _counter(cluster: LocalCluster, node_id: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+class Scrapes:
+    """Every node's ha_voice_is_primary, round after round, on a thread of its own."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.rounds: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            nodes = self.cluster.nodes
+            self.rounds.append({n: _counter(self.cluster, n, "ha_voice_is_primary") for n in nodes})
+
+
 def _wait(condition: object, timeout_s: float, what: str) -> None:
     assert callable(condition)
     deadline = time.monotonic() + timeout_s
@@ -88,7 +111,7 @@ def _wait(condition: object, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_frozen_disk_makes_a_primary_hand_over_loudly(
+def test_a_frozen_disk_makes_a_primary_hand_over_loudly_and_never_two_say_primary(
     gates: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     notify = Notifications(gates / "notify")
@@ -109,6 +132,8 @@ def test_a_frozen_disk_makes_a_primary_hand_over_loudly(
         term = view["term"]
         _wait(lambda: notify.watchdog_pings(pid, 0.0) >= 2, 10.0, "no watchdog pings at first")
 
+        scrapes = Scrapes(cluster)
+        scrapes.start()
         (gates / frozen).touch()  # the disk freezes
         frozen_at = time.monotonic()
         # A write is needed to meet the frozen disk; the backups' acks still commit it.
@@ -142,6 +167,11 @@ def test_a_frozen_disk_makes_a_primary_hand_over_loudly(
 
         (gates / frozen).unlink()  # the disk comes back
         thawed_at = time.monotonic()
+        scrapes.stop()
+        # At no scrape did two nodes say they were primary (leases never overlap).
+        assert scrapes.rounds
+        for scrape in scrapes.rounds:
+            assert sum(scrape.values()) <= 1.0, scrape
         _wait(lambda: _health(cluster, frozen)["role"] == "backup", 10.0, "never serves again")
         assert _health(cluster, frozen)["fault_reason"] is None
         _wait(lambda: notify.watchdog_pings(pid, thawed_at) >= 1, 5.0, "no pings after the thaw")
