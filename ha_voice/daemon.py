@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import os
+import secrets
 import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -62,6 +63,10 @@ _ROBOT_POLL_S = 0.5
 # A primary whose robot did not answer the takeover asks again this often while it leads.
 _TAKEOVER_RETRY_S = 0.2
 _LAG_PROBE_S = 0.1
+# A peer's new boot replaces its old one after the old stayed silent, probed, this many
+# heartbeat intervals: the primary hears every backup once an interval, and the timers already
+# keep a round trip far below one (config: election_timeout_s >= 10 x the measured round trip).
+_BOOT_TAKEOVER_HEARTBEATS = 2
 
 
 @dataclass
@@ -162,7 +167,7 @@ async def serve(config: Config) -> int:
 async def _start(config: Config) -> _Daemon:
     check_secrets(config)  # refuse an exposed or malformed secret before anything runs
     store = open_store(config.state_dir)
-    boot_id = await asyncio.to_thread(store.next_boot_id, clock.wall_clock_us())
+    boot_id = secrets.randbits(64)  # a nonce, not a clock: see docs/design.md, "Boot ids"
     membership = _membership(config)
     codec = Codec(
         cluster=config.cluster,
@@ -171,6 +176,8 @@ async def _start(config: Config) -> _Daemon:
         node_id=config.node_id,
         boot_id=boot_id,
         members=membership.voters,
+        takeover_s=_BOOT_TAKEOVER_HEARTBEATS * config.election_timers().heartbeat_interval_s,
+        nonce=lambda: secrets.randbits(64),
     )
     metrics = Metrics(config.node_id)
     metrics.info.labels(config.node_id, config.cluster).set(1)
@@ -224,7 +231,7 @@ async def _start(config: Config) -> _Daemon:
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
     log.info(
-        "node %s of cluster %s: cluster port %d, API port %d, boot %d",
+        "node %s of cluster %s: cluster port %d, API port %d, boot %#x",
         config.node_id,
         config.cluster,
         node.address[1],

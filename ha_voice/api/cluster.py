@@ -82,6 +82,8 @@ async def cluster(ctx: Ctx) -> dict[str, Any]:
         "leader_api": _leader_api(ctx),
         "lease_remaining_s": round(max(0.0, election.lease_expiry - now), 3),
         "members": _members(ctx, now),
+        "identity_conflicts": list(election.identity_conflicts),
+        "refused_by": list(election.refused_by),
         "last_failover": None
         if failover is None
         else {

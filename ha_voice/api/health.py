@@ -38,8 +38,10 @@ async def health(ctx: Ctx, request: Request) -> JSONResponse:
     unheard = view.unheard_reason(now, ctx.node.timers.election_timeout_s)
     token_problem = authenticator(request).token_file_problem()
     token_reason = None if token_problem is None else f"api_token_file refused: {token_problem}"
-    reason = view.fault_reason or unheard or token_reason
-    status = "ok" if healthy and unheard is None and token_problem is None else "degraded"
+    identity = view.identity_reason()
+    reason = view.fault_reason or identity or unheard or token_reason
+    useful = healthy and identity is None and unheard is None
+    status = "ok" if useful and token_problem is None else "degraded"
     if stuck_s > _CORE_STUCK_S:
         status, reason = "failing", f"the cluster core has not stepped for {stuck_s:.1f} s"
     pending = view.write_pending_since
@@ -55,6 +57,7 @@ async def health(ctx: Ctx, request: Request) -> JSONResponse:
         "term": view.term,
         "leader": view.leader,
         "fault_reason": reason,
+        "identity_conflicts": list(view.identity_conflicts),
         "token_file": _token_file_text(ctx, token_problem),
         "storage_write_pending_s": None if pending is None else round(now - pending, 3),
         "version": ctx.version,
