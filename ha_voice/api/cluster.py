@@ -76,6 +76,7 @@ async def cluster(ctx: Ctx) -> dict[str, Any]:
     return {
         "cluster": ctx.config.cluster,
         "node": election.node_id,
+        "boot": f"{election.boot_id:016x}",  # in clear in every datagram too
         "role": election.role.value,
         "term": election.term,
         "leader": election.leader,

@@ -42,7 +42,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias
 
-from ha_voice.cluster.sessions import CONFLICT_HOLD_S, Challenge, IdentityConflict, Sessions
+from ha_voice.cluster.sessions import (
+    ANY_BOOT,
+    CONFLICT_HOLD_S,
+    Challenge,
+    IdentityConflict,
+    Sessions,
+)
 from ha_voice.errors import RemoteError
 
 __all__ = [
@@ -635,6 +641,10 @@ class Codec:
         finally:
             self._queue_challenges()
 
+    def expect(self, sender: NodeId, address: Address) -> None:
+        """Where `sender` should be (configured or found by mDNS): see `Sessions.expect`."""
+        self._sessions.expect(sender, address)
+
     def take_outgoing(self) -> list[tuple[bytes, Address]]:
         """Datagrams the codec itself wants sent (challenges, answers); the list is emptied."""
         out, self._outgoing = self._outgoing, []
@@ -694,7 +704,7 @@ class Codec:
         return message
 
     def _challenged(self, challenge: BootChallenge, source: Address, now: float) -> None:
-        if challenge.boot != self.boot_id:
+        if challenge.boot not in (ANY_BOOT, self.boot_id):
             raise DecodeError("replay", f"challenge for boot {challenge.boot:#x}, not ours")
         if challenge.holder != _NO_ADDRESS or challenge.claimant != _NO_ADDRESS:
             conflict = IdentityConflict(

@@ -152,6 +152,9 @@ class CoreRunner:
             node: PeerInfo(node, address, static=address is not None)
             for node, address in static_peers.items()
         }
+        for node, address in static_peers.items():
+            if address is not None:
+                codec.expect(node, address)
         self._gate = Durability()
         self._inbox: deque[_Request] = deque()
         self._proposals: deque[_Request] = deque()
@@ -316,6 +319,8 @@ class CoreRunner:
         peer = self._peers.get(node_id) or PeerInfo(node_id)
         found = replace(peer, priority=priority, api_port=api_port)
         self._peers[node_id] = found if peer.static else replace(found, address=address)
+        if not peer.static:
+            self.codec.expect(node_id, address)
 
     def _fence_reached(self, fence: int) -> None:
         self._fence_done = max(self._fence_done, fence)
@@ -519,6 +524,7 @@ class CoreRunner:
             published_at=now,
             write_pending_since=self._write_started,
             unheard_since=self._unheard_since,
+            boot_id=self.codec.boot_id,
             identity_conflicts=tuple(c.describe() for c in self.codec.conflicts(now)),
             refused_by=tuple(r.by for r in self.codec.refusals(now)),
         )

@@ -41,6 +41,8 @@ __all__ = [
 Address = tuple[str, int]
 
 REPLAY_WINDOW: Final = 64
+# A challenge for boot 0 asks "whoever you are": any boot answers it (boot ids are never 0).
+ANY_BOOT: Final = 0
 # Senders tracked; the least recently heard is forgotten beyond this.
 MAX_TRACKED_SENDERS: Final = 1024
 # A conflict is reported this long after its last sign: long enough that a conflict seen once a
@@ -97,12 +99,13 @@ class _Claim:
 
 @dataclass
 class _Session:
-    boot: int
+    boot: int  # ANY_BOOT: none admitted yet, probing the address the sender should be at
     highest: int
     window: int
     heard_at: float
     address: Address | None
-    probe_nonce: int | None = None
+    probe_nonce: int | None = None  # outstanding, unanswered
+    probe_sent_at: float = -float("inf")
     probe_answered_at: float = -float("inf")
     claim: _Claim | None = None
     conflict: IdentityConflict | None = field(default=None)
@@ -120,13 +123,23 @@ class Sessions:
         self._nonce = nonce
         self._senders: OrderedDict[str, _Session] = OrderedDict()
         self._outbox: list[Challenge] = []
+        self._expected: dict[str, Address] = {}
+
+    def expect(self, sender: str, address: Address) -> None:
+        """`sender` should speak from `address` (configured, or found by mDNS): a first packet
+        from anywhere else is admitted only once the process there has been asked too."""
+        self._expected[sender] = address
 
     def check(self, sender: str, boot: int, seq: int, source: Address, now: float) -> str | None:
         """The drop reason for this packet, or None to accept it (then it is recorded)."""
         session = self._senders.get(sender)
-        if session is None:
+        expected = self._expected.get(sender)
+        if session is None and expected in (None, source):
             self._admit(sender, boot, seq, source, now)
             return None
+        if session is None:
+            session = _Session(ANY_BOOT, 0, 0, -float("inf"), expected)
+            self._senders[sender] = session
         if boot == session.boot:
             reason = _window_check(session, seq)
             if reason is None:
@@ -143,7 +156,11 @@ class Sessions:
         session = self._senders.get(sender)
         if session is None:
             return False
-        if boot == session.boot and nonce == session.probe_nonce:
+        if nonce == session.probe_nonce and session.boot in (ANY_BOOT, boot):
+            if session.boot == ANY_BOOT:  # the process at the expected address is this boot
+                session.boot, session.highest, session.window = boot, seq, 1
+                if session.claim is not None and session.claim.boot == boot:
+                    session.claim = None  # one process, seen from two addresses
             session.probe_nonce = None
             session.probe_answered_at = now
             session.heard_at, session.address = now, source
@@ -198,7 +215,7 @@ class Sessions:
             )
         )
         if session.address is not None:
-            session.probe_nonce = self._nonce()
+            session.probe_nonce, session.probe_sent_at = self._nonce(), claim.challenged_at
             self._outbox.append(
                 Challenge(session.address, sender, session.probe_nonce, session.boot, conflict)
             )
@@ -208,8 +225,13 @@ class Sessions:
         claim = session.claim
         assert claim is not None
         self._maybe_conflict(sender, session, now)
-        silent_s = now - max(session.heard_at, claim.first_seen_at)
-        if silent_s < self._takeover_s:
+        if session.address is not None and (
+            session.probe_nonce is None  # answered: alive, or not asked since the claim came
+            or session.heard_at >= session.probe_sent_at
+            or now - session.probe_sent_at < self._takeover_s
+        ):
+            return False
+        if now - claim.first_seen_at < self._takeover_s:
             return False
         self._admit(sender, claim.boot, seq, claim.address, now)
         return True

@@ -78,6 +78,7 @@ class NodeView:
     # our datagrams dropped there: unverified_boot while another process holds our node id, ...).
     unheard_since: float | None = None
     # "two processes claim node_id n2: 10.0.0.2:7400 and 10.0.0.9:7400", seen or told.
+    boot_id: int = 0  # this process's random nonce (`protocol.Codec`)
     identity_conflicts: tuple[str, ...] = ()
     refused_by: tuple[NodeId, ...] = ()  # peers that keep this process out as the duplicate
 
