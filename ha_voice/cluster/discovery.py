@@ -1,9 +1,11 @@
 """mDNS discovery of the cluster's nodes, and the virtual endpoint that follows the primary.
 
-Every node registers `<node_id>._ha-voice-node._udp.local.` (port: the cluster's UDP port) and
-browses that type for its peers. Only the primary registers the endpoint
-`<cluster>._ha-voice._tcp.local.` (port: the HTTP API). Both run on python-zeroconf's asyncio
-API, on the caller's event loop.
+Every node registers `<node_id>@<cluster>._ha-voice-node._udp.local.` (port: the cluster's UDP
+port) and browses that type for its peers: node ids need only be unique within their cluster,
+so two robots' clusters of jetson-1, jetson-2 share a LAN. Neither `@` nor `.` can appear in a
+node id or a cluster name, so the instance names one (node, cluster) pair. Only the primary
+registers the endpoint `<cluster>._ha-voice._tcp.local.` (port: the HTTP API). Both run on
+python-zeroconf's asyncio API, on the caller's event loop.
 
 TXT keys (RFC 6763 §6), all plain text and public, never a secret:
 
@@ -13,6 +15,7 @@ TXT keys (RFC 6763 §6), all plain text and public, never a secret:
                   speaks TLS, absent for http)
 
 Invariants:
+- Another cluster's node records are never resolved (their instance names another cluster).
 - `on_peer` is called only for a well-formed record of this cluster that is not this node,
   and only when that peer's record is new or changed; `on_peer_gone` only for a node that
   `on_peer` reported. Both run as their own event-loop callbacks, so a bug in one is reported
@@ -37,9 +40,10 @@ facts make the move safe and quick instead:
 - the endpoint's records live `ENDPOINT_TTL_S`, so a listener that missed the new primary's
   announcements, or holds the answer of a primary that was SIGKILLed without a goodbye, stops
   trusting it within that time.
-The host name `<node_id>.ha-voice.local.` is this node's own, the same for both services: it
-can never clash with the machine's own `<hostname>.local.` that avahi publishes, and the
-endpoint's goodbye leaves the node's address record alone.
+The host name `<node_id>.<cluster>.ha-voice.local.` is this node's own, the same for both
+services: it can never clash with the machine's own `<hostname>.local.` that avahi publishes,
+nor with a node of the same id in another cluster, and the endpoint's goodbye leaves the node's
+address record alone.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ __all__ = [
     "PeerRecord",
     "async_resolve_endpoint",
     "endpoint_name",
+    "node_instance",
     "peer_from_txt",
 ]
 
@@ -119,13 +124,21 @@ def endpoint_name(cluster: str) -> str:
     return f"{cluster}.{ENDPOINT_SERVICE_TYPE}"
 
 
+def node_instance(cluster: str, node_id: str) -> str:
+    """The instance label of a node's record, `<node_id>@<cluster>`."""
+    return f"{node_id}@{cluster}"
+
+
 def peer_from_txt(
     instance: str, host: str | None, cluster_port: int | None, txt: Mapping[str, str | None]
 ) -> PeerRecord:
     """The peer a resolved node service describes; RemoteError("malformed") if none."""
     node_id = _text(txt, "node")
-    if node_id != instance:
-        raise RemoteError("malformed", f"TXT node {node_id!r} is not the instance {instance!r}")
+    named = node_instance(_text(txt, "cluster"), node_id)
+    if named != instance:
+        raise RemoteError(
+            "malformed", f"TXT node@cluster {named!r} is not the instance {instance!r}"
+        )
     if host is None:
         raise RemoteError("malformed", "no IPv4 address")
     if cluster_port is None or not 1 <= cluster_port <= _MAX_PORT:
@@ -228,6 +241,14 @@ class Discovery:
     ) -> None:
         _check_label("cluster", cluster)
         _check_label("node_id", node_id)
+        instance = node_instance(cluster, node_id)
+        if len(instance.encode()) > _MAX_DNS_LABEL_BYTES:
+            raise ConfigError(
+                f"node_id {node_id!r} and cluster {cluster!r} name the mDNS instance "
+                f"{instance!r}, {len(instance.encode())} bytes: keep the two under "
+                f"{_MAX_DNS_LABEL_BYTES} bytes together"
+            )
+        self._instance = instance
         self.malformed = 0
         self._cluster = cluster
         self._node_id = node_id
@@ -243,8 +264,9 @@ class Discovery:
         )
         self._aiozc = zeroconf
         self._owns_zeroconf = zeroconf is None
-        self._own_key = f"{node_id}.{NODE_SERVICE_TYPE}".lower()
-        self._server = f"{node_id}.ha-voice.local."
+        self._own_key = f"{instance}.{NODE_SERVICE_TYPE}".lower()
+        self._cluster_suffix = f"@{cluster}.{NODE_SERVICE_TYPE}".lower()
+        self._server = f"{node_id}.{cluster}.ha-voice.local."
         self._on_peer: Callable[[PeerRecord], None] | None = None
         self._on_peer_gone: Callable[[str], None] | None = None
         self._browser: AsyncServiceBrowser | None = None
@@ -276,12 +298,21 @@ class Discovery:
         try:
             announcement = await self._aiozc.async_register_service(info, allow_name_change=False)
         except NonUniqueNameException as err:
+            holder = await self._async_holder(info.name)
             raise ConfigError(
-                f"node_id {self._node_id!r} is already registered by another node on this "
-                "network: give every node its own node_id"
+                f"two processes claim node_id {self._node_id} in cluster {self._cluster}: "
+                f"{holder} (registered first) and {self._address}:{self._cluster_port} (this "
+                "one, refused): give every node of a cluster its own node_id"
             ) from err
         self._node_info = info
         self._announce(info, announcement)
+
+    async def _async_holder(self, name: str) -> str:
+        """`host:port` of whoever registered `name`, as far as it answers."""
+        info = AsyncServiceInfo(NODE_SERVICE_TYPE, name)
+        if await info.async_request(self._zeroconf().zeroconf, _RESOLVE_TIMEOUT_MS):
+            return f"{_first_ipv4(info)}:{info.port}"
+        return "another process on this network"
 
     def endpoint_published(self) -> bool:
         """Whether this node currently answers for the cluster's endpoint."""
@@ -345,7 +376,7 @@ class Discovery:
             "caps": ",".join(self._capabilities),
             "version": self._version,
         }
-        return self._service_info(NODE_SERVICE_TYPE, self._node_id, self._cluster_port, txt)
+        return self._service_info(NODE_SERVICE_TYPE, self._instance, self._cluster_port, txt)
 
     def _endpoint_service_info(self, term: int) -> AsyncServiceInfo:
         txt = {
@@ -411,7 +442,7 @@ class Discovery:
     ) -> None:
         """The browser's callback, run inside zeroconf's record handling: never blocks or raises."""
         key = name.lower()
-        if key == self._own_key or self._closed:
+        if key == self._own_key or not key.endswith(self._cluster_suffix) or self._closed:
             return
         if state_change is ServiceStateChange.Removed:
             self._forget(key)

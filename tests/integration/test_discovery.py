@@ -80,8 +80,8 @@ async def main(address):
     aiozc = AsyncZeroconf(interfaces=[address])
     txt = {"cluster": "t1", "node": "bad", "priority": "high", "api_port": "x"}
     info = AsyncServiceInfo(
-        "_ha-voice-node._udp.local.", "bad._ha-voice-node._udp.local.", port=7999,
-        properties=txt, server="bad.ha-voice.local.", parsed_addresses=[address],
+        "_ha-voice-node._udp.local.", "bad@t1._ha-voice-node._udp.local.", port=7999,
+        properties=txt, server="bad.t1.ha-voice.local.", parsed_addresses=[address],
     )
     await aiozc.async_register_service(info)
     print("registered", flush=True)
@@ -202,8 +202,8 @@ def _malformed(node: NsProcess) -> int:
     return int(json.loads(node.wait_for(_event("stats"), 5.0, start))["malformed"])
 
 
-def _resolve(lan: Lan, index: int, timeout_s: float) -> list[Any] | None:
-    argv = [sys.executable, "-c", RESOLVER, CLUSTER, str(timeout_s), lan.address(index)]
+def _resolve(lan: Lan, index: int, timeout_s: float, cluster: str = CLUSTER) -> list[Any] | None:
+    argv = [sys.executable, "-c", RESOLVER, cluster, str(timeout_s), lan.address(index)]
     result = lan[index].run(argv, timeout_s=timeout_s + 10, check=False)
     assert result.returncode == 0, result.stderr
     found: list[Any] | None = json.loads(result.stdout)
@@ -233,6 +233,34 @@ def test_nodes_of_one_cluster_find_each_other_and_nobody_else(lan: Lan) -> None:
     a.wait_for(_event("gone", node_id="b-id"), timeout_s=5.0)
 
 
+def test_two_clusters_with_the_same_node_ids_share_a_network() -> None:
+    """Two robots' clusters, both of a-id and b-id, on one LAN: the second cluster's a-id was
+    refused (the node record was not scoped by cluster). Now each node registers, each finds
+    only its own cluster's peer, and each cluster's endpoint resolves to its own primary."""
+    with Lan(5, subnet="10.214.0.0/24", prefix="hvc") as network:
+        nodes = {
+            (cluster, node_id): _start(network, index, node_id, cluster)
+            for index, (cluster, node_id) in enumerate(
+                [("t1", "a-id"), ("t1", "b-id"), ("t2", "a-id"), ("t2", "b-id")]
+            )
+        }
+        for (cluster, node_id), node in nodes.items():
+            other = "b-id" if node_id == "a-id" else "a-id"
+            found = json.loads(node.wait_for(_event("peer", node_id=other), SEEN_WITHIN_S))
+            assert found["cluster"] == cluster
+            assert _events(node, "refused") == []
+        _command(nodes["t1", "a-id"], "publish 3", "published", term=3)
+        _command(nodes["t2", "a-id"], "publish 7", "published", term=7)
+        assert _resolve(network, 4, 3.0, "t1") == [network.address(0), 8800, _txt("a-id", 3)]
+        t2 = {**_txt("a-id", 7), "cluster": "t2"}
+        assert _resolve(network, 4, 3.0, "t2") == [network.address(2), 8802, t2]
+        for (cluster, node_id), node in nodes.items():
+            other = "b-id" if node_id == "a-id" else "a-id"
+            assert _malformed(node) == 0  # the other cluster's records were never resolved
+            peers = [(peer["node_id"], peer["cluster"]) for peer in _events(node, "peer")]
+            assert peers == [(other, cluster)]
+
+
 def test_a_second_node_with_the_same_id_is_refused(lan: Lan) -> None:
     observer, first = _start(lan, 2, "c-id"), _start(lan, 0, "a-id")
     first.wait_for(_event("started"), SEEN_WITHIN_S)
@@ -240,7 +268,10 @@ def test_a_second_node_with_the_same_id_is_refused(lan: Lan) -> None:
 
     second = _start(lan, 1, "a-id")
     refused = json.loads(second.wait_for(_event("refused"), SEEN_WITHIN_S))
-    assert "already registered" in refused["message"]
+    assert (
+        f"two processes claim node_id a-id in cluster {CLUSTER}: {lan.address(0)}:7100 "
+        f"(registered first) and {lan.address(1)}:7101 (this one, refused)"
+    ) in refused["message"]
     assert second.wait(timeout_s=5.0) == 0
     # The refused node sent no goodbye for the name it never owned, and never answered for it.
     _command(observer, "stats", "stats")  # a round trip: what reached the observer is handled
@@ -255,7 +286,7 @@ def test_the_endpoint_resolves_with_dig_and_zeroconf(lan: Lan) -> None:
     _command(a, "publish 3", "published", term=3)
 
     target, port, address, txt = Dig(lan, 2).endpoint(CLUSTER)
-    assert (target, port, address) == ("a-id.ha-voice.local.", 8800, lan.address(0))
+    assert (target, port, address) == ("a-id.t1.ha-voice.local.", 8800, lan.address(0))
     assert txt == {"cluster": CLUSTER, "node": "a-id", "term": "3", "version": "0.1.0"}
     assert _resolve(lan, 2, timeout_s=3.0) == [lan.address(0), 8800, txt]
 
@@ -277,7 +308,12 @@ def test_the_endpoint_moves_to_the_new_primary(lan: Lan) -> None:
     watcher.wait_for(_shows(lan.address(1), 8801, "4"), timeout_s=3.0)
     assert _resolve(lan, 2, timeout_s=3.0) == [lan.address(1), 8801, _txt("b-id", 4)]
     dig = Dig(lan, 2)
-    assert dig.endpoint(CLUSTER) == ("b-id.ha-voice.local.", 8801, lan.address(1), _txt("b-id", 4))
+    assert dig.endpoint(CLUSTER) == (
+        "b-id.t1.ha-voice.local.",
+        8801,
+        lan.address(1),
+        _txt("b-id", 4),
+    )
 
     _command(b, "publish 5", "published", term=5)
     watcher.wait_for(_shows(lan.address(1), 8801, "5"), timeout_s=3.0)
