@@ -163,7 +163,9 @@ def test_a_primary_counting_entries_not_on_its_disk_is_caught(
         return real(self, node_id, ch)
 
     monkeypatch.setattr(Replication, "_advance_commit", eager)
-    assert _hostile_findings(ClusterSpec(3), range(40), ["committed", "applied", "lacks"])
+    # Rare: since protocol 3 (a restarted node is re-admitted by challenge) seed 195 is the
+    # first of the hostile schedules to meet it.
+    assert _hostile_findings(ClusterSpec(3), range(200), ["committed", "applied", "lacks"])
 
 
 def test_voting_before_the_vote_is_on_disk_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
