@@ -63,10 +63,6 @@ _ROBOT_POLL_S = 0.5
 # A primary whose robot did not answer the takeover asks again this often while it leads.
 _TAKEOVER_RETRY_S = 0.2
 _LAG_PROBE_S = 0.1
-# A peer's new boot replaces its old one after the old stayed silent, probed, this many
-# heartbeat intervals: the primary hears every backup once an interval, and the timers already
-# keep a round trip far below one (config: election_timeout_s >= 10 x the measured round trip).
-_BOOT_TAKEOVER_HEARTBEATS = 2
 
 
 @dataclass
@@ -176,7 +172,9 @@ async def _start(config: Config) -> _Daemon:
         node_id=config.node_id,
         boot_id=boot_id,
         members=membership.voters,
-        takeover_s=_BOOT_TAKEOVER_HEARTBEATS * config.election_timers().heartbeat_interval_s,
+        # A peer's new boot replaces the old one once the old left a probe unanswered this
+        # long: the silence after which the cluster would replace it as primary anyway.
+        takeover_s=config.election_timers().election_timeout_s,
         nonce=lambda: secrets.randbits(64),
     )
     metrics = Metrics(config.node_id)

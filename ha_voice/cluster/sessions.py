@@ -214,7 +214,7 @@ class Sessions:
                 claim.address, sender, claim.nonce, claim.boot, conflict, conflict is not None
             )
         )
-        if session.address is not None:
+        if session.address is not None and not _probe_pending(session, claim):
             session.probe_nonce, session.probe_sent_at = self._nonce(), claim.challenged_at
             self._outbox.append(
                 Challenge(session.address, sender, session.probe_nonce, session.boot, conflict)
@@ -226,11 +226,9 @@ class Sessions:
         assert claim is not None
         self._maybe_conflict(sender, session, now)
         if session.address is not None and (
-            session.probe_nonce is None  # answered: alive, or not asked since the claim came
-            or session.heard_at >= session.probe_sent_at
-            or now - session.probe_sent_at < self._takeover_s
+            not _probe_pending(session, claim) or now - session.probe_sent_at < self._takeover_s
         ):
-            return False
+            return False  # asked too recently, or it answered: the holder lives
         if now - claim.first_seen_at < self._takeover_s:
             return False
         self._admit(sender, claim.boot, seq, claim.address, now)
@@ -249,6 +247,17 @@ class Sessions:
         self._senders.move_to_end(sender)
         while len(self._senders) > MAX_TRACKED_SENDERS:
             self._senders.popitem(last=False)
+
+
+def _probe_pending(session: _Session, claim: _Claim) -> bool:
+    """Whether the admitted boot was probed since `claim` appeared and has been silent since.
+
+    A probe is sent only when none is pending, so that silence can last `takeover_s`."""
+    return (
+        session.probe_nonce is not None
+        and session.probe_sent_at >= claim.first_seen_at
+        and session.heard_at < session.probe_sent_at
+    )
 
 
 def _window_check(session: _Session, seq: int) -> str | None:

@@ -232,7 +232,7 @@ class SimCluster:
             cluster_key=_KEY,
             node_id=node_id,
             boot_id=nonces.getrandbits(64),
-            takeover_s=2 * self.timers.heartbeat_interval_s,
+            takeover_s=self.timers.election_timeout_s,
             nonce=lambda: nonces.getrandbits(64),
         )
         node.paused = False
