@@ -49,13 +49,16 @@ address record alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import ifaddr
 from zeroconf import (
     InterfaceChoice,
     IPVersion,
@@ -78,6 +81,7 @@ __all__ = [
     "endpoint_name",
     "node_instance",
     "peer_from_txt",
+    "reachable_address",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -103,6 +107,11 @@ _DIGITS: Final = re.compile(r"[0-9]{1,10}")
 # advertise when the configured address is the wildcard.
 _MDNS_GROUP: Final = ("224.0.0.251", 5353)
 _WILDCARD: Final = "0.0.0.0"
+# How often a node bound to the wildcard looks at its addresses (a new DHCP lease, Wi-Fi that
+# joined late). ifaddr, already zeroconf's, over rtnetlink (pyroute2): one getifaddrs() call, a
+# few microseconds, no new dependency, and the same code on every platform; a change is
+# advertised at most this late, well inside the 15 s an endpoint answer lives.
+ADDRESS_POLL_S: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,40 @@ def _advertised_address(address: str) -> str:
         return str(probe.getsockname()[0])
 
 
+def _host_networks() -> list[ipaddress.IPv4Interface]:
+    """This host's IPv4 addresses with their networks, loopback and link-local left out."""
+    found = {
+        ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}")
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str)
+    }
+    usable = (i for i in found if not (i.ip.is_loopback or i.ip.is_link_local))
+    return sorted(usable, key=lambda i: i.ip)
+
+
+def reachable_address(addresses: Sequence[str]) -> str | None:
+    """The first of `addresses` on a network this host is directly on, else the first.
+
+    A node on the robot's network and on Wi-Fi advertises both of its addresses on both
+    (python-zeroconf answers with all of a service's addresses on every interface): a client
+    on the robot's network must take the robot-network one, which it reaches without a route.
+    """
+    networks = [interface.network for interface in _host_networks()]
+    for address in addresses:
+        if any(ipaddress.IPv4Address(address) in network for network in networks):
+            return address
+    return addresses[0] if addresses else None
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error(
+            "following this node's addresses failed: mDNS may advertise stale ones",
+            exc_info=task.exception(),
+        )
+
+
 def _drop_queued_answers(zc: Zeroconf, name: str) -> None:
     """Forget the answers about service `name` that still wait in zeroconf's multicast queues.
 
@@ -217,8 +260,7 @@ def _drop_queued_answers(zc: Zeroconf, name: str) -> None:
 
 
 def _first_ipv4(info: AsyncServiceInfo) -> str | None:
-    addresses = info.parsed_addresses(IPVersion.V4Only)
-    return addresses[0] if addresses else None
+    return reachable_address(info.parsed_addresses(IPVersion.V4Only))
 
 
 class Discovery:
@@ -253,6 +295,8 @@ class Discovery:
         self._cluster = cluster
         self._node_id = node_id
         self._address = address
+        self._addresses: list[str] = []  # what the records carry (`_advertised_addresses`)
+        self._follow: asyncio.Task[None] | None = None
         self._cluster_port = cluster_port
         self._api_port = api_port
         self._priority = priority
@@ -288,7 +332,7 @@ class Discovery:
         if self._on_peer is not None or self._closed:
             raise LocalError("discovery can be started once, before it is closed")
         self._on_peer, self._on_peer_gone = on_peer, on_peer_gone
-        self._address = _advertised_address(self._address)
+        self._addresses = self._advertised_addresses()
         if self._aiozc is None:
             self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
         self._browser = AsyncServiceBrowser(
@@ -301,11 +345,57 @@ class Discovery:
             holder = await self._async_holder(info.name)
             raise ConfigError(
                 f"two processes claim node_id {self._node_id} in cluster {self._cluster}: "
-                f"{holder} (registered first) and {self._address}:{self._cluster_port} (this "
+                f"{holder} (registered first) and {self._addresses[0]}:{self._cluster_port} (this "
                 "one, refused): give every node of a cluster its own node_id"
             ) from err
         self._node_info = info
         self._announce(info, announcement)
+        if self._address == _WILDCARD and self._owns_zeroconf:
+            self._follow = asyncio.get_running_loop().create_task(self._async_follow_addresses())
+            self._follow.add_done_callback(_report_end)
+
+    def _advertised_addresses(self) -> list[str]:
+        """Every address of this host when bound to the wildcard (each network gets one it
+        can reach), else the configured one."""
+        if self._address != _WILDCARD:
+            return [self._address]
+        return [str(i.ip) for i in _host_networks()] or [_advertised_address(self._address)]
+
+    async def _async_follow_addresses(self) -> None:
+        """Re-register on new addresses: zeroconf's sockets are bound to the old ones."""
+        while True:
+            await asyncio.sleep(ADDRESS_POLL_S)
+            addresses = [str(i.ip) for i in _host_networks()]
+            if addresses and addresses != self._addresses:
+                _LOGGER.warning(
+                    "this node's addresses changed from %s to %s: advertising the new ones",
+                    ", ".join(self._addresses),
+                    ", ".join(addresses),
+                )
+                await self._async_rebind(addresses)
+
+    async def _async_rebind(self, addresses: list[str]) -> None:
+        """A new zeroconf on the new addresses, with the same services and browser."""
+        async with self._endpoint_lock:
+            term, self._endpoint_term, self._endpoint_info = self._endpoint_term, None, None
+            if self._browser is not None:
+                await self._browser.async_cancel()
+            await self._cancel_resolutions()
+            for future in self._announcing.values():
+                future.cancel()
+            self._announcing.clear()
+            old, self._node_info = self._zeroconf(), None
+            await old.async_close()  # goodbyes, where an old address still works
+            self._addresses = addresses
+            self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
+            self._browser = AsyncServiceBrowser(
+                self._aiozc.zeroconf, NODE_SERVICE_TYPE, handlers=[self._on_state_change]
+            )
+            info = self._node_service_info()
+            self._announce(info, await self._aiozc.async_register_service(info))
+            self._node_info = info
+        if term is not None:
+            await self.async_publish_endpoint(term)
 
     async def _async_holder(self, name: str) -> str:
         """`host:port` of whoever registered `name`, as far as it answers."""
@@ -351,6 +441,10 @@ class Discovery:
         if self._closed:
             return
         self._closed = True
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
         await self.async_withdraw_endpoint()
         if self._browser is not None:
             await self._browser.async_cancel()
@@ -401,7 +495,7 @@ class Discovery:
             server=self._server,
             host_ttl=ttl,
             other_ttl=ttl,
-            parsed_addresses=[self._address],
+            parsed_addresses=self._addresses,
         )
 
     def _announce(self, info: AsyncServiceInfo, announcement: Awaitable[Any]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,59 @@ def _shows(host: str | None, port: int | None, term: str | None) -> Callable[[st
 
 def _txt(node_id: str, term: int) -> dict[str, str]:
     return {"cluster": CLUSTER, "node": node_id, "term": str(term), "version": "0.1.0"}
+
+
+def _start_wildcard(lan: Lan, index: int, node_id: str) -> NsProcess:
+    """A node bound to 0.0.0.0, as by default: it advertises what its interfaces hold."""
+    config = json.dumps({**_config(lan, index, node_id), "address": "0.0.0.0"})
+    return lan[index].spawn([sys.executable, "-c", NODE_DRIVER, config], cwd=ROOT)
+
+
+def _resolved_host(lan: Lan, index: int, wanted: str, timeout_s: float) -> str | None:
+    """Resolve the endpoint from node `index` until it names `wanted`; the last host seen."""
+    deadline = time.monotonic() + timeout_s
+    host = None
+    while time.monotonic() < deadline:
+        found = _resolve(lan, index, timeout_s=2.0)
+        host = None if found is None else found[0]
+        if host == wanted:
+            break
+    return host
+
+
+def test_a_node_on_two_networks_is_reachable_on_each() -> None:
+    """A Jetson on the robot's network (no gateway) and on Wi-Fi (default route, multicast
+    route): it advertised its Wi-Fi address on both, and clients on the robot's network gave
+    up ("Network is unreachable"). Now each network resolves it to its own address there."""
+    with (
+        Lan(2, subnet="10.217.0.0/24", prefix="hvr") as robot,
+        Lan(2, subnet="10.218.0.0/24", prefix="hvw") as wifi,
+    ):
+        jetson, wifi_address = robot[0], str(wifi.network.network_address + 10)
+        assert wifi.bridge is not None
+        wifi.bridge.ip(
+            "link", "add", "pj", "type", "veth", "peer", "name", "eth1", "netns", jetson.name
+        )
+        wifi.bridge.ip("link", "set", "pj", "master", "br0", "up")
+        jetson.ip("addr", "add", f"{wifi_address}/24", "dev", "eth1")
+        jetson.ip("link", "set", "eth1", "up")
+        jetson.ip("route", "add", "default", "dev", "eth1")
+        jetson.ip("route", "replace", "224.0.0.0/4", "dev", "eth1")
+        node = _start_wildcard(robot, 0, "a-id")
+        node.wait_for(_event("started"), SEEN_WITHIN_S)
+        _command(node, "publish 3", "published", term=3)
+        assert _resolved_host(robot, 1, robot.address(0), 10.0) == robot.address(0)
+        assert _resolved_host(wifi, 1, wifi_address, 10.0) == wifi_address
+
+
+def test_a_new_address_is_advertised_while_running(lan: Lan) -> None:
+    """A new DHCP lease: the old address was advertised until the daemon restarted."""
+    node = _start_wildcard(lan, 0, "a-id")
+    node.wait_for(_event("started"), SEEN_WITHIN_S)
+    _command(node, "publish 3", "published", term=3)
+    assert _resolved_host(lan, 2, lan.address(0), 10.0) == lan.address(0)
+    leased = str(lan.network.network_address + 50)
+    lan[0].ip("addr", "del", f"{lan.address(0)}/{lan.network.prefixlen}", "dev", "eth0")
+    lan[0].ip("addr", "add", f"{leased}/{lan.network.prefixlen}", "dev", "eth0")
+    lan[0].ip("route", "replace", "224.0.0.0/4", "dev", "eth0")
+    assert _resolved_host(lan, 2, leased, 20.0) == leased
