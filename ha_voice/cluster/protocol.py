@@ -737,9 +737,19 @@ def _wire(codec: Codec, challenge: Challenge) -> BootChallenge:
         challenge.nonce,
         challenge.boot,
         challenge.refused,
-        conflict.holder or _NO_ADDRESS,
-        conflict.claimant or _NO_ADDRESS,
+        _on_wire(conflict.holder),
+        _on_wire(conflict.claimant),
     )
+
+
+def _on_wire(address: Address | None) -> Address:
+    """`address` if the wire can carry it (IPv4), else 0.0.0.0:0 (unknown)."""
+    try:
+        ipaddress.IPv4Address(address[0] if address else "")
+    except ValueError:
+        return _NO_ADDRESS
+    assert address is not None
+    return address
 
 
 def _known(address: Address) -> Address | None:
