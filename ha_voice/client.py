@@ -79,7 +79,12 @@ from tenacity import (
 from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 
 from ha_voice import clock
-from ha_voice.cluster.discovery import ENDPOINT_SERVICE_TYPE, async_resolve_endpoint, endpoint_name
+from ha_voice.cluster.discovery import (
+    ENDPOINT_SERVICE_TYPE,
+    async_resolve_endpoint,
+    endpoint_name,
+    reachable_address,
+)
 from ha_voice.errors import HAVoiceError
 from ha_voice.http_headers import CLUSTER_HEADER, MEMBERS_HEADER
 from ha_voice.tokens import TOKEN_ENV
@@ -406,10 +411,10 @@ def _resolve_endpoint(
         found = info.request(zc, timeout_s * 1000)
     finally:
         zc.close()
-    hosts = info.parsed_addresses(IPVersion.V4Only)
-    if not found or not hosts or info.port is None:
+    host = reachable_address(info.parsed_addresses(IPVersion.V4Only))
+    if not found or host is None or info.port is None:
         return None
-    return hosts[0], info.port, {key: value or "" for key, value in info.decoded_properties.items()}
+    return host, info.port, {key: value or "" for key, value in info.decoded_properties.items()}
 
 
 _STATUS: Final = _Request("GET", "/api/voice/status")

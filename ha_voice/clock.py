@@ -2,8 +2,8 @@
 
 Invariants: every duration and deadline in ha-voice is measured on `monotonic()`, in seconds.
 `wall_clock_us()` may jump in either direction (NTP, an operator, a dead RTC battery) and is used
-only as a floor for boot ids and to judge whether a forwarded request's seal is fresh (a
-comparison between machines, with a wide window), never for a timeout.
+only to judge whether a forwarded request's seal is fresh (a comparison between machines, with a
+wide window), never for a timeout nor for who a peer is (boot ids are random nonces).
 """
 
 from __future__ import annotations
@@ -19,5 +19,5 @@ def monotonic() -> float:
 
 
 def wall_clock_us() -> int:
-    """Microseconds since the Unix epoch; for boot ids and seal freshness, since it can jump."""
+    """Microseconds since the Unix epoch; for seal freshness only, since it can jump."""
     return time.time_ns() // 1000

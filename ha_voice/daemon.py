@@ -23,6 +23,7 @@ import asyncio
 import gc
 import logging
 import os
+import secrets
 import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ async def _start(config: Config) -> _Daemon:
     check_startable(config)  # refuse a bad secret or state directory before anything runs
     await _wait_for_network(config)
     store = open_store(config.state_dir)
-    boot_id = await asyncio.to_thread(store.next_boot_id, clock.wall_clock_us())
+    boot_id = secrets.randbits(64)  # a nonce, not a clock: see docs/design.md, "Boot ids"
     membership = _membership(config)
     codec = Codec(
         cluster=config.cluster,
@@ -192,6 +193,10 @@ async def _start(config: Config) -> _Daemon:
         node_id=config.node_id,
         boot_id=boot_id,
         members=membership.voters,
+        # A peer's new boot replaces the old one once the old left a probe unanswered this
+        # long: the silence after which the cluster would replace it as primary anyway.
+        takeover_s=config.election_timers().election_timeout_s,
+        nonce=lambda: secrets.randbits(64),
     )
     metrics = Metrics(config.node_id)
     metrics.info.labels(config.node_id, config.cluster).set(1)
@@ -259,7 +264,7 @@ async def _start(config: Config) -> _Daemon:
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
     log.info(
-        "node %s of cluster %s: cluster %s:%d, API %s:%d, boot %d",
+        "node %s of cluster %s: cluster %s:%d, API %s:%d, boot %#x",
         config.node_id,
         config.cluster,
         *node.address,

@@ -191,6 +191,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.identity_conflicts = Gauge(
+            "ha_voice_identity_conflicts",
+            "Node ids that two live processes claim, as this node sees or is told (see /cluster)",
+            registry=r,
+        )
         self.packets_received = Counter(
             "ha_voice_cluster_packets_received", "Cluster datagrams accepted", registry=r
         )

@@ -82,6 +82,7 @@ async def cluster(ctx: Ctx, request: Request) -> dict[str, Any]:
     return {
         "cluster": ctx.config.cluster,
         "node": election.node_id,
+        "boot": f"{election.boot_id:016x}",  # in clear in every datagram too
         "role": condition.role,
         "status": condition.status,
         "reason": condition.reason,
@@ -90,6 +91,8 @@ async def cluster(ctx: Ctx, request: Request) -> dict[str, Any]:
         "leader_api": _leader_api(ctx),
         "lease_remaining_s": round(max(0.0, election.lease_expiry - now), 3),
         "members": _members(ctx, now),
+        "identity_conflicts": list(election.identity_conflicts),
+        "refused_by": list(election.refused_by),
         "last_failover": None
         if failover is None
         else {

@@ -48,6 +48,7 @@ def node_condition(ctx: ApiContext, request: Request, now: float) -> Condition:
     token_problem = authenticator(request).token_file_problem()
     reasons = (
         view.fault_reason or None,
+        view.identity_reason(),
         _lease_reason(ctx, now) if view.role is Role.PRIMARY and not lease else None,
         not_ready,
         view.no_primary_reason(now, timeout_s, ctx.config.mdns),

@@ -45,6 +45,7 @@ async def health(ctx: Ctx, request: Request) -> Response:
         "term": view.term,
         "leader": view.leader,
         "fault_reason": condition.reason,
+        "identity_conflicts": list(view.identity_conflicts),
         "token_file": _token_file_text(ctx, condition.token_problem),
         "storage_write_pending_s": None if pending is None else round(now - pending, 3),
         "version": ctx.version,

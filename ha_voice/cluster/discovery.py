@@ -1,9 +1,11 @@
 """mDNS discovery of the cluster's nodes, and the virtual endpoint that follows the primary.
 
-Every node registers `<node_id>._ha-voice-node._udp.local.` (port: the cluster's UDP port) and
-browses that type for its peers. Only the primary registers the endpoint
-`<cluster>._ha-voice._tcp.local.` (port: the HTTP API). Both run on python-zeroconf's asyncio
-API, on the caller's event loop.
+Every node registers `<node_id>@<cluster>._ha-voice-node._udp.local.` (port: the cluster's UDP
+port) and browses that type for its peers: node ids need only be unique within their cluster,
+so two robots' clusters of jetson-1, jetson-2 share a LAN. Neither `@` nor `.` can appear in a
+node id or a cluster name, so the instance names one (node, cluster) pair. Only the primary
+registers the endpoint `<cluster>._ha-voice._tcp.local.` (port: the HTTP API). Both run on
+python-zeroconf's asyncio API, on the caller's event loop.
 
 TXT keys (RFC 6763 §6), all plain text and public, never a secret:
 
@@ -13,6 +15,7 @@ TXT keys (RFC 6763 §6), all plain text and public, never a secret:
                   speaks TLS, absent for http)
 
 Invariants:
+- Another cluster's node records are never resolved (their instance names another cluster).
 - `on_peer` is called only for a well-formed record of this cluster that is not this node,
   and only when that peer's record is new or changed; `on_peer_gone` only for a node that
   `on_peer` reported. Both run as their own event-loop callbacks, so a bug in one is reported
@@ -37,20 +40,24 @@ facts make the move safe and quick instead:
 - the endpoint's records live `ENDPOINT_TTL_S`, so a listener that missed the new primary's
   announcements, or holds the answer of a primary that was SIGKILLed without a goodbye, stops
   trusting it within that time.
-The host name `<node_id>.ha-voice.local.` is this node's own, the same for both services: it
-can never clash with the machine's own `<hostname>.local.` that avahi publishes, and the
-endpoint's goodbye leaves the node's address record alone.
+The host name `<node_id>.<cluster>.ha-voice.local.` is this node's own, the same for both
+services: it can never clash with the machine's own `<hostname>.local.` that avahi publishes,
+nor with a node of the same id in another cluster, and the endpoint's goodbye leaves the node's
+address record alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import ifaddr
 from zeroconf import (
     InterfaceChoice,
     IPVersion,
@@ -72,7 +79,9 @@ __all__ = [
     "PeerRecord",
     "async_resolve_endpoint",
     "endpoint_name",
+    "node_instance",
     "peer_from_txt",
+    "reachable_address",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -94,6 +103,11 @@ _MAX_PORT: Final = 65535
 _MAX_PRIORITY: Final = 255  # VRRP's range (RFC 5798); the config narrows it to 1..254
 _MAX_DNS_LABEL_BYTES: Final = 63  # RFC 1035 §2.3.4
 _DIGITS: Final = re.compile(r"[0-9]{1,10}")
+# How often a node bound to the wildcard looks at its addresses (a new DHCP lease, Wi-Fi that
+# joined late). ifaddr, already zeroconf's, over rtnetlink (pyroute2): one getifaddrs() call, a
+# few microseconds, no new dependency, and the same code on every platform; a change is
+# advertised at most this late, well inside the 15 s an endpoint answer lives.
+ADDRESS_POLL_S: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,13 +129,21 @@ def endpoint_name(cluster: str) -> str:
     return f"{cluster}.{ENDPOINT_SERVICE_TYPE}"
 
 
+def node_instance(cluster: str, node_id: str) -> str:
+    """The instance label of a node's record, `<node_id>@<cluster>`."""
+    return f"{node_id}@{cluster}"
+
+
 def peer_from_txt(
     instance: str, host: str | None, cluster_port: int | None, txt: Mapping[str, str | None]
 ) -> PeerRecord:
     """The peer a resolved node service describes; RemoteError("malformed") if none."""
     node_id = _text(txt, "node")
-    if node_id != instance:
-        raise RemoteError("malformed", f"TXT node {node_id!r} is not the instance {instance!r}")
+    named = node_instance(_text(txt, "cluster"), node_id)
+    if named != instance:
+        raise RemoteError(
+            "malformed", f"TXT node@cluster {named!r} is not the instance {instance!r}"
+        )
     if host is None:
         raise RemoteError("malformed", "no IPv4 address")
     if cluster_port is None or not 1 <= cluster_port <= _MAX_PORT:
@@ -177,6 +199,40 @@ def _advertised_address(address: str) -> str:
     return found
 
 
+def _host_networks() -> list[ipaddress.IPv4Interface]:
+    """This host's IPv4 addresses with their networks, loopback and link-local left out."""
+    found = {
+        ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}")
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str)
+    }
+    usable = (i for i in found if not (i.ip.is_loopback or i.ip.is_link_local))
+    return sorted(usable, key=lambda i: i.ip)
+
+
+def reachable_address(addresses: Sequence[str]) -> str | None:
+    """The first of `addresses` on a network this host is directly on, else the first.
+
+    A node on the robot's network and on Wi-Fi advertises both of its addresses on both
+    (python-zeroconf answers with all of a service's addresses on every interface): a client
+    on the robot's network must take the robot-network one, which it reaches without a route.
+    """
+    networks = [interface.network for interface in _host_networks()]
+    for address in addresses:
+        if any(ipaddress.IPv4Address(address) in network for network in networks):
+            return address
+    return addresses[0] if addresses else None
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error(
+            "following this node's addresses failed: mDNS may advertise stale ones",
+            exc_info=task.exception(),
+        )
+
+
 def _drop_queued_answers(zc: Zeroconf, name: str) -> None:
     """Forget the answers about service `name` that still wait in zeroconf's multicast queues.
 
@@ -199,8 +255,7 @@ def _drop_queued_answers(zc: Zeroconf, name: str) -> None:
 
 
 def _first_ipv4(info: AsyncServiceInfo) -> str | None:
-    addresses = info.parsed_addresses(IPVersion.V4Only)
-    return addresses[0] if addresses else None
+    return reachable_address(info.parsed_addresses(IPVersion.V4Only))
 
 
 class Discovery:
@@ -223,10 +278,20 @@ class Discovery:
     ) -> None:
         _check_label("cluster", cluster)
         _check_label("node_id", node_id)
+        instance = node_instance(cluster, node_id)
+        if len(instance.encode()) > _MAX_DNS_LABEL_BYTES:
+            raise ConfigError(
+                f"node_id {node_id!r} and cluster {cluster!r} name the mDNS instance "
+                f"{instance!r}, {len(instance.encode())} bytes: keep the two under "
+                f"{_MAX_DNS_LABEL_BYTES} bytes together"
+            )
+        self._instance = instance
         self.malformed = 0
         self._cluster = cluster
         self._node_id = node_id
         self._address = address
+        self._addresses: list[str] = []  # what the records carry (`_advertised_addresses`)
+        self._follow: asyncio.Task[None] | None = None
         self._cluster_port = cluster_port
         self._api_port = api_port
         self._priority = priority
@@ -238,8 +303,9 @@ class Discovery:
         )
         self._aiozc = zeroconf
         self._owns_zeroconf = zeroconf is None
-        self._own_key = f"{node_id}.{NODE_SERVICE_TYPE}".lower()
-        self._server = f"{node_id}.ha-voice.local."
+        self._own_key = f"{instance}.{NODE_SERVICE_TYPE}".lower()
+        self._cluster_suffix = f"@{cluster}.{NODE_SERVICE_TYPE}".lower()
+        self._server = f"{node_id}.{cluster}.ha-voice.local."
         self._on_peer: Callable[[PeerRecord], None] | None = None
         self._on_peer_gone: Callable[[str], None] | None = None
         self._browser: AsyncServiceBrowser | None = None
@@ -261,7 +327,7 @@ class Discovery:
         if self._on_peer is not None or self._closed:
             raise LocalError("discovery can be started once, before it is closed")
         self._on_peer, self._on_peer_gone = on_peer, on_peer_gone
-        self._address = _advertised_address(self._address)
+        self._addresses = self._advertised_addresses()
         if self._aiozc is None:
             self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
         self._browser = AsyncServiceBrowser(
@@ -271,12 +337,67 @@ class Discovery:
         try:
             announcement = await self._aiozc.async_register_service(info, allow_name_change=False)
         except NonUniqueNameException as err:
+            holder = await self._async_holder(info.name)
             raise ConfigError(
-                f"node_id {self._node_id!r} is already registered by another node on this "
-                "network: give every node its own node_id"
+                f"two processes claim node_id {self._node_id} in cluster {self._cluster}: "
+                f"{holder} (registered first) and {self._addresses[0]}:{self._cluster_port} (this "
+                "one, refused): give every node of a cluster its own node_id"
             ) from err
         self._node_info = info
         self._announce(info, announcement)
+        if self._address == WILDCARD and self._owns_zeroconf:
+            self._follow = asyncio.get_running_loop().create_task(self._async_follow_addresses())
+            self._follow.add_done_callback(_report_end)
+
+    def _advertised_addresses(self) -> list[str]:
+        """Every address of this host when bound to the wildcard (each network gets one it
+        can reach), else the configured one."""
+        if self._address != WILDCARD:
+            return [self._address]
+        return [str(i.ip) for i in _host_networks()] or [_advertised_address(self._address)]
+
+    async def _async_follow_addresses(self) -> None:
+        """Re-register on new addresses: zeroconf's sockets are bound to the old ones."""
+        while True:
+            await asyncio.sleep(ADDRESS_POLL_S)
+            addresses = [str(i.ip) for i in _host_networks()]
+            if addresses and addresses != self._addresses:
+                _LOGGER.warning(
+                    "this node's addresses changed from %s to %s: advertising the new ones",
+                    ", ".join(self._addresses),
+                    ", ".join(addresses),
+                )
+                await self._async_rebind(addresses)
+
+    async def _async_rebind(self, addresses: list[str]) -> None:
+        """A new zeroconf on the new addresses, with the same services and browser."""
+        async with self._endpoint_lock:
+            term, self._endpoint_term, self._endpoint_info = self._endpoint_term, None, None
+            if self._browser is not None:
+                await self._browser.async_cancel()
+            await self._cancel_resolutions()
+            for future in self._announcing.values():
+                future.cancel()
+            self._announcing.clear()
+            old, self._node_info = self._zeroconf(), None
+            await old.async_close()  # goodbyes, where an old address still works
+            self._addresses = addresses
+            self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
+            self._browser = AsyncServiceBrowser(
+                self._aiozc.zeroconf, NODE_SERVICE_TYPE, handlers=[self._on_state_change]
+            )
+            info = self._node_service_info()
+            self._announce(info, await self._aiozc.async_register_service(info))
+            self._node_info = info
+        if term is not None:
+            await self.async_publish_endpoint(term)
+
+    async def _async_holder(self, name: str) -> str:
+        """`host:port` of whoever registered `name`, as far as it answers."""
+        info = AsyncServiceInfo(NODE_SERVICE_TYPE, name)
+        if await info.async_request(self._zeroconf().zeroconf, _RESOLVE_TIMEOUT_MS):
+            return f"{_first_ipv4(info)}:{info.port}"
+        return "another process on this network"
 
     def endpoint_published(self) -> bool:
         """Whether this node currently answers for the cluster's endpoint."""
@@ -315,6 +436,10 @@ class Discovery:
         if self._closed:
             return
         self._closed = True
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
         await self.async_withdraw_endpoint()
         if self._browser is not None:
             await self._browser.async_cancel()
@@ -340,7 +465,7 @@ class Discovery:
             "caps": ",".join(self._capabilities),
             "version": self._version,
         }
-        return self._service_info(NODE_SERVICE_TYPE, self._node_id, self._cluster_port, txt)
+        return self._service_info(NODE_SERVICE_TYPE, self._instance, self._cluster_port, txt)
 
     def _endpoint_service_info(self, term: int) -> AsyncServiceInfo:
         txt = {
@@ -365,7 +490,7 @@ class Discovery:
             server=self._server,
             host_ttl=ttl,
             other_ttl=ttl,
-            parsed_addresses=[self._address],
+            parsed_addresses=self._addresses,
         )
 
     def _announce(self, info: AsyncServiceInfo, announcement: Awaitable[Any]) -> None:
@@ -406,7 +531,7 @@ class Discovery:
     ) -> None:
         """The browser's callback, run inside zeroconf's record handling: never blocks or raises."""
         key = name.lower()
-        if key == self._own_key or self._closed:
+        if key == self._own_key or not key.endswith(self._cluster_suffix) or self._closed:
             return
         if state_change is ServiceStateChange.Removed:
             self._forget(key)

@@ -13,12 +13,16 @@ Invariants:
   will ever count up from there; larger is `malformed`.
 - Key rotation: datagrams are signed with the first key and accepted under any of the keys
   given (at most two during a change).
-- The replay window is updated only after the MAC has been verified, so forged packets cannot
-  poison it. A sender's boot id orders its incarnations: a lower boot id than one already seen is
-  stale; within one boot a 64-packet sliding window (RFC 4303 §3.4.3) accepts reordering and
-  refuses duplicates.
+- Sessions (`sessions.py`) learn of a datagram only after its MAC has been verified, so forged
+  packets cannot poison them. Boot ids are random nonces: a new boot of a peer is admitted after
+  it answered a `BootChallenge` and its old boot fell silent, never because a number is larger;
+  within one boot a 64-packet sliding window accepts reordering and refuses duplicates.
+- `BootChallenge` and `BootAnswer` are the codec's own: `decode` answers the one and consumes the
+  other, and neither reaches the election core. Their freshness is their nonce (an answer) or
+  the recipient's boot id (a challenge), not the replay window.
 
-Pure: no sockets, no clock. The shell passes the boot id in and moves the bytes.
+Pure: no sockets, no clock. The shell passes the boot id, the source address and `now` in, and
+moves the bytes (`take_outgoing`).
 
 Layout of a datagram (network byte order):
 
@@ -31,13 +35,20 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import ipaddress
 import math
 import struct
-from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias
 
+from ha_voice.cluster.sessions import (
+    ANY_BOOT,
+    CONFLICT_HOLD_S,
+    Challenge,
+    IdentityConflict,
+    Sessions,
+)
 from ha_voice.errors import RemoteError
 
 __all__ = [
@@ -53,6 +64,8 @@ __all__ = [
     "Address",
     "Append",
     "AppendAck",
+    "BootAnswer",
+    "BootChallenge",
     "Codec",
     "DecodeError",
     "Entry",
@@ -64,6 +77,7 @@ __all__ = [
     "NodeId",
     "PreVoteRequest",
     "PreVoteResponse",
+    "Refusal",
     "Resign",
     "Snapshot",
     "TimeoutNow",
@@ -75,13 +89,10 @@ __all__ = [
 NodeId: TypeAlias = str
 Address: TypeAlias = tuple[str, int]  # (IPv4 address, UDP port) of a member
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 MAX_DATAGRAM_BYTES: Final = 1200
 MAX_NODE_ID_BYTES: Final = 64
 MIN_KEY_BYTES: Final = 16
-REPLAY_WINDOW: Final = 64
-# Senders tracked by the replay guard; the least recently heard is forgotten beyond this.
-MAX_TRACKED_SENDERS: Final = 1024
 
 DROP_REASONS: Final = (
     "truncated",
@@ -92,7 +103,8 @@ DROP_REASONS: Final = (
     "bad_mac",
     "wrong_recipient",
     "replay",
-    "stale_boot",
+    "unverified_boot",
+    "identity_conflict",
     "not_member",
 )
 # SQLite stores signed 64-bit integers; a peer may not hand us anything it cannot hold, nor
@@ -437,6 +449,72 @@ class Snapshot:
         return cls(sender, term, LogPosition(last_term, last_index), data)
 
 
+_NO_ADDRESS: Final = ("0.0.0.0", 0)
+
+
+@dataclass(frozen=True)
+class BootChallenge:
+    """Prove that you are boot `boot`: answer `nonce`. Never reaches the election core.
+
+    `holder` and `claimant` are set (not 0.0.0.0:0) when two live processes claim the
+    recipient's node id; `refused` tells the recipient that it is the claimant kept out.
+    """
+
+    sender: NodeId
+    nonce: int
+    boot: int
+    refused: bool = False
+    holder: Address = _NO_ADDRESS
+    claimant: Address = _NO_ADDRESS
+
+    TYPE: ClassVar[int] = 12
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!QQB4sH4sH")
+
+    def _pack(self) -> bytes:
+        return self._BODY.pack(
+            self.nonce,
+            self.boot,
+            self.refused,
+            ipaddress.IPv4Address(self.holder[0]).packed,
+            self.holder[1],
+            ipaddress.IPv4Address(self.claimant[0]).packed,
+            self.claimant[1],
+        )
+
+    @classmethod
+    def _unpack(cls, sender: NodeId, body: bytes) -> BootChallenge:
+        nonce, boot, refused, holder, holder_port, claimant, claimant_port = cls._BODY.unpack(body)
+        return cls(
+            sender,
+            nonce,
+            boot,
+            _flag(refused),
+            (str(ipaddress.IPv4Address(holder)), holder_port),
+            (str(ipaddress.IPv4Address(claimant)), claimant_port),
+        )
+
+
+@dataclass(frozen=True)
+class BootAnswer:
+    """The answer to a `BootChallenge`: its `nonce`, under the answering boot's id."""
+
+    sender: NodeId
+    nonce: int
+
+    TYPE: ClassVar[int] = 13
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!Q")
+
+    def _pack(self) -> bytes:
+        return self._BODY.pack(self.nonce)
+
+    @classmethod
+    def _unpack(cls, sender: NodeId, body: bytes) -> BootAnswer:
+        (nonce,) = cls._BODY.unpack(body)
+        return cls(sender, nonce)
+
+
+Control: TypeAlias = BootChallenge | BootAnswer
+
 Message: TypeAlias = (
     Heartbeat
     | HeartbeatAck
@@ -451,21 +529,21 @@ Message: TypeAlias = (
     | Snapshot
 )
 
-_TYPES: Final[dict[int, type[Message]]] = {
-    cls.TYPE: cls
-    for cls in (
-        Heartbeat,
-        HeartbeatAck,
-        PreVoteRequest,
-        PreVoteResponse,
-        VoteRequest,
-        VoteResponse,
-        TimeoutNow,
-        Resign,
-        Append,
-        AppendAck,
-        Snapshot,
-    )
+_MESSAGE_TYPES: Final = (
+    Heartbeat,
+    HeartbeatAck,
+    PreVoteRequest,
+    PreVoteResponse,
+    VoteRequest,
+    VoteResponse,
+    TimeoutNow,
+    Resign,
+    Append,
+    AppendAck,
+    Snapshot,
+)
+_TYPES: Final[dict[int, type[Message | Control]]] = {
+    cls.TYPE: cls for cls in (BootChallenge, BootAnswer, *_MESSAGE_TYPES)
 }
 
 
@@ -486,45 +564,12 @@ def cluster_tag(cluster: str) -> bytes:
     return hashlib.sha256(b"ha-voice cluster:" + cluster.encode()).digest()[:8]
 
 
-class _ReplayGuard:
-    """Per sender: the newest boot id seen and a sliding window over its sequence numbers."""
+@dataclass(frozen=True)
+class Refusal:
+    """A peer keeps this process out: another live process holds our node id (`conflict`)."""
 
-    def __init__(self) -> None:
-        self._senders: OrderedDict[NodeId, tuple[int, int, int]] = OrderedDict()
-
-    def check(self, sender: NodeId, boot_id: int, seq: int) -> str | None:
-        """The drop reason for this (boot id, seq), or None if it is new."""
-        known = self._senders.get(sender)
-        if known is None or boot_id > known[0]:
-            return None
-        known_boot, highest, _window = known
-        if boot_id < known_boot:
-            return "stale_boot"
-        if seq > highest:
-            return None
-        offset = highest - seq
-        if offset >= REPLAY_WINDOW or known[2] >> offset & 1:
-            return "replay"
-        return None
-
-    def accept(self, sender: NodeId, boot_id: int, seq: int) -> None:
-        """Record (boot id, seq) as seen; call only after `check` returned None."""
-        known = self._senders.get(sender)
-        if known is None or boot_id > known[0]:
-            self._senders[sender] = (boot_id, seq, 1)
-        else:
-            _boot, highest, window = known
-            if seq - highest >= REPLAY_WINDOW:
-                window, highest = 1, seq  # everything older has slid out of the window
-            elif seq > highest:
-                window = (window << (seq - highest) | 1) & ((1 << REPLAY_WINDOW) - 1)
-                highest = seq
-            else:
-                window |= 1 << (highest - seq)
-            self._senders[sender] = (boot_id, highest, window)
-        self._senders.move_to_end(sender)
-        while len(self._senders) > MAX_TRACKED_SENDERS:
-            self._senders.popitem(last=False)
+    by: NodeId
+    conflict: IdentityConflict
 
 
 class Codec:
@@ -539,9 +584,14 @@ class Codec:
         boot_id: int,
         previous_keys: Sequence[bytes] = (),
         members: Collection[NodeId] | None = None,
+        takeover_s: float,
+        nonce: Callable[[], int],
     ) -> None:
         """`cluster_key` signs and verifies; `previous_keys` only verify (a key rotation);
-        `members`, if given, are the only senders accepted (None: anyone with the key)."""
+        `members`, if given, are the only senders accepted (None: anyone with the key);
+        `boot_id` is this process's random 64-bit nonce, `nonce` draws challenge nonces;
+        `takeover_s` is how long a peer's old boot must stay silent before its new boot is
+        admitted (`Sessions`), seconds."""
         _check_node_id(node_id)
         if not 0 <= boot_id < 2**64:
             raise ValueError("boot id must fit in 64 bits")
@@ -553,9 +603,11 @@ class Codec:
         self._members = None if members is None else frozenset(members)
         self._node_id_bytes = node_id.encode()
         self._seq = 0
-        self._replay = _ReplayGuard()
+        self._sessions = Sessions(takeover_s=takeover_s, retry_s=takeover_s / 2, nonce=nonce)
+        self._outgoing: list[tuple[bytes, Address]] = []
+        self._about_us: dict[NodeId, Refusal | IdentityConflict] = {}
 
-    def encode(self, recipient: NodeId, message: Message) -> bytes:
+    def encode(self, recipient: NodeId, message: Message | Control) -> bytes:
         """The datagram carrying `message` to `recipient`, with the next sequence number."""
         if message.sender != self.node_id:
             raise ValueError(f"message from {message.sender!r} encoded by {self.node_id!r}")
@@ -576,16 +628,42 @@ class Codec:
         )
         return unsigned + hmac.new(self._key, unsigned, hashlib.sha256).digest()
 
-    def decode(self, data: bytes) -> Message:
-        """The message in `data`; raises `DecodeError` (and nothing else) if it must be dropped."""
+    def decode(self, data: bytes, *, source: Address, now: float) -> Message | None:
+        """The message in `data`, from `source` at `now` (monotonic seconds); None for a
+        datagram the codec consumed itself (a challenge or its answer). Raises `DecodeError`,
+        and nothing else, if it must be dropped. Either way, see `take_outgoing`."""
         try:
-            return self._decode(data)
+            return self._decode(data, source, now)
         except DecodeError:
             raise
         except (struct.error, ValueError, UnicodeDecodeError, IndexError) as exc:
             raise DecodeError("malformed", str(exc)) from None
+        finally:
+            self._queue_challenges()
 
-    def _decode(self, data: bytes) -> Message:
+    def expect(self, sender: NodeId, address: Address) -> None:
+        """Where `sender` should be (configured or found by mDNS): see `Sessions.expect`."""
+        self._sessions.expect(sender, address)
+
+    def take_outgoing(self) -> list[tuple[bytes, Address]]:
+        """Datagrams the codec itself wants sent (challenges, answers); the list is emptied."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def conflicts(self, now: float) -> tuple[IdentityConflict, ...]:
+        """Node ids that two live processes claim, as seen here or told by peers."""
+        told = (
+            item.conflict if isinstance(item, Refusal) else item for item in self._about_us.values()
+        )
+        fresh = [c for c in told if now - c.seen_at < CONFLICT_HOLD_S]
+        return (*self._sessions.conflicts(now), *fresh[:1])
+
+    def refusals(self, now: float) -> tuple[Refusal, ...]:
+        """Peers that keep this process out, because another holds our node id."""
+        found = (r for r in self._about_us.values() if isinstance(r, Refusal))
+        return tuple(r for r in found if now - r.conflict.seen_at < CONFLICT_HOLD_S)
+
+    def _decode(self, data: bytes, source: Address, now: float) -> Message | None:
         if len(data) > MAX_DATAGRAM_BYTES:
             raise DecodeError("oversized", f"{len(data)} bytes > {MAX_DATAGRAM_BYTES}")
         if len(data) < _MIN_DATAGRAM:
@@ -613,12 +691,69 @@ class Codec:
         if cls is None:
             raise DecodeError("malformed", f"unknown message type {kind}")
         message = cls._unpack(sender, signed[offset:])
+        if isinstance(message, BootChallenge):
+            self._challenged(message, source, now)
+            return None
+        if isinstance(message, BootAnswer):
+            self._answered(message, boot_id, seq, source, now)
+            return None
         _check_ranges(message)
-        reason = self._replay.check(sender, boot_id, seq)
+        reason = self._sessions.check(sender, boot_id, seq, source, now)
         if reason is not None:
-            raise DecodeError(reason, f"{sender} boot {boot_id} seq {seq}")
-        self._replay.accept(sender, boot_id, seq)
+            raise DecodeError(reason, f"{sender} boot {boot_id:#x} seq {seq}")
         return message
+
+    def _challenged(self, challenge: BootChallenge, source: Address, now: float) -> None:
+        if challenge.boot not in (ANY_BOOT, self.boot_id):
+            raise DecodeError("replay", f"challenge for boot {challenge.boot:#x}, not ours")
+        if challenge.holder != _NO_ADDRESS or challenge.claimant != _NO_ADDRESS:
+            conflict = IdentityConflict(
+                self.node_id, _known(challenge.holder), _known(challenge.claimant), now
+            )
+            told = Refusal(challenge.sender, conflict) if challenge.refused else conflict
+            self._about_us[challenge.sender] = told
+        answer = BootAnswer(self.node_id, challenge.nonce)
+        self._outgoing.append((self.encode(challenge.sender, answer), source))
+
+    def _answered(
+        self, answer: BootAnswer, boot_id: int, seq: int, source: Address, now: float
+    ) -> None:
+        if not self._sessions.answered(answer.sender, boot_id, seq, answer.nonce, source, now):
+            raise DecodeError("replay", f"answer from {answer.sender} to no challenge of ours")
+
+    def _queue_challenges(self) -> None:
+        for challenge in self._sessions.take_challenges():
+            self._outgoing.append(
+                (self.encode(challenge.recipient, _wire(self, challenge)), challenge.to)
+            )
+
+
+def _wire(codec: Codec, challenge: Challenge) -> BootChallenge:
+    conflict = challenge.conflict
+    if conflict is None:
+        return BootChallenge(codec.node_id, challenge.nonce, challenge.boot)
+    return BootChallenge(
+        codec.node_id,
+        challenge.nonce,
+        challenge.boot,
+        challenge.refused,
+        _on_wire(conflict.holder),
+        _on_wire(conflict.claimant),
+    )
+
+
+def _on_wire(address: Address | None) -> Address:
+    """`address` if the wire can carry it (IPv4), else 0.0.0.0:0 (unknown)."""
+    try:
+        ipaddress.IPv4Address(address[0] if address else "")
+    except ValueError:
+        return _NO_ADDRESS
+    assert address is not None
+    return address
+
+
+def _known(address: Address) -> Address | None:
+    return None if address == _NO_ADDRESS else address
 
 
 def _check_ranges(message: Message) -> None:

@@ -99,6 +99,9 @@ _MAX_BATCH = 64
 # Proposals stepped per turn, after the messages: ~50 us each (two Appends, two HMACs), so a
 # burst adds at most a couple of milliseconds to the next heartbeat.
 _PROPOSALS_PER_TURN = 32
+# Drops that keep a peer out are named at warning this often while they last, not just once.
+_REWARNED = frozenset({"unverified_boot", "identity_conflict"})
+_REWARN_S = 10.0
 
 
 class CoreSink(Protocol):
@@ -149,6 +152,9 @@ class CoreRunner:
             node: PeerInfo(node, address, static=address is not None)
             for node, address in static_peers.items()
         }
+        for node, address in static_peers.items():
+            if address is not None:
+                codec.expect(node, address)
         self._gate = Durability()
         self._inbox: deque[_Request] = deque()
         self._proposals: deque[_Request] = deque()
@@ -156,7 +162,8 @@ class CoreRunner:
         self._fence_asked = 0
         self._fence_done = 0
         self._write_started: float | None = None
-        self._warned: set[str] = set()
+        self._warned: dict[str, float] = {}  # drop reason -> when last logged at warning
+        self._conflicts_named: dict[str, float] = {}
         self._rtt_samples: list[float] = []
         self._leader: NodeId | None = None
         self._leader_heard_at: float | None = None
@@ -279,11 +286,15 @@ class CoreRunner:
     def _datagram(self, data: bytes, address: Address) -> None:
         now = clock.monotonic()
         try:
-            message = self.codec.decode(data)
+            message = self.codec.decode(data, source=address, now=now)
         except DecodeError as exc:
             self._dropped(exc.reason, f"{exc} from {address[0]}:{address[1]}")
             return
+        finally:
+            self._send_codec_datagrams()
         self._metrics.packets_received.inc()
+        if message is None:  # a challenge or an answer: the codec's own business
+            return
         peer = self._peers.get(message.sender) or PeerInfo(message.sender)
         # Authenticated, so the source address can be trusted.
         peer = replace(peer, last_heard_at=now, address=peer.address if peer.static else address)
@@ -294,6 +305,12 @@ class CoreRunner:
         self._peers[message.sender] = peer
         self._enqueue(_Request(MessageReceived(message, now)))
 
+    def _send_codec_datagrams(self) -> None:
+        assert self._transport is not None
+        for data, to in self.codec.take_outgoing():
+            self._transport.send(data, to)
+            self._metrics.packets_sent.inc()
+
     def _learn_peer(
         self, node_id: NodeId, address: Address, priority: int | None, api_port: int | None
     ) -> None:
@@ -302,6 +319,8 @@ class CoreRunner:
         peer = self._peers.get(node_id) or PeerInfo(node_id)
         found = replace(peer, priority=priority, api_port=api_port)
         self._peers[node_id] = found if peer.static else replace(found, address=address)
+        if not peer.static:
+            self.codec.expect(node_id, address)
 
     def _fence_reached(self, fence: int) -> None:
         self._fence_done = max(self._fence_done, fence)
@@ -347,6 +366,7 @@ class CoreRunner:
             stepped.append(self._step(_Request(Tick(now), heartbeat_due=due)))
         self._note_whether_heard(now)
         self.view = self._build_view(clock.monotonic())
+        self._name_identity_conflicts(self.view)
         for request, effects, base in stepped:
             self._apply(request, effects, base)
         self._update_role_metrics()
@@ -504,6 +524,9 @@ class CoreRunner:
             published_at=now,
             write_pending_since=self._write_started,
             unheard_since=self._unheard_since,
+            boot_id=self.codec.boot_id,
+            identity_conflicts=tuple(c.describe() for c in self.codec.conflicts(now)),
+            refused_by=tuple(r.by for r in self.codec.refusals(now)),
         )
 
     def _note_whether_heard(self, now: float) -> None:
@@ -537,11 +560,27 @@ class CoreRunner:
 
     def _dropped(self, reason: str, detail: str) -> None:
         self._metrics.packets_dropped.labels(reason).inc()
-        if reason in self._warned:
+        now = clock.monotonic()
+        last = self._warned.get(reason)
+        if last is not None and (reason not in _REWARNED or now - last < _REWARN_S):
             log.debug("dropped datagram: %s", detail)
         else:
-            self._warned.add(reason)
-            log.warning("dropped datagram (%s; further ones logged at debug): %s", reason, detail)
+            self._warned[reason] = now
+            later = f"again in {_REWARN_S:.0f} s" if reason in _REWARNED else "at debug"
+            log.warning("dropped datagram (%s; further ones logged %s): %s", reason, later, detail)
+
+    def _name_identity_conflicts(self, view: NodeView) -> None:
+        """Gauge the conflicts; log each at warning when it appears and every `_REWARN_S`."""
+        self._metrics.identity_conflicts.set(len(view.identity_conflicts))
+        now = clock.monotonic()
+        for text in view.identity_conflicts:
+            if now - self._conflicts_named.get(text, -_REWARN_S) >= _REWARN_S:
+                self._conflicts_named[text] = now
+                refused = view.identity_reason()
+                log.warning("identity conflict: %s", refused if refused else text)
+        for text in set(self._conflicts_named) - set(view.identity_conflicts):
+            del self._conflicts_named[text]
+            log.warning("identity conflict over: %s", text)
 
     def _note_leader(self) -> None:
         """Follow who leads; our own takeover is noted by `_record_takeover` instead."""

@@ -1,7 +1,7 @@
-"""Durable state of a node: the term, the vote, the last boot id and the replicated journal.
+"""Durable state of a node: the term, the vote and the replicated journal.
 
 Invariants:
-- `save`, `write`, `write_batch` and `next_boot_id` return only once their write is durable
+- `save`, `write` and `write_batch` return only once their write is durable
   (fsync'd): the shell sends a vote, a message of a new term or a journal acknowledgement only
   after they return (events.py, cluster/durability.py). `write_batch` puts the hard state and
   the journal changes of several steps into one transaction, in order (group commit).
@@ -60,6 +60,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " commit_idx INTEGER NOT NULL)",
         "INSERT INTO journal_base (id, idx, term, snapshot, commit_idx) VALUES (0, 0, 0, x'', 0)",
     ),
+    # Boot ids are random nonces now (docs/design.md, "Boot ids"): nothing to keep for them.
+    ("DROP TABLE boot",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -79,11 +81,6 @@ class HardStateStore(Protocol):
 
     def save(self, state: HardState) -> None:
         """Replace the stored state; durable (fsync'd) when this returns, else raises OSError."""
-        ...
-
-    def next_boot_id(self, wall_clock_us: int) -> int:
-        """Return and durably store max(last boot id + 1, wall_clock_us): strictly increasing
-        across restarts even if the wall clock goes back; raises OSError if it cannot store it."""
         ...
 
     def load_journal(self) -> JournalLog:
@@ -108,13 +105,7 @@ class DurableState:
     """Everything a store keeps: what a crash leaves behind."""
 
     hard_state: HardState = field(default_factory=HardState)
-    last_boot_id: int = 0
     journal: JournalLog = field(default_factory=JournalLog)
-
-
-def _next_boot_id(last_boot_id: int, wall_clock_us: int) -> int:
-    """The shared rule: follow the wall clock when it is ahead, else count on from the last."""
-    return max(last_boot_id + 1, wall_clock_us)
 
 
 class MemoryStore:
@@ -139,13 +130,6 @@ class MemoryStore:
     def save(self, state: HardState) -> None:
         """See `HardStateStore.save`."""
         self.write(state, None)
-
-    def next_boot_id(self, wall_clock_us: int) -> int:
-        """See `HardStateStore.next_boot_id`."""
-        with self._open():
-            boot_id = _next_boot_id(self._durable.last_boot_id, wall_clock_us)
-            self._durable = replace(self._durable, last_boot_id=boot_id)
-            return boot_id
 
     def load_journal(self) -> JournalLog:
         """See `HardStateStore.load_journal`."""
@@ -230,15 +214,6 @@ class SQLiteStore:
                     )
                 if log is not None:
                     _write_journal(connection, log)
-
-    def next_boot_id(self, wall_clock_us: int) -> int:
-        """See `HardStateStore.next_boot_id`."""
-        with self._guard() as connection, _transaction(connection):
-            sql = "SELECT last_boot_id FROM boot WHERE id = 0"
-            (last_boot_id,) = _fetch_one(self.path, connection, sql)
-            boot_id = _next_boot_id(int(last_boot_id), wall_clock_us)
-            connection.execute("UPDATE boot SET last_boot_id = ? WHERE id = 0", (boot_id,))
-            return boot_id
 
     def pragmas(self) -> dict[str, str | int]:
         """The durability settings in force on this connection, for the startup log and tests."""

@@ -78,8 +78,12 @@ class NodeView:
     published_at: float = -math.inf  # monotonic seconds
     write_pending_since: float | None = None  # oldest write not yet on disk
     # Since when the primary's heartbeats have arrived without counting us (a one-way link, or
-    # our datagrams dropped there: stale_boot after a state reset with the clock behind, ...).
+    # our datagrams dropped there: unverified_boot while another process holds our node id, ...).
     unheard_since: float | None = None
+    # "two processes claim node_id n2: 10.0.0.2:7400 and 10.0.0.9:7400", seen or told.
+    boot_id: int = 0  # this process's random nonce (`protocol.Codec`)
+    identity_conflicts: tuple[str, ...] = ()
+    refused_by: tuple[NodeId, ...] = ()  # peers that keep this process out as the duplicate
 
     def lease_valid(self, now: float) -> bool:
         """Whether this node may command the robot at `now` (`Guard`'s `LeaseView`)."""
@@ -126,8 +130,16 @@ class NodeView:
             f"the primary {self.leader} does not hear this node for "
             f"{now - self.unheard_since:.1f} s: its heartbeats arrive, our answers are not "
             "counted (a one-way link, or dropped there: see its "
-            "ha_voice_cluster_packets_dropped_total, e.g. stale_boot after this node's state "
-            "was reset with its clock behind: set the clock, restart this node)"
+            "ha_voice_cluster_packets_dropped_total and identity_conflicts in its /cluster)"
+        )
+
+    def identity_reason(self) -> str | None:
+        """Why this process is kept out of its cluster, if a peer refuses it as a duplicate."""
+        if not self.refused_by or not self.identity_conflicts:
+            return None
+        return (
+            f"{self.identity_conflicts[0]}; refused by {', '.join(self.refused_by)}: this "
+            "process is the newcomer and stays out (give it its own node_id or stop it)"
         )
 
     def leader_info(self) -> PeerInfo | None:

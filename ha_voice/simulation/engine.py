@@ -226,7 +226,15 @@ class SimCluster:
             journal=node.journal.copy(),
             preempt=self.spec.preempt,
         )
-        node.codec = Codec(cluster="sim", cluster_key=_KEY, node_id=node_id, boot_id=node.boots)
+        nonces = random.Random(f"{self.seed}/{node_id}/{node.boots}/nonces")
+        node.codec = Codec(
+            cluster="sim",
+            cluster_key=_KEY,
+            node_id=node_id,
+            boot_id=nonces.getrandbits(64),
+            takeover_s=self.timers.election_timeout_s,
+            nonce=lambda: nonces.getrandbits(64),
+        )
         node.paused = False
         node.buffered.clear()
         node.durability = Durability()
@@ -326,9 +334,18 @@ class SimCluster:
         for out in messages:
             for send_observer in self.on_send:
                 send_observer(self.now, node, out)
-            data = node.codec.encode(out.to, out.message)
-            for delay, payload in self.network.transmit(node.node_id, out.to, data):
-                self.at(self.now + delay, self._arrive, out.to, payload)
+            self._carry(node.node_id, out.to, node.codec.encode(out.to, out.message))
+
+    def _address(self, node_id: NodeId) -> tuple[str, int]:
+        """A node's made-up IPv4 address: the codec names peers by address."""
+        return (f"10.0.0.{list(self.nodes).index(node_id) + 1}", 7400)
+
+    def _node_at(self, address: tuple[str, int]) -> NodeId:
+        return list(self.nodes)[int(address[0].rsplit(".", 1)[1]) - 1]
+
+    def _carry(self, sender: NodeId, to: NodeId, data: bytes) -> None:
+        for delay, payload in self.network.transmit(sender, to, data):
+            self.at(self.now + delay, self._arrive, to, sender, payload)
 
     # --- the disk --------------------------------------------------------------------------
 
@@ -390,14 +407,14 @@ class SimCluster:
             return
         self._step(node, Tick(node.local(self.now)))
 
-    def _arrive(self, node_id: NodeId, data: bytes) -> None:
+    def _arrive(self, node_id: NodeId, sender: NodeId, data: bytes) -> None:
         node = self.nodes[node_id]
         if not node.up:
             return
         if node.paused:
-            node.buffered.append(("datagram", data))
+            node.buffered.append(("datagram", (sender, data)))
             return
-        self._handle(node, "datagram", data)
+        self._handle(node, "datagram", (sender, data))
 
     def _handle(self, node: SimNode, kind: str, payload: Any) -> None:
         if kind == "tick":
@@ -407,9 +424,15 @@ class SimCluster:
             self._step(node, replace(payload, now=node.local(self.now)))
         else:
             assert node.codec is not None
+            sender, data = payload
+            local = node.local(self.now)
             try:
-                message = node.codec.decode(payload)
+                message = node.codec.decode(data, source=self._address(sender), now=local)
             except DecodeError as exc:
                 node.dropped[exc.reason] = node.dropped.get(exc.reason, 0) + 1
                 return
-            self._step(node, MessageReceived(message, node.local(self.now)))
+            finally:
+                for reply, address in node.codec.take_outgoing():
+                    self._carry(node.node_id, self._node_at(address), reply)
+            if message is not None:
+                self._step(node, MessageReceived(message, local))

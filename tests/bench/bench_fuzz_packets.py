@@ -25,6 +25,7 @@ import argparse
 import collections
 import hashlib
 import hmac
+import itertools
 import math
 import random
 import sys
@@ -152,11 +153,25 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    codecs = {n: Codec(cluster=CLUSTER, cluster_key=KEY, node_id=n, boot_id=1) for n in MEMBERS}
+    nonces = itertools.count(1).__next__
+    codecs = {
+        n: Codec(
+            cluster=CLUSTER, cluster_key=KEY, node_id=n, boot_id=1, takeover_s=0.1, nonce=nonces
+        )
+        for n in MEMBERS
+    }
     # One receiver per kind: signed junk carries random boot ids, which would make a shared
-    # receiver refuse the genuine datagrams after it as stale_boot.
+    # receiver admit a junk boot first and refuse the genuine datagrams as unverified_boot.
     receivers = [
-        Codec(cluster=CLUSTER, cluster_key=KEY, node_id="n2", boot_id=1, members=MEMBERS)
+        Codec(
+            cluster=CLUSTER,
+            cluster_key=KEY,
+            node_id="n2",
+            boot_id=1,
+            members=MEMBERS,
+            takeover_s=0.1,
+            nonce=nonces,
+        )
         for _ in range(5)
     ]
     election = core()
@@ -183,7 +198,8 @@ def main() -> int:
                 data = rng.randbytes(64)
         t0 = time.perf_counter()
         try:
-            decoded = receivers[kind].decode(data)
+            decoded = receivers[kind].decode(data, source=("192.0.2.1", 7405), now=now)
+            receivers[kind].take_outgoing()
         except DecodeError as exc:
             outcomes[f"dropped: {exc.reason}"] += 1
             decoded = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,8 @@ async def main(address):
     aiozc = AsyncZeroconf(interfaces=[address])
     txt = {"cluster": "t1", "node": "bad", "priority": "high", "api_port": "x"}
     info = AsyncServiceInfo(
-        "_ha-voice-node._udp.local.", "bad._ha-voice-node._udp.local.", port=7999,
-        properties=txt, server="bad.ha-voice.local.", parsed_addresses=[address],
+        "_ha-voice-node._udp.local.", "bad@t1._ha-voice-node._udp.local.", port=7999,
+        properties=txt, server="bad.t1.ha-voice.local.", parsed_addresses=[address],
     )
     await aiozc.async_register_service(info)
     print("registered", flush=True)
@@ -202,8 +203,8 @@ def _malformed(node: NsProcess) -> int:
     return int(json.loads(node.wait_for(_event("stats"), 5.0, start))["malformed"])
 
 
-def _resolve(lan: Lan, index: int, timeout_s: float) -> list[Any] | None:
-    argv = [sys.executable, "-c", RESOLVER, CLUSTER, str(timeout_s), lan.address(index)]
+def _resolve(lan: Lan, index: int, timeout_s: float, cluster: str = CLUSTER) -> list[Any] | None:
+    argv = [sys.executable, "-c", RESOLVER, cluster, str(timeout_s), lan.address(index)]
     result = lan[index].run(argv, timeout_s=timeout_s + 10, check=False)
     assert result.returncode == 0, result.stderr
     found: list[Any] | None = json.loads(result.stdout)
@@ -233,6 +234,34 @@ def test_nodes_of_one_cluster_find_each_other_and_nobody_else(lan: Lan) -> None:
     a.wait_for(_event("gone", node_id="b-id"), timeout_s=5.0)
 
 
+def test_two_clusters_with_the_same_node_ids_share_a_network() -> None:
+    """Two robots' clusters, both of a-id and b-id, on one LAN: the second cluster's a-id was
+    refused (the node record was not scoped by cluster). Now each node registers, each finds
+    only its own cluster's peer, and each cluster's endpoint resolves to its own primary."""
+    with Lan(5, subnet="10.214.0.0/24", prefix="hvc") as network:
+        nodes = {
+            (cluster, node_id): _start(network, index, node_id, cluster)
+            for index, (cluster, node_id) in enumerate(
+                [("t1", "a-id"), ("t1", "b-id"), ("t2", "a-id"), ("t2", "b-id")]
+            )
+        }
+        for (cluster, node_id), node in nodes.items():
+            other = "b-id" if node_id == "a-id" else "a-id"
+            found = json.loads(node.wait_for(_event("peer", node_id=other), SEEN_WITHIN_S))
+            assert found["cluster"] == cluster
+            assert _events(node, "refused") == []
+        _command(nodes["t1", "a-id"], "publish 3", "published", term=3)
+        _command(nodes["t2", "a-id"], "publish 7", "published", term=7)
+        assert _resolve(network, 4, 3.0, "t1") == [network.address(0), 8800, _txt("a-id", 3)]
+        t2 = {**_txt("a-id", 7), "cluster": "t2"}
+        assert _resolve(network, 4, 3.0, "t2") == [network.address(2), 8802, t2]
+        for (cluster, node_id), node in nodes.items():
+            other = "b-id" if node_id == "a-id" else "a-id"
+            assert _malformed(node) == 0  # the other cluster's records were never resolved
+            peers = [(peer["node_id"], peer["cluster"]) for peer in _events(node, "peer")]
+            assert peers == [(other, cluster)]
+
+
 def test_a_second_node_with_the_same_id_is_refused(lan: Lan) -> None:
     observer, first = _start(lan, 2, "c-id"), _start(lan, 0, "a-id")
     first.wait_for(_event("started"), SEEN_WITHIN_S)
@@ -240,7 +269,10 @@ def test_a_second_node_with_the_same_id_is_refused(lan: Lan) -> None:
 
     second = _start(lan, 1, "a-id")
     refused = json.loads(second.wait_for(_event("refused"), SEEN_WITHIN_S))
-    assert "already registered" in refused["message"]
+    assert (
+        f"two processes claim node_id a-id in cluster {CLUSTER}: {lan.address(0)}:7100 "
+        f"(registered first) and {lan.address(1)}:7101 (this one, refused)"
+    ) in refused["message"]
     assert second.wait(timeout_s=5.0) == 0
     # The refused node sent no goodbye for the name it never owned, and never answered for it.
     _command(observer, "stats", "stats")  # a round trip: what reached the observer is handled
@@ -255,7 +287,7 @@ def test_the_endpoint_resolves_with_dig_and_zeroconf(lan: Lan) -> None:
     _command(a, "publish 3", "published", term=3)
 
     target, port, address, txt = Dig(lan, 2).endpoint(CLUSTER)
-    assert (target, port, address) == ("a-id.ha-voice.local.", 8800, lan.address(0))
+    assert (target, port, address) == ("a-id.t1.ha-voice.local.", 8800, lan.address(0))
     assert txt == {"cluster": CLUSTER, "node": "a-id", "term": "3", "version": "0.1.0"}
     assert _resolve(lan, 2, timeout_s=3.0) == [lan.address(0), 8800, txt]
 
@@ -277,7 +309,12 @@ def test_the_endpoint_moves_to_the_new_primary(lan: Lan) -> None:
     watcher.wait_for(_shows(lan.address(1), 8801, "4"), timeout_s=3.0)
     assert _resolve(lan, 2, timeout_s=3.0) == [lan.address(1), 8801, _txt("b-id", 4)]
     dig = Dig(lan, 2)
-    assert dig.endpoint(CLUSTER) == ("b-id.ha-voice.local.", 8801, lan.address(1), _txt("b-id", 4))
+    assert dig.endpoint(CLUSTER) == (
+        "b-id.t1.ha-voice.local.",
+        8801,
+        lan.address(1),
+        _txt("b-id", 4),
+    )
 
     _command(b, "publish 5", "published", term=5)
     watcher.wait_for(_shows(lan.address(1), 8801, "5"), timeout_s=3.0)
@@ -312,3 +349,59 @@ def _shows(host: str | None, port: int | None, term: str | None) -> Callable[[st
 
 def _txt(node_id: str, term: int) -> dict[str, str]:
     return {"cluster": CLUSTER, "node": node_id, "term": str(term), "version": "0.1.0"}
+
+
+def _start_wildcard(lan: Lan, index: int, node_id: str) -> NsProcess:
+    """A node bound to 0.0.0.0, as by default: it advertises what its interfaces hold."""
+    config = json.dumps({**_config(lan, index, node_id), "address": "0.0.0.0"})
+    return lan[index].spawn([sys.executable, "-c", NODE_DRIVER, config], cwd=ROOT)
+
+
+def _resolved_host(lan: Lan, index: int, wanted: str, timeout_s: float) -> str | None:
+    """Resolve the endpoint from node `index` until it names `wanted`; the last host seen."""
+    deadline = time.monotonic() + timeout_s
+    host = None
+    while time.monotonic() < deadline:
+        found = _resolve(lan, index, timeout_s=2.0)
+        host = None if found is None else found[0]
+        if host == wanted:
+            break
+    return host
+
+
+def test_a_node_on_two_networks_is_reachable_on_each() -> None:
+    """A Jetson on the robot's network (no gateway) and on Wi-Fi (default route, multicast
+    route): it advertised its Wi-Fi address on both, and clients on the robot's network gave
+    up ("Network is unreachable"). Now each network resolves it to its own address there."""
+    with (
+        Lan(2, subnet="10.217.0.0/24", prefix="hvr") as robot,
+        Lan(2, subnet="10.218.0.0/24", prefix="hvw") as wifi,
+    ):
+        jetson, wifi_address = robot[0], str(wifi.network.network_address + 10)
+        assert wifi.bridge is not None
+        wifi.bridge.ip(
+            "link", "add", "pj", "type", "veth", "peer", "name", "eth1", "netns", jetson.name
+        )
+        wifi.bridge.ip("link", "set", "pj", "master", "br0", "up")
+        jetson.ip("addr", "add", f"{wifi_address}/24", "dev", "eth1")
+        jetson.ip("link", "set", "eth1", "up")
+        jetson.ip("route", "add", "default", "dev", "eth1")
+        jetson.ip("route", "replace", "224.0.0.0/4", "dev", "eth1")
+        node = _start_wildcard(robot, 0, "a-id")
+        node.wait_for(_event("started"), SEEN_WITHIN_S)
+        _command(node, "publish 3", "published", term=3)
+        assert _resolved_host(robot, 1, robot.address(0), 10.0) == robot.address(0)
+        assert _resolved_host(wifi, 1, wifi_address, 10.0) == wifi_address
+
+
+def test_a_new_address_is_advertised_while_running(lan: Lan) -> None:
+    """A new DHCP lease: the old address was advertised until the daemon restarted."""
+    node = _start_wildcard(lan, 0, "a-id")
+    node.wait_for(_event("started"), SEEN_WITHIN_S)
+    _command(node, "publish 3", "published", term=3)
+    assert _resolved_host(lan, 2, lan.address(0), 10.0) == lan.address(0)
+    leased = str(lan.network.network_address + 50)
+    lan[0].ip("addr", "del", f"{lan.address(0)}/{lan.network.prefixlen}", "dev", "eth0")
+    lan[0].ip("addr", "add", f"{leased}/{lan.network.prefixlen}", "dev", "eth0")
+    lan[0].ip("route", "replace", "224.0.0.0/4", "dev", "eth0")
+    assert _resolved_host(lan, 2, leased, 20.0) == leased

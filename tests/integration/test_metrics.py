@@ -67,7 +67,7 @@ def test_the_primary_reports_itself(metrics_text: str) -> None:
     assert float(values["ha_voice_peers_alive"]) == 2
     assert float(values["ha_voice_lease_remaining_seconds"]) > 0
     assert float(values["ha_voice_heartbeat_rtt_seconds_count"]) > 0
-    for reason in ("bad_mac", "replay", "stale_boot", "truncated"):
+    for reason in ("bad_mac", "replay", "unverified_boot", "identity_conflict", "truncated"):
         assert f'ha_voice_cluster_packets_dropped_total{{reason="{reason}"}}' in values
 
 

@@ -93,52 +93,28 @@ def test_state_persists_across_close_and_reopen(disk: Disk, store: HardStateStor
     again.close()
 
 
-def test_boot_ids_increase_across_reopen_when_the_wall_clock_goes_back(
-    disk: Disk, store: HardStateStore
-) -> None:
-    first = store.next_boot_id(1_700_000_000_000_000)
-    assert first == 1_700_000_000_000_000
-    again = reopen(disk, store)
-    assert again.next_boot_id(1_000) == first + 1
-    assert again.next_boot_id(1_000) == first + 2
-    again.close()
-
-
-def test_boot_ids_follow_the_wall_clock_when_it_is_ahead(disk: Disk, store: HardStateStore) -> None:
-    assert store.next_boot_id(5) == 5
-    again = reopen(disk, store)
-    assert again.next_boot_id(1_800_000_000_000_000) == 1_800_000_000_000_000
-    again.close()
-
-
-def test_boot_ids_and_hard_state_do_not_overwrite_each_other(
-    disk: Disk, store: HardStateStore
-) -> None:
-    boot_id = store.next_boot_id(100)
-    store.save(HardState(term=2, voted_for="jetson-c"))
-    again = reopen(disk, store)
-    assert again.next_boot_id(0) == boot_id + 1
-    assert again.load() == HardState(term=2, voted_for="jetson-c")
-    again.close()
-
-
-def test_concurrent_callers_get_distinct_boot_ids(store: HardStateStore) -> None:
+def test_concurrent_callers_are_serialised(disk: Disk, store: HardStateStore) -> None:
     # asyncio.to_thread may call from several pool threads at once.
-    results: list[int] = []
-    lock = threading.Lock()
+    saved = [HardState(term=term, voted_for=f"n{term}") for term in range(1, 101)]
+    failures: list[BaseException] = []
 
-    def take() -> None:
-        for _ in range(25):
-            boot_id = store.next_boot_id(0)
-            with lock:
-                results.append(boot_id)
+    def take(states: list[HardState]) -> None:
+        try:
+            for state in states:
+                store.save(state)
+                assert store.load() in saved
+        except BaseException as exc:  # a thread's failure is the test's
+            failures.append(exc)
 
-    threads = [threading.Thread(target=take) for _ in range(4)]
+    threads = [threading.Thread(target=take, args=(saved[i::4],)) for i in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(results) == list(range(1, 101))
+    assert failures == []
+    again = reopen(disk, store)
+    assert again.load() in saved
+    again.close()
 
 
 def test_a_closed_store_refuses_calls_and_closes_twice(store: HardStateStore) -> None:
@@ -149,7 +125,7 @@ def test_a_closed_store_refuses_calls_and_closes_twice(store: HardStateStore) ->
     with pytest.raises(LocalError):
         store.save(HardState(term=1))
     with pytest.raises(LocalError):
-        store.next_boot_id(0)
+        store.load_journal()
 
 
 # --- SQLite only -------------------------------------------------------------------------------
@@ -224,7 +200,8 @@ def test_schema_is_recorded(tmp_path: Path) -> None:
         (SCHEMA_VERSION,)
     ]
     tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
-    assert {"schema_version", "hard_state", "boot"} <= tables
+    assert {"schema_version", "hard_state", "journal"} <= tables
+    assert "boot" not in tables  # boot ids are nonces: nothing to keep
     connection.close()
 
 

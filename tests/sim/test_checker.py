@@ -148,7 +148,8 @@ def test_acking_entries_before_they_are_on_disk_is_caught(monkeypatch: pytest.Mo
     """An AppendAck that leaves before its write lets a crash lose a committed entry."""
     _slow_disk(monkeypatch)
     monkeypatch.setattr(Durability, "_needs", lambda self, out: self._hard_state_at)
-    assert _hostile_findings(ClusterSpec(3), range(40), ["committed", "applied", "lacks"])
+    # Since protocol 3 (a restarted node is re-admitted by challenge) seed 59 is the first.
+    assert _hostile_findings(ClusterSpec(3), range(80), ["committed", "applied", "lacks"])
 
 
 def test_a_primary_counting_entries_not_on_its_disk_is_caught(
@@ -163,7 +164,9 @@ def test_a_primary_counting_entries_not_on_its_disk_is_caught(
         return real(self, node_id, ch)
 
     monkeypatch.setattr(Replication, "_advance_commit", eager)
-    assert _hostile_findings(ClusterSpec(3), range(40), ["committed", "applied", "lacks"])
+    # Rare: since protocol 3 (a restarted node is re-admitted by challenge) it takes up to
+    # ~200 hostile schedules to meet it.
+    assert _hostile_findings(ClusterSpec(3), range(200), ["committed", "applied", "lacks"])
 
 
 def test_voting_before_the_vote_is_on_disk_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import math
 import random
 import struct
 from collections.abc import Callable
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +26,7 @@ from ha_voice.cluster.protocol import (
     MAX_WIRE_INT,
     NOT_A_SUCCESSOR,
     PROTOCOL_VERSION,
+    Address,
     Append,
     AppendAck,
     Codec,
@@ -44,6 +47,7 @@ from ha_voice.cluster.protocol import (
     cluster_tag,
     derive_key,
 )
+from ha_voice.cluster.sessions import CONFLICT_HOLD_S
 from ha_voice.errors import LocalError, RemoteError
 
 KEY = bytes(range(32))
@@ -53,6 +57,9 @@ MAC_BYTES = 32
 # magic 2s | version B | type B | cluster tag 8s | boot id Q | seq Q (protocol module docstring).
 HEAD = struct.Struct("!2sBB8sQQ")
 U64_MAX = 2**64 - 1
+# Where every test datagram comes from, and when (the codec takes both from its shell).
+PEER = ("192.0.2.1", 7405)
+AT: dict[str, Any] = {"source": PEER, "now": 0.0}
 
 PROPERTY = settings(
     max_examples=300,
@@ -79,6 +86,8 @@ def make_codec(
         boot_id=boot_id,
         previous_keys=previous_keys,
         members=members,
+        takeover_s=0.2,
+        nonce=itertools.count(1).__next__,
     )
 
 
@@ -173,7 +182,7 @@ def type_name(message: Message) -> str:
 
 def decode_error(receiver: Codec, datagram: bytes) -> DecodeError:
     with pytest.raises(DecodeError) as caught:
-        receiver.decode(datagram)
+        receiver.decode(datagram, **AT)
     return caught.value
 
 
@@ -188,7 +197,7 @@ def test_every_message_type_is_covered() -> None:
 @pytest.mark.parametrize("message", every_message(), ids=type_name)
 def test_round_trip_preserves_every_field(message: Message) -> None:
     sender, receiver = make_codec("n1"), make_codec("n2")
-    decoded = receiver.decode(sender.encode("n2", message))
+    decoded = receiver.decode(sender.encode("n2", message), **AT)
     assert decoded == message
     for field in dataclasses.fields(message):
         # `==` would let 1 stand for True and an int for a float; the types must match too.
@@ -199,14 +208,14 @@ def test_round_trip_of_a_whole_conversation_in_order() -> None:
     sender, receiver = make_codec("n1"), make_codec("n2")
     messages = every_message()
     datagrams = [sender.encode("n2", message) for message in messages]
-    assert [receiver.decode(datagram) for datagram in datagrams] == messages
+    assert [receiver.decode(datagram, **AT) for datagram in datagrams] == messages
 
 
 def test_heartbeat_keeps_its_successor_rank_and_log_position() -> None:
     sender, receiver = make_codec("n1"), make_codec("n2")
     for rank in (0, 1, 254, NOT_A_SUCCESSOR):
         message = Heartbeat("n1", term=5, sent_at=0.1, log=LogPosition(4, 99), successor_rank=rank)
-        decoded = receiver.decode(sender.encode("n2", message))
+        decoded = receiver.decode(sender.encode("n2", message), **AT)
         assert isinstance(decoded, Heartbeat)
         assert decoded.successor_rank == rank
         assert decoded.log == LogPosition(4, 99)
@@ -215,7 +224,7 @@ def test_heartbeat_keeps_its_successor_rank_and_log_position() -> None:
 def test_utf8_node_ids_round_trip() -> None:
     sender, receiver = make_codec("nœud-ü"), make_codec("jetson-ø")
     message = VoteRequest("nœud-ü", term=2, transfer=True)
-    assert receiver.decode(sender.encode("jetson-ø", message)) == message
+    assert receiver.decode(sender.encode("jetson-ø", message), **AT) == message
 
 
 def test_crafted_datagram_matches_the_documented_layout() -> None:
@@ -235,7 +244,7 @@ def test_largest_datagrams_fit_the_size_bound(message: Message) -> None:
     for recipient in ("r" * MAX_NODE_ID_BYTES, "é" * (MAX_NODE_ID_BYTES // 2)):
         datagram = make_codec("s" * MAX_NODE_ID_BYTES).encode(recipient, message)
         assert len(datagram) <= MAX_DATAGRAM_BYTES
-        assert make_codec(recipient).decode(datagram) == message
+        assert make_codec(recipient).decode(datagram, **AT) == message
 
 
 def test_node_ids_beyond_the_bound_are_refused_locally() -> None:
@@ -270,14 +279,58 @@ def flipped(datagram: bytes, bit: int) -> bytes:
 
 def replayed(receiver: Codec) -> bytes:
     datagram = genuine()
-    receiver.decode(datagram)
+    receiver.decode(datagram, **AT)
     return datagram
 
 
-def stale(receiver: Codec) -> bytes:
-    old = genuine(boot_id=1)
-    receiver.decode(genuine(boot_id=2))
-    return old
+def another_boot(receiver: Codec) -> bytes:
+    receiver.decode(genuine(boot_id=1), **AT)
+    return genuine(boot_id=2)
+
+
+def a_copy(receiver: Codec) -> bytes:
+    real, copy = make_codec("n1", boot_id=1), make_codec("n1", boot_id=2)
+    between(real, receiver, TimeoutNow("n1", term=1))
+    # Challenged, both answer: the copy's next datagram is refused.
+    between(copy, receiver, TimeoutNow("n1", term=1), source=COPY, others={PEER: real})
+    return copy.encode("n2", TimeoutNow("n1", term=2))
+
+
+COPY = ("192.0.2.9", 7405)
+
+
+def between(
+    sender: Codec,
+    receiver: Codec,
+    message: Message,
+    *,
+    source: Address = PEER,
+    now: float = 0.0,
+    others: dict[Address, Codec] | None = None,
+) -> Message | str | None:
+    """Deliver `message` and then every challenge and answer that follow, as a network between
+    `sender` (at `source`), `receiver` (at RECEIVER) and `others` would: what `receiver` made
+    of `message` (its drop reason if dropped)."""
+    codecs = {**(others or {}), source: sender, RECEIVER: receiver}
+    try:
+        result: Message | str | None = receiver.decode(
+            sender.encode(receiver.node_id, message), source=source, now=now
+        )
+    except DecodeError as exc:
+        result = exc.reason
+    pending = [(data, to, RECEIVER) for data, to in receiver.take_outgoing()]
+    while pending:
+        data, to, origin = pending.pop(0)
+        target = codecs.get(to)
+        if target is None:
+            continue
+        with contextlib.suppress(DecodeError):
+            target.decode(data, source=origin, now=now)
+        pending += [(reply, back, to) for reply, back in target.take_outgoing()]
+    return result
+
+
+RECEIVER = ("192.0.2.2", 7405)
 
 
 def nan_heartbeat(_: Codec) -> bytes:
@@ -363,7 +416,8 @@ DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("malformed", "sender runs to the end", lambda _: craft(b"", sender_len=5)),
     ("malformed", "sender not UTF-8", lambda _: craft(heartbeat_body(), sender=b"\xff\xfe")),
     ("bad_version", "version 0", lambda _: resign(patched(genuine(), 2, b"\x00"))),
-    ("bad_version", "version 3", lambda _: resign(patched(genuine(), 2, b"\x03"))),
+    ("bad_version", "version 2", lambda _: resign(patched(genuine(), 2, b"\x02"))),
+    ("bad_version", "version 4", lambda _: resign(patched(genuine(), 2, b"\x04"))),
     ("wrong_cluster", "same key", lambda _: craft(heartbeat_body(), cluster="garage")),
     (
         "wrong_cluster",
@@ -377,7 +431,8 @@ DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("bad_mac", "MAC cut off", lambda _: genuine()[:-MAC_BYTES] + bytes(MAC_BYTES)),
     ("wrong_recipient", "addressed to n3", lambda _: genuine(recipient="n3")),
     ("replay", "same datagram twice", replayed),
-    ("stale_boot", "boot 1 after boot 2", stale),
+    ("unverified_boot", "boot 2 after boot 1", another_boot),
+    ("identity_conflict", "two live processes claim n1", a_copy),
     ("not_member", "a retired node with the key", lambda _: genuine_from("n9")),
     ("not_member", "a vote request from a stranger", lambda _: genuine_from("x", vote=True)),
     *[("malformed", f"{name} = 2**62", build) for name, build in OVERFLOWS],
@@ -407,23 +462,23 @@ def test_the_wrongly_addressed_datagram_is_fine_for_its_recipient() -> None:
     message = Resign("n1", term=2)
     datagram = genuine(message, recipient="n3")
     assert decode_error(make_codec("n2"), datagram).reason == "wrong_recipient"
-    assert make_codec("n3").decode(datagram) == message
+    assert make_codec("n3").decode(datagram, **AT) == message
 
 
 def test_a_stranger_is_dropped_before_the_replay_window_learns_of_it() -> None:
     # n9's datagram is refused; n9 joining the members later is not held against it.
     datagram = genuine_from("n9")
     assert decode_error(make_codec("n2", members=("n1", "n2")), datagram).reason == "not_member"
-    assert make_codec("n2").decode(datagram).sender == "n9"
+    assert make_codec("n2").decode(datagram, **AT).sender == "n9"
 
 
 def test_during_a_key_rotation_both_keys_are_accepted_and_the_new_one_signs() -> None:
     old_node = make_codec("n1", key=KEY)
     new_node = make_codec("n1", key=OTHER_KEY, previous_keys=(KEY,))
     receiver = make_codec("n2", key=OTHER_KEY, previous_keys=(KEY,))
-    assert receiver.decode(old_node.encode("n2", TimeoutNow("n1", term=1))).term == 1
-    new_datagram = make_codec("n1", key=OTHER_KEY, boot_id=2).encode("n2", Resign("n1", 2))
-    assert receiver.decode(new_datagram).term == 2
+    assert receiver.decode(old_node.encode("n2", TimeoutNow("n1", term=1)), **AT).term == 1
+    new_datagram = make_codec("n3", key=OTHER_KEY).encode("n2", Resign("n3", 2))
+    assert receiver.decode(new_datagram, **AT).term == 2
     # A node still on the old key alone no longer understands the new key's datagrams.
     assert decode_error(make_codec("n2", key=KEY), new_datagram).reason == "bad_mac"
     assert new_node.encode("n2", Resign("n1", 3)) == make_codec("n1", key=OTHER_KEY).encode(
@@ -453,7 +508,7 @@ def test_reordering_within_the_window_is_accepted_exactly_once(order: list[int])
     datagrams = numbered(64)
     receiver = make_codec("n2")
     for index in order:
-        assert receiver.decode(datagrams[index]) == TimeoutNow("n1", term=index)
+        assert receiver.decode(datagrams[index], **AT) == TimeoutNow("n1", term=index)
     for index in order:
         assert decode_error(receiver, datagrams[index]).reason == "replay"
 
@@ -464,7 +519,7 @@ def test_reordering_seeded_shuffle_of_a_long_stream() -> None:
     rng = random.Random(20240601)
     order = sorted(range(300), key=lambda i: i + rng.uniform(0, 40))
     receiver = make_codec("n2")
-    assert [receiver.decode(datagrams[i]) for i in order] == [
+    assert [receiver.decode(datagrams[i], **AT) for i in order] == [
         TimeoutNow("n1", term=i) for i in order
     ]
     assert {decode_error(receiver, datagrams[i]).reason for i in order[-60:]} == {"replay"}
@@ -473,35 +528,96 @@ def test_reordering_seeded_shuffle_of_a_long_stream() -> None:
 def test_window_edge_is_64_numbers_including_the_highest() -> None:
     datagrams = numbered(70)  # datagrams[i] has seq i + 1
     receiver = make_codec("n2")
-    receiver.decode(datagrams[69])  # seq 70 is the highest
+    receiver.decode(datagrams[69], **AT)  # seq 70 is the highest
     assert decode_error(receiver, datagrams[4]).reason == "replay"  # seq 5: 65 behind
     assert decode_error(receiver, datagrams[5]).reason == "replay"  # seq 6: 64 behind
-    assert receiver.decode(datagrams[6]) == TimeoutNow("n1", term=6)  # seq 7: 63 behind
+    assert receiver.decode(datagrams[6], **AT) == TimeoutNow("n1", term=6)  # seq 7: 63 behind
     assert decode_error(receiver, datagrams[6]).reason == "replay"
 
 
 def test_window_slides_forward_with_the_highest() -> None:
     datagrams = numbered(200)
     receiver = make_codec("n2")
-    receiver.decode(datagrams[99])  # seq 100
-    receiver.decode(datagrams[149])  # seq 150: seq 86 and below leave the window
+    receiver.decode(datagrams[99], **AT)  # seq 100
+    receiver.decode(datagrams[149], **AT)  # seq 150: seq 86 and below leave the window
     assert decode_error(receiver, datagrams[80]).reason == "replay"  # seq 81: 69 behind
-    assert receiver.decode(datagrams[120]) == TimeoutNow("n1", term=120)  # seq 121: 29 behind
+    assert receiver.decode(datagrams[120], **AT) == TimeoutNow("n1", term=120)  # seq 121: 29 behind
     assert decode_error(receiver, datagrams[99]).reason == "replay"
 
 
-def test_a_newer_boot_resets_the_window() -> None:
-    old_boot = numbered(10, boot_id=1)
-    new_boot = numbered(10, boot_id=2)
+def test_a_new_boot_is_admitted_once_it_answers_and_the_old_one_stays_silent() -> None:
+    """A restart (or a reset state directory, whatever the clock says): the new boot's first
+    datagrams are dropped until it has answered its challenge and the old boot has left a probe
+    unanswered for takeover_s; then its window starts afresh."""
     receiver = make_codec("n2")
-    for datagram in old_boot[:9]:
-        receiver.decode(datagram)
-    # seq 1 of boot 2 is below boot 1's highest seq, yet new.
-    assert receiver.decode(new_boot[0]) == TimeoutNow("n1", term=0)
-    assert decode_error(receiver, new_boot[0]).reason == "replay"
-    assert decode_error(receiver, old_boot[9]).reason == "stale_boot"
-    assert receiver.decode(new_boot[5]) == TimeoutNow("n1", term=5)
-    assert receiver.decode(new_boot[3]) == TimeoutNow("n1", term=3)
+    old_boot, new_boot = make_codec("n1", boot_id=9), make_codec("n1", boot_id=3)
+    assert between(old_boot, receiver, TimeoutNow("n1", term=1)) == TimeoutNow("n1", term=1)
+    old_datagram = old_boot.encode("n2", TimeoutNow("n1", term=2))
+    # The old process is gone: only the new one answers (`between` knows no other).
+    assert between(new_boot, receiver, TimeoutNow("n1", term=3), now=1.0) == "unverified_boot"
+    assert between(new_boot, receiver, TimeoutNow("n1", term=4), now=1.1) == "unverified_boot"
+    assert between(new_boot, receiver, TimeoutNow("n1", term=5), now=1.5) == TimeoutNow(
+        "n1", term=5
+    )
+    # The old boot's datagrams, however new, are now another boot's: never admitted unanswered.
+    with pytest.raises(DecodeError, match="unverified_boot"):
+        receiver.decode(old_datagram, source=PEER, now=1.4)
+
+
+def test_a_recorded_datagram_of_a_dead_boot_is_never_admitted() -> None:
+    receiver = make_codec("n2")
+    live, dead = make_codec("n1", boot_id=5), make_codec("n1", boot_id=6)
+    recorded = [dead.encode("n2", TimeoutNow("n1", term=t)) for t in range(5)]
+    between(live, receiver, TimeoutNow("n1", term=1))
+    for i, datagram in enumerate(recorded):
+        with pytest.raises(DecodeError, match="unverified_boot"):
+            receiver.decode(datagram, source=COPY, now=10.0 * i)
+        receiver.take_outgoing()  # challenges to a process that is no more
+
+
+def test_two_live_processes_with_one_node_id_are_named_and_the_first_is_kept() -> None:
+    receiver = make_codec("n2")
+    real, copy = make_codec("n1", boot_id=1), make_codec("n1", boot_id=2)
+    assert between(real, receiver, TimeoutNow("n1", term=1)) == TimeoutNow("n1", term=1)
+    both = {PEER: real, COPY: copy}
+    first = between(copy, receiver, TimeoutNow("n1", term=1), source=COPY, now=1.0, others=both)
+    assert first == "unverified_boot"
+    for t in range(2, 8):
+        late = between(copy, receiver, TimeoutNow("n1", term=t), source=COPY, now=t, others=both)
+        assert late == "identity_conflict"
+        assert between(real, receiver, TimeoutNow("n1", term=t), now=t) == TimeoutNow("n1", term=t)
+    named = "two processes claim node_id n1: 192.0.2.1:7405 and 192.0.2.9:7405"
+    assert [c.describe() for c in receiver.conflicts(8.0)] == [named]
+    assert [c.describe() for c in real.conflicts(8.0)] == [named]
+    assert [(r.by, r.conflict.describe()) for r in copy.refusals(8.0)] == [("n2", named)]
+    assert real.refusals(8.0) == ()
+    assert receiver.conflicts(8.0 + CONFLICT_HOLD_S) == ()
+
+
+def test_a_copy_heard_first_is_checked_against_the_expected_address() -> None:
+    """First contact from somewhere else than where the peer should be: the process there is
+    asked ("whoever you are"), and it is the one admitted."""
+    receiver = make_codec("n2")
+    receiver.expect("n1", PEER)
+    real, copy = make_codec("n1", boot_id=1), make_codec("n1", boot_id=2)
+    both = {PEER: real, COPY: copy}
+    assert between(copy, receiver, TimeoutNow("n1", term=1), source=COPY, others=both) == (
+        "unverified_boot"
+    )
+    assert between(real, receiver, TimeoutNow("n1", term=2)) == TimeoutNow("n1", term=2)
+    late = between(copy, receiver, TimeoutNow("n1", term=3), source=COPY, now=5.0, others=both)
+    assert late == "identity_conflict"
+
+
+def test_a_node_that_moved_is_admitted_at_its_new_address() -> None:
+    """Nobody answers at the expected address (a new DHCP lease): the newcomer gets in."""
+    receiver = make_codec("n2")
+    receiver.expect("n1", PEER)
+    moved = make_codec("n1", boot_id=4)
+    assert between(moved, receiver, TimeoutNow("n1", term=1), source=COPY) == "unverified_boot"
+    assert between(moved, receiver, TimeoutNow("n1", term=2), source=COPY, now=1.0) == (
+        TimeoutNow("n1", term=2)
+    )
 
 
 def test_replay_state_is_kept_per_sender() -> None:
@@ -509,30 +625,30 @@ def test_replay_state_is_kept_per_sender() -> None:
     from_n1 = make_codec("n1").encode("n2", TimeoutNow("n1", term=1))
     from_n3 = make_codec("n3").encode("n2", TimeoutNow("n3", term=1))
     assert HEAD.unpack_from(from_n1)[5] == HEAD.unpack_from(from_n3)[5] == 1
-    receiver.decode(from_n1)
-    assert receiver.decode(from_n3) == TimeoutNow("n3", term=1)
+    receiver.decode(from_n1, **AT)
+    assert receiver.decode(from_n3, **AT) == TimeoutNow("n3", term=1)
 
 
 def test_forged_huge_sequence_number_does_not_poison_the_window() -> None:
     receiver = make_codec("n2")
     datagrams = numbered(3)
-    receiver.decode(datagrams[0])
+    receiver.decode(datagrams[0], **AT)
     forged = craft(body_of(datagrams[1]), kind=TimeoutNow.TYPE, seq=U64_MAX, key=OTHER_KEY)
     assert decode_error(receiver, forged).reason == "bad_mac"
     resigned = resign(patched(datagrams[1], 20, struct.pack("!Q", U64_MAX)))
     tampered = flipped(resigned, 8 * len(resigned) - 1)
     assert decode_error(receiver, tampered).reason == "bad_mac"
-    assert receiver.decode(datagrams[1]) == TimeoutNow("n1", term=1)
-    assert receiver.decode(datagrams[2]) == TimeoutNow("n1", term=2)
+    assert receiver.decode(datagrams[1], **AT) == TimeoutNow("n1", term=1)
+    assert receiver.decode(datagrams[2], **AT) == TimeoutNow("n1", term=2)
 
 
 def test_forged_newer_boot_does_not_make_the_genuine_boot_stale() -> None:
     receiver = make_codec("n2")
     datagrams = numbered(2, boot_id=5)
-    receiver.decode(datagrams[0])
+    receiver.decode(datagrams[0], **AT)
     forged = craft(body_of(datagrams[1]), kind=TimeoutNow.TYPE, boot_id=U64_MAX, key=OTHER_KEY)
     assert decode_error(receiver, forged).reason == "bad_mac"
-    assert receiver.decode(datagrams[1]) == TimeoutNow("n1", term=1)
+    assert receiver.decode(datagrams[1], **AT) == TimeoutNow("n1", term=1)
 
 
 def test_dropped_malformed_datagram_does_not_use_up_its_sequence_number() -> None:
@@ -540,14 +656,14 @@ def test_dropped_malformed_datagram_does_not_use_up_its_sequence_number() -> Non
     good = craft(heartbeat_body(), seq=7)
     bad = craft(heartbeat_body()[:-1], seq=7)
     assert decode_error(receiver, bad).reason == "malformed"
-    assert isinstance(receiver.decode(good), Heartbeat)
+    assert isinstance(receiver.decode(good, **AT), Heartbeat)
 
 
 def test_huge_authenticated_sequence_jump_is_accepted() -> None:
     receiver = make_codec("n2")
     first = craft(heartbeat_body(), seq=1)
-    receiver.decode(first)
-    message = receiver.decode(craft(heartbeat_body(), seq=U64_MAX))
+    receiver.decode(first, **AT)
+    message = receiver.decode(craft(heartbeat_body(), seq=U64_MAX), **AT)
     assert isinstance(message, Heartbeat)
     assert decode_error(receiver, first).reason == "replay"
 
@@ -625,7 +741,7 @@ def test_signed_junk_only_raises_decode_error(
     )
     outcome: Message | DecodeError
     try:
-        outcome = make_codec("n2").decode(datagram)
+        outcome = make_codec("n2").decode(datagram, **AT)
     except DecodeError as exc:
         outcome = exc
     if isinstance(outcome, DecodeError):
@@ -659,7 +775,7 @@ def test_mutated_datagram_is_dropped_unless_unchanged(
     mutated = mutate(original, data)
     receiver = make_codec("n2")
     if mutated == original:
-        assert receiver.decode(mutated) == message
+        assert receiver.decode(mutated, **AT) == message
     else:
         assert decode_error(receiver, mutated).reason in DROP_REASONS
 
@@ -673,7 +789,7 @@ def test_an_append_filled_to_its_budget_fits_between_the_longest_ids() -> None:
     message = Append("s" * MAX_NODE_ID_BYTES, 1, LogPosition(1, 1), 1, entries)
     datagram = make_codec("s" * MAX_NODE_ID_BYTES).encode("r" * MAX_NODE_ID_BYTES, message)
     assert len(datagram) == MAX_DATAGRAM_BYTES
-    assert make_codec("r" * MAX_NODE_ID_BYTES).decode(datagram) == message
+    assert make_codec("r" * MAX_NODE_ID_BYTES).decode(datagram, **AT) == message
 
 
 @pytest.mark.parametrize(

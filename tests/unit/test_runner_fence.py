@@ -8,6 +8,7 @@ its way out of the main loop.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from ha_voice.cluster.election import Election
@@ -44,10 +45,23 @@ class Wire:
 
     def __init__(self) -> None:
         self.sent: list[Message] = []
-        self._peers = {n: Codec(cluster="c", cluster_key=KEY, node_id=n, boot_id=1) for n in "ab"}
+        self._peers = {n: codec(n) for n in "ab"}
 
     def send(self, data: bytes, address: Address) -> None:
-        self.sent.append(self._peers[address[0]].decode(data))
+        message = self._peers[address[0]].decode(data, source=("me", 0), now=0.0)
+        assert message is not None
+        self.sent.append(message)
+
+
+def codec(node_id: str) -> Codec:
+    return Codec(
+        cluster="c",
+        cluster_key=KEY,
+        node_id=node_id,
+        boot_id=1,
+        takeover_s=0.1,
+        nonce=itertools.count(1).__next__,
+    )
 
 
 class Sink:
@@ -79,7 +93,7 @@ def runner() -> tuple[CoreRunner, Wire, Sink]:
     sink, wire = Sink(), Wire()
     core = CoreRunner(
         election=election,
-        codec=Codec(cluster="c", cluster_key=KEY, node_id="me", boot_id=1),
+        codec=codec("me"),
         store=MemoryStore(),
         metrics=Metrics("me"),
         sink=sink,

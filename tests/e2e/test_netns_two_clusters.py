@@ -1,0 +1,109 @@
+"""Two robots, two clusters of Jetsons named alike (n1, n2, n3), on one LAN, found by mDNS alone.
+
+The second cluster's n1 used to refuse to start: the node record `<node_id>._ha-voice-node…`
+was not scoped by cluster. Now both clusters elect, each endpoint resolves (by dig, not our
+resolver) to its own primary, and no node ever learns the other cluster's addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ha_voice.local_cluster import LocalCluster
+from tests.integration.dig import Dig
+from tests.integration.netns import Lan, NetnsUnavailable, NsProcess
+
+CLIENT = 6
+
+_PROBE = """
+import json, sys, httpx
+client = httpx.Client(timeout=0.5)
+for line in sys.stdin:
+    url = line.strip()
+    try:
+        r = client.get(url)
+        print(json.dumps({"url": url, "status": r.status_code, "body": r.text}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"url": url, "status": None, "error": str(exc)}), flush=True)
+"""
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    network = Lan(7, subnet="10.216.0.0/24", prefix="hv2")
+    try:
+        network.create()
+    except NetnsUnavailable as exc:
+        pytest.skip(f"network namespaces unavailable: {exc}")
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+def _cluster(lan: Lan, name: str, first: int) -> LocalCluster:
+    return LocalCluster(
+        3,
+        cluster=name,
+        hosts=[lan.address(first + i) for i in range(3)],
+        prefixes=[lan[first + i].exec_argv([]) for i in range(3)],
+        mdns=True,
+        static_peers=False,
+    )
+
+
+def _get(probe: NsProcess, url: str) -> tuple[int | None, dict[str, object] | None]:
+    start = len(probe.stdout.lines)
+    probe.send(url)
+    reply = json.loads(probe.wait_for(lambda text: json.loads(text)["url"] == url, 5.0, start))
+    body = reply.get("body")
+    return reply["status"], json.loads(body) if body else None
+
+
+def _primary(probe: NsProcess, cluster: LocalCluster, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [
+            n.node_id
+            for n in cluster.running()
+            if _get(probe, f"{n.url}/cluster/primary")[0] == 200
+        ]
+        if len(found) == 1:
+            return found[0]
+        time.sleep(0.2)
+    logs = "\n".join(n.log_path.read_text()[-2000:] for n in cluster.nodes.values())
+    raise AssertionError(f"{cluster.cluster}: no single primary\n{logs}")
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig: apt-get install dnsutils")
+def test_two_clusters_with_the_same_node_ids_both_elect_and_never_meet(lan: Lan) -> None:
+    probe = lan[CLIENT].spawn([sys.executable, "-c", _PROBE])
+    dig = Dig(lan, CLIENT)
+    with _cluster(lan, "robot-a", 0) as a, _cluster(lan, "robot-b", 3) as b:
+        a.start()
+        b.start()
+        primaries = {c.cluster: _primary(probe, c, 40.0) for c in (a, b)}
+        for cluster, first in ((a, 0), (b, 3)):
+            own = {lan.address(first + i) for i in range(3)}
+            primary = cluster.nodes[primaries[cluster.cluster]]
+            # The endpoint, by a resolver that is not ours, names this cluster's primary.
+            target, port, address, txt = dig.endpoint(cluster.cluster)
+            assert (txt["cluster"], txt["node"]) == (cluster.cluster, primary.node_id)
+            assert (address, port) == (primary.host, primary.api_port)
+            assert target == f"{primary.node_id}.{cluster.cluster}.ha-voice.local."
+            for node in cluster.nodes.values():
+                status, view = _get(probe, f"{node.url}/cluster")
+                assert status == 200
+                assert view is not None
+                members = view["members"]
+                assert isinstance(members, list)
+                heard = {m["address"].split(":")[0] for m in members if m["address"]}
+                assert heard <= own, (node.node_id, heard)
+                assert view["identity_conflicts"] == []
+                assert node.running, node.log_path.read_text()[-2000:]
