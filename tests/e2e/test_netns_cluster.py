@@ -21,22 +21,10 @@ import pytest
 
 from ha_voice.local_cluster import LocalCluster
 from tests.integration.dig import Dig
-from tests.integration.netns import Lan, NetnsUnavailable, NsProcess
+from tests.integration.netns import HTTP_PROBE, Lan, NetnsUnavailable, NsProcess
 
 VIP = "10.215.0.200"
 CLIENT = 3
-
-_PROBE = """
-import json, sys, httpx
-client = httpx.Client(timeout=0.5)
-for line in sys.stdin:
-    url = line.strip()
-    try:
-        r = client.get(url)
-        print(json.dumps({"url": url, "status": r.status_code, "body": r.text}), flush=True)
-    except Exception as exc:
-        print(json.dumps({"url": url, "status": None, "error": str(exc)}), flush=True)
-"""
 
 
 @dataclass
@@ -125,7 +113,7 @@ def net() -> Iterator[Net]:
         extra_flags=(f"--vip={VIP}/24", "--vip-interface=eth0"),
     )
     try:
-        probe = lan[CLIENT].spawn([sys.executable, "-c", _PROBE])
+        probe = lan[CLIENT].spawn([sys.executable, "-c", HTTP_PROBE])
         cluster.start()
         yield Net(lan, cluster, probe, Dig(lan, CLIENT))
     finally:

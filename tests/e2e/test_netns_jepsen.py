@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netns import Lan, NetnsUnavailable
+from tests.integration.netns import Lan, created
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = 3
@@ -52,20 +52,13 @@ print(json.dumps({"ok": run.report.ok, "faults": len(run.faults), "kinds": kinds
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    network = Lan(4, subnet="10.217.0.0/24", prefix="hvj")
-    try:
-        network.create()
-    except NetnsUnavailable as exc:
-        pytest.skip(f"network namespaces unavailable: {exc}")
-    try:
+    with created(Lan(4, subnet="10.217.0.0/24", prefix="hvj")) as network:
         for index in range(3):
             # Nothing may wait for ARP while a link is down: such packets leave when it comes
             # back, after the sender's lease (docs/operations.md, "The robot's network").
             for key in ("unres_qlen", "unres_qlen_bytes"):
                 network[index].run(["sysctl", "-qw", f"net.ipv4.neigh.eth0.{key}=0"])
         yield network
-    finally:
-        network.close()
 
 
 @pytest.mark.slow

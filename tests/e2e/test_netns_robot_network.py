@@ -16,22 +16,15 @@ from typing import Any
 import pytest
 
 from ha_voice.local_cluster import LocalCluster
-from tests.integration.netns import Lan, NetnsUnavailable
+from tests.integration.netns import Lan, created
 
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    network = Lan(2, subnet="10.221.0.0/24", prefix="hvg")
-    try:
-        network.create()
-    except NetnsUnavailable as exc:
-        pytest.skip(f"network namespaces unavailable: {exc}")
-    try:
+    with created(Lan(2, subnet="10.221.0.0/24", prefix="hvg")) as network:
         for node in network.nodes:
             node.ip("route", "del", "224.0.0.0/4", "dev", "eth0")  # no route but the link's
         yield network
-    finally:
-        network.close()
 
 
 def defaults_cluster(lan: Lan) -> LocalCluster:

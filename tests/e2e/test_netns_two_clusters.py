@@ -17,34 +17,15 @@ import pytest
 
 from ha_voice.local_cluster import LocalCluster
 from tests.integration.dig import Dig
-from tests.integration.netns import Lan, NetnsUnavailable, NsProcess
+from tests.integration.netns import HTTP_PROBE, Lan, NsProcess, created
 
 CLIENT = 6
-
-_PROBE = """
-import json, sys, httpx
-client = httpx.Client(timeout=0.5)
-for line in sys.stdin:
-    url = line.strip()
-    try:
-        r = client.get(url)
-        print(json.dumps({"url": url, "status": r.status_code, "body": r.text}), flush=True)
-    except Exception as exc:
-        print(json.dumps({"url": url, "status": None, "error": str(exc)}), flush=True)
-"""
 
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    network = Lan(7, subnet="10.216.0.0/24", prefix="hv2")
-    try:
-        network.create()
-    except NetnsUnavailable as exc:
-        pytest.skip(f"network namespaces unavailable: {exc}")
-    try:
+    with created(Lan(7, subnet="10.216.0.0/24", prefix="hv2")) as network:
         yield network
-    finally:
-        network.close()
 
 
 def _cluster(lan: Lan, name: str, first: int) -> LocalCluster:
@@ -83,7 +64,7 @@ def _primary(probe: NsProcess, cluster: LocalCluster, timeout_s: float) -> str:
 
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig: apt-get install dnsutils")
 def test_two_clusters_with_the_same_node_ids_both_elect_and_never_meet(lan: Lan) -> None:
-    probe = lan[CLIENT].spawn([sys.executable, "-c", _PROBE])
+    probe = lan[CLIENT].spawn([sys.executable, "-c", HTTP_PROBE])
     dig = Dig(lan, CLIENT)
     with _cluster(lan, "robot-a", 0) as a, _cluster(lan, "robot-b", 3) as b:
         a.start()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.doc_commands import OPERATIONS, block, machine_replacements, run, spawn
-from tests.integration.netns import Lan, NetnsUnavailable
+from tests.integration.netns import Lan, created
 
 SECTION = "## From three machines to a running cluster"
 MACHINES = ("jetson-1", "jetson-2", "go2-pc")
@@ -36,15 +36,8 @@ Runner = Callable[[str, str], subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    network = Lan(len(MACHINES), subnet="10.219.0.0/24", prefix="hvt")
-    try:
-        network.create()
-    except NetnsUnavailable as exc:
-        pytest.skip(f"network namespaces unavailable: {exc}")
-    try:
+    with created(Lan(len(MACHINES), subnet="10.219.0.0/24", prefix="hvt")) as network:
         yield network
-    finally:
-        network.close()
 
 
 def test_every_command_of_the_walkthrough_is_run_here() -> None:

@@ -26,9 +26,11 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any
+
+import pytest
 
 __all__ = ["Lan", "LineReader", "Netns", "NetnsUnavailable", "NsProcess"]
 
@@ -272,3 +274,31 @@ class Lan:
         node.ip("link", "set", "eth0", "up")
         # Tools that send multicast without choosing an interface need a route for it.
         node.ip("route", "add", "224.0.0.0/4", "dev", "eth0")
+
+
+@contextlib.contextmanager
+def created(network: Lan) -> Iterator[Lan]:
+    """`network` created (the test skipped where namespaces cannot be made), then closed."""
+    try:
+        network.create()
+    except NetnsUnavailable as exc:
+        pytest.skip(f"network namespaces unavailable: {exc}")
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+# A client in a namespace: reads URLs on stdin, prints one JSON line per GET (status and body,
+# or the error), each within 0.5 s.
+HTTP_PROBE = """
+import json, sys, httpx
+client = httpx.Client(timeout=0.5)
+for line in sys.stdin:
+    url = line.strip()
+    try:
+        r = client.get(url)
+        print(json.dumps({"url": url, "status": r.status_code, "body": r.text}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"url": url, "status": None, "error": str(exc)}), flush=True)
+"""

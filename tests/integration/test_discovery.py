@@ -24,7 +24,7 @@ import pytest
 
 from ha_voice.cluster.discovery import ENDPOINT_TTL_S
 from tests.integration.dig import Dig
-from tests.integration.netns import Lan, NetnsUnavailable, NsProcess
+from tests.integration.netns import Lan, NsProcess, created
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = "t1"
@@ -129,15 +129,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    network = Lan(3, prefix="hvd")
-    try:
-        network.create()
-    except NetnsUnavailable as err:
-        pytest.skip(str(err))
-    try:
+    with created(Lan(3, prefix="hvd")) as network:
         yield network
-    finally:
-        network.close()
 
 
 @pytest.fixture
