@@ -90,7 +90,8 @@ EXIT_STORAGE_FAILED = 74  # EX_IOERR
 # Even with nothing due, step the core this often: bounds a missed wakeup, refreshes the view.
 MAX_IDLE_S = 1.0
 _HOUSEKEEPING_S = 0.1
-# Round trips measured before judging the timers against them (DESIGN.md: warn under 10x).
+# Round trips measured before judging the timers against them (warn when the election timeout
+# is under 10x the round trip: docs/operations.md, the metrics table).
 _RTT_SAMPLES = 20
 # Messages stepped per turn before the view is published and the effects applied: a turn stays
 # a few milliseconds long (~100 us a message under a flood), so a primary's heartbeat is never

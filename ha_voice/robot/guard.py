@@ -54,7 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Unitree: Move must be repeated at 10-20 Hz or the robot stops after ~1-2 s (DESIGN.md).
+# Unitree: Move must be repeated at 10-20 Hz or the robot stops after ~1-2 s (docs/design.md "The Go2").
 DEFAULT_STREAM_HZ = 15.0
 DEFAULT_SEND_MARGIN_S = 0.025
 _STANDING = frozenset({Mode.BALANCE_STAND, Mode.LOCOMOTION, Mode.JOINT_LOCK, Mode.POSE})
@@ -80,7 +80,7 @@ POSTURE_GOALS: Final[Mapping[Action, Mode]] = {
 # Posture command -> {mode: the calls that take the robot from that mode to the command's goal}.
 # The Go2 accepts Sit only from a balanced stand, RiseSit only from sitting, StandUp and
 # StandDown not while walking or sitting, StandDown not when damped, BalanceStand not lying
-# (DESIGN.md "The Go2"; sim.TRANSITIONS holds the same rules and refuses the rest with 3203).
+# (docs/design.md "The Go2"; sim.TRANSITIONS holds the same rules and refuses the rest with 3203).
 # A mode not listed takes the command itself (`_DIRECT`).
 _PLANS: Final[Mapping[Action, Mapping[Mode, tuple[Action, ...]]]] = {
     Action.STAND_UP: {_WALK: (Action.STOP_MOVE,), _SIT: (Action.RISE_SIT,)},

@@ -53,7 +53,7 @@ def failover_table(seeds: int) -> list[str]:
 
 
 def _vrrp_like() -> ElectionTimers:
-    """DESIGN.md's first sketch: 100 ms heartbeats, about 3 of them before an election."""
+    """The first design's sketch: 100 ms heartbeats, about 3 of them before an election."""
     wired = timers_for("wired")
     return replace(
         wired,

@@ -47,7 +47,7 @@ L, D, J, B, W, S = (
     Mode.SIT,
 )
 
-# The Go2's rules written out by hand, independently of sim.TRANSITIONS (DESIGN.md "The Go2"):
+# The Go2's rules written out by hand, independently of sim.TRANSITIONS (docs/design.md "The Go2"):
 # action -> {mode it is legal in: mode it leads to}.
 GO2_RULES: dict[Action, dict[Mode, Mode]] = {
     Action.DAMP: {L: D, D: D, J: D, B: D, W: D, S: D},
