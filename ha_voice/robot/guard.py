@@ -54,7 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Unitree: Move must be repeated at 10-20 Hz or the robot stops after ~1-2 s (docs/design.md "The Go2").
+# Unitree: Move must be repeated at 10-20 Hz or the robot stops after ~1-2 s
+# (docs/design.md "The Go2").
 DEFAULT_STREAM_HZ = 15.0
 DEFAULT_SEND_MARGIN_S = 0.025
 _STANDING = frozenset({Mode.BALANCE_STAND, Mode.LOCOMOTION, Mode.JOINT_LOCK, Mode.POSE})

@@ -18,7 +18,8 @@ Invariants:
   with the instant it happened.
 - `check_journal` is a pure function of a journal; `SimGo2.check()` applies it to this one.
 
-Sources: docs/design.md "The Go2" (postures, Move watchdog, error codes) and "The replicated journal and exactly-once commands"
+Sources: docs/design.md "The Go2" (postures, Move watchdog, error codes) and "The replicated
+journal and exactly-once commands"
 (posture commands may be retried, so a repeated posture command is accepted as a no-op);
 unitree_sdk2py `go2/sport/sport_client.py` (the calls); Unitree's sport-service notes (StandUp
 and StandDown lock the joints, BalanceStand unlocks them, RecoveryStand ends in balance stand).
@@ -64,7 +65,8 @@ __all__ = [
     "verdict_to_json",
 ]
 
-# docs/design.md "The Go2": "the robot walks only about 1–2 s per call"; 1 s is the conservative end.
+# docs/design.md "The Go2": "the robot walks only about 1–2 s per call"; 1 s is the
+# conservative end.
 DEFAULT_MOVE_TIMEOUT_S: Final = 1.0
 
 _LIE, _DAMP, _LOCK = Mode.LIE_DOWN, Mode.DAMPING, Mode.JOINT_LOCK
@@ -83,7 +85,8 @@ def _stay(*modes: Mode) -> dict[Mode, Mode]:
 
 
 # Action -> {mode it is legal in: mode it leads to}. A posture command repeated in the posture it
-# leads to is a legal no-op: a new primary may retry it (docs/design.md, "The replicated journal and exactly-once commands").
+# leads to is a legal no-op: a new primary may retry it (docs/design.md, "The replicated
+# journal and exactly-once commands").
 TRANSITIONS: Final[Mapping[Action, Mapping[Mode, Mode]]] = {
     # Damp cuts the motors wherever the robot is: the emergency posture.
     Action.DAMP: _to(_DAMP, *POSTURES),

@@ -13,7 +13,8 @@ Invariants:
 - The client never sends a command twice unless it is idempotent: it reconnects at most once per
   call, before sending when the connection is already known to be closed, and after a break
   mid-call only for an idempotent request (read-only ops, idempotent actions). Otherwise the
-  outcome is unknown and RobotError(SEND_FAILED) says so (docs/design.md, "The replicated journal and exactly-once commands").
+  outcome is unknown and RobotError(SEND_FAILED) says so (docs/design.md, "The replicated
+  journal and exactly-once commands").
 - The robot's clock is the server process's monotonic clock: journal times and lease expiries
   compare only when the sender runs on the same host.
 """
