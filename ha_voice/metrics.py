@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.protocol import DROP_REASONS
+from ha_voice.cluster.view import PRIMARY_WITHOUT_LEASE
 
 __all__ = ["ClusterSnapshot", "Metrics", "PeerSample"]
 
@@ -41,6 +42,10 @@ class PeerSample:
     alive: bool
 
 
+# Every value of ha_voice_role's label: the election's roles and a primary without a lease.
+ROLES = (*(role.value for role in Role), PRIMARY_WITHOUT_LEASE)
+
+
 @dataclass(frozen=True)
 class ClusterSnapshot:
     """What the collector reads from the node at scrape time."""
@@ -59,6 +64,7 @@ class ClusterSnapshot:
     journal_unfinished: int = 0
     journal_snapshots_installed: int = 0
     storage_write_pending_s: float = 0.0
+    role: str = ""  # the role to report (NodeView.shown_role): "primary" only with a lease
 
 
 class ClusterCollector(Collector):
@@ -90,6 +96,14 @@ class ClusterCollector(Collector):
             "Seconds this node may still command the robot without a renewal (0 unless primary)",
             value=max(snap.lease_remaining_s, 0.0),
         )
+        # The role as /health and /cluster report it at this instant: a primary whose lease lapsed
+        # is primary_without_lease here too, not "primary" until its core notices.
+        roles = GaugeMetricFamily(
+            "ha_voice_role", "1 for the role this node is in", labels=["role"]
+        )
+        for role in ROLES:
+            roles.add_metric([role], 1 if role == snap.role else 0)
+        yield roles
         # Read from the lease at scrape time, not set when the role changes: a lapsed lease
         # (a stuck core, a primary that has not heard a quorum) shows at once, and since leases
         # never overlap, sum(ha_voice_is_primary) over the cluster is never above 1.
@@ -165,7 +179,6 @@ class Metrics:
         self.info = Gauge(
             "ha_voice_node_info", "Static facts about this node", ["node", "cluster"], registry=r
         )
-        self.role = Gauge("ha_voice_role", "1 for the role this node is in", ["role"], registry=r)
         self.term = Gauge("ha_voice_term", "Current election term", registry=r)
         self.failovers = Counter(
             "ha_voice_failovers", "Terms this node won after another primary", registry=r
@@ -296,8 +309,6 @@ class Metrics:
             self.commands.labels(status)
         for reason in (*DROP_REASONS, "unknown_peer"):
             self.packets_dropped.labels(reason)
-        for role in Role:
-            self.role.labels(role.value).set(0)
         self.node_id = node_id
 
     def watch_gc(self) -> None:
@@ -318,9 +329,7 @@ class Metrics:
         """Export the node's scrape-time values."""
         self.registry.register(ClusterCollector(snapshot))
 
-    def set_role(self, role: Role, term: int) -> None:
-        for each in Role:
-            self.role.labels(each.value).set(1 if each is role else 0)
+    def set_term(self, term: int) -> None:
         self.term.set(term)
 
     def render(self) -> bytes:

@@ -326,6 +326,7 @@ class ClusterNode:
         return ClusterSnapshot(
             peers=peers,
             lease_remaining_s=view.lease_expiry - now,
+            role=view.shown_role(now),
             votes_granted=view.votes_granted,
             votes_denied=view.votes_denied,
             lease_renew_failures=view.lease_renew_failures,

@@ -616,11 +616,12 @@ class CoreRunner:
         )
 
     def _update_role_metrics(self) -> None:
+        """The term gauge (ha_voice_role is read from the view at scrape: it follows the lease)."""
         e = self.election
         shown = (e.role, e.term)
         if shown != self._shown_role:
             self._shown_role = shown
-            self._metrics.set_role(*shown)
+            self._metrics.set_term(e.term)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

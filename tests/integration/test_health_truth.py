@@ -63,6 +63,16 @@ def _is_primary(node: LocalNode) -> float | None:
     return _gauge(node, "ha_voice_is_primary")
 
 
+def _role_is_primary(node: LocalNode) -> float | None:
+    """ha_voice_role{role="primary"}: the role gauge follows the lease as is_primary does."""
+    response = node.get("/metrics", timeout_s=2.0)
+    if response is None:
+        return None
+    found = re.search(r'^ha_voice_role\{role="primary"\} (\S+)$', response.text, re.M)
+    assert found is not None, "no ha_voice_role on /metrics"
+    return float(found.group(1))
+
+
 async def _command_at_term(sim: SimRobotProcess, term: int) -> None:
     client = SimRobotClient(sim.host, sim.port)
     await client.connect()
@@ -206,6 +216,7 @@ def test_a_primary_whose_core_is_stuck_stops_reporting_primary_when_its_lease_en
         assert stuck.process is not None
         others = [n for n in cluster.nodes.values() if n is not stuck]
         rounds: list[dict[str, float | None]] = []
+        roles: list[dict[str, float | None]] = []
         with _frozen_threads(_threads_but_main(stuck.process.pid)):
             successor = None
             deadline = time.monotonic() + 15.0
@@ -215,6 +226,7 @@ def test_a_primary_whose_core_is_stuck_stops_reporting_primary_when_its_lease_en
             assert successor is not None, "nobody took over from a stuck primary"
             for _ in range(20):  # and for a while after
                 rounds.append({n.node_id: _is_primary(n) for n in cluster.nodes.values()})
+                roles.append({n.node_id: _role_is_primary(n) for n in cluster.nodes.values()})
             view = _json(stuck, "/cluster")
             assert view is not None
             assert view["role"] != "primary", view
@@ -223,8 +235,9 @@ def test_a_primary_whose_core_is_stuck_stops_reporting_primary_when_its_lease_en
             status = cluster.nodes[successor.node_id].status_code("/cluster/primary", 2.0)
             assert status == 200
         assert rounds
-        for scrape in rounds:
+        for scrape in rounds + roles:
             assert sum(v or 0.0 for v in scrape.values()) <= 1.0, scrape
+        assert roles[-1][stuck.node_id] == 0.0, roles[-1]  # not "primary" without a lease
         assert _is_primary(stuck) in (0.0, 1.0)  # it answers again once thawed
 
 
@@ -332,8 +345,13 @@ def test_haproxy_with_a_patroni_style_check_sends_traffic_to_the_primary_only(
                 return None
             return str(response.json()["node"]) if response.status_code == 200 else None
 
-        assert _wait(through_the_proxy, 10.0, "HAProxy found no node up") == primary
-        answered = {through_the_proxy() for _ in range(10)}
+        # HAProxy starts every server up and marks one down after two failed checks (200 ms):
+        # wait until its checks have run, then every answer must come from the primary.
+        def checked() -> bool | None:
+            return all(through_the_proxy() == primary for _ in range(6)) or None
+
+        _wait(checked, 10.0, "HAProxy never sent all traffic to the primary")
+        answered = {through_the_proxy() for _ in range(20)}
         assert answered == {primary}, answered
     finally:
         process.terminate()
