@@ -151,11 +151,20 @@ class CommandService:
         return self._ready_term == view.term and view.role is Role.PRIMARY
 
     def not_ready_reason(self) -> str | None:
-        """Why this primary takes no commands yet (its takeover is not done), or None: ready,
-        or not primary at all."""
+        """Why this primary cannot serve (its takeover is not done, or the robot follows a
+        newer term), or None: ready, or not primary at all."""
         view = self._node.view
-        if view.role is not Role.PRIMARY or self.ready():
+        if view.role is not Role.PRIMARY:
             return None
+        if self.ready():
+            robot_term = None if self._guard is None else self._guard.robot_term
+            if robot_term is None or robot_term <= view.term:
+                return None
+            return (
+                f"term {view.term}: the robot follows term {robot_term}: another primary "
+                "commands it (a two_node partition, or another cluster on this robot); every "
+                f"command here fails while this node stays in term {view.term}"
+            )
         problem = self._takeover_problem
         if problem is not None and problem[0] == view.term:
             return f"term {view.term}: robot not made safe yet ({problem[1]})"

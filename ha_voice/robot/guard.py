@@ -195,6 +195,9 @@ class Guard:
         self._sleep = sleep
         self._turn = asyncio.Lock()
         self._ready_term: int | None = None
+        # The newest term the robot said it follows when it refused one of our calls (FENCED),
+        # None until it has: above our term, another primary commands the robot.
+        self.robot_term: int | None = None
         self._epoch = 0  # bumped by stop() and halt(): commands of an older epoch are dropped
         self._stream: asyncio.Task[Outcome] | None = None
 
@@ -335,7 +338,12 @@ class Guard:
         if not self._lease.lease_valid(now + self._send_margin_s):
             raise NotLeading("this node holds no valid lease (or it ends before a call arrives)")
         token = FencingToken(self._lease.term, index, self._node_id)
-        await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
+        try:
+            await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
+        except RobotError as exc:
+            if exc.seen_term is not None:  # fenced: the robot follows a newer term
+                self.robot_term = max(self.robot_term or 0, exc.seen_term)
+            raise
         return token
 
     def _why_not(self) -> str:

@@ -114,6 +114,32 @@ def test_a_primary_the_robot_fences_moves_past_its_term_and_is_never_ready_meanw
             assert "the robot has seen term 7" in logs  # the role change names the reason
 
 
+def test_a_primary_fenced_after_its_takeover_stops_saying_it_serves() -> None:
+    """Another primary commands the robot in a newer term (a two_node partition, another
+    cluster on this robot): this primary's commands fail, and it says so instead of ok."""
+    with SimRobotProcess() as sim, LocalCluster(3, extra_flags=(f"--robot={sim.spec}",)) as c:
+        c.start()
+        primary = _wait(
+            lambda: next(
+                (n for n in c.nodes.values() if n.status_code("/cluster/primary", 1.0) == 200), None
+            ),
+            30.0,
+            "no primary served",
+        )
+        health = _json(primary, "/health")
+        assert health is not None
+        assert health["status"] == "ok", health
+        term = int(health["term"])
+        asyncio.run(_command_at_term(sim, term + 5))  # the other primary's command
+        answer = primary.post("/api/robot/command", {"command": "stand"})
+        assert answer.status_code == 502, answer.text  # failed: fenced by the robot
+        health = _json(primary, "/health")
+        assert health is not None
+        assert health["status"] == "degraded", health
+        assert f"the robot follows term {term + 5}" in str(health["fault_reason"]), health
+        assert primary.status_code("/cluster/primary", 2.0) == 503
+
+
 def test_a_node_that_hears_no_peer_names_them_in_health_and_the_log() -> None:
     with LocalCluster(3) as cluster:
         lone = cluster.nodes["n1"]
