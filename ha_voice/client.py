@@ -492,8 +492,9 @@ class _Core(Generic[_HttpT]):
         """The URL for `call` at the resolved endpoint, from now on the client's address."""
         if found is None:
             raise NoPrimaryError(
-                f"no primary advertises {endpoint_name(self._cluster)}: is the cluster running, "
-                "is multicast allowed between this host and the nodes?",
+                f"no primary advertises {endpoint_name(self._cluster)}: its nodes are down, "
+                "elect no one (too few voters hear each other), or their mDNS does not reach "
+                "this host; `ha-voice status` or `ha-voice send` names which",
                 call.request.key,
             )
         # Unauthenticated: the TXT record may raise the scheme, never lower it.
