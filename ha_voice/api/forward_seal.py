@@ -3,24 +3,31 @@
 A backup that forwards a client's command to the primary adds `X-HA-Voice-Forwarded-By: NODE`
 (the marker) and `X-HA-Voice-Forward-Auth` (the seal):
 
-    v2;t=UNIX_MS;n=NONCE;r=RECIPIENT;a=CLIENT_ADDRESS;p=PRINCIPAL;b=SHA256(BODY);m=MAC
+    v3;i=BOOT;t=SENDER_MS;n=NONCE;r=RECIPIENT;a=CLIENT_ADDRESS;p=PRINCIPAL;b=SHA256(BODY);m=MAC
 
-MAC = HMAC-SHA256(forward key, the canonical JSON list [label, NODE, method, path, r, a, p, b,
-t, n]), base64url; RECIPIENT is the member the seal is for (the primary it was sent to). The
-forward key is HMAC-SHA256(cluster key, "ha-voice/v1/forward/" + cluster): its own label, so it
-is never the datagrams' MAC key (protocol.derive_key), and a cluster name (letters, digits, `_`,
-`-`) cannot make one label equal to the other.
+BOOT is the sender's boot id (16 hex digits, `NodeView.boot_id`), SENDER_MS its own monotonic
+clock in milliseconds. MAC = HMAC-SHA256(forward key, the canonical JSON list [label, NODE,
+method, path, r, a, p, b, i, t, n]), base64url; RECIPIENT is the member the seal is for (the
+primary it was sent to). The forward key is HMAC-SHA256(cluster key, "ha-voice/v1/forward/" +
+cluster): its own label, so it is never the datagrams' MAC key (protocol.derive_key), and a
+cluster name (letters, digits, `_`, `-`) cannot make one label equal to the other.
 
 Invariants:
 - `open` verifies in this order and raises `RemoteError` with the first failing reason, one of
-  `SEAL_FAILURES`: the seal's syntax, that NODE is another member of this cluster, freshness
-  (|now - t| within `window_s`), the MAC under any accepted key (a key rotation), that the seal
-  is addressed to this node (`wrong_recipient`: a seal sniffed on its way to the primary is
-  worth nothing at any other member), and that the MAC was not seen before (replay). Only
-  then is the MAC remembered, so each seal opens once, at one node.
-- Freshness compares wall clocks of two machines (monotonic clocks cannot be compared across
-  them): `window_s` is wide, as Kerberos' five minutes is, because the replay cache, not the
-  window, stops a replay; the window only bounds how long the cache must remember.
+  `SEAL_FAILURES`: the seal's syntax (`bad_version` for a seal of an older release), that NODE
+  is another member of this cluster, the MAC under any accepted key (a key rotation), that the
+  seal is addressed to this node (`wrong_recipient`: a seal sniffed on its way to the primary
+  is worth nothing at any other member), that BOOT is the boot of NODE this node admitted by
+  challenge-response (`unknown_boot`; sessions.py), freshness and then that the MAC was not seen
+  before (`replay`). Only then is the MAC remembered, so each seal opens once, at one node.
+- No wall clock is read, here or there: a board without RTC battery before NTP seals as well as
+  any. Freshness is judged on the sender's own monotonic clock, which only that boot of that
+  node writes: per (NODE, BOOT) the newest SENDER_MS opened so far is kept, and a seal more than
+  `window_s` older than it is `stale`. Each MAC opened within the window is remembered, so a
+  replay is refused however long after it comes; a new boot of NODE forgets the old one's.
+- Memory is bounded: at most `max_remembered` MACs per member (members are configured). Past
+  that the oldest remembered is forgotten and the staleness floor rises past it, so a forgotten
+  seal is refused as `stale`, never believed twice.
 - The body is checked by the caller, against `Claim.body_sha256`, once it has read it — and it
   reads no more of it than the route would (auth.py): a valid seal buys no larger body.
 """
@@ -35,7 +42,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from ha_voice import clock
@@ -46,28 +53,33 @@ __all__ = ["SEAL_FAILURES", "Claim", "ForwardSeal", "body_digest", "derive_forwa
 SEAL_FAILURES: Final = (
     "unsigned",
     "malformed",
+    "bad_version",
     "not_member",
-    "stale",
     "bad_mac",
     "wrong_recipient",
+    "unknown_boot",
+    "stale",
     "replay",
     "body_mismatch",
 )
-_VERSION: Final = "v2"
-_LABEL: Final = "ha-voice forward v2"
-_FIELDS: Final = ("t", "n", "r", "a", "p", "b", "m")
-_SIGNED: Final = ("r", "a", "p", "b", "t", "n")
+_VERSION: Final = "v3"
+_OLDER: Final = ("v1", "v2")
+_LABEL: Final = "ha-voice forward v3"
+_FIELDS: Final = ("i", "t", "n", "r", "a", "p", "b", "m")
+_SIGNED: Final = ("r", "a", "p", "b", "i", "t", "n")
 _MAX_SEAL_CHARS: Final = 512
 _B64: Final = re.compile(r"[A-Za-z0-9_-]+")
+_BOOT: Final = re.compile(r"[0-9a-f]{16}")
 _ADDRESS: Final = re.compile(r"[0-9A-Fa-f.:]{1,45}|\?")  # an IPv4 or IPv6 address, or unknown
 _PRINCIPAL: Final = re.compile(r"(token:[A-Za-z0-9._-]{1,40}|network)")
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # config's node_id pattern
-# Past any forward's life (75 s at most) plus ordinary clock skew between NTP-less boards.
+# Past any forward's life (75 s at most): a seal is opened at most that long after a newer one
+# of the same boot. The window only bounds what must be remembered: the cache stops a replay.
 DEFAULT_WINDOW_S: Final = 120.0
 # A forward is one request a backup makes for one client request; at the 1000 commands a
-# second of the flood benchmark over a 240 s memory this is 240 000 entries (~40 MB) at worst;
-# past it the oldest are forgotten first.
-_MAX_REMEMBERED: Final = 250_000
+# second of the flood benchmark over the 120 s window this is 120 000 entries (~20 MB) per
+# member at worst; past it the oldest are forgotten first (and then refused as stale).
+DEFAULT_MAX_REMEMBERED: Final = 120_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,16 @@ class Claim:
     address: str
     principal: str
     body_sha256: str
+
+
+@dataclass
+class _Boot:
+    """What was opened of one boot of one member: sender milliseconds, on its own clock."""
+
+    boot: int
+    newest_ms: int
+    floor_ms: int  # seals made before this are stale
+    seen: OrderedDict[str, int] = field(default_factory=OrderedDict)  # MAC -> its SENDER_MS
 
 
 def derive_forward_key(cluster_key: bytes, cluster: str) -> bytes:
@@ -102,21 +124,34 @@ class ForwardSeal:
         node_id: str,
         members: Collection[str],
         window_s: float = DEFAULT_WINDOW_S,
+        max_remembered: int = DEFAULT_MAX_REMEMBERED,
     ) -> None:
-        """`keys[0]` seals; every key opens (the cluster key, then one accepted for a rotation)."""
+        """`keys[0]` seals; every key opens (the cluster key, then one accepted for a rotation).
+        `window_s`: seconds of the sender's clock a seal may lag its boot's newest;
+        `max_remembered`: MACs kept per member, at least 1."""
         self._keys = tuple(derive_forward_key(key, cluster) for key in keys)
         self._node_id = node_id
         self._members = frozenset(members) - {node_id}
         self._window_ms = int(window_s * 1000)
-        self._seen: OrderedDict[str, int] = OrderedDict()  # MAC -> when it may be forgotten
+        self._max_remembered = max(1, max_remembered)
+        self._opened: dict[str, _Boot] = {}  # member -> its boot last opened
 
     def seal(
-        self, method: str, path: str, address: str, principal: str, body: bytes, recipient: str
+        self,
+        method: str,
+        path: str,
+        address: str,
+        principal: str,
+        body: bytes,
+        recipient: str,
+        *,
+        boot: int,
     ) -> str:
-        """The seal header for this node forwarding `body` for a client at `address` to the
-        member `recipient`, and to no other."""
+        """The seal header for this node, in its boot `boot` (64-bit), forwarding `body` for a
+        client at `address` to the member `recipient`, and to no other."""
         fields = {
-            "t": str(_now_ms()),
+            "i": f"{boot:016x}",
+            "t": str(int(clock.monotonic() * 1000)),
             "n": secrets.token_urlsafe(12),
             "r": recipient,
             "a": address,
@@ -126,17 +161,16 @@ class ForwardSeal:
         mac = self._mac(self._keys[0], self._node_id, method, path, fields)
         return ";".join([_VERSION, *(f"{k}={v}" for k, v in fields.items()), f"m={mac}"])
 
-    def open(self, node: str, seal: str | None, method: str, path: str) -> Claim:
-        """The claim of `node`'s seal on this request; RemoteError(reason) if not believed."""
+    def open(
+        self, node: str, seal: str | None, method: str, path: str, *, admitted: int | None
+    ) -> Claim:
+        """The claim of `node`'s seal on this request; RemoteError(reason) if not believed.
+        `admitted` is the boot of `node` this node admitted (`PeerInfo.boot`), None if none."""
         if seal is None:
             raise RemoteError("unsigned", "a forwarding marker without a seal")
         fields = _parse(seal)
         if node not in self._members:
             raise RemoteError("not_member", f"{node[:40]!r} is not another member")
-        sent_ms = int(fields["t"])
-        now_ms = _now_ms()
-        if abs(now_ms - sent_ms) > self._window_ms:
-            raise RemoteError("stale", f"sealed {(now_ms - sent_ms) / 1000:.0f} s from now")
         expected = [self._mac(key, node, method, path, fields) for key in self._keys]
         if not any(hmac.compare_digest(mac, fields["m"]) for mac in expected):
             raise RemoteError("bad_mac", f"the seal of {node!r} does not verify")
@@ -144,17 +178,39 @@ class ForwardSeal:
             raise RemoteError(
                 "wrong_recipient", f"{node!r} sealed it for {fields['r']!r}, not for this node"
             )
-        self._remember(fields["m"], now_ms)
+        boot = int(fields["i"], 16)
+        if boot != admitted:
+            known = "none" if admitted is None else f"{admitted:016x}"
+            raise RemoteError(
+                "unknown_boot", f"{node!r} sealed it in boot {fields['i']}; admitted: {known}"
+            )
+        self._remember(node, boot, int(fields["t"]), fields["m"])
         return Claim(node, fields["a"], fields["p"], fields["b"])
 
-    def _remember(self, mac: str, now_ms: int) -> None:
-        while self._seen and next(iter(self._seen.values())) < now_ms:
-            self._seen.popitem(last=False)
-        if mac in self._seen:
+    def remembered(self) -> int:
+        """How many MACs are remembered now, over all members."""
+        return sum(len(opened.seen) for opened in self._opened.values())
+
+    def _remember(self, node: str, boot: int, sent_ms: int, mac: str) -> None:
+        opened = self._opened.get(node)
+        if opened is None or opened.boot != boot:  # a new boot: the old one's seals are void
+            opened = _Boot(boot, sent_ms, sent_ms - self._window_ms)
+            self._opened[node] = opened
+        if sent_ms < opened.floor_ms:
+            lag_s = (opened.newest_ms - sent_ms) / 1000
+            raise RemoteError("stale", f"sealed {lag_s:.0f} s before the newest seal of {node!r}")
+        if mac in opened.seen:
             raise RemoteError("replay", "this seal was used before")
-        self._seen[mac] = now_ms + 2 * self._window_ms
-        if len(self._seen) > _MAX_REMEMBERED:
-            self._seen.popitem(last=False)
+        opened.seen[mac] = sent_ms
+        if sent_ms > opened.newest_ms:
+            opened.newest_ms = sent_ms
+            opened.floor_ms = max(opened.floor_ms, sent_ms - self._window_ms)
+        seen = opened.seen
+        while seen and next(iter(seen.values())) < opened.floor_ms:
+            seen.popitem(last=False)
+        while len(seen) > self._max_remembered:  # forgotten, so from now on stale
+            _, forgotten_ms = seen.popitem(last=False)
+            opened.floor_ms = max(opened.floor_ms, forgotten_ms + 1)
 
     @staticmethod
     def _mac(key: bytes, node: str, method: str, path: str, fields: dict[str, str]) -> str:
@@ -164,15 +220,19 @@ class ForwardSeal:
 
 
 def _parse(seal: str) -> dict[str, str]:
-    """The seal's fields, each checked for shape; RemoteError("malformed") otherwise."""
+    """The seal's fields, each checked for shape; RemoteError("malformed") otherwise, or
+    RemoteError("bad_version") for the seal of an older release."""
     if len(seal) > _MAX_SEAL_CHARS:
         raise RemoteError("malformed", f"a seal of {len(seal)} characters")
     version, *parts = seal.split(";")
+    if version in _OLDER:
+        raise RemoteError("bad_version", f"a {version} seal; this release opens {_VERSION} only")
     pairs = [part.partition("=") for part in parts]
     fields = {key: value for key, _, value in pairs}
     if version != _VERSION or [key for key, _, _ in pairs] != list(_FIELDS):
-        raise RemoteError("malformed", "not v2;t=;n=;r=;a=;p=;b=;m=")
+        raise RemoteError("malformed", "not v3;i=;t=;n=;r=;a=;p=;b=;m=")
     shapes = (
+        bool(_BOOT.fullmatch(fields["i"])),
         fields["t"].isdigit() and len(fields["t"]) <= 15,
         bool(_B64.fullmatch(fields["n"])),
         bool(_NODE.fullmatch(fields["r"])),
@@ -188,7 +248,3 @@ def _parse(seal: str) -> dict[str, str]:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _now_ms() -> int:
-    return clock.wall_clock_us() // 1000

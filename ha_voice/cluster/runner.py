@@ -298,7 +298,12 @@ class CoreRunner:
             return
         peer = self._peers.get(message.sender) or PeerInfo(message.sender)
         # Authenticated, so the source address can be trusted.
-        peer = replace(peer, last_heard_at=now, address=peer.address if peer.static else address)
+        peer = replace(
+            peer,
+            last_heard_at=now,
+            address=peer.address if peer.static else address,
+            boot=self.codec.admitted(message.sender),
+        )
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
             self._round_trip(max(0.0, now - message.sent_at))
         elif isinstance(message, Heartbeat) and message.api_port:

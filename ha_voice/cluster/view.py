@@ -35,6 +35,7 @@ class PeerInfo:
     last_heard_at: float | None = None
     priority: int | None = None
     api_port: int | None = None
+    boot: int | None = None  # its boot id this node admitted (`Sessions`); None: none yet
 
 
 @dataclass(frozen=True)

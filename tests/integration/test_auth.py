@@ -203,9 +203,9 @@ def test_a_forged_marker_neither_stops_forwarding_nor_lands_in_the_journal(
 @pytest.mark.parametrize(
     ("seal", "reason"),
     [
-        ("v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x", "stale"),
-        ("v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x", "malformed"),  # before seals named a recipient
-        ("v2;t=oops", "malformed"),
+        ("v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x", "bad_version"),  # wall-clock seals
+        ("v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x", "bad_version"),  # before recipients
+        ("v3;i=0000000000000001;t=oops", "malformed"),
         ("garbage", "malformed"),
     ],
 )
@@ -232,14 +232,19 @@ def sealed(
     address: str = "10.9.1.2",
     principal: str = "network",
     key: bytes | None = None,
+    boot: int | None = None,
 ) -> dict[str, str]:
+    """The headers of a forward `forwarder` seals for `to`, in its running boot unless `boot`."""
+    if boot is None:
+        view = cluster.nodes[forwarder].cluster() if forwarder in cluster.nodes else None
+        boot = 1 if view is None else int(view["boot"], 16)
     maker = ForwardSeal(
         cluster=cluster.cluster,
         keys=(key or cluster.key_file.read_bytes(),),
         node_id=forwarder,
         members=list(cluster.nodes),
     )
-    seal = maker.seal("POST", path, address, principal, body, to)
+    seal = maker.seal("POST", path, address, principal, body, to, boot=boot)
     return {
         "X-HA-Voice-Forwarded-By": forwarder,
         "X-HA-Voice-Forward-Auth": seal,
@@ -284,14 +289,34 @@ def test_a_replayed_forward_is_not_believed_again(cluster: LocalCluster) -> None
 def test_a_stale_forward_is_not_believed(
     cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Stale on the forwarder's own monotonic clock: 130 s older than its newest seal opened."""
     primary, backup = roles(cluster)
-    now_us = clock.wall_clock_us()
-    monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us - 600_000_000)  # 10 min ago
-    headers = sealed(cluster, backup, primary, "/api/settings", b"{}")
+    body = b'{"listening": true}'
+    newest = sealed(cluster, backup, primary, "/api/settings", body)
+    assert send(cluster, primary, "/api/settings", body, newest).status_code == 200
+    now_s = clock.monotonic()
+    monkeypatch.setattr(clock, "monotonic", lambda: now_s - 130.0)
+    headers = sealed(cluster, backup, primary, "/api/settings", body)
     monkeypatch.undo()
     before = counter(cluster, primary, "ha_voice_forward_markers_ignored", "stale")
-    assert send(cluster, primary, "/api/settings", b"{}", headers).status_code == 401
+    assert send(cluster, primary, "/api/settings", body, headers).status_code == 401
     assert counter(cluster, primary, "ha_voice_forward_markers_ignored", "stale") == before + 1
+
+
+def test_a_forward_sealed_in_a_boot_the_primary_did_not_admit_is_not_believed(
+    cluster: LocalCluster,
+) -> None:
+    """A key holder naming the backup, but not in the backup's running boot (a dead boot of
+    it, or an impostor that never answered the primary's challenge)."""
+    primary, backup = roles(cluster)
+    running = int(cluster.nodes[backup].cluster()["boot"], 16)
+    body = b'{"listening": true}'
+    headers = sealed(cluster, backup, primary, "/api/settings", body, boot=running ^ 1)
+    before = counter(cluster, primary, "ha_voice_forward_markers_ignored", "unknown_boot")
+    assert send(cluster, primary, "/api/settings", body, headers).status_code == 401
+    assert counter(cluster, primary, "ha_voice_forward_markers_ignored", "unknown_boot") == (
+        before + 1
+    )
 
 
 @pytest.mark.parametrize(

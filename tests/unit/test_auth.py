@@ -6,6 +6,7 @@ import hmac
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,8 +24,9 @@ from ha_voice.api.auth import (
     Unauthorized,
     verified_forwarder,
 )
-from ha_voice.api.forward_seal import ForwardSeal, body_digest, derive_forward_key
+from ha_voice.api.forward_seal import Claim, ForwardSeal, body_digest, derive_forward_key
 from ha_voice.cluster.protocol import derive_key
+from ha_voice.cluster.view import PeerInfo
 from ha_voice.config import Config
 from ha_voice.errors import ConfigError, RemoteError
 from ha_voice.tokens import MIN_TOKEN_CHARS
@@ -43,8 +45,29 @@ def tokens_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def seal(node: str = "n2", keys: tuple[bytes, ...] = (KEY,)) -> ForwardSeal:
-    return ForwardSeal(cluster="c", keys=keys, node_id=node, members=MEMBERS)
+# Each member's boot id, as every other member admitted it.
+BOOTS = {node: 0x1000 + i for i, node in enumerate(MEMBERS)}
+
+
+class Member:
+    """A member's ForwardSeal, sealing in its boot and opening what its peers' boots seal."""
+
+    def __init__(self, node: str, keys: tuple[bytes, ...], **options: Any) -> None:
+        self.node = node
+        self.forward_seal = ForwardSeal(
+            cluster="c", keys=keys, node_id=node, members=MEMBERS, **options
+        )
+
+    def seal(self, *args: Any, boot: int | None = None) -> str:
+        return self.forward_seal.seal(*args, boot=BOOTS[self.node] if boot is None else boot)
+
+    def open(self, node: str, *args: Any, admitted: int | None = -1) -> Claim:
+        admitted = BOOTS.get(node) if admitted == -1 else admitted
+        return self.forward_seal.open(node, *args, admitted=admitted)
+
+
+def seal(node: str = "n2", keys: tuple[bytes, ...] = (KEY,), **options: Any) -> Member:
+    return Member(node, keys, **options)
 
 
 def authenticator(
@@ -314,13 +337,17 @@ def test_a_seal_opens_once_with_what_it_carries() -> None:
         ({"node": "stranger"}, "not_member"),
         ({"node": "n1"}, "not_member"),  # itself
         ({"seal": None}, "unsigned"),
-        ({"seal": "v2;t=1"}, "malformed"),
-        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),  # no recipient
-        ({"seal": "v2;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;t=1;n=x;r=n1;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;t=1;n=x;r=n1;a=<script>;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;t=1;n=x;r=n.1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;" + "t=1;" * 200}, "malformed"),
+        ({"seal": "v3;t=1"}, "malformed"),
+        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "bad_version"),  # no recipient
+        ({"seal": "v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "bad_version"),  # wall time
+        ({"seal": "v3;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),  # no boot
+        ({"seal": f"v3;i={'0' * 15}g;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"v3;i={'0' * 16};t=-1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"v3;i={'0' * 16};t=1;n=x;r=n1;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
+        ({"seal": f"v3;i={'0' * 16};t=1;n=x;r=n1;a=<script>;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"v3;i={'0' * 16};t=1;n=x;r=n.1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v3;" + "t=1;" * 200}, "malformed"),
+        ({"tamper": ("i=0000000000001001", "i=0000000000001002")}, "bad_mac"),  # reboot
         ({"tamper": ("r=n1", "r=n3")}, "bad_mac"),  # readdressed
         ({"tamper": ("a=10.9.3.4", "a=10.9.3.5")}, "bad_mac"),
         ({"tamper": ("p=token:alice", "p=network")}, "bad_mac"),
@@ -363,16 +390,97 @@ def test_a_replayed_seal_is_refused() -> None:
         opener.open("n2", sealed, "POST", "/p")
 
 
-@pytest.mark.parametrize("skew_s", [-121.0, 121.0, -3600.0, 86_400.0])
-def test_a_seal_from_far_off_in_time_is_stale(
+@pytest.mark.parametrize("skew_s", [-365 * 86_400.0, -3600.0, 86_400.0])
+def test_a_seal_whose_sender_wall_clock_is_far_off_opens(
     monkeypatch: pytest.MonkeyPatch, skew_s: float
 ) -> None:
+    """A board without RTC battery before NTP: its wall clock a year (or an hour) off."""
     now_us = clock.wall_clock_us()
     monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us + int(skew_s * 1e6))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_s)
+    monkeypatch.setattr(time, "time_ns", lambda: int((real() + skew_s) * 1e9))
     sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
-    monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us)
-    with pytest.raises(RemoteError, match="stale"):
-        seal("n1").open("n2", sealed, "POST", "/p")
+    monkeypatch.undo()
+    assert seal("n1").open("n2", sealed, "POST", "/p").node == "n2"
+
+
+def on_the_sender_clock(monkeypatch: pytest.MonkeyPatch, sender: Member, at_s: float) -> str:
+    monkeypatch.setattr(clock, "monotonic", lambda: at_s)
+    sealed = sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    monkeypatch.undo()
+    return sealed
+
+
+def test_a_seal_older_than_the_window_behind_its_boots_newest_is_stale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender, opener = seal("n2"), seal("n1", window_s=120.0)
+    old = on_the_sender_clock(monkeypatch, sender, 1000.0)
+    recent = on_the_sender_clock(monkeypatch, sender, 1000.0 + 60.0)
+    newest = on_the_sender_clock(monkeypatch, sender, 1000.0 + 121.0)
+    opener.open("n2", newest, "POST", "/p")
+    opener.open("n2", recent, "POST", "/p")  # late by 61 s of the sender's clock: in the window
+    with pytest.raises(RemoteError) as caught:
+        opener.open("n2", old, "POST", "/p")
+    assert caught.value.reason == "stale"
+    assert "sealed 121 s before the newest seal of 'n2'" in str(caught.value)
+
+
+def test_a_replay_is_refused_however_long_after_it_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender, opener = seal("n2"), seal("n1")
+    first = on_the_sender_clock(monkeypatch, sender, 5.0)
+    opener.open("n2", first, "POST", "/p")
+    for later_s in (0.0, 3600.0, 365 * 86_400.0):  # the recipient's own clocks do not matter
+        monkeypatch.setattr(clock, "monotonic", lambda at=5.0 + later_s: at)
+        with pytest.raises(RemoteError, match="replay"):
+            opener.open("n2", first, "POST", "/p")
+
+
+def test_a_seal_of_a_boot_not_admitted_is_refused() -> None:
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    for admitted in (None, BOOTS["n2"] + 1):
+        with pytest.raises(RemoteError) as caught:
+            seal("n1").open("n2", sealed, "POST", "/p", admitted=admitted)
+        assert caught.value.reason == "unknown_boot"
+    assert seal("n1").open("n2", sealed, "POST", "/p").node == "n2"
+
+
+def test_a_new_boot_forgets_the_old_boots_seals_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender, opener = seal("n2"), seal("n1")
+    monkeypatch.setattr(clock, "monotonic", lambda: 86_400.0)  # up a day
+    old_boot = sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    opener.open("n2", old_boot, "POST", "/p")
+    monkeypatch.setattr(clock, "monotonic", lambda: 1.0)  # restarted: its clock starts again
+    new_boot = sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1", boot=0xBEEF)
+    assert opener.open("n2", new_boot, "POST", "/p", admitted=0xBEEF).node == "n2"
+    with pytest.raises(RemoteError, match="unknown_boot"):
+        opener.open("n2", old_boot, "POST", "/p", admitted=0xBEEF)
+    assert opener.forward_seal.remembered() == 1
+
+
+def test_memory_is_bounded_and_a_forgotten_seal_is_stale_not_believed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender, opener = seal("n2"), seal("n1", max_remembered=10)
+    seals = [on_the_sender_clock(monkeypatch, sender, 100.0 + i / 1000) for i in range(50)]
+    for sealed in seals:
+        opener.open("n2", sealed, "POST", "/p")
+        assert opener.forward_seal.remembered() <= 10
+    for sealed in seals[:40]:  # forgotten: refused all the same
+        with pytest.raises(RemoteError, match="stale"):
+            opener.open("n2", sealed, "POST", "/p")
+    for sealed in seals[40:]:
+        with pytest.raises(RemoteError, match="replay"):
+            opener.open("n2", sealed, "POST", "/p")
+    assert opener.forward_seal.remembered() <= 10
+
+
+def test_memory_is_bounded_by_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender, opener = seal("n2"), seal("n1", window_s=1.0)
+    for i in range(100):
+        opener.open("n2", on_the_sender_clock(monkeypatch, sender, i * 0.1), "POST", "/p")
+    assert opener.forward_seal.remembered() <= 11  # one second of the sender's clock
 
 
 def test_during_a_rotation_either_key_opens_and_the_first_seals() -> None:
@@ -410,6 +518,9 @@ def test_verified_forwarder_names_a_sealed_member_once_and_ignores_a_bare_marker
     app = FastAPI()
     auth = authenticator(tmp_path)
     app.state.ha_voice_auth = auth
+    # The core's published view, as the HTTP loop reads it: n2's admitted boot.
+    view = SimpleNamespace(peers={"n2": PeerInfo("n2", boot=BOOTS["n2"])})
+    app.state.ctx = SimpleNamespace(node=SimpleNamespace(view=view))
     sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "network", b"", "n1")
     genuine = request(app, {FORWARDED_BY: "n2", FORWARD_SEAL: sealed})
     assert verified_forwarder(genuine) == "n2"
