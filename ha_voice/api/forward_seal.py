@@ -6,11 +6,12 @@ A backup that forwards a client's command to the primary adds `X-HA-Voice-Forwar
     v3;i=BOOT;t=SENDER_MS;n=NONCE;r=RECIPIENT;a=CLIENT_ADDRESS;p=PRINCIPAL;b=SHA256(BODY);m=MAC
 
 BOOT is the sender's boot id (16 hex digits, `NodeView.boot_id`), SENDER_MS its own monotonic
-clock in milliseconds. MAC = HMAC-SHA256(forward key, the canonical JSON list [label, NODE,
-method, path, r, a, p, b, i, t, n]), base64url; RECIPIENT is the member the seal is for (the
-primary it was sent to). The forward key is HMAC-SHA256(cluster key, "ha-voice/v1/forward/" +
-cluster): its own label, so it is never the datagrams' MAC key (protocol.derive_key), and a
-cluster name (letters, digits, `_`, `-`) cannot make one label equal to the other.
+clock in milliseconds (an integer, signed: the clock's origin is arbitrary). MAC =
+HMAC-SHA256(forward key, the canonical JSON list [label, NODE, method, path, r, a, p, b, i, t,
+n]), base64url; RECIPIENT is the member the seal is for (the primary it was sent to). The
+forward key is HMAC-SHA256(cluster key, "ha-voice/v1/forward/" + cluster): its own label, so it
+is never the datagrams' MAC key (protocol.derive_key), and a cluster name (letters, digits, `_`,
+`-`) cannot make one label equal to the other.
 
 Invariants:
 - `open` verifies in this order and raises `RemoteError` with the first failing reason, one of
@@ -70,6 +71,8 @@ _SIGNED: Final = ("r", "a", "p", "b", "i", "t", "n")
 _MAX_SEAL_CHARS: Final = 512
 _B64: Final = re.compile(r"[A-Za-z0-9_-]+")
 _BOOT: Final = re.compile(r"[0-9a-f]{16}")
+# Signed: a monotonic clock's origin is arbitrary, and faketime shifts it below zero.
+_SENDER_MS: Final = re.compile(r"-?[0-9]{1,15}")
 _ADDRESS: Final = re.compile(r"[0-9A-Fa-f.:]{1,45}|\?")  # an IPv4 or IPv6 address, or unknown
 _PRINCIPAL: Final = re.compile(r"(token:[A-Za-z0-9._-]{1,40}|network)")
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # config's node_id pattern
@@ -233,7 +236,7 @@ def _parse(seal: str) -> dict[str, str]:
         raise RemoteError("malformed", "not v3;i=;t=;n=;r=;a=;p=;b=;m=")
     shapes = (
         bool(_BOOT.fullmatch(fields["i"])),
-        fields["t"].isdigit() and len(fields["t"]) <= 15,
+        bool(_SENDER_MS.fullmatch(fields["t"])),
         bool(_B64.fullmatch(fields["n"])),
         bool(_NODE.fullmatch(fields["r"])),
         bool(_ADDRESS.fullmatch(fields["a"])),

@@ -36,6 +36,7 @@ BOB = "bob-token-" + "b" * MIN_TOKEN_CHARS
 KEY = b"k" * 32
 NEXT_KEY = b"n" * 32
 MEMBERS = ("n1", "n2", "n3", "w")
+V3 = "v3;i=" + "0" * 16  # a seal's version and a boot id
 
 
 def tokens_file(tmp_path: Path, text: str) -> Path:
@@ -342,10 +343,14 @@ def test_a_seal_opens_once_with_what_it_carries() -> None:
         ({"seal": "v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "bad_version"),  # wall time
         ({"seal": "v3;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),  # no boot
         ({"seal": f"v3;i={'0' * 15}g;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": f"v3;i={'0' * 16};t=-1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": f"v3;i={'0' * 16};t=1;n=x;r=n1;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
-        ({"seal": f"v3;i={'0' * 16};t=1;n=x;r=n1;a=<script>;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": f"v3;i={'0' * 16};t=1;n=x;r=n.1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"{V3};t=+1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        (
+            {"seal": f"{V3};t={'9' * 16};n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"},
+            "malformed",
+        ),
+        ({"seal": f"{V3};t=1;n=x;r=n1;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
+        ({"seal": f"{V3};t=1;n=x;r=n1;a=<script>;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"{V3};t=1;n=x;r=n.1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
         ({"seal": "v3;" + "t=1;" * 200}, "malformed"),
         ({"tamper": ("i=0000000000001001", "i=0000000000001002")}, "bad_mac"),  # reboot
         ({"tamper": ("r=n1", "r=n3")}, "bad_mac"),  # readdressed
@@ -410,6 +415,15 @@ def on_the_sender_clock(monkeypatch: pytest.MonkeyPatch, sender: Member, at_s: f
     sealed = sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
     monkeypatch.undo()
     return sealed
+
+
+def test_a_sender_monotonic_clock_below_zero_seals_as_well(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faketime -f -365d shifts CLOCK_MONOTONIC too: its origin is arbitrary, so is its sign."""
+    sender, opener = seal("n2"), seal("n1")
+    for at_s in (-365 * 86_400.0, -365 * 86_400.0 + 60.0):
+        sealed = on_the_sender_clock(monkeypatch, sender, at_s)
+        assert ";t=-" in sealed
+        assert opener.open("n2", sealed, "POST", "/p").node == "n2"
 
 
 def test_a_seal_older_than_the_window_behind_its_boots_newest_is_stale(
