@@ -44,7 +44,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ha_voice.api.body import read_limited
-from ha_voice.api.forward_seal import SEAL_FAILURES, Claim, ForwardSeal, body_digest
+from ha_voice.api.forward_seal import SEAL_FAILURES, Claim, ForwardSeal, Recipient, body_digest
+from ha_voice.cluster.view import NodeView
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.errors import LocalError, RemoteError
 from ha_voice.tokens import ApiToken, TokenFileError, read_token_file
@@ -267,12 +268,14 @@ class Authenticator:
             raise Unauthorized(exc.reason, exc.message + suffix, exc.challenge) from None
 
     def open_forward(
-        self, marker: str, seal: str | None, method: str, path: str, admitted: int | None
+        self, marker: str, seal: str | None, method: str, path: str, view: NodeView
     ) -> Claim | RemoteError:
         """The verified claim of a forward, or why it is not believed (counted and logged);
-        `admitted`: the boot of `marker` the cluster core admitted (`PeerInfo.boot`)."""
+        `view`: the cluster core's published view (this boot, the boot of `marker` admitted)."""
+        peer = view.peers.get(marker)
+        admitted = None if peer is None else peer.boot
         try:
-            return self.seal.open(marker, seal, method, path, admitted=admitted)
+            return self.seal.open(marker, seal, method, path, boot=view.boot_id, admitted=admitted)
         except RemoteError as exc:
             self.ignore_marker(exc.reason, str(exc))
             return exc
@@ -452,14 +455,21 @@ def seal_headers(request: Request, body: bytes, recipient: str) -> dict[str, str
     member `recipient` (the primary); no other member believes the seal."""
     auth = authenticator(request)
     principal = principal_of(request)
+    view = request.app.state.ctx.node.view
+    peer = view.peers.get(recipient)
+    boot = None if peer is None else peer.boot
+    offset_s = None if peer is None else peer.clock_offset_s
+    # Forwards go to the primary, whose heartbeats set both; without them (never, in practice)
+    # the seal names no boot of it, and the primary judges the request as this node's own.
+    to = Recipient(recipient, boot or 0, offset_s or 0.0)
     seal = auth.seal.seal(
         request.method,
         request.url.path,
         principal.address,
         principal.label,
         body,
-        recipient,
-        boot=request.app.state.ctx.node.view.boot_id,
+        to,
+        boot=view.boot_id,
     )
     return {FORWARDED_BY: auth.node_id, FORWARD_SEAL: seal}
 
@@ -474,11 +484,10 @@ def _claim(request: Request) -> Claim | None:
     claim = sealer = None
     if marker is not None:
         seal = request.headers.get(FORWARD_SEAL)
-        # The core's published view, never its state: the boot it admitted for the marker.
-        peer = request.app.state.ctx.node.view.peers.get(marker)
-        admitted = None if peer is None else peer.boot
+        # The core's published view, never its state.
+        view = request.app.state.ctx.node.view
         opened = authenticator(request).open_forward(
-            marker, seal, request.method, request.url.path, admitted
+            marker, seal, request.method, request.url.path, view
         )
         claim = opened if isinstance(opened, Claim) else None
         # A member sealed it, in a boot this node has not heard from (backups need not hear

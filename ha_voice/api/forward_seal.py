@@ -3,32 +3,36 @@
 A backup that forwards a client's command to the primary adds `X-HA-Voice-Forwarded-By: NODE`
 (the marker) and `X-HA-Voice-Forward-Auth` (the seal):
 
-    v3;i=BOOT;t=SENDER_MS;n=NONCE;r=RECIPIENT;a=CLIENT_ADDRESS;p=PRINCIPAL;b=SHA256(BODY);m=MAC
+    v3;i=BOOT;t=RECIPIENT_MS;n=NONCE;r=RECIPIENT;j=RECIPIENT_BOOT;a=CLIENT_ADDRESS;p=PRINCIPAL;
+        b=SHA256(BODY);m=MAC    (one line)
 
-BOOT is the sender's boot id (16 hex digits, `NodeView.boot_id`), SENDER_MS its own monotonic
-clock in milliseconds (an integer, signed: the clock's origin is arbitrary). MAC =
-HMAC-SHA256(forward key, the canonical JSON list [label, NODE, method, path, r, a, p, b, i, t,
-n]), base64url; RECIPIENT is the member the seal is for (the primary it was sent to). The
-forward key is HMAC-SHA256(cluster key, "ha-voice/v1/forward/" + cluster): its own label, so it
-is never the datagrams' MAC key (protocol.derive_key), and a cluster name (letters, digits, `_`,
-`-`) cannot make one label equal to the other.
+BOOT is the sender's boot id, RECIPIENT_BOOT the recipient's (16 hex digits each,
+`NodeView.boot_id`); RECIPIENT is the member the seal is for (the primary it was sent to).
+RECIPIENT_MS is the recipient's own monotonic clock in milliseconds as the sender reckons it from
+the recipient's heartbeats (`PeerInfo.clock_offset_s`; an integer, signed: a monotonic clock's
+origin is arbitrary). MAC = HMAC-SHA256(forward key, the canonical JSON list [label, NODE,
+method, path, r, a, p, b, i, j, t, n]), base64url. The forward key is HMAC-SHA256(cluster key,
+"ha-voice/v1/forward/" + cluster): its own label, so it is never the datagrams' MAC key
+(protocol.derive_key), and a cluster name (letters, digits, `_`, `-`) cannot make one label
+equal to the other.
 
 Invariants:
 - `open` verifies in this order and raises `RemoteError` with the first failing reason, one of
   `SEAL_FAILURES`: the seal's syntax (`bad_version` for a seal of an older release), that NODE
   is another member of this cluster, the MAC under any accepted key (a key rotation), that the
-  seal is addressed to this node (`wrong_recipient`: a seal sniffed on its way to the primary
-  is worth nothing at any other member), that BOOT is the boot of NODE this node admitted by
-  challenge-response (`unknown_boot`; sessions.py), freshness and then that the MAC was not seen
-  before (`replay`). Only then is the MAC remembered, so each seal opens once, at one node.
+  seal is addressed to this node in this boot (`wrong_recipient`: a seal sniffed on its way to
+  the primary is worth nothing at any other member, nor at this one once it restarted), that
+  BOOT is the boot of NODE this node admitted by challenge-response (`unknown_boot`;
+  sessions.py), freshness (`stale`) and that the MAC was not seen before (`replay`). Only then
+  is the MAC remembered, so each seal opens once, at one node.
 - No wall clock is read, here or there: a board without RTC battery before NTP seals as well as
-  any. Freshness is judged on the sender's own monotonic clock, which only that boot of that
-  node writes: per (NODE, BOOT) the newest SENDER_MS opened so far is kept, and a seal more than
-  `window_s` older than it is `stale`. Each MAC opened within the window is remembered, so a
-  replay is refused however long after it comes; a new boot of NODE forgets the old one's.
-- Memory is bounded: at most `max_remembered` MACs per member (members are configured). Past
-  that the oldest remembered is forgotten and the staleness floor rises past it, so a forgotten
-  seal is refused as `stale`, never believed twice.
+  any. Freshness compares RECIPIENT_MS with the recipient's own monotonic clock: one clock, so
+  |now - t| within `window_s` means what it says. The sender's reckoning lags by the heartbeat's
+  one-way delay, and is bound to the recipient's boot (a restarted recipient, whose monotonic
+  clock may restart with its host, refuses every seal made for its previous boot).
+- The window bounds how long a MAC is remembered; at most `max_remembered` are. Past that the
+  oldest remembered is forgotten and seals made before it are refused as `stale`, so a
+  forgotten seal is never believed twice.
 - The body is checked by the caller, against `Claim.body_sha256`, once it has read it — and it
   reads no more of it than the route would (auth.py): a valid seal buys no larger body.
 """
@@ -43,13 +47,20 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from ha_voice import clock
 from ha_voice.errors import RemoteError
 
-__all__ = ["SEAL_FAILURES", "Claim", "ForwardSeal", "body_digest", "derive_forward_key"]
+__all__ = [
+    "SEAL_FAILURES",
+    "Claim",
+    "ForwardSeal",
+    "Recipient",
+    "body_digest",
+    "derive_forward_key",
+]
 
 SEAL_FAILURES: Final = (
     "unsigned",
@@ -66,23 +77,31 @@ SEAL_FAILURES: Final = (
 _VERSION: Final = "v3"
 _OLDER: Final = ("v1", "v2")
 _LABEL: Final = "ha-voice forward v3"
-_FIELDS: Final = ("i", "t", "n", "r", "a", "p", "b", "m")
-_SIGNED: Final = ("r", "a", "p", "b", "i", "t", "n")
+_FIELDS: Final = ("i", "t", "n", "r", "j", "a", "p", "b", "m")
+_SIGNED: Final = ("r", "a", "p", "b", "i", "j", "t", "n")
 _MAX_SEAL_CHARS: Final = 512
 _B64: Final = re.compile(r"[A-Za-z0-9_-]+")
 _BOOT: Final = re.compile(r"[0-9a-f]{16}")
-# Signed: a monotonic clock's origin is arbitrary, and faketime shifts it below zero.
-_SENDER_MS: Final = re.compile(r"-?[0-9]{1,15}")
+_MS: Final = re.compile(r"-?[0-9]{1,15}")  # signed: a monotonic clock's origin is arbitrary
 _ADDRESS: Final = re.compile(r"[0-9A-Fa-f.:]{1,45}|\?")  # an IPv4 or IPv6 address, or unknown
 _PRINCIPAL: Final = re.compile(r"(token:[A-Za-z0-9._-]{1,40}|network)")
 _NODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # config's node_id pattern
-# Past any forward's life (75 s at most): a seal is opened at most that long after a newer one
-# of the same boot. The window only bounds what must be remembered: the cache stops a replay.
+# Past any forward's life (75 s at most) plus the reckoning's lag (a heartbeat's one-way delay).
 DEFAULT_WINDOW_S: Final = 120.0
 # A forward is one request a backup makes for one client request; at the 1000 commands a
-# second of the flood benchmark over the 120 s window this is 120 000 entries (~20 MB) per
-# member at worst; past it the oldest are forgotten first (and then refused as stale).
-DEFAULT_MAX_REMEMBERED: Final = 120_000
+# second of the flood benchmark over a 240 s memory (the window, both ways) this is 240 000
+# entries (~40 MB) at worst; past it the oldest are forgotten first (and then refused as stale).
+DEFAULT_MAX_REMEMBERED: Final = 250_000
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """The member a seal is for, as the sender knows it from its heartbeats: its node id, its
+    boot id, and its monotonic clock minus the sender's (seconds, `PeerInfo.clock_offset_s`)."""
+
+    node_id: str
+    boot: int
+    clock_offset_s: float
 
 
 @dataclass(frozen=True)
@@ -93,16 +112,6 @@ class Claim:
     address: str
     principal: str
     body_sha256: str
-
-
-@dataclass
-class _Boot:
-    """What was opened of one boot of one member: sender milliseconds, on its own clock."""
-
-    boot: int
-    newest_ms: int
-    floor_ms: int  # seals made before this are stale
-    seen: OrderedDict[str, int] = field(default_factory=OrderedDict)  # MAC -> its SENDER_MS
 
 
 def derive_forward_key(cluster_key: bytes, cluster: str) -> bytes:
@@ -130,14 +139,15 @@ class ForwardSeal:
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
     ) -> None:
         """`keys[0]` seals; every key opens (the cluster key, then one accepted for a rotation).
-        `window_s`: seconds of the sender's clock a seal may lag its boot's newest;
-        `max_remembered`: MACs kept per member, at least 1."""
+        `window_s`: how far, in seconds, a seal's time may be from the recipient's clock;
+        `max_remembered`: MACs remembered against replay, at least 1."""
         self._keys = tuple(derive_forward_key(key, cluster) for key in keys)
         self._node_id = node_id
         self._members = frozenset(members) - {node_id}
         self._window_ms = int(window_s * 1000)
         self._max_remembered = max(1, max_remembered)
-        self._opened: dict[str, _Boot] = {}  # member -> its boot last opened
+        self._seen: OrderedDict[str, int] = OrderedDict()  # MAC -> its t, recipient's clock
+        self._floor_ms = -(10**15)  # seals made before this are stale: forgotten early
 
     def seal(
         self,
@@ -146,17 +156,19 @@ class ForwardSeal:
         address: str,
         principal: str,
         body: bytes,
-        recipient: str,
+        recipient: Recipient,
         *,
         boot: int,
     ) -> str:
         """The seal header for this node, in its boot `boot` (64-bit), forwarding `body` for a
-        client at `address` to the member `recipient`, and to no other."""
+        client at `address` to the member `recipient`, in its boot, and to no other."""
+        recipient_ms = (clock.monotonic() + recipient.clock_offset_s) * 1000
         fields = {
             "i": f"{boot:016x}",
-            "t": str(int(clock.monotonic() * 1000)),
+            "t": str(int(recipient_ms)),
             "n": secrets.token_urlsafe(12),
-            "r": recipient,
+            "r": recipient.node_id,
+            "j": f"{recipient.boot:016x}",
             "a": address,
             "p": principal,
             "b": body_digest(body),
@@ -165,10 +177,18 @@ class ForwardSeal:
         return ";".join([_VERSION, *(f"{k}={v}" for k, v in fields.items()), f"m={mac}"])
 
     def open(
-        self, node: str, seal: str | None, method: str, path: str, *, admitted: int | None
+        self,
+        node: str,
+        seal: str | None,
+        method: str,
+        path: str,
+        *,
+        boot: int,
+        admitted: int | None,
     ) -> Claim:
         """The claim of `node`'s seal on this request; RemoteError(reason) if not believed.
-        `admitted` is the boot of `node` this node admitted (`PeerInfo.boot`), None if none."""
+        `boot` is this node's boot id, `admitted` the boot of `node` it admitted
+        (`PeerInfo.boot`), None if none."""
         if seal is None:
             raise RemoteError("unsigned", "a forwarding marker without a seal")
         fields = _parse(seal)
@@ -181,39 +201,36 @@ class ForwardSeal:
             raise RemoteError(
                 "wrong_recipient", f"{node!r} sealed it for {fields['r']!r}, not for this node"
             )
-        boot = int(fields["i"], 16)
-        if boot != admitted:
+        if int(fields["j"], 16) != boot:
+            raise RemoteError(
+                "wrong_recipient", f"{node!r} sealed it for boot {fields['j']}, not this one"
+            )
+        if int(fields["i"], 16) != admitted:
             known = "none" if admitted is None else f"{admitted:016x}"
             raise RemoteError(
                 "unknown_boot", f"{node!r} sealed it in boot {fields['i']}; admitted: {known}"
             )
-        self._remember(node, boot, int(fields["t"]), fields["m"])
+        now_ms = int(clock.monotonic() * 1000)
+        sent_ms = int(fields["t"])
+        if abs(now_ms - sent_ms) > self._window_ms or sent_ms < self._floor_ms:
+            raise RemoteError("stale", f"sealed {(now_ms - sent_ms) / 1000:.0f} s from now")
+        self._remember(fields["m"], sent_ms, now_ms)
         return Claim(node, fields["a"], fields["p"], fields["b"])
 
     def remembered(self) -> int:
-        """How many MACs are remembered now, over all members."""
-        return sum(len(opened.seen) for opened in self._opened.values())
+        """How many MACs are remembered now."""
+        return len(self._seen)
 
-    def _remember(self, node: str, boot: int, sent_ms: int, mac: str) -> None:
-        opened = self._opened.get(node)
-        if opened is None or opened.boot != boot:  # a new boot: the old one's seals are void
-            opened = _Boot(boot, sent_ms, sent_ms - self._window_ms)
-            self._opened[node] = opened
-        if sent_ms < opened.floor_ms:
-            lag_s = (opened.newest_ms - sent_ms) / 1000
-            raise RemoteError("stale", f"sealed {lag_s:.0f} s before the newest seal of {node!r}")
-        if mac in opened.seen:
-            raise RemoteError("replay", "this seal was used before")
-        opened.seen[mac] = sent_ms
-        if sent_ms > opened.newest_ms:
-            opened.newest_ms = sent_ms
-            opened.floor_ms = max(opened.floor_ms, sent_ms - self._window_ms)
-        seen = opened.seen
-        while seen and next(iter(seen.values())) < opened.floor_ms:
+    def _remember(self, mac: str, sent_ms: int, now_ms: int) -> None:
+        seen = self._seen
+        while seen and next(iter(seen.values())) < now_ms - self._window_ms:  # stale by now
             seen.popitem(last=False)
-        while len(seen) > self._max_remembered:  # forgotten, so from now on stale
+        if mac in seen:
+            raise RemoteError("replay", "this seal was used before")
+        seen[mac] = sent_ms
+        while len(seen) > self._max_remembered:  # forgotten early: from now on stale
             _, forgotten_ms = seen.popitem(last=False)
-            opened.floor_ms = max(opened.floor_ms, forgotten_ms + 1)
+            self._floor_ms = max(self._floor_ms, forgotten_ms + 1)
 
     @staticmethod
     def _mac(key: bytes, node: str, method: str, path: str, fields: dict[str, str]) -> str:
@@ -233,12 +250,13 @@ def _parse(seal: str) -> dict[str, str]:
     pairs = [part.partition("=") for part in parts]
     fields = {key: value for key, _, value in pairs}
     if version != _VERSION or [key for key, _, _ in pairs] != list(_FIELDS):
-        raise RemoteError("malformed", "not v3;i=;t=;n=;r=;a=;p=;b=;m=")
+        raise RemoteError("malformed", "not v3;i=;t=;n=;r=;j=;a=;p=;b=;m=")
     shapes = (
         bool(_BOOT.fullmatch(fields["i"])),
-        bool(_SENDER_MS.fullmatch(fields["t"])),
+        bool(_MS.fullmatch(fields["t"])),
         bool(_B64.fullmatch(fields["n"])),
         bool(_NODE.fullmatch(fields["r"])),
+        bool(_BOOT.fullmatch(fields["j"])),
         bool(_ADDRESS.fullmatch(fields["a"])),
         bool(_PRINCIPAL.fullmatch(fields["p"])),
         bool(_B64.fullmatch(fields["b"])),

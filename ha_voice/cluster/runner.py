@@ -306,8 +306,9 @@ class CoreRunner:
         )
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
             self._round_trip(max(0.0, now - message.sent_at))
-        elif isinstance(message, Heartbeat) and message.api_port:
-            peer = replace(peer, api_port=message.api_port)
+        elif isinstance(message, Heartbeat):
+            offset = message.sent_at - now
+            peer = replace(peer, api_port=message.api_port or peer.api_port, clock_offset_s=offset)
         self._peers[message.sender] = peer
         self._enqueue(_Request(MessageReceived(message, now)))
 
