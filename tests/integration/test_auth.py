@@ -233,12 +233,13 @@ def sealed(
     principal: str = "network",
     key: bytes | None = None,
     boot: int | None = None,
+    to_boot: int | None = None,
 ) -> dict[str, str]:
     """The headers of a forward `forwarder` seals for `to`, in its running boot unless `boot`,
-    for `to`'s running boot; every node's monotonic clock is this host's."""
+    for `to`'s running boot unless `to_boot`; every node's monotonic clock is this host's."""
     if boot is None:
         boot = running_boot(cluster, forwarder) if forwarder in cluster.nodes else 1
-    recipient = Recipient(to, running_boot(cluster, to), 0.0)
+    recipient = Recipient(to, running_boot(cluster, to) if to_boot is None else to_boot, 0.0)
     maker = ForwardSeal(
         cluster=cluster.cluster,
         keys=(key or cluster.key_file.read_bytes(),),
@@ -331,6 +332,7 @@ def test_a_forward_sealed_in_a_boot_the_primary_did_not_admit_is_not_believed(
         ("path", "bad_mac"),
         ("key", "bad_mac"),
         ("stranger", "not_member"),
+        ("previous boot", "wrong_recipient"),  # made for the primary before it restarted
     ],
 )
 def test_a_seal_for_something_else_is_not_believed(
@@ -344,6 +346,9 @@ def test_a_seal_for_something_else_is_not_believed(
         headers = sealed(cluster, backup, primary, "/api/settings", COMMAND)
     elif change == "key":
         headers = sealed(cluster, backup, primary, path, COMMAND, key=b"x" * 32)
+    elif change == "previous boot":
+        previous = running_boot(cluster, primary) ^ 1
+        headers = sealed(cluster, backup, primary, path, COMMAND, to_boot=previous)
     else:
         headers = sealed(cluster, "n9", primary, path, COMMAND)
     before = counter(cluster, primary, "ha_voice_forward_markers_ignored", reason)
