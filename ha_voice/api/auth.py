@@ -44,7 +44,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ha_voice.api.body import read_limited
-from ha_voice.api.forward_seal import SEAL_FAILURES, Claim, ForwardSeal, body_digest
+from ha_voice.api.forward_seal import SEAL_FAILURES, Claim, ForwardSeal, Recipient, body_digest
+from ha_voice.cluster.view import NodeView
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.errors import LocalError, RemoteError
 from ha_voice.tokens import ApiToken, TokenFileError, read_token_file
@@ -61,6 +62,7 @@ __all__ = [
     "install",
     "principal_of",
     "seal_headers",
+    "sealing_member",
     "source_of",
     "verified_forwarder",
 ]
@@ -83,6 +85,7 @@ _WHERE_TOKENS: Final = (
 )
 _STATE_AUTH: Final = "ha_voice_auth"
 _STATE_CLAIM: Final = "ha_voice_forward_claim"
+_STATE_SEALER: Final = "ha_voice_forward_sealer"
 _STATE_PRINCIPAL: Final = "ha_voice_principal"
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -264,13 +267,18 @@ class Authenticator:
             suffix = f" (forwarded by {via})" if via else ""
             raise Unauthorized(exc.reason, exc.message + suffix, exc.challenge) from None
 
-    def open_forward(self, marker: str, seal: str | None, method: str, path: str) -> Claim | None:
-        """The verified claim of a forward, or None (counted and logged) if not believed."""
+    def open_forward(
+        self, marker: str, seal: str | None, method: str, path: str, view: NodeView
+    ) -> Claim | RemoteError:
+        """The verified claim of a forward, or why it is not believed (counted and logged);
+        `view`: the cluster core's published view (this boot, the boot of `marker` admitted)."""
+        peer = view.peers.get(marker)
+        admitted = None if peer is None else peer.boot
         try:
-            return self.seal.open(marker, seal, method, path)
+            return self.seal.open(marker, seal, method, path, boot=view.boot_id, admitted=admitted)
         except RemoteError as exc:
             self.ignore_marker(exc.reason, str(exc))
-            return None
+            return exc
 
     def ignore_marker(self, reason: str, detail: str) -> None:
         """Count a forwarding marker that is not believed; warn the first time per reason."""
@@ -382,6 +390,16 @@ def verified_forwarder(request: Request) -> str | None:
     return None if claim is None else claim.node
 
 
+def sealing_member(request: Request) -> str | None:
+    """The member that sealed `request` as its forward to this node: its seal verified, or
+    verified but for the boot (`unknown_boot`: this node has not heard that boot of it). Such a
+    request is never forwarded again (forward.py's one hop), though only a verified seal is
+    believed for the client it names (`verified_forwarder`)."""
+    _claim(request)
+    sealer: str | None = getattr(request.state, _STATE_SEALER)
+    return sealer
+
+
 _BEARER: Final = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
@@ -437,8 +455,21 @@ def seal_headers(request: Request, body: bytes, recipient: str) -> dict[str, str
     member `recipient` (the primary); no other member believes the seal."""
     auth = authenticator(request)
     principal = principal_of(request)
+    view = request.app.state.ctx.node.view
+    peer = view.peers.get(recipient)
+    boot = None if peer is None else peer.boot
+    offset_s = None if peer is None else peer.clock_offset_s
+    # Forwards go to the primary, whose heartbeats set both; without them (never, in practice)
+    # the seal names no boot of it, and the primary judges the request as this node's own.
+    to = Recipient(recipient, boot or 0, offset_s or 0.0)
     seal = auth.seal.seal(
-        request.method, request.url.path, principal.address, principal.label, body, recipient
+        request.method,
+        request.url.path,
+        principal.address,
+        principal.label,
+        body,
+        to,
+        boot=view.boot_id,
     )
     return {FORWARDED_BY: auth.node_id, FORWARD_SEAL: seal}
 
@@ -450,11 +481,22 @@ def _claim(request: Request) -> Claim | None:
         remembered: Claim | None = getattr(state, _STATE_CLAIM)
         return remembered
     marker = request.headers.get(FORWARDED_BY)
-    claim = None
+    claim = sealer = None
     if marker is not None:
         seal = request.headers.get(FORWARD_SEAL)
-        claim = authenticator(request).open_forward(marker, seal, request.method, request.url.path)
+        # The core's published view, never its state.
+        view = request.app.state.ctx.node.view
+        opened = authenticator(request).open_forward(
+            marker, seal, request.method, request.url.path, view
+        )
+        claim = opened if isinstance(opened, Claim) else None
+        # A member sealed it, in a boot this node has not heard from (backups need not hear
+        # each other): not believed for whom it speaks, yet never to be forwarded again.
+        unknown_boot = isinstance(opened, RemoteError) and opened.reason == "unknown_boot"
+        if claim is not None or unknown_boot:
+            sealer = marker
     setattr(state, _STATE_CLAIM, claim)
+    setattr(state, _STATE_SEALER, sealer)
     return claim
 
 

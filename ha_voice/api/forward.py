@@ -31,7 +31,7 @@ import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
-from ha_voice.api.auth import FORWARDED_BY, seal_headers, verified_forwarder
+from ha_voice.api.auth import FORWARDED_BY, seal_headers, sealing_member
 from ha_voice.api.context import ApiContext
 from ha_voice.api.problems import problem, quote
 from ha_voice.api.tls import client_context
@@ -49,9 +49,10 @@ _FORWARD_TIMEOUT_S = 75.0
 
 
 def forwarded_by(request: Request) -> str | None:
-    """The member that forwarded `request` to us (its seal verified), or None if a client sent
-    it directly: a marker without a valid seal is a client's, ignored and counted."""
-    return verified_forwarder(request)
+    """The member that forwarded `request` to us (its seal verified, but for a boot this node
+    may not have heard: `auth.sealing_member`), or None if a client sent it directly: a marker
+    without a valid seal is a client's, ignored and counted."""
+    return sealing_member(request)
 
 
 def unavailable(ctx: ApiContext, reason: str, *, hint_leader: bool = True) -> Response:

@@ -645,6 +645,10 @@ class Codec:
         """Where `sender` should be (configured or found by mDNS): see `Sessions.expect`."""
         self._sessions.expect(sender, address)
 
+    def admitted(self, sender: NodeId) -> int | None:
+        """The boot of `sender` admitted by challenge-response (`Sessions.admitted`), or None."""
+        return self._sessions.admitted(sender)
+
     def take_outgoing(self) -> list[tuple[bytes, Address]]:
         """Datagrams the codec itself wants sent (challenges, answers); the list is emptied."""
         out, self._outgoing = self._outgoing, []

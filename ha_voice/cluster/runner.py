@@ -298,11 +298,17 @@ class CoreRunner:
             return
         peer = self._peers.get(message.sender) or PeerInfo(message.sender)
         # Authenticated, so the source address can be trusted.
-        peer = replace(peer, last_heard_at=now, address=peer.address if peer.static else address)
+        peer = replace(
+            peer,
+            last_heard_at=now,
+            address=peer.address if peer.static else address,
+            boot=self.codec.admitted(message.sender),
+        )
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
             self._round_trip(max(0.0, now - message.sent_at))
-        elif isinstance(message, Heartbeat) and message.api_port:
-            peer = replace(peer, api_port=message.api_port)
+        elif isinstance(message, Heartbeat):
+            offset = message.sent_at - now
+            peer = replace(peer, api_port=message.api_port or peer.api_port, clock_offset_s=offset)
         self._peers[message.sender] = peer
         self._enqueue(_Request(MessageReceived(message, now)))
 

@@ -173,6 +173,11 @@ class Sessions:
         self._maybe_admit(sender, session, seq, now)
         return True
 
+    def admitted(self, sender: str) -> int | None:
+        """The boot of `sender` whose packets are accepted now, None if none is admitted."""
+        session = self._senders.get(sender)
+        return None if session is None or session.boot == ANY_BOOT else session.boot
+
     def take_challenges(self) -> list[Challenge]:
         """The challenges to send now, oldest first; the list is emptied."""
         out, self._outbox = self._outbox, []

@@ -35,6 +35,10 @@ class PeerInfo:
     last_heard_at: float | None = None
     priority: int | None = None
     api_port: int | None = None
+    boot: int | None = None  # its boot id this node admitted (`Sessions`); None: none yet
+    # Its monotonic clock minus ours, from its last heartbeat (seconds; short by the one-way
+    # delay): how a forward's seal reads its clock (forward_seal.py). None: no heartbeat yet.
+    clock_offset_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from ha_voice import clock
-from ha_voice.api.forward_seal import ForwardSeal
+from ha_voice.api.forward_seal import ForwardSeal, Recipient
 from ha_voice.local_cluster import LocalCluster
 from ha_voice.tokens import new_token
 
@@ -203,9 +203,9 @@ def test_a_forged_marker_neither_stops_forwarding_nor_lands_in_the_journal(
 @pytest.mark.parametrize(
     ("seal", "reason"),
     [
-        ("v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x", "stale"),
-        ("v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x", "malformed"),  # before seals named a recipient
-        ("v2;t=oops", "malformed"),
+        ("v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x", "bad_version"),  # wall-clock seals
+        ("v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x", "bad_version"),  # before recipients
+        ("v3;i=0000000000000001;t=oops", "malformed"),
         ("garbage", "malformed"),
     ],
 )
@@ -232,19 +232,32 @@ def sealed(
     address: str = "10.9.1.2",
     principal: str = "network",
     key: bytes | None = None,
+    boot: int | None = None,
+    to_boot: int | None = None,
 ) -> dict[str, str]:
+    """The headers of a forward `forwarder` seals for `to`, in its running boot unless `boot`,
+    for `to`'s running boot unless `to_boot`; every node's monotonic clock is this host's."""
+    if boot is None:
+        boot = running_boot(cluster, forwarder) if forwarder in cluster.nodes else 1
+    recipient = Recipient(to, running_boot(cluster, to) if to_boot is None else to_boot, 0.0)
     maker = ForwardSeal(
         cluster=cluster.cluster,
         keys=(key or cluster.key_file.read_bytes(),),
         node_id=forwarder,
         members=list(cluster.nodes),
     )
-    seal = maker.seal("POST", path, address, principal, body, to)
+    seal = maker.seal("POST", path, address, principal, body, recipient, boot=boot)
     return {
         "X-HA-Voice-Forwarded-By": forwarder,
         "X-HA-Voice-Forward-Auth": seal,
         "Content-Type": "application/json",
     }
+
+
+def running_boot(cluster: LocalCluster, node: str) -> int:
+    view = cluster.nodes[node].cluster()
+    assert view is not None
+    return int(view["boot"], 16)
 
 
 def send(cluster: LocalCluster, node: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
@@ -284,14 +297,32 @@ def test_a_replayed_forward_is_not_believed_again(cluster: LocalCluster) -> None
 def test_a_stale_forward_is_not_believed(
     cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Sealed for 130 s ago on the primary's monotonic clock (this host's)."""
     primary, backup = roles(cluster)
-    now_us = clock.wall_clock_us()
-    monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us - 600_000_000)  # 10 min ago
-    headers = sealed(cluster, backup, primary, "/api/settings", b"{}")
+    body = b'{"listening": true}'
+    now_s = clock.monotonic()
+    monkeypatch.setattr(clock, "monotonic", lambda: now_s - 130.0)
+    headers = sealed(cluster, backup, primary, "/api/settings", body)
     monkeypatch.undo()
     before = counter(cluster, primary, "ha_voice_forward_markers_ignored", "stale")
-    assert send(cluster, primary, "/api/settings", b"{}", headers).status_code == 401
+    assert send(cluster, primary, "/api/settings", body, headers).status_code == 401
     assert counter(cluster, primary, "ha_voice_forward_markers_ignored", "stale") == before + 1
+
+
+def test_a_forward_sealed_in_a_boot_the_primary_did_not_admit_is_not_believed(
+    cluster: LocalCluster,
+) -> None:
+    """A key holder naming the backup, but not in the backup's running boot (a dead boot of
+    it, or an impostor that never answered the primary's challenge)."""
+    primary, backup = roles(cluster)
+    running = running_boot(cluster, backup)
+    body = b'{"listening": true}'
+    headers = sealed(cluster, backup, primary, "/api/settings", body, boot=running ^ 1)
+    before = counter(cluster, primary, "ha_voice_forward_markers_ignored", "unknown_boot")
+    assert send(cluster, primary, "/api/settings", body, headers).status_code == 401
+    assert counter(cluster, primary, "ha_voice_forward_markers_ignored", "unknown_boot") == (
+        before + 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -301,6 +332,7 @@ def test_a_stale_forward_is_not_believed(
         ("path", "bad_mac"),
         ("key", "bad_mac"),
         ("stranger", "not_member"),
+        ("previous boot", "wrong_recipient"),  # made for the primary before it restarted
     ],
 )
 def test_a_seal_for_something_else_is_not_believed(
@@ -314,6 +346,9 @@ def test_a_seal_for_something_else_is_not_believed(
         headers = sealed(cluster, backup, primary, "/api/settings", COMMAND)
     elif change == "key":
         headers = sealed(cluster, backup, primary, path, COMMAND, key=b"x" * 32)
+    elif change == "previous boot":
+        previous = running_boot(cluster, primary) ^ 1
+        headers = sealed(cluster, backup, primary, path, COMMAND, to_boot=previous)
     else:
         headers = sealed(cluster, "n9", primary, path, COMMAND)
     before = counter(cluster, primary, "ha_voice_forward_markers_ignored", reason)

@@ -6,6 +6,7 @@ import hmac
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,8 +24,15 @@ from ha_voice.api.auth import (
     Unauthorized,
     verified_forwarder,
 )
-from ha_voice.api.forward_seal import ForwardSeal, body_digest, derive_forward_key
+from ha_voice.api.forward_seal import (
+    Claim,
+    ForwardSeal,
+    Recipient,
+    body_digest,
+    derive_forward_key,
+)
 from ha_voice.cluster.protocol import derive_key
+from ha_voice.cluster.view import PeerInfo
 from ha_voice.config import Config
 from ha_voice.errors import ConfigError, RemoteError
 from ha_voice.tokens import MIN_TOKEN_CHARS
@@ -34,6 +42,8 @@ BOB = "bob-token-" + "b" * MIN_TOKEN_CHARS
 KEY = b"k" * 32
 NEXT_KEY = b"n" * 32
 MEMBERS = ("n1", "n2", "n3", "w")
+V3 = "v3;i=" + "0" * 16  # a seal's version and a boot id
+J = "0" * 16  # a recipient's boot id
 
 
 def tokens_file(tmp_path: Path, text: str) -> Path:
@@ -43,8 +53,32 @@ def tokens_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def seal(node: str = "n2", keys: tuple[bytes, ...] = (KEY,)) -> ForwardSeal:
-    return ForwardSeal(cluster="c", keys=keys, node_id=node, members=MEMBERS)
+# Each member's boot id, as every other member admitted it.
+BOOTS = {node: 0x1000 + i for i, node in enumerate(MEMBERS)}
+
+
+class Member:
+    """A member's ForwardSeal, sealing in its boot for its peers' boots (their clocks are this
+    process's, unless `offset_s`) and opening what its peers' boots seal."""
+
+    def __init__(self, node: str, keys: tuple[bytes, ...], **options: Any) -> None:
+        self.node = node
+        self.forward_seal = ForwardSeal(
+            cluster="c", keys=keys, node_id=node, members=MEMBERS, **options
+        )
+
+    def seal(self, *args: Any, to_boot: int | None = None, offset_s: float = 0.0) -> str:
+        *head, recipient = args
+        to = Recipient(recipient, BOOTS[recipient] if to_boot is None else to_boot, offset_s)
+        return self.forward_seal.seal(*head, to, boot=BOOTS[self.node])
+
+    def open(self, node: str, *args: Any, admitted: int | None = -1) -> Claim:
+        admitted = BOOTS.get(node) if admitted == -1 else admitted
+        return self.forward_seal.open(node, *args, boot=BOOTS[self.node], admitted=admitted)
+
+
+def seal(node: str = "n2", keys: tuple[bytes, ...] = (KEY,), **options: Any) -> Member:
+    return Member(node, keys, **options)
 
 
 def authenticator(
@@ -314,13 +348,23 @@ def test_a_seal_opens_once_with_what_it_carries() -> None:
         ({"node": "stranger"}, "not_member"),
         ({"node": "n1"}, "not_member"),  # itself
         ({"seal": None}, "unsigned"),
-        ({"seal": "v2;t=1"}, "malformed"),
-        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),  # no recipient
-        ({"seal": "v2;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;t=1;n=x;r=n1;a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;t=1;n=x;r=n1;a=<script>;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;t=1;n=x;r=n.1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
-        ({"seal": "v2;" + "t=1;" * 200}, "malformed"),
+        ({"seal": "v3;t=1"}, "malformed"),
+        ({"seal": "v1;t=1;n=x;a=1.2.3.4;p=network;b=x;m=x"}, "bad_version"),  # no recipient
+        ({"seal": "v2;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "bad_version"),  # wall time
+        ({"seal": "v3;t=1;n=x;r=n1;a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),  # no boot
+        ({"seal": f"{V3};t=1;n=x;r=n1;j={J};a=1.2.3.4;p=network;b=x;m=x"}, "bad_mac"),  # shaped
+        ({"seal": f"v3;i={'0' * 15}g;t=1;n=x;r=n1;j={J};a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"{V3};t=1;n=x;r=n1;j={'0' * 15};a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"{V3};t=+1;n=x;r=n1;j={J};a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        (
+            {"seal": f"{V3};t={'9' * 16};n=x;r=n1;j={J};a=1.2.3.4;p=network;b=x;m=x"},
+            "malformed",
+        ),
+        ({"seal": f"{V3};t=1;n=x;r=n1;j={J};a=1.2.3.4;p=root;b=x;m=x"}, "malformed"),
+        ({"seal": f"{V3};t=1;n=x;r=n1;j={J};a=<script>;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": f"{V3};t=1;n=x;r=n.1;j={J};a=1.2.3.4;p=network;b=x;m=x"}, "malformed"),
+        ({"seal": "v3;" + "t=1;" * 200}, "malformed"),
+        ({"tamper": ("i=0000000000001001", "i=0000000000001002")}, "bad_mac"),  # reboot
         ({"tamper": ("r=n1", "r=n3")}, "bad_mac"),  # readdressed
         ({"tamper": ("a=10.9.3.4", "a=10.9.3.5")}, "bad_mac"),
         ({"tamper": ("p=token:alice", "p=network")}, "bad_mac"),
@@ -363,16 +407,121 @@ def test_a_replayed_seal_is_refused() -> None:
         opener.open("n2", sealed, "POST", "/p")
 
 
-@pytest.mark.parametrize("skew_s", [-121.0, 121.0, -3600.0, 86_400.0])
-def test_a_seal_from_far_off_in_time_is_stale(
+@pytest.mark.parametrize("skew_s", [-365 * 86_400.0, -3600.0, 86_400.0])
+def test_a_seal_whose_sender_wall_clock_is_far_off_opens(
     monkeypatch: pytest.MonkeyPatch, skew_s: float
 ) -> None:
+    """A board without RTC battery before NTP: its wall clock a year (or an hour) off."""
     now_us = clock.wall_clock_us()
     monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us + int(skew_s * 1e6))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_s)
+    monkeypatch.setattr(time, "time_ns", lambda: int((real() + skew_s) * 1e9))
     sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
-    monkeypatch.setattr(clock, "wall_clock_us", lambda: now_us)
+    monkeypatch.undo()
+    assert seal("n1").open("n2", sealed, "POST", "/p").node == "n2"
+
+
+class Clock:
+    """clock.monotonic, set by hand: one process plays both machines."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, now_s: float) -> None:
+        self.now_s = now_s
+        monkeypatch.setattr(clock, "monotonic", lambda: self.now_s)
+
+
+def test_a_sender_whose_monotonic_clock_is_far_from_the_recipients_seals_on_the_recipients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """faketime -f -365d shifts CLOCK_MONOTONIC too (below zero): the sender's heartbeat-learned
+    offset puts its seal on the recipient's clock."""
+    sender, opener = seal("n2"), seal("n1")
+    at = Clock(monkeypatch, -365 * 86_400.0)
+    sealed = sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1", offset_s=365 * 86_400.0)
+    unreckoned = sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1")  # no offset known
+    at.now_s = 2.0  # the recipient's clock
+    assert opener.open("n2", sealed, "POST", "/p").node == "n2"
     with pytest.raises(RemoteError, match="stale"):
+        opener.open("n2", unreckoned, "POST", "/p")
+
+
+@pytest.mark.parametrize(("later_s", "fresh"), [(-119.0, True), (119.0, True), (121.0, False)])
+def test_a_seal_further_than_the_window_from_the_recipients_clock_is_stale(
+    monkeypatch: pytest.MonkeyPatch, later_s: float, fresh: bool
+) -> None:
+    at = Clock(monkeypatch, 1000.0)
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    at.now_s += later_s
+    if fresh:
+        assert seal("n1", window_s=120.0).open("n2", sealed, "POST", "/p").node == "n2"
+        return
+    with pytest.raises(RemoteError) as caught:
+        seal("n1", window_s=120.0).open("n2", sealed, "POST", "/p")
+    assert caught.value.reason == "stale"
+    assert "sealed 121 s from now" in str(caught.value)
+
+
+def test_a_replay_is_refused_within_the_window_and_stale_past_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at = Clock(monkeypatch, 1000.0)
+    opener = seal("n1")
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    opener.open("n2", sealed, "POST", "/p")
+    for later_s, reason in ((0.0, "replay"), (119.0, "replay"), (121.0, "stale")):
+        at.now_s = 1000.0 + later_s
+        with pytest.raises(RemoteError) as caught:
+            opener.open("n2", sealed, "POST", "/p")
+        assert caught.value.reason == reason
+
+
+def test_a_seal_of_a_boot_not_admitted_is_refused() -> None:
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1")
+    for admitted in (None, BOOTS["n2"] + 1):
+        with pytest.raises(RemoteError) as caught:
+            seal("n1").open("n2", sealed, "POST", "/p", admitted=admitted)
+        assert caught.value.reason == "unknown_boot"
+    assert seal("n1").open("n2", sealed, "POST", "/p").node == "n2"
+
+
+def test_a_seal_for_a_previous_boot_of_the_recipient_is_refused() -> None:
+    """A restarted primary remembers no MAC, and its host's monotonic clock may have restarted
+    too: seals made for its previous boot are worth nothing to it."""
+    sealed = seal("n2").seal("POST", "/p", "1.2.3.4", "network", b"", "n1", to_boot=0xDEAD)
+    with pytest.raises(RemoteError) as caught:
         seal("n1").open("n2", sealed, "POST", "/p")
+    assert caught.value.reason == "wrong_recipient"
+    assert "sealed it for boot 000000000000dead, not this one" in str(caught.value)
+
+
+def test_memory_is_bounded_and_a_forgotten_seal_is_stale_not_believed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at = Clock(monkeypatch, 100.0)
+    sender, opener = seal("n2"), seal("n1", max_remembered=10)
+    seals = []
+    for i in range(50):
+        at.now_s = 100.0 + i / 1000
+        seals.append(sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"))
+    for sealed in seals:
+        opener.open("n2", sealed, "POST", "/p")
+        assert opener.forward_seal.remembered() <= 10
+    for sealed in seals[:40]:  # forgotten: refused all the same
+        with pytest.raises(RemoteError, match="stale"):
+            opener.open("n2", sealed, "POST", "/p")
+    for sealed in seals[40:]:
+        with pytest.raises(RemoteError, match="replay"):
+            opener.open("n2", sealed, "POST", "/p")
+    assert opener.forward_seal.remembered() <= 10
+
+
+def test_memory_is_bounded_by_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    at = Clock(monkeypatch, 0.0)
+    sender, opener = seal("n2"), seal("n1", window_s=1.0)
+    for i in range(100):
+        at.now_s = i * 0.1
+        opener.open("n2", sender.seal("POST", "/p", "1.2.3.4", "network", b"", "n1"), "POST", "/p")
+    assert opener.forward_seal.remembered() <= 11  # one second's worth
 
 
 def test_during_a_rotation_either_key_opens_and_the_first_seals() -> None:
@@ -410,6 +559,9 @@ def test_verified_forwarder_names_a_sealed_member_once_and_ignores_a_bare_marker
     app = FastAPI()
     auth = authenticator(tmp_path)
     app.state.ha_voice_auth = auth
+    # The core's published view, as the HTTP loop reads it: n2's admitted boot.
+    view = SimpleNamespace(boot_id=BOOTS["n1"], peers={"n2": PeerInfo("n2", boot=BOOTS["n2"])})
+    app.state.ctx = SimpleNamespace(node=SimpleNamespace(view=view))
     sealed = seal("n2").seal("POST", "/api/robot/command", "10.9.3.4", "network", b"", "n1")
     genuine = request(app, {FORWARDED_BY: "n2", FORWARD_SEAL: sealed})
     assert verified_forwarder(genuine) == "n2"
