@@ -358,7 +358,10 @@ class Go2Robot:
     ) -> None:
         """Make the SDK call for `command`; `token` is logged only (the Go2 cannot check it).
 
-        `lease_expiry_s` is for the simulator's checker; the Go2 has no use for it.
+        The Go2 cannot refuse an old term, so the lease is all that keeps a deposed primary off
+        the robot: the call is not made at or after `lease_expiry_s` (monotonic seconds), judged
+        on the SDK's thread right before the call (the thread pool may have kept it waiting);
+        RobotError TIMEOUT ("lease ended, not sent") then.
         """
         client = self._require_client()
         _LOGGER.debug(
@@ -369,11 +372,14 @@ class Go2Robot:
             token.index,
             token.node,
         )
-        await asyncio.to_thread(self._call, client, command)
+        await asyncio.to_thread(self._call, client, command, lease_expiry_s)
 
-    def _call(self, client: SportClientLike, command: Command) -> None:
-        """One blocking SDK call; raises RobotError for any failure."""
+    def _call(self, client: SportClientLike, command: Command, until: float | None = None) -> None:
+        """One blocking SDK call, not made at or after monotonic `until`; raises RobotError for
+        any failure."""
         method = SDK_METHODS[command.action]
+        if until is not None and monotonic() >= until:
+            raise RobotError(ErrorCode.TIMEOUT, f"{method}: lease ended, not sent")
         arguments = sdk_arguments(command)
         try:
             code = getattr(client, method)(*arguments)

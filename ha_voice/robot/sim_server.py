@@ -410,7 +410,9 @@ class SimRobotClient:
                 if limit_s <= 0:
                     raise RobotError(ErrorCode.TIMEOUT, f"{self._where()}: lease ended, not sent")
             try:
-                reply = await asyncio.wait_for(self._exchange(_encode(request), resend), limit_s)
+                reply = await asyncio.wait_for(
+                    self._exchange(_encode(request), resend, until), limit_s
+                )
             except asyncio.TimeoutError:
                 # Its reply may still come and would answer the next request; and what we sent
                 # must not arrive late: abort, do not close politely.
@@ -432,13 +434,14 @@ class SimRobotClient:
             seen_term=seen if isinstance(seen, int) and not isinstance(seen, bool) else None,
         )
 
-    async def _exchange(self, line: bytes, resend: bool) -> _Json:
-        """Send and receive, reconnecting at most once, and resending only when `resend`."""
+    async def _exchange(self, line: bytes, resend: bool, until: float | None = None) -> _Json:
+        """Send and receive, reconnecting at most once, and resending only when `resend`;
+        nothing is written at or after monotonic time `until`."""
         reconnected = self._streams is None or self._streams[0].at_eof()
         if reconnected:  # known closed before sending: nothing of this request went out
             await self._reopen()
         try:
-            return await self._round_trip(line)
+            return await self._round_trip(line, until)
         except (OSError, EOFError) as exc:
             await self._drop()
             if reconnected or not resend:
@@ -448,14 +451,19 @@ class SimRobotClient:
                 ) from exc
         await self._reopen()
         try:
-            return await self._round_trip(line)
+            return await self._round_trip(line, until)
         except (OSError, EOFError) as exc:
             await self._drop()
             raise RobotError(ErrorCode.SEND_FAILED, f"{self._where()}: {exc!r}") from exc
 
-    async def _round_trip(self, line: bytes) -> _Json:
+    async def _round_trip(self, line: bytes, until: float | None = None) -> _Json:
         assert self._streams is not None  # _exchange opened it
         reader, writer = self._streams
+        # Judged again with nothing awaited before the write: a (re)connect, or a process
+        # paused (SIGSTOP, a long GC) after `_call`'s check, must not send past the lease: the
+        # timeout that would cancel us runs after the I/O callback that resumes us.
+        if until is not None and time.monotonic() >= until:
+            raise RobotError(ErrorCode.TIMEOUT, f"{self._where()}: lease ended, not sent")
         writer.write(line)
         await writer.drain()
         try:

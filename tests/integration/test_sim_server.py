@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -292,6 +293,43 @@ def test_the_client_reconnects_to_a_restarted_server() -> None:
         with pytest.raises(RobotError) as info:
             await client.state()
         assert info.value.code == ErrorCode.NOT_CONNECTED
+
+    asyncio.run(scenario())
+
+
+def test_a_command_held_past_its_lease_by_a_reconnect_is_not_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lease is judged again with nothing awaited before the write: a reconnect (or a
+    pause) between the first check and the write must not deliver a command after the lease."""
+
+    async def scenario() -> None:
+        robot = SimGo2(latency_s=0.0)
+        await robot.connect()
+        server = await serve_sim_robot("127.0.0.1", 0, robot)
+        host, port = server.address
+        client = SimRobotClient(host, port)
+        await client.connect()
+        await client.execute(Command(Action.STAND_UP), token("n1", 1, 1))
+        await client._drop()  # the next call must reconnect first
+        reopen = client._reopen
+
+        async def reopen_then_pause() -> None:  # connected, then paused past the lease
+            await reopen()
+            time.sleep(0.3)  # noqa: ASYNC251 - the process stopped (SIGSTOP, GC): no timer runs
+
+        monkeypatch.setattr(client, "_reopen", reopen_then_pause)
+        expiry = time.monotonic() + 0.1
+        with pytest.raises(RobotError) as info:
+            await client.execute(
+                Command(Action.BALANCE_STAND), token("n1", 1, 2), lease_expiry_s=expiry
+            )
+        assert info.value.code == ErrorCode.TIMEOUT
+        assert "lease ended, not sent" in str(info.value)
+        sent = [entry.token.index for entry in robot.journal() if entry.token is not None]
+        assert 2 not in sent
+        await client.close()
+        await server.close()
 
     asyncio.run(scenario())
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ha_voice import clock
 from ha_voice.robot import go2
 from ha_voice.robot.base import (
     ACTIONS,
@@ -282,6 +283,25 @@ def test_an_sdk_exception_becomes_send_failed(robot: Go2Robot, sdk: FakeSdk) -> 
         ErrorCode.SEND_FAILED, lambda: run_execute(robot, Command(Action.HELLO))
     )
     assert "DDS writer gone" in str(error)
+
+
+@pytest.mark.parametrize(("lease_left_s", "sent"), [(-0.001, False), (60.0, True)])
+def test_no_call_leaves_at_or_after_the_lease(
+    robot: Go2Robot, sdk: FakeSdk, lease_left_s: float, sent: bool
+) -> None:
+    """The Go2 cannot refuse an old term: a call the thread pool held past the sender's lease
+    is not made (judged on the SDK's thread, right before the call)."""
+
+    async def main() -> None:
+        expiry = clock.monotonic() + lease_left_s
+        await robot.execute(Command(Action.HELLO), TOKEN, lease_expiry_s=expiry)
+
+    if sent:
+        asyncio.run(main())
+    else:
+        error = expect_robot_error(ErrorCode.TIMEOUT, lambda: asyncio.run(main()))
+        assert "lease ended, not sent" in str(error)
+    assert [call.method for call in sdk.client.calls] == (["Hello"] if sent else [])
 
 
 def test_a_return_value_that_is_no_code_becomes_send_failed(robot: Go2Robot, sdk: FakeSdk) -> None:
