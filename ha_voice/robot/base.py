@@ -126,13 +126,23 @@ class ErrorCode(enum.IntEnum):
 
 class RobotError(RemoteError):
     """The robot refused or did not answer; `code` is an `ErrorCode` value. A FENCED refusal
-    carries `seen_term`, the newest term the robot has accepted, when the backend knows it."""
+    carries `seen_term`, the newest term the robot has accepted, when the backend knows it;
+    `not_sent` says that nothing of the call left this process (the lease it was sent under
+    ended while it waited), so it may be sent again under a lease that is valid now."""
 
-    def __init__(self, code: int, detail: str = "", *, seen_term: int | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        detail: str = "",
+        *,
+        seen_term: int | None = None,
+        not_sent: bool = False,
+    ) -> None:
         name = ErrorCode(code).name.lower() if code in ErrorCode._value2member_map_ else "error"
         super().__init__(name, f"{code}: {detail}" if detail else str(code))
         self.code = code
         self.seen_term = seen_term
+        self.not_sent = not_sent
 
 
 @dataclass(frozen=True, order=True)

@@ -361,7 +361,7 @@ class Go2Robot:
         The Go2 cannot refuse an old term, so the lease is all that keeps a deposed primary off
         the robot: the call is not made at or after `lease_expiry_s` (monotonic seconds), judged
         on the SDK's thread right before the call (the thread pool may have kept it waiting);
-        RobotError TIMEOUT ("lease ended, not sent") then.
+        RobotError TIMEOUT ("lease ended, not sent", `not_sent`) then.
         """
         client = self._require_client()
         _LOGGER.debug(
@@ -379,7 +379,7 @@ class Go2Robot:
         any failure."""
         method = SDK_METHODS[command.action]
         if until is not None and monotonic() >= until:
-            raise RobotError(ErrorCode.TIMEOUT, f"{method}: lease ended, not sent")
+            raise RobotError(ErrorCode.TIMEOUT, f"{method}: lease ended, not sent", not_sent=True)
         arguments = sdk_arguments(command)
         try:
             code = getattr(client, method)(*arguments)

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 # Unitree: Move must be repeated at 10-20 Hz or the robot stops after ~1-2 s
 # (docs/design.md "The Go2").
 DEFAULT_STREAM_HZ = 15.0
+# A call that waited past the lease it was sent under, and was not sent, is judged again under
+# the lease as it is then (renewed, or gone: NotLeading), at most this many times in all.
+_SEND_ATTEMPTS = 3
 DEFAULT_SEND_MARGIN_S = 0.025
 _STANDING = frozenset({Mode.BALANCE_STAND, Mode.LOCOMOTION, Mode.JOINT_LOCK, Mode.POSE})
 
@@ -334,17 +337,25 @@ class Guard:
 
     async def _send(self, command: Command, index: int) -> FencingToken:
         """The only place a command leaves for the robot."""
-        now = self._now()
-        if not self._lease.lease_valid(now + self._send_margin_s):
-            raise NotLeading("this node holds no valid lease (or it ends before a call arrives)")
-        token = FencingToken(self._lease.term, index, self._node_id)
-        try:
-            await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
-        except RobotError as exc:
-            if exc.seen_term is not None:  # fenced: the robot follows a newer term
-                self.robot_term = max(self.robot_term or 0, exc.seen_term)
-            raise
-        return token
+        for attempt in range(_SEND_ATTEMPTS):
+            now = self._now()
+            if not self._lease.lease_valid(now + self._send_margin_s):
+                raise NotLeading(
+                    "this node holds no valid lease (or it ends before a call arrives)"
+                )
+            token = FencingToken(self._lease.term, index, self._node_id)
+            try:
+                await self._robot.execute(command, token, lease_expiry_s=self._lease.lease_expiry)
+            except RobotError as exc:
+                if exc.seen_term is not None:  # fenced: the robot follows a newer term
+                    self.robot_term = max(self.robot_term or 0, exc.seen_term)
+                # Held (behind the robot's other calls) past the lease it was sent under, and
+                # never sent: the lease may have been renewed meanwhile; judge it again.
+                if exc.not_sent and attempt + 1 < _SEND_ATTEMPTS:
+                    continue
+                raise
+            return token
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _why_not(self) -> str:
         if not self._lease.lease_valid(self._now()):

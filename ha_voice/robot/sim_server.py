@@ -408,7 +408,9 @@ class SimRobotClient:
             if until is not None:
                 limit_s = min(limit_s, until - time.monotonic())
                 if limit_s <= 0:
-                    raise RobotError(ErrorCode.TIMEOUT, f"{self._where()}: lease ended, not sent")
+                    raise RobotError(
+                        ErrorCode.TIMEOUT, f"{self._where()}: lease ended, not sent", not_sent=True
+                    )
             try:
                 reply = await asyncio.wait_for(
                     self._exchange(_encode(request), resend, until), limit_s
@@ -463,7 +465,9 @@ class SimRobotClient:
         # paused (SIGSTOP, a long GC) after `_call`'s check, must not send past the lease: the
         # timeout that would cancel us runs after the I/O callback that resumes us.
         if until is not None and time.monotonic() >= until:
-            raise RobotError(ErrorCode.TIMEOUT, f"{self._where()}: lease ended, not sent")
+            raise RobotError(
+                ErrorCode.TIMEOUT, f"{self._where()}: lease ended, not sent", not_sent=True
+            )
         writer.write(line)
         await writer.drain()
         try:

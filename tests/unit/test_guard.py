@@ -9,7 +9,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ha_voice.robot.base import Action, Command, FencingToken, Mode, RobotState
+from ha_voice.robot.base import (
+    Action,
+    Command,
+    ErrorCode,
+    FencingToken,
+    Mode,
+    RobotError,
+    RobotState,
+)
 from ha_voice.robot.guard import (
     DEFAULT_POSTURE_SETTLE_S,
     DEFAULT_STREAM_HZ,
@@ -386,3 +394,56 @@ def test_a_robot_already_further_along_the_plan_is_not_waited_for() -> None:
     assert run(guard.execute(Command(Action.STAND_UP))).status == "done"
     assert clock.t == started  # BALANCE_STAND reported instead of JOINT_LOCK: no wait
     assert run(robot.state()).mode is Mode.BALANCE_STAND
+
+
+class HeldPastTheLease(SimGo2):
+    """A robot client whose next `held` calls waited past the lease they were sent under (queued
+    behind other calls) and were not sent, as the sim client and the Go2 adapter report it."""
+
+    def __init__(self, held: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.held = held
+        self.expiries: list[float | None] = []
+
+    async def execute(
+        self, command: Command, token: FencingToken, *, lease_expiry_s: float | None = None
+    ) -> None:
+        self.expiries.append(lease_expiry_s)
+        if self.held > 0:
+            self.held -= 1
+            raise RobotError(ErrorCode.TIMEOUT, "lease ended, not sent", not_sent=True)
+        await super().execute(command, token, lease_expiry_s=lease_expiry_s)
+
+
+def _held_setup(held: int) -> tuple[Clock, Lease, HeldPastTheLease, Guard]:
+    clock = Clock()
+    lease = Lease(clock, lease_expiry=clock.t + 5.0)
+    robot = HeldPastTheLease(held, now=clock, latency_s=0.0)
+    guard = Guard(robot, lease, "n1", now=clock, sleep=clock.sleep)
+    run(robot.connect())
+    return clock, lease, robot, guard
+
+
+def test_a_call_held_past_its_lease_is_sent_again_under_the_lease_renewed_meanwhile() -> None:
+    _, lease, robot, guard = _held_setup(held=1)
+    run(guard.take_over())
+    assert actions(robot)[:1] == ["stop_move"]  # sent on the second attempt
+    assert len(robot.expiries) >= 2
+    lease.lease_expiry += 5.0  # renewed
+    robot.held = 2
+    outcome = run(guard.execute(Command(Action.STOP_MOVE)))
+    assert outcome.status == "done"
+    assert robot.expiries[-1] == lease.lease_expiry  # under the lease as it is now
+
+
+def test_a_call_never_sent_is_not_retried_without_a_lease_nor_for_ever() -> None:
+    clock, lease, robot, guard = _held_setup(held=0)
+    run(guard.take_over())
+    robot.held = 10
+    outcome = run(guard.execute(Command(Action.STOP_MOVE)))
+    assert outcome.status == "failed"  # three attempts, then the error as it came
+    assert "lease ended, not sent" in outcome.detail
+    robot.held = 1
+    lease.lease_expiry = clock.t  # gone while it waited: judged again, not sent
+    with pytest.raises(NotLeading):
+        run(guard.execute(Command(Action.STOP_MOVE)))
