@@ -46,14 +46,19 @@ def _copy_of(cluster: LocalCluster, node_id: str) -> LocalNode:
 def _poll(node: LocalNode, path: str, check: Any, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {}
+    last = "no answer"
     while time.monotonic() < deadline:
         response = node.get(path)
+        if response is not None:
+            last = f"HTTP {response.status_code}: {response.text[:500]}"
         if response is not None and response.status_code == 200:
             body = response.json()
             if check(body):
                 return body
         time.sleep(0.1)
-    raise AssertionError(f"{node.node_id} {path}: {body}")
+    log = node.log_path.read_text(errors="replace")[-3000:] if node.log_path.exists() else ""
+    running = "running" if node.running else f"exited {node.process and node.process.poll()}"
+    raise AssertionError(f"{node.node_id} {path}: {body} (last: {last}; {running})\n{log}")
 
 
 def test_two_processes_with_one_node_id_are_named_and_the_newcomer_stays_out(
@@ -112,7 +117,7 @@ def test_a_node_reset_with_its_clock_a_year_behind_is_taken_back(cluster: LocalC
     shutil.move(str(cluster.dir / reset), str(cluster.dir / f"{reset}.aside"))
     node.prefix = ["faketime", "-f", "-365d"]
     node.start()
-    _poll(node, "/health", lambda b: b["status"] == "ok" and b["leader"] == primary, 20.0)
+    _poll(node, "/health", lambda b: b["status"] == "ok" and b["leader"] == primary, 40.0)
     cluster.kill(primary)
     elected = cluster.wait_for_primary(20.0, exclude=primary)
     assert elected is not None
