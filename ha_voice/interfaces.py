@@ -17,7 +17,7 @@ from typing import Final, Protocol
 
 import ifaddr
 
-__all__ = ["WILDCARD", "advertised_ipv4", "local_ipv4", "network_wait_reason"]
+__all__ = ["WILDCARD", "advertised_ipv4", "host_networks", "local_ipv4", "network_wait_reason"]
 
 WILDCARD: Final = "0.0.0.0"
 # Where mDNS goes: the kernel's source address for it is the one to advertise when there is a
@@ -51,6 +51,20 @@ def local_ipv4() -> list[tuple[str, str]]:
             if isinstance(ip.ip, str) and not ipaddress.IPv4Address(ip.ip).is_loopback:
                 found.append((adapter.name, ip.ip))
     return found
+
+
+def host_networks() -> list[ipaddress.IPv4Interface]:
+    """This host's IPv4 addresses with their networks, loopback and link-local left out, in
+    address order: what a wildcard-bound node advertises, and what tells a peer's or client's
+    reachable address (discovery.py)."""
+    found = {
+        ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}")
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str)
+    }
+    usable = (i for i in found if not (i.ip.is_loopback or i.ip.is_link_local))
+    return sorted(usable, key=lambda i: i.ip)
 
 
 def advertised_ipv4() -> str | None:

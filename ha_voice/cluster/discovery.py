@@ -57,7 +57,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-import ifaddr
 from zeroconf import (
     InterfaceChoice,
     IPVersion,
@@ -68,7 +67,7 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ha_voice.errors import ConfigError, LocalError, RemoteError
-from ha_voice.interfaces import WILDCARD, advertised_ipv4
+from ha_voice.interfaces import WILDCARD, advertised_ipv4, host_networks
 
 __all__ = [
     "ENDPOINT_SERVICE_TYPE",
@@ -199,18 +198,6 @@ def _advertised_address(address: str) -> str:
     return found
 
 
-def _host_networks() -> list[ipaddress.IPv4Interface]:
-    """This host's IPv4 addresses with their networks, loopback and link-local left out."""
-    found = {
-        ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}")
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-        if isinstance(ip.ip, str)
-    }
-    usable = (i for i in found if not (i.ip.is_loopback or i.ip.is_link_local))
-    return sorted(usable, key=lambda i: i.ip)
-
-
 def reachable_address(addresses: Sequence[str]) -> str | None:
     """The first of `addresses` on a network this host is directly on, else the first.
 
@@ -218,7 +205,7 @@ def reachable_address(addresses: Sequence[str]) -> str | None:
     (python-zeroconf answers with all of a service's addresses on every interface): a client
     on the robot's network must take the robot-network one, which it reaches without a route.
     """
-    networks = [interface.network for interface in _host_networks()]
+    networks = [interface.network for interface in host_networks()]
     for address in addresses:
         if any(ipaddress.IPv4Address(address) in network for network in networks):
             return address
@@ -354,13 +341,13 @@ class Discovery:
         can reach), else the configured one."""
         if self._address != WILDCARD:
             return [self._address]
-        return [str(i.ip) for i in _host_networks()] or [_advertised_address(self._address)]
+        return [str(i.ip) for i in host_networks()] or [_advertised_address(self._address)]
 
     async def _async_follow_addresses(self) -> None:
         """Re-register on new addresses: zeroconf's sockets are bound to the old ones."""
         while True:
             await asyncio.sleep(ADDRESS_POLL_S)
-            addresses = [str(i.ip) for i in _host_networks()]
+            addresses = [str(i.ip) for i in host_networks()]
             if addresses and addresses != self._addresses:
                 _LOGGER.warning(
                     "this node's addresses changed from %s to %s: advertising the new ones",
