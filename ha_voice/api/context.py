@@ -13,6 +13,7 @@ from ha_voice.config import Config
 from ha_voice.metrics import Metrics
 from ha_voice.robot.guard import Guard
 from ha_voice.voice.intents import Vocabulary
+from ha_voice.voice.speech import Speech
 
 __all__ = ["ApiContext", "context"]
 
@@ -26,6 +27,9 @@ class ApiContext:
     vocabulary: Vocabulary
     guard: Guard | None = None
     commands: CommandService | None = None
+    # Speech work: on this node or the least loaded ready one (voice/placement.py); None when
+    # this node has no speech at all (a witness).
+    speech: Speech | None = None
     # Things made on first use (the forwarding client) and vocabularies by language.
     state: dict[str, Any] = field(default_factory=dict)
 
