@@ -3,7 +3,8 @@
 `say(text)` returns 16 kHz mono float32 samples and `wav_bytes(samples)` a 16-bit WAV; `voices()`
 lists the voices this machine can speak (MBROLA Dutch voices only where installed). Noise is
 white Gaussian noise mixed at a given SNR over the whole clip, seeded: the same call gives the
-same audio.
+same audio. `corpus()` makes a labelled set of commands (phrases × voices × speeds × pitches ×
+noise, some after a wake word) for the recogniser's tests and benchmark.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import shutil
 import subprocess
 import tempfile
 import wave
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ESPEAK", "have_espeak", "mix_noise", "say", "voices", "wav_bytes"]
+__all__ = ["ESPEAK", "Clip", "corpus", "have_espeak", "mix_noise", "say", "voices", "wav_bytes"]
 
 ESPEAK = shutil.which("espeak-ng")
 SAMPLE_RATE = 16_000
@@ -108,3 +111,78 @@ def wav_bytes(samples: npt.NDArray[np.float32], rate: int = SAMPLE_RATE) -> byte
         w.setframerate(rate)
         w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
     return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One labelled test utterance; `audio()` speaks it (deterministic for the same fields)."""
+
+    text: str  # what is said, wake word included: "robot, sta op"
+    phrase: str  # the vocabulary phrase
+    intent: str
+    stop: bool  # the phrase is of the stop family
+    voice: str
+    speed_wpm: int
+    pitch: int
+    snr_db: float | None  # None: clean
+    lead_s: float  # silence before the speech, seconds
+    tail_s: float  # silence after it
+    seed: int
+
+    def audio(self) -> npt.NDArray[np.float32]:
+        """16 kHz float32 samples: silence, the speech, silence, with noise over all of it."""
+        speech = say(self.text, self.voice, speed_wpm=self.speed_wpm, pitch=self.pitch)
+        lead = np.zeros(round(self.lead_s * SAMPLE_RATE), dtype=np.float32)
+        tail = np.zeros(round(self.tail_s * SAMPLE_RATE), dtype=np.float32)
+        if self.snr_db is None:
+            return np.concatenate([lead, speech, tail])
+        noisy = mix_noise(speech, self.snr_db, self.seed)  # SNR against the speech itself
+        noise = noisy - speech
+        rng = np.random.default_rng(self.seed + 1)
+        sigma = float(np.std(noise)) or 1e-6
+        return np.concatenate(
+            [
+                rng.normal(0, sigma, len(lead)).astype(np.float32),
+                noisy,
+                rng.normal(0, sigma, len(tail)).astype(np.float32),
+            ]
+        )
+
+
+def corpus(
+    phrases: Sequence[tuple[str, str, bool]],
+    voices: Sequence[str],
+    *,
+    noise: Sequence[float | None] = (None, 20.0, 10.0),
+    speeds: Sequence[int] = (130, 160, 190),
+    pitches: Sequence[int] = (35, 50, 65),
+    wake_words: Sequence[str] = (),
+    wake_share: float = 0.25,
+    variants: int = 1,
+    seed: int = 0,
+) -> Iterator[Clip]:
+    """Clips of every (phrase, intent, is_stop) in `phrases` × voice × variant; each draws a
+    speed, a pitch, the silence around it and (with `wake_share` probability) a wake word from a
+    generator seeded by `seed`, and the noise levels take turns so each is equally common."""
+    rng = np.random.default_rng(seed)
+    turn = 0
+    for phrase, intent, stop in phrases:
+        for voice in voices:
+            for _ in range(variants):
+                wake = None
+                if wake_words and rng.random() < wake_share:
+                    wake = wake_words[int(rng.integers(len(wake_words)))]
+                yield Clip(
+                    text=f"{wake}, {phrase}" if wake else phrase,
+                    phrase=phrase,
+                    intent=intent,
+                    stop=stop,
+                    voice=voice,
+                    speed_wpm=int(rng.choice(speeds)),
+                    pitch=int(rng.choice(pitches)),
+                    snr_db=noise[turn % len(noise)],
+                    lead_s=round(float(rng.uniform(0.1, 0.6)), 2),
+                    tail_s=round(float(rng.uniform(0.1, 0.6)), 2),
+                    seed=int(rng.integers(1 << 31)),
+                )
+                turn += 1

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ha_voice.voice.intents import Vocabulary
+from ha_voice.voice.scoring import BOUND_SLACK, PhraseForm, Scored, Scorer, phrase_forms, wake_form
 from ha_voice.voice.speech import SAMPLE_RATE, Alternative, Audio, Recognition, Transcription
 
 if TYPE_CHECKING:
@@ -41,18 +42,20 @@ if TYPE_CHECKING:
 __all__ = [
     "AMBIGUITY_MARGIN",
     "CONFIDENCE_FLOOR",
+    "SHORTLIST",
     "STOP_MARGIN",
+    "WAKE_SLACK",
+    "Decision",
     "LoadedModel",
     "ModelSettings",
-    "PhraseForm",
     "Recogniser",
     "Scored",
     "SpeechSpan",
+    "Thresholds",
     "decide",
     "detect_speech",
     "encode",
     "load_model",
-    "phrase_forms",
     "transcribe",
     "trim",
 ]
@@ -75,8 +78,11 @@ MIN_SPEECH_S: Final = 0.15
 SILENCE_RMS: Final = 1e-3
 # How many alternatives a Recognition carries.
 MAX_ALTERNATIVES: Final = 3
-# CTranslate2 returns at most this many generated tokens per prompt when scoring.
-_MAX_TOKENS: Final = 64
+# How many phrases the second pass scores whole besides the stop phrases (see Recogniser).
+SHORTLIST: Final = 8
+# A wake word's forms are scored when its first token's log-probability is at most this far
+# below the likeliest phrase's first token (nats).
+WAKE_SLACK: Final = 1.0
 
 AudioArray = npt.NDArray[np.float32]
 
@@ -191,152 +197,25 @@ def trim(audio: Audio, span: SpeechSpan) -> AudioArray:
     return np.concatenate([pad, speech, pad])
 
 
-def encode(model: LoadedModel, window: AudioArray) -> npt.NDArray[np.float32]:
-    """The encoder output of `window` (float32 samples, ≤ 30 s): shape (1, frames, d_model),
-    frames = 50 a second. Only the window is encoded, not Whisper's 30 s pad (~0.02 s against
-    ~1.8 s of CPU for a 1 s command with base int8)."""
+def encode(model: LoadedModel, window: AudioArray) -> tuple[npt.NDArray[np.float32], int]:
+    """The encoder output of `window` (float32 samples, ≤ 30 s), shape (1, frames / 2, d_model),
+    and its number of mel frames (100 a second). Only the window is encoded, not Whisper's 30 s
+    pad (~0.02 s against ~1.8 s of CPU for a 1 s command with base int8)."""
     ctranslate2 = _library("ctranslate2")
 
     features = model.whisper.feature_extractor(window, padding=0)
     storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
     encoded = model.whisper.model.encode(storage, to_cpu=True)
-    return np.asarray(encoded, dtype=np.float32)
+    return np.asarray(encoded, dtype=np.float32), int(features.shape[-1])
 
 
 @dataclass(frozen=True)
-class PhraseForm:
-    """One way to say an intent's phrase, as the tokens forced after the transcribe prompt.
+class Thresholds:
+    """The decision's knobs, in mean log-probability per token (nats)."""
 
-    `tokens` are all forced tokens; the score is over `tokens[scored_from:]` and the end of text:
-    a wake word before the phrase conditions the phrase but is not part of its score."""
-
-    text: str  # what was scored, as shown: "sta op" or "robot, sta op"
-    phrase: str  # the vocabulary phrase
-    intent: str
-    stop: bool
-    tokens: tuple[int, ...]
-    scored_from: int = 0
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A phrase form with its mean log-probability per scored token (nats, ≤ 0)."""
-
-    form: PhraseForm
-    score: float
-
-
-def _whisper_text(text: str, capitalise: bool) -> str:
-    """How Whisper writes a short utterance: a leading space, capitalised."""
-    return " " + (text[:1].upper() + text[1:] if capitalise else text)
-
-
-def phrase_forms(vocabulary: Vocabulary, tokenizer: Any) -> tuple[PhraseForm, ...]:
-    """Every phrase of every intent as " Phrase." token ids of `tokenizer` (faster-whisper's)."""
-    forms = []
-    for intent in vocabulary.intents:
-        for phrase in intent.phrases:
-            tokens = tokenizer.encode(_whisper_text(phrase, True) + ".")
-            forms.append(PhraseForm(phrase, phrase, intent.name, intent.stop, tuple(tokens)))
-    return tuple(forms)
-
-
-def wake_forms(form: PhraseForm, wake: str, tokenizer: Any) -> PhraseForm:
-    """`form` said after wake word `wake`: " Robot, sta op." scored from "sta"."""
-    prefix = tokenizer.encode(_whisper_text(wake, True) + ",")
-    tokens = tokenizer.encode(_whisper_text(form.phrase, False) + ".")
-    return PhraseForm(
-        f"{wake}, {form.phrase}",
-        form.phrase,
-        form.intent,
-        form.stop,
-        tuple(prefix) + tuple(tokens),
-        len(prefix),
-    )
-
-
-class _Scorer:
-    """Forced decoding of many token sequences against one encoder output, batched.
-
-    CTranslate2's `Whisper.generate` forces prompt tokens after the start sequence and, with
-    `return_logits_vocab`, returns the logits of every position after it. Prompts of different
-    lengths in one batch cut the longer ones short, so sequences are grouped by length, and how
-    far `max_length` must reach for a length is found once and remembered."""
-
-    def __init__(self, model: LoadedModel, sot: Sequence[int], eot: int) -> None:
-        self._model = model
-        self._sot = list(sot)
-        self._eot = eot
-        self._max_length: dict[int, int] = {}
-
-    def mean_logprobs(
-        self,
-        encoded: npt.NDArray[np.float32],
-        forms: Sequence[PhraseForm],
-        with_end: bool = True,
-    ) -> npt.NDArray[np.float64]:
-        """Per form, the mean log-probability of `tokens[scored_from:]` (and the end of text
-        when `with_end`) given the audio `encoded` (1, frames, d): shape (len(forms),)."""
-        scores = np.zeros(len(forms), dtype=np.float64)
-        groups: dict[int, list[int]] = {}
-        for index, form in enumerate(forms):
-            groups.setdefault(len(form.tokens), []).append(index)
-        for length, indexes in groups.items():
-            group = [forms[i] for i in indexes]
-            scores[indexes] = self._score_group(encoded, group, length, with_end)
-        return scores
-
-    def _score_group(
-        self,
-        encoded: npt.NDArray[np.float32],
-        forms: Sequence[PhraseForm],
-        length: int,
-        with_end: bool,
-    ) -> npt.NDArray[np.float64]:
-        positions = length + 1 if with_end else length
-        logits = self._logits(encoded, [list(f.tokens) for f in forms], length, positions)
-        targets = np.array([[*f.tokens, self._eot][:positions] for f in forms])
-        top = logits.max(axis=2, keepdims=True)
-        log_norm = np.log(np.exp(logits - top).sum(axis=2)) + top[..., 0]
-        picked = np.take_along_axis(logits, targets[..., None], axis=2)[..., 0]
-        logprobs = picked.astype(np.float64) - log_norm
-        mask = np.zeros_like(logprobs, dtype=bool)
-        for row, form in enumerate(forms):
-            mask[row, form.scored_from :] = True
-        return np.asarray((logprobs * mask).sum(axis=1) / mask.sum(axis=1), dtype=np.float64)
-
-    def _logits(
-        self,
-        encoded: npt.NDArray[np.float32],
-        prompts: list[list[int]],
-        length: int,
-        positions: int,
-    ) -> npt.NDArray[np.float32]:
-        """Logits (len(prompts), positions, vocabulary) after sot for same-length prompts."""
-        ctranslate2 = _library("ctranslate2")
-
-        tiled = ctranslate2.StorageView.from_array(np.repeat(encoded, len(prompts), axis=0))
-        max_length = self._max_length.get(positions, positions + length + 1)
-        while True:
-            results = self._model.whisper.model.generate(
-                tiled,
-                [self._sot + p for p in prompts],
-                beam_size=1,
-                max_length=max_length,
-                return_logits_vocab=True,
-                suppress_blank=False,
-                suppress_tokens=[],
-            )
-            got = min(len(r.logits[0]) for r in results)
-            if got >= positions:
-                self._max_length[positions] = max_length
-                break
-            if max_length > positions + length + _MAX_TOKENS:
-                raise RuntimeError(f"CTranslate2 returned {got} of {positions} logits")
-            max_length += positions - got
-        return np.stack(
-            [np.stack([np.asarray(x) for x in r.logits[0][:positions]]) for r in results]
-        ).astype(np.float32)
+    stop_margin: float = STOP_MARGIN
+    floor: float = CONFIDENCE_FLOOR
+    ambiguity: float = AMBIGUITY_MARGIN
 
 
 @dataclass(frozen=True)
@@ -348,7 +227,7 @@ class Decision:
     ranked: tuple[Scored, ...]  # the best form of each intent, best first
 
 
-def decide(scored: Sequence[Scored]) -> Decision:
+def decide(scored: Sequence[Scored], thresholds: Thresholds = Thresholds()) -> Decision:
     """The intent the scores ask for, with the stop rule, the floor and the ambiguity margin.
 
     `scored` holds every form scored (several per intent); the best per intent counts."""
@@ -361,23 +240,16 @@ def decide(scored: Sequence[Scored]) -> Decision:
     if not ranked:
         return Decision(None, "no_speech", ranked)
     top = ranked[0]
-    stop = next((s for s in ranked if s.form.stop), None)
-    stop_plausible = stop is not None and stop.score >= CONFIDENCE_FLOOR
-    if top.form.stop:
-        return (
-            Decision(top, None, ranked)
-            if stop_plausible
-            else Decision(None, "low_confidence", ranked)
-        )
-    if stop is not None and top.score - stop.score < STOP_MARGIN:
-        # Stop is close: it wins when it is plausible itself, else nothing is safe to do.
-        return (
-            Decision(stop, None, ranked) if stop_plausible else Decision(None, "ambiguous", ranked)
-        )
-    if top.score < CONFIDENCE_FLOOR:
+    if top.score < thresholds.floor:
         return Decision(None, "low_confidence", ranked)
+    stop = next((s for s in ranked if s.form.stop), None)
+    if stop is not None and top.score - stop.score < thresholds.stop_margin:
+        # Stop is the best or close to it: it wins when plausible itself, else nothing is safe.
+        if stop.score >= thresholds.floor:
+            return Decision(stop, None, ranked)
+        return Decision(None, "ambiguous", ranked)
     runner_up = next((s for s in ranked[1:] if not s.form.stop), None)
-    if runner_up is not None and top.score - runner_up.score < AMBIGUITY_MARGIN:
+    if runner_up is not None and top.score - runner_up.score < thresholds.ambiguity:
         return Decision(None, "ambiguous", ranked)
     return Decision(top, None, ranked)
 
@@ -394,36 +266,107 @@ def _tokenizer(model: LoadedModel, language: str) -> Any:
 
 class Recogniser:
     """Recognises one utterance against a vocabulary with one loaded model (not thread-safe:
-    one recogniser per worker)."""
+    one recogniser per worker).
 
-    def __init__(self, model: LoadedModel, vocabulary: Vocabulary) -> None:
+    Every phrase form that could change the decision is scored; the others are ruled out by
+    their first token's upper bound (voice/scoring.py): score the `shortlist` best bounds, then
+    any form whose bound still reaches within the relevant margin of the best score, until none
+    does. The decision is the one scoring every phrase would give. A wake word's forms are
+    considered when the wake word's first token is as likely as any phrase's."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        vocabulary: Vocabulary,
+        *,
+        thresholds: Thresholds = Thresholds(),
+        shortlist: int = SHORTLIST,
+    ) -> None:
         self.model = model
         self.vocabulary = vocabulary
+        self.thresholds = thresholds
+        self.shortlist = shortlist
         tokenizer = _tokenizer(model, vocabulary.language)
-        sot = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        self._scorer = _Scorer(model, sot, tokenizer.eot)
+        self._scorer = Scorer(model.whisper, tokenizer)
         self.forms = phrase_forms(vocabulary, tokenizer)
+        self._wake_forms = {
+            wake: tuple(wake_form(form, wake, tokenizer) for form in self.forms)
+            for wake in vocabulary.wake_words
+        }
 
     def recognise(self, audio: Audio) -> Recognition:
         """Recognise `audio` (1-D float32 at SAMPLE_RATE, any length: only the speech is used,
         at most MAX_WINDOW_S of it). CPU-bound, synchronous; `node` is left empty."""
         started = time.perf_counter()
+        scored = self.score(audio)
+        if scored is None:
+            return self._recognition(Decision(None, "no_speech", ()), started)
+        return self._recognition(decide(scored, self.thresholds), started)
+
+    def score(self, audio: Audio) -> tuple[Scored, ...] | None:
+        """The phrase forms scored for `audio` (those that could matter), or None when it holds
+        no speech."""
         span = detect_speech(np.asarray(audio, dtype=np.float32))
         if span is None:
-            return self._recognition(Decision(None, "no_speech", ()), started)
-        encoded = encode(self.model, trim(audio, span))
-        scores = self._scorer.mean_logprobs(encoded, self.forms)
-        scored = [Scored(form, float(s)) for form, s in zip(self.forms, scores, strict=True)]
-        return self._recognition(decide(scored), started)
+            return None
+        encoded, frames = encode(self.model, trim(audio, span))
+        candidates = self._candidates(encoded)
+        return self._branch_and_bound(encoded, frames, candidates)
+
+    def _candidates(self, encoded: npt.NDArray[np.float32]) -> list[tuple[float, PhraseForm]]:
+        """Every form that may be scored, with its upper bound; wake-word forms only for the
+        wake word whose first token is likeliest, and only when it is as likely as a phrase's."""
+        first = self._scorer.first_logprobs(encoded)
+        candidates = [(first[f.tokens[0]] / len(f.tokens), f) for f in self.forms]
+        best_phrase = max(first[f.tokens[0]] for f in self.forms)
+        wakes = [(first[forms[0].tokens[0]], wake) for wake, forms in self._wake_forms.items()]
+        if wakes:
+            likeliest, wake = max(wakes)
+            if likeliest >= best_phrase - WAKE_SLACK:
+                forms = self._wake_forms[wake]
+                after = self._scorer.first_logprobs(
+                    encoded, forms[0].tokens[: forms[0].scored_from]
+                )
+                candidates += [(after[f.tokens[f.scored_from]] / f.scored_tokens, f) for f in forms]
+        return candidates
+
+    def _branch_and_bound(
+        self,
+        encoded: npt.NDArray[np.float32],
+        frames: int,
+        candidates: list[tuple[float, PhraseForm]],
+    ) -> tuple[Scored, ...]:
+        """Score the shortlist, then every form whose bound could still change the decision."""
+        pending = sorted(candidates, key=lambda c: -c[0])
+        batch, pending = pending[: self.shortlist], pending[self.shortlist :]
+        scored: list[Scored] = []
+        while batch:
+            forms = [form for _, form in batch]
+            scores = self._scorer.mean_logprobs(encoded, frames, forms)
+            scored += [Scored(f, float(x)) for f, x in zip(forms, scores, strict=True)]
+            best = max(s.score for s in scored)
+            batch = [c for c in pending if c[0] + BOUND_SLACK > self._matters(c[1], best)]
+            pending = [c for c in pending if c not in batch]
+        return tuple(scored)
+
+    def _matters(self, form: PhraseForm, best: float) -> float:
+        """The score above which `form` could change the decision, given the best so far: a
+        stop phrase within the stop margin makes stop win (or the answer ambiguous); another
+        phrase must reach the floor, and within the ambiguity margin it makes a tie."""
+        if form.stop:
+            return best - self.thresholds.stop_margin
+        return max(best - self.thresholds.ambiguity, self.thresholds.floor)
 
     def warm_up(self) -> None:
-        """One recognition of synthetic audio, so that the first real one is not slow."""
+        """Recognitions of synthetic audio, so that the first real one is not slow (the model
+        pages in, CTranslate2 allocates its buffers)."""
         rng = np.random.default_rng(0)
         tone = np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE) * 0.3
-        scorer_audio = (tone + rng.normal(0, 0.01, SAMPLE_RATE)).astype(np.float32)
-        encoded = encode(self.model, trim(scorer_audio, SpeechSpan(0, SAMPLE_RATE)))
-        self._scorer.mean_logprobs(encoded, self.forms)
-        self.recognise(scorer_audio)
+        audio = (tone + rng.normal(0, 0.01, SAMPLE_RATE)).astype(np.float32)
+        encoded, frames = encode(self.model, trim(audio, SpeechSpan(0, SAMPLE_RATE)))
+        self._scorer.mean_logprobs(encoded, frames, self.forms)
+        self._candidates(encoded)
+        self.recognise(audio)
 
     def _recognition(self, decision: Decision, started: float) -> Recognition:
         winner = decision.winner
