@@ -596,6 +596,76 @@ class Config(BaseModel):
         description="The faster-whisper model: a size name, downloaded on first use, or a "
         "model directory or Hugging Face repo id containing '/'; medium as in the seed.",
     )
+    whisper_download_root: OptionalPath = Field(
+        default=None,
+        description="Optional absolute path of the directory that models named by size are "
+        "downloaded to and looked for in; unset: the Hugging Face cache (~/.cache/huggingface).",
+    )
+    whisper_local_files_only: bool = Field(
+        default=False,
+        description="Whether a model named by size is only looked for on disk (in "
+        "whisper_download_root or the Hugging Face cache), never downloaded; set it where there "
+        "is no internet, so that a missing model is named at once instead of after a timeout.",
+    )
+    stt_enabled: bool = Field(
+        default=True,
+        description="Whether this node loads the speech model and takes speech work; false for "
+        "a node that only elects and drives the robot (a witness never has speech).",
+    )
+    stt_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where the model runs: cuda (a Jetson's GPU), cpu, or auto (cuda when "
+        "CTranslate2 sees a CUDA device, else cpu).",
+    )
+    stt_compute_type: Literal[
+        "auto",
+        "default",
+        "int8",
+        "int8_float32",
+        "int8_float16",
+        "int8_bfloat16",
+        "int16",
+        "float16",
+        "bfloat16",
+        "float32",
+    ] = Field(
+        default="auto",
+        description="CTranslate2's number format for the model: auto is int8 on a CPU and "
+        "float16 on a GPU (int8_float16 where float16 is not supported); the others as "
+        "CTranslate2 names them, which falls back to the nearest type the device supports.",
+    )
+    stt_cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Threads each speech worker computes with on the CPU, 0 to 64; 0 lets "
+        "CTranslate2 choose; stt_workers x stt_cpu_threads above the core count only adds "
+        "switching.",
+    )
+    stt_workers: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Speech worker processes, each with the model loaded, 1 to 16; jobs run in "
+        "parallel up to this; one per GPU or per two CPU cores, since one job already uses "
+        "several cores; each holds the model in memory (about 150 MB for base int8).",
+    )
+    stt_max_queue: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Speech jobs waiting for a worker, 1 to 1024; one more is refused with 503 "
+        "and Retry-After at once, so a burst cannot queue minutes of work; 16 is about 5 s "
+        "of commands for one worker.",
+    )
+    stt_job_timeout_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=600.0,
+        description="Seconds a speech job may take from submission to answer, queueing "
+        "included, 1 to 600; a worker still busy with it then is killed and restarted, and the "
+        "job fails with 503, so one stuck job never holds a worker; 30 s is one Whisper window.",
+    )
     language: Annotated[Literal["nl", "en"], BeforeValidator(_language_code)] = Field(
         default="nl",
         description="Spoken language, nl or en, because the intent vocabularies exist for "
@@ -1168,6 +1238,9 @@ _UNITS: Final = (
     Unit("_commands", "commands", "N"),
     Unit("_entries", "entries", "N"),
     Unit("_burst", "requests", "N"),
+    Unit("_threads", "threads", "N"),
+    Unit("_workers", "processes", "N"),
+    Unit("_queue", "jobs", "N"),
 )
 
 

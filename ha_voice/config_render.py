@@ -82,6 +82,8 @@ _OTHER: Final = "other"
 # the primary's queue) and is the witness itself.
 _NOT_FOR_WITNESS: Final = frozenset(
     {"robot", "robot_ip", "network_interface", "on_takeover", "whisper_model", "language"}
+    | {"whisper_download_root", "whisper_local_files_only", "stt_enabled", "stt_device"}
+    | {"stt_compute_type", "stt_cpu_threads", "stt_workers", "stt_max_queue", "stt_job_timeout_s"}
     | {"vip", "vip_interface", "priority", "preempt", "preempt_delay_s", "two_node"}
     | {"max_pending_commands", "reexecute_window_s", "witness"}
 )
