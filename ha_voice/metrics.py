@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ha_voice.cluster.events import Role
-from ha_voice.cluster.protocol import DROP_REASONS
+from ha_voice.cluster.protocol import DROP_REASONS, LOAD_DROP_REASONS
 from ha_voice.cluster.view import PRIMARY_WITHOUT_LEASE
 
 if TYPE_CHECKING:
@@ -213,6 +213,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.loads_dropped = Counter(
+            "ha_voice_cluster_loads_dropped",
+            "Peers' speech loads left out of a heartbeat, ack or load report that was kept "
+            "(malformed), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.identity_conflicts = Gauge(
             "ha_voice_identity_conflicts",
             "Node ids that two live processes claim, as this node sees or is told (see /cluster)",
@@ -356,6 +363,8 @@ class Metrics:
             self.commands.labels(status)
         for reason in (*DROP_REASONS, "unknown_peer"):
             self.packets_dropped.labels(reason)
+        for reason in LOAD_DROP_REASONS:
+            self.loads_dropped.labels(reason)
         self.node_id = node_id
 
     def watch_gc(self) -> None:
