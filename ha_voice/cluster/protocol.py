@@ -612,25 +612,29 @@ class BootAnswer:
 
 @dataclass(frozen=True)
 class LoadReport:
-    """A member's load, sent to every other member (`sent_at`: its monotonic clock, seconds).
+    """A member's load, sent to every other member: `sent_at` is its monotonic clock (seconds),
+    `api_port` its HTTP port (0: none), where speech work is handed to it.
 
     Never reaches the election core: the shell keeps it as what the sender can take now, and
-    learns the sender's clock from it as from a heartbeat (backups do not hear each other's)."""
+    learns the sender's clock and boot from it as from a heartbeat (backups hear no heartbeats
+    of each other, and a hand-off's seal needs both: api/forward_seal.py)."""
 
     sender: NodeId
     sent_at: float
+    api_port: int = 0
     load: Load | None = None
 
     TYPE: ClassVar[int] = 14
-    _BODY: ClassVar[struct.Struct] = struct.Struct("!d")
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!dH")
 
     def _pack(self) -> bytes:
-        return self._BODY.pack(self.sent_at) + (b"" if self.load is None else self.load.encode())
+        body = self._BODY.pack(self.sent_at, self.api_port)
+        return body + (b"" if self.load is None else self.load.encode())
 
     @classmethod
     def _unpack(cls, sender: NodeId, body: bytes) -> LoadReport:
-        (sent_at,) = cls._BODY.unpack(body)
-        return cls(sender, _finite(sent_at))
+        sent_at, api_port = cls._BODY.unpack(body)
+        return cls(sender, _finite(sent_at), api_port)
 
 
 Control: TypeAlias = BootChallenge | BootAnswer

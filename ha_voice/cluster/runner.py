@@ -320,11 +320,9 @@ class CoreRunner:
         )
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
             self._round_trip(max(0.0, now - message.sent_at))
-        elif isinstance(message, Heartbeat):
+        elif isinstance(message, Heartbeat | LoadReport):
             offset = message.sent_at - now
             peer = replace(peer, api_port=message.api_port or peer.api_port, clock_offset_s=offset)
-        elif isinstance(message, LoadReport):
-            peer = replace(peer, clock_offset_s=message.sent_at - now)
         if isinstance(message, Heartbeat | HeartbeatAck | LoadReport):
             peer = self._loaded(peer, message.load, now)
         self._peers[message.sender] = peer
@@ -471,7 +469,8 @@ class CoreRunner:
             return
         self._load_reported_at = now
         assert self._transport is not None
-        report = LoadReport(self.election.node_id, now, self.load_source())
+        e = self.election
+        report = LoadReport(e.node_id, now, e.api_port, self.load_source())
         for node, peer in self._peers.items():
             if peer.address is not None:
                 self._transport.send(self.codec.encode(node, report), peer.address)

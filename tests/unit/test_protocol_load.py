@@ -54,7 +54,7 @@ def carriers(load: Load | None, sender: str = "n1") -> list[Heartbeat | Heartbea
     return [
         Heartbeat(sender, term=3, sent_at=1.5, log=LogPosition(2, 8), api_port=8888, load=load),
         HeartbeatAck(sender, term=3, sent_at=1.5, success=True, priority=7, load=load),
-        LoadReport(sender, sent_at=-12.25, load=load),
+        LoadReport(sender, sent_at=-12.25, api_port=8443, load=load),
     ]
 
 
@@ -140,7 +140,7 @@ def test_the_largest_heartbeat_with_a_load_fits_a_datagram() -> None:
 
 def test_a_load_report_with_a_non_finite_time_is_dropped() -> None:
     unsigned = with_tail(LoadReport("n1", 0.0), b"")[:-MAC_BYTES]
-    infinite = sign(unsigned[:-8] + struct.pack("!d", math.inf))
+    infinite = sign(unsigned[:-10] + struct.pack("!dH", math.inf, 0))
     with pytest.raises(DecodeError) as caught:
         codec("n2").decode(infinite, **AT)
     assert caught.value.reason == "malformed"
@@ -158,7 +158,7 @@ def test_a_load_report_from_a_stranger_is_dropped_before_its_load_is_read() -> N
     )
     bad_load = sign(codec("n9").encode("n2", LoadReport("n9", 0.0))[:-MAC_BYTES] + b"\x07")
     with pytest.raises(DecodeError) as caught:
-        receiver.decode(codec("n9").encode("n2", LoadReport("n9", 0.0, BUSY)), **AT)
+        receiver.decode(codec("n9").encode("n2", LoadReport("n9", 0.0, load=BUSY)), **AT)
     assert caught.value.reason == "not_member"
     with pytest.raises(DecodeError):
         receiver.decode(bad_load, **AT)
