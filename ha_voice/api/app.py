@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from ha_voice.api import cluster, health, journal, problems, robot
+from ha_voice.api import cluster, health, journal, problems, robot, speech_handoff
 from ha_voice.api.context import ApiContext
 from ha_voice.api.limits import TokenBuckets
 from ha_voice.api.members import MemberHeaders
@@ -33,7 +33,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.state.rate_limits = TokenBuckets(ctx.config.api_rate_per_s, ctx.config.api_rate_burst)
-    routers = (health.router, cluster.router, robot.router, journal.router)
+    routers = (health.router, cluster.router, robot.router, journal.router, speech_handoff.router)
     problems.install(app, ctx.metrics.registry, routers)
     for router in routers:
         app.include_router(router)
