@@ -250,12 +250,12 @@ class PlacedSpeech:
 
     def _loads(self) -> dict[NodeId, Load]:
         loads = peer_loads(self._node.view, clock.monotonic())
-        own = self._own_load()
+        own = self.own_load()
         if own is not None:
             loads[self._node.node_id] = own
         return loads
 
-    def _own_load(self) -> Load | None:
+    def own_load(self) -> Load | None:
         """This node's load now: its service's status is live, the CPU the sampler's."""
         if self.local is None:
             return None
