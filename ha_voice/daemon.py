@@ -56,6 +56,7 @@ from ha_voice.robot.base import Robot, RobotError
 from ha_voice.robot.guard import Guard, NotLeading
 from ha_voice.supervise import log_through_a_queue, must_not_end
 from ha_voice.voice.intents import Vocabulary
+from ha_voice.voice.placement import placed
 
 __all__ = ["run", "serve"]
 
@@ -246,6 +247,7 @@ async def _start(config: Config) -> _Daemon:
     if config.mdns:
         actions.discovery = _discovery(config, node, membership)
         await actions.discovery.async_start(lambda record: _learn(node, record), _forget)
+    speech = placed(None, node, config, metrics.registry)  # wraps this node's speech service
     app = create_app(
         ApiContext(
             config,
@@ -255,6 +257,7 @@ async def _start(config: Config) -> _Daemon:
             Vocabulary.load(config.language),
             actions.guard,
             actions.commands,
+            speech,
         )
     )
     server, api_socket = build_server(config, app)
