@@ -154,6 +154,9 @@ class LocalCluster:
     node_flags: Mapping[str, Sequence[str]] = field(default_factory=dict)
     api_token: bool = True  # provision a token and require it (--api-token-file)
     ca_file: Path | None = None  # the nodes serve HTTPS under this CA (certs in node_flags)
+    # Speech on every node (stt_enabled): off unless asked for, as each node's model costs
+    # seconds of CPU to load; with it, pass --whisper-model in extra_flags.
+    speech: bool = False
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ha-voice-cluster-"))
@@ -217,6 +220,7 @@ class LocalCluster:
             f"--port={node.api_port}",
             f"--peers={','.join(peers)}",
             "--mdns" if self.mdns else "--no-mdns",
+            *([] if self.speech or command == "witness" else ["--no-stt-enabled"]),
             *([f"--api-token-file={self.token_file}"] if self.token else []),
             *witness_flags,
             *self.extra_flags,

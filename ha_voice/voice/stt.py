@@ -65,9 +65,17 @@ _RANK: Final[dict[Priority, int]] = {"command": 0, "batch": 1}
 _IDLE_CHECK_S: Final = 0.5
 _EXIT_GRACE_S: Final = 2.0
 # Backoff before starting a worker again: doubling from the first to the last, reset once a
-# worker has answered a job (a crash loop costs one model load per minute at most).
+# worker has answered a job (a crash loop costs one model load per minute at most). A model that
+# did not load (a wrong path, no internet) is tried again from the slower start: it rarely
+# heals by itself, and each try imports faster-whisper anew.
 _RESTART_FIRST_S: Final = 0.5
+_LOAD_RETRY_FIRST_S: Final = 10.0
 _RESTART_MAX_S: Final = 60.0
+_LOAD_HINT: Final = (
+    "fix: whisper_model names a size (downloaded unless whisper_local_files_only, into "
+    "whisper_download_root) or a CTranslate2 model directory; see stt_device and "
+    "stt_compute_type"
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class _Slot:
     process: BaseProcess | None = None
     conn: Connection | None = None
     job: _Pending | None = None
+    answered: bool = False  # this process answered a job (its restart backoff starts anew)
 
 
 @dataclass
@@ -248,7 +257,7 @@ class SpeechService:
             if not any(s.state == "ready" for s in self._slots):
                 reason = self._not_ready_reason()
                 raise SpeechUnavailable(f"speech not ready: {reason}", retry_after_s=5.0)
-            if len(self._queue) >= self.options.max_queue:
+            if len(self._queue) >= self.options.max_queue and not self._evict_batch(priority):
                 raise SpeechUnavailable(
                     f"speech queue full ({self.options.max_queue} jobs waiting)",
                     retry_after_s=self._retry_after_s(),
@@ -259,6 +268,20 @@ class SpeechService:
             pending = _Pending(job, priority, deadline, now, future, next(self._counters.seq))
             self._push(pending)
         return pending
+
+    def _evict_batch(self, priority: Priority) -> bool:
+        """Make room for a command by failing the newest batch job; whether there was one.
+        A full queue of batch work never keeps a command out."""
+        if priority != "command":
+            return False
+        batch = [entry for entry in self._queue if entry[2].priority == "batch"]
+        if not batch:
+            return False
+        newest = max(batch, key=lambda entry: entry[1])
+        self._queue.remove(newest)
+        heapq.heapify(self._queue)
+        _fail(newest[2], "pushed out by a command: the speech queue was full", retry_after_s=2.0)
+        return True
 
     def _push(self, pending: _Pending) -> None:
         heapq.heappush(self._queue, (_RANK[pending.priority], pending.seq, pending))
@@ -284,20 +307,23 @@ class SpeechService:
         """Start the worker, feed it jobs; start it again when it dies, until close()."""
         backoff_s = _RESTART_FIRST_S
         while not self._stopping.is_set():
-            answered = False
             try:
                 self._start_worker(slot)
-                answered = self._serve(slot)
+                self._serve(slot)
             except _WorkerDied as exc:
                 self._worker_died(slot, str(exc))
             except _Stopped:
-                pass  # close(), or the model did not load: the slot says which
+                backoff_s = max(backoff_s, _LOAD_RETRY_FIRST_S)  # or close(): then no wait
             except Exception as exc:  # never leave the slot silently dead: say why, try again
-                log.exception("speech worker %d: could not run it", slot.index)
-                self._load_failed(slot, f"could not start a worker process: {exc}")
+                log.exception("speech worker %d failed", slot.index)
+                if slot.state == "ready":
+                    self._worker_died(slot, f"failed: {exc}")
+                else:
+                    self._load_failed(slot, f"could not start a worker process: {exc}")
+                    backoff_s = max(backoff_s, _LOAD_RETRY_FIRST_S)
             finally:
                 self._stop_worker(slot)
-            if answered:
+            if slot.answered:
                 backoff_s = _RESTART_FIRST_S
             if self._stopping.wait(backoff_s):
                 break
@@ -314,7 +340,7 @@ class SpeechService:
             daemon=True,
         )
         with self._lock:
-            slot.state, slot.process, slot.conn = "starting", process, parent
+            slot.state, slot.process, slot.conn, slot.answered = "starting", process, parent, False
         try:
             process.start()
         finally:
@@ -325,7 +351,7 @@ class SpeechService:
                 slot.state, slot.loaded, slot.failure = "ready", message[1], ""
                 log.info("speech worker %d ready: %s", slot.index, message[1])
                 return
-        self._load_failed(slot, str(message[1]))
+        self._load_failed(slot, f"{message[1]}; {_LOAD_HINT}")
         raise _Stopped
 
     def _load_failed(self, slot: _Slot, why: str) -> None:
@@ -334,16 +360,20 @@ class SpeechService:
         log.warning("speech worker %d: load failed: %s", slot.index, why)
         self._fail_queue_if_none_ready()
 
-    def _serve(self, slot: _Slot) -> bool:
-        """Answer jobs until the worker dies or close(); whether any job was answered."""
-        answered = False
+    def _serve(self, slot: _Slot) -> None:
+        """Answer jobs until the worker dies (_WorkerDied) or close()."""
         while True:
             pending = self._take(slot)
             if pending is None:
-                return answered
+                return
             try:
                 self._work(slot, pending)
-                answered = True
+                slot.answered = True
+            except (_WorkerDied, _Stopped):
+                raise  # the job was retried or failed already
+            except Exception as exc:
+                self._retry_or_fail(pending, f"its worker failed: {exc}")
+                raise
             finally:
                 with self._lock:
                     slot.job = None
@@ -378,7 +408,7 @@ class SpeechService:
     def _work(self, slot: _Slot, pending: _Pending) -> None:
         assert slot.conn is not None
         try:
-            slot.conn.send(pending.job)
+            self._send(slot, pending.job)
             message = self._receive(slot, deadline=pending.deadline)
         except _Timeout:
             _fail(pending, f"no answer within stt_job_timeout_s ({self.options.job_timeout_s} s)")
@@ -394,6 +424,15 @@ class SpeechService:
             self._answer(pending, replace(value, node=self.node_id))
         else:
             _fail(pending, f"speech worker failed: {value}")
+
+    def _send(self, slot: _Slot, job: Job) -> None:
+        assert slot.conn is not None
+        assert slot.process is not None
+        try:
+            slot.conn.send(job)
+        except (OSError, EOFError):  # a broken pipe: it died between two jobs or just now
+            slot.process.join(_EXIT_GRACE_S)
+            raise _WorkerDied(_exit_text(slot.process)) from None
 
     def _receive(self, slot: _Slot, deadline: float | None) -> tuple[str, object]:
         """The worker's next message; _Timeout past `deadline`, _WorkerDied if it ended,
@@ -420,10 +459,10 @@ class SpeechService:
                 raise _WorkerDied(_exit_text(slot.process))
 
     def _answer(self, pending: _Pending, result: Recognition | Transcription) -> None:
+        if self._metrics is not None:  # counted before anyone hears the answer
+            self._observe(pending, result)
         if not pending.future.done():
             pending.future.set_result(result)
-        if self._metrics is not None:
-            self._observe(pending, result)
 
     def _observe(self, pending: _Pending, result: Recognition | Transcription) -> None:
         assert self._metrics is not None
@@ -492,9 +531,9 @@ class _Stopped(Exception):
     """close() was called, or the worker could not load: stop serving with this process."""
 
 
-def _fail(pending: _Pending, reason: str) -> None:
+def _fail(pending: _Pending, reason: str, retry_after_s: float = 1.0) -> None:
     if not pending.future.done():
-        pending.future.set_exception(SpeechUnavailable(reason))
+        pending.future.set_exception(SpeechUnavailable(reason, retry_after_s=retry_after_s))
 
 
 def _exit_text(process: BaseProcess) -> str:
