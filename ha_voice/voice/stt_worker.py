@@ -20,11 +20,13 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import os
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from ha_voice.voice.intents import Vocabulary
@@ -35,6 +37,7 @@ __all__ = ["WORKER_NICENESS", "Job", "LoadedInfo", "ModelOptions", "worker_main"
 # Added to the daemon's niceness: a nice-10 process gets about a tenth of the CPU time of a
 # nice-0 one that wants it (CFS weights 1024 vs 110), so heartbeats are sent on time.
 WORKER_NICENESS: Final = 10
+_PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 # The recogniser module the workers use unless told otherwise (tests may give a fake).
 DEFAULT_BACKEND: Final = "ha_voice.voice.recogniser"
 
@@ -76,9 +79,11 @@ class Job:
 def worker_main(conn: Connection, options: ModelOptions) -> None:
     """The worker process's body: load, report, then answer jobs until `None` or end of file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops us
+    _die_with_the_daemon()
     with contextlib.suppress(OSError):  # a priority we may not change is no reason to be deaf
         os.nice(WORKER_NICENESS)
     try:
+        _check_directory(options.model)
         backend = importlib.import_module(options.backend)
         model = backend.load_model(_settings(backend, options))
         recognisers = {options.language: _recogniser(backend, model, options.language)}
@@ -88,6 +93,17 @@ def worker_main(conn: Connection, options: ModelOptions) -> None:
         return
     conn.send(("ready", _loaded_info(model, options)))
     _serve(conn, backend, model, recognisers)
+
+
+def _die_with_the_daemon() -> None:
+    """Be killed when the daemon's thread that started us ends, however it ends (Linux's
+    PR_SET_PDEATHSIG): a SIGKILLed daemon leaves no worker computing a job nobody awaits."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the call took effect
+        os._exit(1)
 
 
 def _serve(conn: Connection, backend: Any, model: Any, recognisers: dict[str, Any]) -> None:
@@ -117,6 +133,13 @@ def _run(
         recognisers[language] = _recogniser(backend, model, language)
     recognition: Recognition = recognisers[language].recognise(job.audio)
     return recognition
+
+
+def _check_directory(model: str) -> None:
+    """A model given as a path must be a directory (faster-whisper would take it for a
+    Hugging Face repo id and answer with a puzzle about repo names)."""
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise FileNotFoundError(f"no model directory at {model}")
 
 
 def _settings(backend: Any, options: ModelOptions) -> Any:
