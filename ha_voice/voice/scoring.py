@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOUND_SLACK",
+    "PRIOR_WEIGHT",
     "PhraseForm",
     "Scored",
     "Scorer",
@@ -39,6 +40,12 @@ __all__ = [
 # generate's step and align's parallel pass round int8 differently; measured differences in
 # per-token log-probability were below 0.02, so a bound is loosened by this much (nats).
 BOUND_SLACK: Final = 0.1
+# How much of a phrase's log-probability given silence is taken off its score. Whisper's decoder
+# likes some texts whatever it hears ("Hallo robot, hallo." after "hallo robot, hou op"); taking
+# half of that prior off (pointwise mutual information, damped) raised top-1 intent accuracy on
+# the generated set from 88 to 95 % on the tuning voices and from 73 to 83 % on held-out ones
+# (0, 0.25, 0.75 and 1 were worse).
+PRIOR_WEIGHT: Final = 0.5
 # A probability is never taken as below this before the log (align returns float32 probs).
 _MIN_PROB: Final = 1e-30
 
@@ -47,28 +54,26 @@ _MIN_PROB: Final = 1e-30
 class PhraseForm:
     """One way to say an intent's phrase, as text tokens after the transcribe prompt.
 
-    The score covers `tokens[scored_from:]`: a wake word before the phrase conditions it but is
-    no part of its score, so phrases with and without one compare."""
+    The score covers all tokens, a wake word's included: it is the likelihood of the whole
+    utterance as that text, so "hallo robot, halt" is not heard as the phrase "hallo" alone."""
 
     text: str  # what was scored, as shown: "sta op" or "robot, sta op"
     phrase: str  # the vocabulary phrase
     intent: str
     stop: bool
     tokens: tuple[int, ...]
-    scored_from: int = 0
-
-    @property
-    def scored_tokens(self) -> int:
-        """How many tokens the score averages over."""
-        return len(self.tokens) - self.scored_from
+    phrase_from: int = 0  # where the phrase's tokens start (after a wake word's)
 
 
 @dataclass(frozen=True)
 class Scored:
-    """A phrase form with its mean log-probability per scored token (nats, ≤ 0)."""
+    """A phrase form as heard: its mean log-probability per token given the audio (nats, ≤ 0)
+    and the score decisions compare, that log-probability less PRIOR_WEIGHT × the form's mean
+    log-probability given silence (the decoder's own liking for the text)."""
 
     form: PhraseForm
     score: float
+    logprob: float
 
 
 def _whisper_text(text: str, capitalise: bool) -> str:
@@ -97,7 +102,7 @@ def wake_prefix(wake: str, tokenizer: Any) -> tuple[int, ...]:
 
 
 def wake_form(form: PhraseForm, wake: str, tokenizer: Any) -> PhraseForm:
-    """`form` said after `wake`: " Robot, sta op.", scored from "sta"."""
+    """`form` said after `wake`: " Robot, sta op."."""
     prefix = wake_prefix(wake, tokenizer)
     tokens = tuple(tokenizer.encode(_whisper_text(form.phrase, False) + "."))
     return PhraseForm(
@@ -116,34 +121,53 @@ class Scorer:
         self._text_vocabulary = int(tokenizer.eot)  # text tokens are the ids below end-of-text
 
     def first_logprobs(
-        self, encoded: npt.NDArray[np.float32], prefix: Sequence[int] = ()
-    ) -> npt.NDArray[np.float64]:
-        """Log-probabilities (over text tokens) of the token after the prompt and the forced
-        `prefix`, given `encoded` (1, frames, d_model): shape (eot_id,)."""
-        steps = len(prefix) + 1
+        self, encoded: npt.NDArray[np.float32], prefixes: Sequence[Sequence[int]] = ((),)
+    ) -> list[tuple[float, npt.NDArray[np.float64]]]:
+        """Per forced prefix (a wake word's tokens, or none), in one batched call: the summed
+        log-probability of the prefix after the prompt, and the log-probabilities of every token
+        after it, shape (eot_id,); given `encoded` (1, frames / 2, d_model). Over text tokens
+        only, as `mean_logprobs`."""
+        longest = max(len(p) for p in prefixes)
+        steps = longest + 1
+        # Prompts of one length (CTranslate2 requires it): a shorter prefix is padded with its
+        # last token, which cannot change the logits before it (the decoder is causal).
+        prompts = [
+            self._prompt + [*p] + [p[-1] if p else self._prompt[-1]] * (longest - len(p))
+            for p in prefixes
+        ]
         # generate decodes min(max_length / 2, max_length - start_step) steps, where start_step
         # is the prompt's length before its last token (CTranslate2 whisper.cc).
         max_length = max(2 * steps, steps + len(self._prompt) - 1)
-        result = self._model.generate(
-            self._ct2.StorageView.from_array(encoded),
-            [self._prompt + list(prefix)],
+        results = self._model.generate(
+            self._ct2.StorageView.from_array(np.repeat(encoded, len(prompts), axis=0)),
+            prompts,
             beam_size=1,
             max_length=max_length,
             return_logits_vocab=True,
             suppress_blank=False,
             suppress_tokens=[],
-        )[0]
-        if len(result.logits[0]) < steps:
-            raise RuntimeError(f"CTranslate2 returned {len(result.logits[0])} of {steps} logits")
-        logits = np.asarray(result.logits[0][len(prefix)], dtype=np.float64)
-        text = logits[: self._text_vocabulary]
+        )
+        answers = []
+        for prefix, result in zip(prefixes, results, strict=True):
+            logits = result.logits[0]
+            if len(logits) <= len(prefix):
+                raise RuntimeError(f"CTranslate2 returned {len(logits)} of {steps} logits")
+            prefix_sum = sum(
+                float(self._text_logprobs(logits[k])[token]) for k, token in enumerate(prefix)
+            )
+            answers.append((prefix_sum, self._text_logprobs(logits[len(prefix)])))
+        return answers
+
+    def _text_logprobs(self, logits: Any) -> npt.NDArray[np.float64]:
+        """log softmax of one position's logits over the text tokens."""
+        text = np.asarray(logits, dtype=np.float64)[: self._text_vocabulary]
         shifted = text - text.max()
         return np.asarray(shifted - np.log(np.exp(shifted).sum()), dtype=np.float64)
 
     def mean_logprobs(
         self, encoded: npt.NDArray[np.float32], frames: int, forms: Sequence[PhraseForm]
     ) -> npt.NDArray[np.float64]:
-        """Each form's mean log-probability per scored token given `encoded` (1, frames / 2,
+        """Each form's mean log-probability per token given `encoded` (1, frames / 2,
         d_model) of `frames` mel frames: shape (len(forms),)."""
         if not forms:
             return np.zeros(0, dtype=np.float64)
@@ -152,7 +176,7 @@ class Scorer:
             tiled, self._sot, [list(f.tokens) for f in forms], frames, median_filter_width=1
         )
         scores = np.empty(len(forms), dtype=np.float64)
-        for index, (form, result) in enumerate(zip(forms, results, strict=True)):
-            probs = np.asarray(result.text_token_probs, dtype=np.float64)[form.scored_from :]
+        for index, result in enumerate(results):
+            probs = np.asarray(result.text_token_probs, dtype=np.float64)
             scores[index] = float(np.log(np.maximum(probs, _MIN_PROB)).mean())
         return scores
