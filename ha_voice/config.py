@@ -501,8 +501,8 @@ class Config(BaseModel):
         default=16_384,
         ge=1024,
         le=1_048_576,
-        description="Largest request body in bytes that the JSON routes (commands, listen, "
-        "settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the largest valid "
+        description="Largest request body in bytes that the JSON routes (commands, listen's "
+        "transcripts, settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the largest valid "
         "command and small enough to parse without delaying a heartbeat; larger bodies get 413 "
         "before they are read.",
     )
@@ -513,8 +513,8 @@ class Config(BaseModel):
         description="Largest audio upload in bytes that /api/voice/listen and "
         "/v1/audio/transcriptions read (raw, multipart, or base64 in JSON, which is a third "
         "larger), 65536 to 67108864; 8 MiB holds 30 s of 48 kHz stereo WAV with room to spare; "
-        "larger uploads get 413 before they are read, and at most 4 uploads are held at once, "
-        "so uploads take at most 4 times this much memory; api_body_timeout_s must allow for "
+        "larger uploads get 413 before they are read, and at most 8 uploads are held at once, "
+        "so uploads take at most 8 times this much memory; api_body_timeout_s must allow for "
         "sending it.",
     )
     listen_max_audio_s: float = Field(

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import av
@@ -25,6 +26,7 @@ import numpy.typing as npt
 import pytest
 
 from ha_voice.local_cluster import LocalCluster, SimRobotProcess
+from tests.doc_commands import ROOT, block, run
 from tests.speech_corpus import have_espeak, say, wav_bytes
 
 pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng makes the test speech")
@@ -35,6 +37,7 @@ TRANSCRIBE = "/v1/audio/transcriptions"
 PHRASE = "draai naar links"
 NOT_UNDERSTOOD = "Dat heb ik niet verstaan."
 SPEECH = (sys.executable, "-m", "tests.speech_node")
+VOICE_DOC = ROOT / "docs" / "voice.md"
 
 
 @dataclass
@@ -406,3 +409,16 @@ def test_silence_transcribes_to_nothing(rig: Rig) -> None:
     response = rig.post(rig.backup, TRANSCRIBE, files=files, data={"model": "whisper-1"})
     assert response.status_code == 200, response.text
     assert response.json() == {"text": ""}
+
+
+def test_the_commands_of_docs_voice_md_work_as_written(rig: Rig, tmp_path: Path) -> None:
+    script = block("listen-audio", VOICE_DOC) + block("transcribe-audio", VOICE_DOC)
+    replacements = {
+        "/etc/ha-voice/api.tokens": str(rig.cluster.token_file),
+        "http://jetson1:8888": rig.url(rig.backup),
+    }
+    out = run(script, tmp_path, replacements).stdout
+    assert '"dry_run":true' in out
+    assert '"intent":"turn_left"' in out
+    assert "dry run: turn_left would run" in out
+    assert "links" in out.splitlines()[-1].lower()
