@@ -501,10 +501,38 @@ class Config(BaseModel):
         default=16_384,
         ge=1024,
         le=1_048_576,
-        description="Largest request body in bytes that the JSON routes (commands, listen, "
-        "settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the largest valid "
+        description="Largest request body in bytes that the JSON routes (commands, listen's "
+        "transcripts, settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the largest valid "
         "command and small enough to parse without delaying a heartbeat; larger bodies get 413 "
         "before they are read.",
+    )
+    audio_max_bytes: int = Field(
+        default=8_388_608,
+        ge=65_536,
+        le=67_108_864,
+        description="Largest audio upload in bytes that /api/voice/listen and "
+        "/v1/audio/transcriptions read (raw, multipart, or base64 in JSON, which is a third "
+        "larger), 65536 to 67108864; 8 MiB holds 30 s of 48 kHz stereo WAV with room to spare; "
+        "larger uploads get 413 before they are read, and at most 8 uploads are held at once, "
+        "so uploads take at most 8 times this much memory; api_body_timeout_s must allow for "
+        "sending it.",
+    )
+    listen_max_audio_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=300.0,
+        description="Longest audio in seconds that /api/voice/listen decodes, 1 to 300; a "
+        "spoken command takes a few seconds and Whisper hears 30 s at a time; longer audio "
+        "gets 413, judged while decoding, so a small file that expands to hours costs no more "
+        "than this.",
+    )
+    transcription_max_audio_s: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=3600.0,
+        description="Longest audio in seconds that /v1/audio/transcriptions decodes, 1 to "
+        "3600; 300 s of 16 kHz float32 is 19 MB in memory and a few minutes of batch work on a "
+        "CPU; longer audio gets 413, judged while decoding.",
     )
     api_header_timeout_s: float = Field(
         default=10.0,
