@@ -243,7 +243,7 @@ class PlacedSpeech:
             except (_PeerFailed, SpeechUnavailable, asyncio.TimeoutError) as exc:
                 if isinstance(exc, SpeechUnavailable) and exc.status != 503:
                     raise  # the work itself is refused (413): so it would be anywhere
-                why = f"{chosen}: {exc or 'deadline passed'}"
+                why = f"{chosen}: {str(exc) or f'no answer within {self._deadline_s:g} s'}"
                 log.warning("speech %s on %s failed, trying the next: %s", job.kind, chosen, why)
                 self._metrics.handoffs.labels("retried").inc()
                 continue
