@@ -324,7 +324,10 @@ def _supervised(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task
 
 
 def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Discovery:
-    capabilities = ("witness",) if config.node_id in membership.witnesses else ("robot", "stt")
+    if config.node_id in membership.witnesses:
+        capabilities: tuple[str, ...] = ("witness",)
+    else:  # "stt": this node has speech configured (ready or not: its load reports say)
+        capabilities = ("robot", "stt") if config.stt_enabled else ("robot",)
     return Discovery(
         cluster=config.cluster,
         node_id=config.node_id,

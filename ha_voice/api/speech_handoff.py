@@ -8,7 +8,8 @@
 Invariants:
 - Only a member's request, sealed with the cluster key for this node in this boot
   (forward_seal.py, as forwards are), is taken: anything else is 403 before the body is read.
-  The body is read up to `MAX_HANDOFF_BYTES` (413 past it) and must be the one sealed.
+  The body is read up to `MAX_HANDOFF_BYTES` (413 past it), only once this node is known to be
+  ready for it, and must be the one sealed.
 - The work runs on this node's own service (`PlacedSpeech.local`) and is never placed again,
   so two nodes cannot pass a job back and forth.
 - 503 with Retry-After while this node's speech is not ready or its queue is full: the placing
@@ -90,9 +91,6 @@ async def _checked(request: Request, ctx: ApiContext) -> Speech:
             "members only: this route takes speech work another member hands over, sealed "
             "with the cluster key; clients send audio to /api/voice/listen",
         )
-    body = await read_limited(request, MAX_HANDOFF_BYTES)
-    if not hmac.compare_digest(body_digest(body), claim.body_sha256):
-        raise ApiError(403, "body_mismatch", f"the body is not the one {claim.node} sealed")
     speech = ctx.speech
     local = speech.local if isinstance(speech, PlacedSpeech) else speech
     if local is None:
@@ -102,6 +100,9 @@ async def _checked(request: Request, ctx: ApiContext) -> Speech:
         raise ApiError(
             503, "not_ready", f"speech not ready: {status.reason}", headers={"Retry-After": "1"}
         )
+    body = await read_limited(request, MAX_HANDOFF_BYTES)
+    if not hmac.compare_digest(body_digest(body), claim.body_sha256):
+        raise ApiError(403, "body_mismatch", f"the body is not the one {claim.node} sealed")
     return local
 
 

@@ -30,8 +30,9 @@ Invariants:
   and the main loop runs, so a node stuck anywhere is restarted too.
 - Nothing here waits for the main loop, a log handler (logging goes through a queue), or a peer.
 - This node's load (`load_source`: a sampler's latest snapshot, one attribute read) rides on
-  every heartbeat and ack as it leaves, and goes to every member in a `LoadReport` every
-  `LOAD_REPORT_S`; what peers report is kept in their `PeerInfo`. Sampling never happens here.
+  every heartbeat and ack as it leaves, and goes to every member in a `LoadReport` within a
+  housekeeping turn (0.1 s) of a change of its speech jobs, and every `LOAD_REPORT_S` anyway;
+  what peers report is kept in their `PeerInfo`. Sampling never happens here.
 """
 
 from __future__ import annotations
@@ -109,9 +110,8 @@ _PROPOSALS_PER_TURN = 32
 # Drops that keep a peer out are named at warning this often while they last, not just once.
 _REWARNED = frozenset({"unverified_boot", "identity_conflict"})
 _REWARN_S = 10.0
-# Every member tells every other its load this often (a heartbeat or ack carries it sooner):
-# twice a second keeps a placement at most half a second behind a peer's queue, for ~100 bytes
-# a second per peer.
+# Every member tells every other its load this often, and sooner when its speech jobs change
+# (a heartbeat or ack carries it too): ~100 bytes a second per peer while nothing changes.
 LOAD_REPORT_S = 0.5
 
 
@@ -191,6 +191,7 @@ class CoreRunner:
         # This node's latest load (voice/load.py's sampler); called on this thread, never waits.
         self.load_source: Callable[[], Load | None] = _no_load
         self._load_reported_at = -float("inf")
+        self._jobs_reported: tuple[bool, int, int] | None = None
         self._loads_counted = dict(codec.loads_dropped)
         self.view = self._build_view(clock.monotonic())
 
@@ -464,13 +465,17 @@ class CoreRunner:
         return message
 
     def _report_load(self, now: float) -> None:
-        """Send this node's load to every member with an address, every `LOAD_REPORT_S`."""
-        if now - self._load_reported_at < LOAD_REPORT_S:
+        """Send this node's load to every member with an address: when its speech jobs or
+        readiness changed since the last report (a placement elsewhere must not take a node
+        with a job just done for busy), and every `LOAD_REPORT_S` in any case."""
+        load = self.load_source()
+        jobs = None if load is None else (load.ready, load.running, load.queued)
+        if jobs == self._jobs_reported and now - self._load_reported_at < LOAD_REPORT_S:
             return
-        self._load_reported_at = now
+        self._load_reported_at, self._jobs_reported = now, jobs
         assert self._transport is not None
         e = self.election
-        report = LoadReport(e.node_id, now, e.api_port, self.load_source())
+        report = LoadReport(e.node_id, now, e.api_port, load)
         for node, peer in self._peers.items():
             if peer.address is not None:
                 self._transport.send(self.codec.encode(node, report), peer.address)

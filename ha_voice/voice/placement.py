@@ -9,7 +9,7 @@ Invariants:
   jobs per worker (running + queued, plus what this node handed it since: its report may not
   show them yet), then CPU in quarters (finer differences are sampling noise, not worth a hop),
   then this node before any other: on a tie the work stays here, with no network hop.
-- A node that fails mid-job (refused, reset, silent for an election timeout, 5xx, an answer
+- A node that fails mid-job (refused, reset, not heard for `FRESH_S`, 5xx, an answer
   that is not a `Recognition`) is left for the next best, this node included; each is tried at
   most once per job, and `deadline_s` bounds the whole. The client sees only latency.
 - A hand-off goes to the member's internal route (api/speech_handoff.py), sealed with the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -65,6 +66,8 @@ __all__ = [
     "transcription_from_json",
     "transcription_to_json",
 ]
+
+log = logging.getLogger(__name__)
 
 # A peer's load is believed this long after it was reported: four reports may be lost first.
 FRESH_S: Final = 4 * LOAD_REPORT_S
@@ -231,6 +234,7 @@ class PlacedSpeech:
                 break
             chosen = order[0]
             tried.add(chosen)
+            log.debug("speech %s on %s (ranked %s)", job.kind, chosen, order)
             self._metrics.placed.labels(chosen).inc()
             try:
                 answer = await asyncio.wait_for(
@@ -239,13 +243,15 @@ class PlacedSpeech:
             except (_PeerFailed, SpeechUnavailable, asyncio.TimeoutError) as exc:
                 if isinstance(exc, SpeechUnavailable) and exc.status != 503:
                     raise  # the work itself is refused (413): so it would be anywhere
-                why = f"{chosen}: {exc or 'deadline passed'}"
+                why = f"{chosen}: {str(exc) or f'no answer within {self._deadline_s:g} s'}"
+                log.warning("speech %s on %s failed, trying the next: %s", job.kind, chosen, why)
                 self._metrics.handoffs.labels("retried").inc()
                 continue
             local = chosen == self._node.node_id
             self._metrics.handoffs.labels("local" if local else "remote").inc()
             return answer
         self._metrics.handoffs.labels("failed").inc()
+        log.warning("speech %s not done: %s", job.kind, why)
         raise SpeechUnavailable(f"speech work not done: {why}")
 
     def _loads(self) -> dict[NodeId, Load]:
@@ -309,7 +315,9 @@ class HandOff:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         self._client = httpx.AsyncClient(transport=transport)
-        self._timeout_s = node.timers.election_timeout_s
+        # A peer other than the primary is heard only in its load reports: silence is judged
+        # over as many of them as make a load stale, and never under an election timeout.
+        self._silence_s = max(node.timers.election_timeout_s, FRESH_S)
 
     async def aclose(self) -> None:
         """Close the connections."""
@@ -350,21 +358,21 @@ class HandOff:
                 params=params,
                 content=body,
                 headers={FORWARDED_BY: view.node_id, FORWARD_SEAL: seal},
-                timeout=httpx.Timeout(DEADLINE_S, connect=self._timeout_s),
+                timeout=httpx.Timeout(DEADLINE_S, connect=self._silence_s),
             )
         except httpx.HTTPError as exc:
             raise _PeerFailed(f"{type(exc).__name__}: {exc}") from None
         return _answer(answer, job.kind)
 
     async def _until_silent(self, node: NodeId) -> str:
-        """Wait while `node` is heard within an election timeout; then say so."""
+        """Wait while `node` is heard (within `_silence_s`); then say so."""
         while True:
             peer = self._node.view.peers.get(node)
             heard = None if peer is None else peer.last_heard_at
             silent_s = math.inf if heard is None else clock.monotonic() - heard
-            if silent_s >= self._timeout_s:
+            if silent_s >= self._silence_s:
                 return f"not heard for {min(silent_s, 1e9):.1f} s"
-            await asyncio.sleep(max(self._timeout_s - silent_s, LOAD_REPORT_S / 2))
+            await asyncio.sleep(max(self._silence_s - silent_s, LOAD_REPORT_S / 2))
 
 
 def _answer(answer: httpx.Response, kind: Kind) -> Recognition | Transcription:

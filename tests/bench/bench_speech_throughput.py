@@ -7,7 +7,8 @@ Not a pass/fail test. Writes its section of docs/benchmarks.md. Run:
 A two-node cluster (`two_node`) of `ha-voice run` processes on 127.0.0.1, n1 pinned to CPU 0
 and n2 to CPU 1 with `taskset` (their speech workers inherit it), each with the packaged
 multilingual base model, one speech worker, one CTranslate2 thread. Every clip (Dutch commands
-spoken by espeak-ng) is uploaded to n1 only, `concurrency` at a time, with
+spoken by espeak-ng) is uploaded to n1 only, `concurrency` at a time (two per client address,
+what a node allows one client), with
 `POST /api/voice/listen?dry_run=true` (recognised, nothing run): with n2's speech off
 (`--no-stt-enabled`) n1 does every clip itself; with it on, n1 places each on the least loaded
 ready node. Throughput is clips answered per second of wall time, after a warm-up round.
@@ -24,9 +25,11 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -71,12 +74,32 @@ def upload(client: httpx.Client, node: LocalNode, wav: bytes) -> str:
         headers=node.auth_headers,
         timeout=120.0,
     )
-    response.raise_for_status()
+    if response.status_code != 200:
+        raise SystemExit(f"{node.node_id} answered {response.status_code}: {response.text}")
     return str(response.json().get("stt_node"))
 
 
-def run(wavs: list[bytes], concurrency: int, both: bool) -> tuple[float, Counter[str]]:
-    """(clips per second, clips by the node that recognised them) with n2's speech on or off."""
+@dataclass
+class Round:
+    """One measured round: throughput, where the clips ran, CPU per clip by node and part."""
+
+    clips_per_s: float
+    ran: Counter[str]
+    cpu_ms: dict[str, tuple[float, float]]  # node -> (daemon, speech workers) ms per clip
+
+
+def cpu_s(node: LocalNode) -> tuple[float, float]:
+    """CPU seconds (user + system) of `node`'s daemon and of its speech workers so far."""
+    assert node.process is not None
+    daemon = psutil.Process(node.process.pid)  # taskset execs the daemon: the same process
+    own = daemon.cpu_times()
+    workers = [c.cpu_times() for c in daemon.children(recursive=True)]
+    return own.user + own.system, sum(w.user + w.system for w in workers)
+
+
+def run(wavs: list[bytes], concurrency: int, both: bool, spread: bool) -> Round:
+    """One round with n2's speech on (`both`) or off, every clip sent to n1 or (`spread`)
+    every other one to n2."""
     model = str(packaged_model("base"))
     common = [f"--whisper-model={model}", "--stt-workers=1", "--stt-cpu-threads=1", "--two-node"]
     flags = {
@@ -90,45 +113,82 @@ def run(wavs: list[bytes], concurrency: int, both: bool) -> tuple[float, Counter
         assert cluster.wait_for_primary(30.0) is not None
         entry = cluster.nodes["n1"]
         wait_ready(entry, {"n1", "n2"} if both else {"n1"})
-        with httpx.Client() as client, ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda w: upload(client, entry, w), wavs[:concurrency]))  # warm-up
+        # A node takes at most two uploads at a time from one address: `concurrency` streams,
+        # each one upload after another, two streams per client address (127.0.0.1, .2, ...).
+        clients = [
+            httpx.Client(transport=httpx.HTTPTransport(local_address=f"127.0.0.{i + 1}"))
+            for i in range((concurrency + 1) // 2)
+        ]
+
+        def stream(index: int, share: list[bytes]) -> list[str]:
+            to = cluster.nodes["n2"] if spread and index % 2 else entry
+            return [upload(clients[index // 2], to, wav) for wav in share]
+
+        def everything(batch: list[bytes]) -> list[str]:
+            shares = [batch[i::concurrency] for i in range(concurrency)]
+            with ThreadPoolExecutor(concurrency) as pool:
+                return [n for ns in pool.map(stream, range(concurrency), shares) for n in ns]
+
+        try:
+            everything(wavs[:concurrency])  # warm-up
+            before = {name: cpu_s(node) for name, node in cluster.nodes.items()}
             started = time.perf_counter()
-            nodes = list(pool.map(lambda w: upload(client, entry, w), wavs))
+            nodes = everything(wavs)
             took = time.perf_counter() - started
-    return len(wavs) / took, Counter(nodes)
+            after = {name: cpu_s(node) for name, node in cluster.nodes.items()}
+        finally:
+            for client in clients:
+                client.close()
+    per_clip = {
+        name: (
+            1000 * (after[name][0] - before[name][0]) / len(wavs),
+            1000 * (after[name][1] - before[name][1]) / len(wavs),
+        )
+        for name in after
+    }
+    return Round(len(wavs) / took, Counter(nodes), per_clip)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clips", type=int, default=40)
+    parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each setup, best kept")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each setup")
     args = parser.parse_args()
     wavs = clips(args.clips)
-    one = [run(wavs, args.concurrency, both=False) for _ in range(args.rounds)]
-    two = [run(wavs, args.concurrency, both=True) for _ in range(args.rounds)]
-    best_one, best_two = max(r for r, _ in one), max(r for r, _ in two)
-    spread = two[-1][1]
+    rows = []
+    ratios = []
+    for spread in (False, True):
+        one = [run(wavs, args.concurrency, False, spread) for _ in range(args.rounds)]
+        two = [run(wavs, args.concurrency, True, spread) for _ in range(args.rounds)]
+        sent = "n1 and n2 in turn" if spread else "n1 only"
+        for label, rounds in (("n1 alone", one), ("n1 and n2", two)):
+            rates = ", ".join(f"{r.clips_per_s:.2f}" for r in rounds)
+            last = rounds[-1]
+            ran = ", ".join(f"{n} {c}" for n, c in sorted(last.ran.items()))
+            cpu = "; ".join(f"{n} {d:.0f} + {w:.0f}" for n, (d, w) in sorted(last.cpu_ms.items()))
+            rows.append(f"| {sent} | {label} | {rates} | {ran} | {cpu} |")
+        ratio = statistics.median(r.clips_per_s for r in two) / statistics.median(
+            r.clips_per_s for r in one
+        )
+        ratios.append(f"{ratio:.2f}x with uploads to {sent}")
     lines = [
         "## Speech throughput: two nodes against one (placement)",
         "",
         f"`python tests/bench/bench_speech_throughput.py --clips {args.clips} "
         f"--concurrency {args.concurrency} --rounds {args.rounds}` on this machine "
-        f"({os.cpu_count()} CPUs, shared with other work while it ran): each node pinned to "
-        "one core with `taskset`, base model int8, one speech worker with one thread each, "
-        f"{args.clips} espeak-ng Dutch commands uploaded to n1 only, {args.concurrency} at a "
-        "time, `dry_run`.",
+        f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} from other work as it "
+        "ended): a two-node cluster, each node pinned to one core with `taskset`, base model "
+        f"int8, one speech worker with one thread each; {args.clips} espeak-ng Dutch commands "
+        f'(about 1 s each), {args.concurrency} uploads at a time, `dry_run`. "n1 alone": n2 '
+        "has no speech (`stt_enabled = false`) and hands what it receives to n1.",
         "",
-        "| setup | clips/s per round | best |",
-        "|---|---|---|",
-        f"| n1 alone does speech | {', '.join(f'{r:.2f}' for r, _ in one)} | {best_one:.2f} |",
-        f"| n1 and n2 do speech | {', '.join(f'{r:.2f}' for r, _ in two)} | {best_two:.2f} |",
+        "| uploads to | speech on | clips/s per round | where the last round's clips ran "
+        "| CPU ms per clip: daemon + speech workers |",
+        "|---|---|---|---|---|",
+        *rows,
         "",
-        f"Two nodes against one: **{best_two / best_one:.2f}x** (best against best; median "
-        f"{statistics.median(r for r, _ in two) / statistics.median(r for r, _ in one):.2f}x). "
-        "Where the clips ran in the last two-node round: "
-        + ", ".join(f"{node} {count}" for node, count in sorted(spread.items()))
-        + ".",
+        f"Two nodes against one (median rounds): **{'**, **'.join(ratios)}**.",
     ]
     write_section(lines, START, END)
     print("\n".join(lines))

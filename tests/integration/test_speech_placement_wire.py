@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from zeroconf import ServiceInfo, Zeroconf
 
+from ha_voice.cluster.discovery import NODE_SERVICE_TYPE, node_instance
 from ha_voice.local_cluster import LocalCluster, LocalNode
 
 NO_MODEL = "/nonexistent/ha-voice-no-model"  # a node whose speech never gets ready
@@ -101,3 +103,27 @@ def test_a_refused_handoff_is_not_read(cluster: LocalCluster) -> None:
         answer = sock.recv(4096)
     assert answer.split(b" ", 2)[1] == b"403", answer[:200]
     assert node.get("/health", timeout_s=5.0) is not None
+
+
+def test_the_stt_capability_says_whether_a_node_has_speech_configured() -> None:
+    """mDNS TXT `caps`: "robot,stt" on a node with speech (ready or not), "robot" without."""
+    flags = {"n1": [f"--whisper-model={NO_MODEL}"], "n2": ["--no-stt-enabled"]}
+    with LocalCluster(2, mdns=True, node_flags=flags, extra_flags=["--two-node"]) as pair:
+        pair.start()
+        zc = Zeroconf(interfaces=["127.0.0.1"])
+        try:
+            caps = {name: txt_caps(zc, pair.cluster, name) for name in ("n1", "n2")}
+        finally:
+            zc.close()
+    assert caps == {"n1": "robot,stt", "n2": "robot"}
+
+
+def txt_caps(zc: Zeroconf, cluster: str, node: str, timeout_s: float = 15.0) -> str | None:
+    name = f"{node_instance(cluster, node)}.{NODE_SERVICE_TYPE}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = ServiceInfo(NODE_SERVICE_TYPE, name)
+        if info.request(zc, 1000):
+            caps = info.properties.get(b"caps")
+            return None if caps is None else caps.decode()
+    return None
