@@ -502,9 +502,9 @@ class Config(BaseModel):
         ge=1024,
         le=1_048_576,
         description="Largest request body in bytes that the JSON routes (commands, listen's "
-        "transcripts, settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the largest valid "
-        "command and small enough to parse without delaying a heartbeat; larger bodies get 413 "
-        "before they are read.",
+        "transcripts, settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the "
+        "largest valid command and small enough to parse without delaying a heartbeat; larger "
+        "bodies get 413 before they are read.",
     )
     audio_max_bytes: int = Field(
         default=8_388_608,
