@@ -4,7 +4,7 @@
 `seconds`: each in turn posts a spoken command to `/api/voice/listen?dry_run=true` (recognised,
 never run) and a ~6 s recording to `/v1/audio/transcriptions` (free transcription, batch
 priority), so that every speech worker of the cluster always has a job. Returns the answers'
-status codes counted, and how busy the machine's CPUs were meanwhile.
+status codes counted, the first answer of each other kind, and how busy the CPUs were.
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ def _clips() -> tuple[bytes, bytes]:
     return command, recording
 
 
-def _client(node: LocalNode, stop_at: float, counts: Counter[str], lock: threading.Lock) -> None:
+def _client(
+    node: LocalNode,
+    stop_at: float,
+    counts: Counter[str],
+    samples: dict[str, str],
+    lock: threading.Lock,
+) -> None:
     command, recording = _clips()
     headers = node.auth_headers
     with httpx.Client(base_url=node.url, headers=headers, timeout=120.0) as client:
@@ -57,10 +63,13 @@ def _client(node: LocalNode, stop_at: float, counts: Counter[str], lock: threadi
                     )
                     kind = "transcribe"
                 outcome = f"{kind} {response.status_code}"
+                detail = response.text[:200] if response.status_code != 200 else ""
             except httpx.HTTPError as exc:
-                outcome = f"error {type(exc).__name__}"
+                outcome, detail = f"error {type(exc).__name__}", str(exc)[:200]
             with lock:
                 counts[outcome] += 1
+                if detail:
+                    samples.setdefault(outcome, detail)
             if outcome.endswith(" 503"):
                 time.sleep(0.2)  # every queue is full: come back, as a client would
             turn += 1
@@ -70,10 +79,11 @@ def hammer(cluster: LocalCluster, seconds: float, clients_per_node: int) -> dict
     """Speech flat out on every node for `seconds`; answers by route and status, CPU use."""
     _clips()
     counts: Counter[str] = Counter()
+    samples: dict[str, str] = {}  # the first answer of each kind that was not a 200
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
     threads = [
-        threading.Thread(target=_client, args=(node, stop_at, counts, lock), daemon=True)
+        threading.Thread(target=_client, args=(node, stop_at, counts, samples, lock), daemon=True)
         for node in cluster.running()
         for _ in range(clients_per_node)
     ]
@@ -82,7 +92,11 @@ def hammer(cluster: LocalCluster, seconds: float, clients_per_node: int) -> dict
         thread.start()
     for thread in threads:
         thread.join(seconds + 180.0)
-    return {"answers": dict(sorted(counts.items())), "cpu_percent": psutil.cpu_percent(percpu=True)}
+    return {
+        "answers": dict(sorted(counts.items())),
+        "not_200": samples,
+        "cpu_percent": psutil.cpu_percent(percpu=True),
+    }
 
 
 def scrape(cluster: LocalCluster) -> dict[str, str]:

@@ -412,6 +412,8 @@ class SpeechService:
             message = self._receive(slot, deadline=pending.deadline)
         except _Timeout:
             _fail(pending, f"no answer within stt_job_timeout_s ({self.options.job_timeout_s} s)")
+            if slot.process is not None:
+                slot.process.kill()  # busy with the job: it would not read a request to stop
             raise _WorkerDied("killed: a job ran past its deadline") from None
         except _WorkerDied as exc:
             self._retry_or_fail(pending, str(exc))
