@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -422,3 +423,34 @@ def test_the_commands_of_docs_voice_md_work_as_written(rig: Rig, tmp_path: Path)
     assert '"intent":"turn_left"' in out
     assert "dry run: turn_left would run" in out
     assert "links" in out.splitlines()[-1].lower()
+
+
+def test_ha_voice_listen_prints_what_was_heard_and_exits_as_send(rig: Rig, tmp_path: Path) -> None:
+    speech, quiet, broken = tmp_path / "draai.flac", tmp_path / "quiet.wav", tmp_path / "x.ogg"
+    speech.write_bytes(encode("flac", "flac", 16_000, rig.speech))
+    quiet.write_bytes(wav(np.zeros(16_000, np.float32)))
+    broken.write_bytes(b"SECRET" * 100)
+    token = ("--token-file", str(rig.cluster.token_file))
+
+    def listen(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ha_voice", "listen", "--url", rig.url(rig.backup)]
+        return subprocess.run(
+            [*command, *token, *argv], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    done = listen(str(speech))
+    assert done.returncode == 0, done.stderr
+    heard, outcome = done.stdout.splitlines()
+    assert heard.startswith("heard 'draai naar links")
+    assert f"on {rig.backup}" in heard
+    assert outcome.startswith("done: turn_left")
+    assert listen("--dry-run", str(speech)).stdout.splitlines()[1].startswith("dry run: turn_left")
+    not_heard = listen(str(quiet))
+    assert (not_heard.returncode, not_heard.stdout.splitlines()[1]) == (
+        5,
+        "not understood: '' (no_speech)",
+    )
+    refused_upload = listen(str(broken))
+    assert refused_upload.returncode == 9
+    assert "HTTP 422" in refused_upload.stderr
+    assert "SECRET" not in refused_upload.stderr
