@@ -223,7 +223,8 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     listen.add_argument("--key", help="idempotency key (default: a new UUID); reuse it to retry")
     _client_arguments(listen)
-    listen.set_defaults(handler=_listen)
+    # Speech takes seconds on a busy CPU, and the node that has it may be queued.
+    listen.set_defaults(handler=_listen, deadline=30.0)
 
     journal = commands.add_parser("journal", help="tail the replicated command journal")
     journal.add_argument("--since", type=int, default=0, help="entries after this index")

@@ -174,6 +174,7 @@ class _Request:
     key: str | None = None
     content: bytes | None = None  # sent as is, instead of `body` as JSON (a recording)
     content_type: str | None = None  # of `content`
+    timeout_s: float | None = None  # an attempt's, if not the client's (speech takes longer)
 
     def headers(self) -> dict[str, str]:
         headers = {} if self.key is None else {"Idempotency-Key": self.key}
@@ -433,9 +434,13 @@ def _say(text: str, key: str) -> _Request:
     return _Request("POST", "/api/voice/listen", {"text": text}, key)
 
 
+# An attempt to have a recording recognised: queued behind other speech work, on a node's CPU.
+_LISTEN_TIMEOUT_S: Final = 30.0
+
+
 def _listen(audio: bytes, content_type: str, key: str, dry_run: bool) -> _Request:
     path = "/api/voice/listen" + ("?dry_run=true" if dry_run else "")
-    return _Request("POST", path, None, key, audio, content_type)
+    return _Request("POST", path, None, key, audio, content_type, _LISTEN_TIMEOUT_S)
 
 
 def _journal(since: int, limit: int) -> _Request:
@@ -519,7 +524,7 @@ class _Core(Generic[_HttpT]):
         if self._tls and not url.startswith("https://"):
             raise ClientError(f"refused to send to {url} in plain HTTP: this client requires TLS")
         call.attempts += 1
-        return httpx.Timeout(call.attempt_timeout_s(self._timeout_s))
+        return httpx.Timeout(call.attempt_timeout_s(call.request.timeout_s or self._timeout_s))
 
     def _settle(self, call: _Call, url: str, response: httpx.Response) -> _Answer:
         """The final answer in `response`, or raise what `_judge` decided."""

@@ -58,7 +58,11 @@ def _openapi() -> dict[str, Any]:
         "required": ["file", "model"],
         "properties": {
             "file": {"type": "string", "format": "binary"},
-            "model": {"type": "string", "description": "any name; the node's model is used"},
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "any name; the node's model is used",
+            },
             "language": {"type": "string", "pattern": "^[a-z]{2,3}$"},
             "prompt": {"type": "string", "maxLength": _MAX_PROMPT_CHARS},
             "response_format": {"type": "string", "enum": list(FORMATS)},

@@ -193,12 +193,12 @@ def from_base64(text: str, field_name: str = "audio") -> Upload:
             )
         content_type = head[len("data:") : -len(";base64")] or None
     try:
-        data = base64.b64decode(text, validate=True)
+        data = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(
             422,
             "invalid",
-            f"{field_name}: not base64 (RFC 4648 with padding, no line breaks)",
+            f"{field_name}: not base64 (RFC 4648 with padding, no line breaks within)",
             field=field_name,
         ) from None
     return Upload(data, content_type)

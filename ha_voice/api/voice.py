@@ -97,9 +97,12 @@ class Alternative(BaseModel):
 
 
 class Timings(BaseModel):
-    decode_ms: float = Field(description="reading the upload's format into samples")
-    stt_ms: float = Field(description="recognition, waiting for a worker included")
-    total_ms: float = Field(description="from the request's arrival to this answer")
+    """Milliseconds: for audio decode_ms, stt_ms and total_ms; for a transcript match_ms."""
+
+    decode_ms: float | None = Field(default=None, description="the upload's format to samples")
+    stt_ms: float | None = Field(default=None, description="recognition, queueing included")
+    total_ms: float | None = Field(default=None, description="from arrival to this answer")
+    match_ms: float | None = Field(default=None, description="matching a transcript")
 
 
 class AudioInfo(BaseModel):
@@ -153,10 +156,11 @@ def _listen_schema() -> dict[str, Any]:
     key = properties["idempotency_key"]
 
     def variant(name: str) -> dict[str, Any]:
+        field = {**properties[name], **({"pattern": _BASE64} if name == "audio" else {})}
         return {
             "type": "object",
             "title": name,
-            "properties": {name: properties[name], "idempotency_key": key},
+            "properties": {name: field, "idempotency_key": key},
             "required": [name],
             "additionalProperties": False,
         }
@@ -164,6 +168,11 @@ def _listen_schema() -> dict[str, Any]:
     return {"title": "ListenBody", "oneOf": [variant("text"), variant("audio")]}
 
 
+# Base64 with padding (RFC 4648 §4), after an optional data: URL head (RFC 2397).
+_BASE64: Final = (
+    r"^(data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,)?"
+    r"([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+)
 _LISTEN_BODY: Final = JsonBody(
     ListenBody, '{"text": "sta op"} or {"audio": "<base64 WAV>"}', schema=_listen_schema()
 )

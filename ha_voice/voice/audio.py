@@ -323,7 +323,10 @@ def decode_upload(
             f"L16 with {media.channels} channel(s) comes in frames of {2 * (media.channels or 1)} "
             f"bytes; {len(data)} bytes is not a whole number of them",
         )
-    audio = collect(resample(decode_frames(data, media)), max_s)
+    try:
+        audio = collect(resample(decode_frames(data, media)), max_s)
+    except ValueError as exc:  # FFmpeg's errors are ValueErrors too: a stream that changes
+        raise _corrupt(media, exc) from None  # its layout mid-way, samples we cannot convert
     duration_s = len(audio) / SAMPLE_RATE
     return Decoded(trim(audio) if trimmed else audio, duration_s, media.name)
 

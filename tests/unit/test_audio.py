@@ -227,3 +227,18 @@ def test_media_type_parameters() -> None:
     assert (l16.container, l16.rate_hz, l16.channels) == ("s16be", 44_100, 2)
     assert media_type("audio/ogg; codecs=opus").container == "ogg"
     assert sniff(b"\xff\xfb\x90\x00").container == "mp3"
+
+
+def test_a_stream_the_resampler_cannot_follow_is_422(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layout or format that changes mid-stream makes swresample raise ValueError: the
+    client's upload, not our fault (no 500)."""
+
+    def refuse(frames: Iterator[av.AudioFrame]) -> Iterator[Samples]:
+        next(iter(frames))
+        raise ValueError("Frame does not match AudioResampler setup.")
+
+    monkeypatch.setattr("ha_voice.voice.audio.resample", refuse)
+    content_type, data = FORMATS["flac"]()
+    with pytest.raises(AudioRefused) as refused:
+        decode_upload(data, content_type, max_s=30)
+    assert (refused.value.status, refused.value.reason) == (422, "corrupt_audio")
