@@ -5,13 +5,17 @@ repeats itself on a short window); a robot needs to know which of ~50 phrases wa
 pipeline is small pure stages (shapes and units in each docstring):
 
     detect_speech (Silero VAD) -> trim -> encode (mel of the utterance only, not a 30 s pad)
-    -> score (forced decoding of every phrase in batched CTranslate2 calls) -> decide
+    -> score (voice/scoring.py: first-token bounds, then Whisper.align on the few phrases that
+       could matter) -> decide
 
 Invariants:
 - No speech (empty, silent, noise, too short) is rejected as `no_speech` before any model work.
-- A phrase's score is the mean natural-log probability per token of " Phrase." and the end of
-  text after it, forced after the transcribe prompt: length-normalised, so short phrases are not
-  favoured (a plain sum was measured at ~65 % intent accuracy against ~84 %).
+- A phrase form's score is the mean natural-log probability per token of its text (" Sta op.",
+  " Robot, sta op.") after the transcribe prompt, less PRIOR_WEIGHT × the same given silence:
+  length-normalised, so short phrases are not favoured (a plain sum was measured at ~65 % intent
+  accuracy against ~84 %), and calibrated against texts the decoder likes whatever it hears.
+- Branch and bound: a form left unscored could not have changed the decision, except past
+  MAX_SCORED forms (bounded work), where every stop form that could matter is still scored.
 - Stop wins whenever it is plausible: any other intent is accepted only when its score beats the
   best stop phrase's by `STOP_MARGIN`; otherwise the answer is stop (when stop itself is above
   the floor) or a rejection. Below the floor, or with two intents too close, it is a rejection,
@@ -27,7 +31,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AMBIGUITY_MARGIN",
     "CONFIDENCE_FLOOR",
+    "MAX_SCORED",
     "SHORTLIST",
     "STOP_MARGIN",
     "WAKE_SLACK",
@@ -64,6 +69,7 @@ __all__ = [
     "detect_speech",
     "encode",
     "load_model",
+    "prepare",
     "transcribe",
     "trim",
 ]
@@ -87,14 +93,22 @@ AMBIGUITY_MARGIN: Final = 0.1
 PAD_S: Final = 0.5
 # Whisper's window; anything longer is no command and is cut (bounded work per upload).
 MAX_WINDOW_S: Final = 30.0
+# Only this much of an upload is looked at: commands are a few seconds long.
+MAX_AUDIO_S: Final = 60.0
 # Shorter speech than this is a click or a breath, not a command.
 MIN_SPEECH_S: Final = 0.15
 # Below this RMS (-60 dBFS) the audio is silence; the VAD is not even asked.
 SILENCE_RMS: Final = 1e-3
 # How many alternatives a Recognition carries.
 MAX_ALTERNATIVES: Final = 3
-# How many phrases the second pass scores whole besides the stop phrases (see Recogniser).
-SHORTLIST: Final = 8
+# How many forms (the most promising first tokens) are scored first (see Recogniser).
+SHORTLIST: Final = 12
+# At most this many forms are scored for one utterance: bounded work (~4 ms a form with base
+# int8 on 2 cores). First-token bounds are loose, so unclear clips would need 100–240 forms
+# (2–9 s on the loaded test machine); with the cap the best of the most promising forms wins,
+# and every stop form that could matter is scored first, so the stop rule still sees them all
+# (if it could not, only stop is accepted).
+MAX_SCORED: Final = 48
 # A wake word's forms are candidates when its first token's log-probability is at most this far
 # below the likeliest phrase's first token (nats). Measured: with 1.0 and only the likeliest wake
 # word followed, a third of the wake-word clips of held-out voices were lost.
@@ -188,6 +202,13 @@ class SpeechSpan:
         return (self.end - self.start) / SAMPLE_RATE
 
 
+def prepare(audio: Audio) -> AudioArray:
+    """`audio` as float32 in [-1, 1], at most MAX_AUDIO_S long (the rest is ignored: a command
+    is short, and VAD time grows with length), NaN and infinities as silence and full scale."""
+    samples = np.asarray(audio[: int(MAX_AUDIO_S * SAMPLE_RATE)], dtype=np.float32)
+    return np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+
+
 def detect_speech(audio: Audio) -> SpeechSpan | None:
     """The span from the first to the last speech Silero VAD finds in `audio` (1-D float32 at
     SAMPLE_RATE), or None for silence, noise, empty or too short (< MIN_SPEECH_S) audio."""
@@ -223,6 +244,16 @@ def encode(model: LoadedModel, window: AudioArray) -> tuple[npt.NDArray[np.float
     storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
     encoded = model.whisper.model.encode(storage, to_cpu=True)
     return np.asarray(encoded, dtype=np.float32), int(features.shape[-1])
+
+
+class Candidate(NamedTuple):
+    """A form that may be scored: an upper bound on its score (see voice/scoring.py) and its
+    promise, which orders the scoring: the log-probability of its first token, plus, after a
+    wake word, of the phrase's first token (both must be likely)."""
+
+    bound: float
+    promise: float
+    form: PhraseForm
 
 
 @dataclass(frozen=True)
@@ -287,8 +318,9 @@ class Recogniser:
     Every phrase form that could change the decision is scored; the others are ruled out by
     their first token's upper bound (voice/scoring.py): score the `shortlist` best bounds, then
     any form whose bound still reaches within the relevant margin of the best score, until none
-    does. The decision is the one scoring every phrase would give. A wake word's forms are
-    considered when the wake word's first token is nearly as likely as a phrase's."""
+    does, or MAX_SCORED forms have been scored (stop forms first: if a stop form that could
+    matter is left, only stop is accepted, anything else is `ambiguous`). A wake word's forms
+    are considered when its first token is nearly as likely as a phrase's."""
 
     def __init__(
         self,
@@ -326,33 +358,47 @@ class Recogniser:
         ]
 
     def recognise(self, audio: Audio) -> Recognition:
-        """Recognise `audio` (1-D float32 at SAMPLE_RATE, any length: only the speech is used,
-        at most MAX_WINDOW_S of it). CPU-bound, synchronous; `node` is left empty."""
+        """Recognise `audio` (1-D float32 at SAMPLE_RATE; only the speech in its first
+        MAX_AUDIO_S is used, at most MAX_WINDOW_S of it). CPU-bound, synchronous; `node` is
+        left empty."""
         started = time.perf_counter()
-        scored = self.score(audio)
-        if scored is None:
+        window = self._window(audio)
+        if window is None:
             return self._recognition(Decision(None, "no_speech", ()), started)
-        return self._recognition(decide(scored, self.thresholds), started)
+        encoded, frames = window
+        scored, stops_seen = self._branch_and_bound(encoded, frames, self._candidates(encoded))
+        decision = decide(scored, self.thresholds)
+        if not stops_seen and decision.winner is not None and not decision.winner.form.stop:
+            # A stop phrase left unscored could have been within the margin: do not move.
+            decision = Decision(None, "ambiguous", decision.ranked)
+        return self._recognition(decision, started)
 
-    def score(self, audio: Audio, *, exhaustive: bool = False) -> tuple[Scored, ...] | None:
-        """The phrase forms scored for `audio` (those that could matter; with `exhaustive`
-        every candidate, for tuning thresholds), or None when it holds no speech."""
-        span = detect_speech(np.asarray(audio, dtype=np.float32))
+    def score(self, audio: Audio) -> tuple[Scored, ...] | None:
+        """Every candidate form scored for `audio` (no bounds: for tuning thresholds), or None
+        when it holds no speech."""
+        window = self._window(audio)
+        if window is None:
+            return None
+        encoded, frames = window
+        forms = [c.form for c in self._candidates(encoded)]
+        return tuple(self._scored(forms, self._scorer.mean_logprobs(encoded, frames, forms)))
+
+    def _window(self, audio: Audio) -> tuple[npt.NDArray[np.float32], int] | None:
+        """The encoded speech of `audio` and its mel frames, or None when there is none."""
+        samples = prepare(audio)
+        span = detect_speech(samples)
         if span is None:
             return None
-        encoded, frames = encode(self.model, trim(audio, span))
-        candidates = self._candidates(encoded)
-        if exhaustive:
-            forms = [form for _, form in candidates]
-            scores = self._scorer.mean_logprobs(encoded, frames, forms)
-            return tuple(self._scored(forms, scores))
-        return self._branch_and_bound(encoded, frames, candidates)
+        return encode(self.model, trim(samples, span))
 
-    def _candidates(self, encoded: npt.NDArray[np.float32]) -> list[tuple[float, PhraseForm]]:
-        """Every form that may be scored, with its upper bound; a wake word's forms only when
-        its first token is nearly as likely as a phrase's (one batched call for all of them)."""
+    def _candidates(self, encoded: npt.NDArray[np.float32]) -> list[Candidate]:
+        """Every form that may be scored, with its bound and promise; a wake word's forms only
+        when its first token is nearly as likely as a phrase's (one batched call for all)."""
         [(_, first)] = self._scorer.first_logprobs(encoded)
-        candidates = [(first[f.tokens[0]] / len(f.tokens) - self._prior(f), f) for f in self.forms]
+        candidates = [
+            Candidate(first[f.tokens[0]] / len(f.tokens) - self._prior(f), first[f.tokens[0]], f)
+            for f in self.forms
+        ]
         best_phrase = max(first[f.tokens[0]] for f in self.forms)
         likely = [
             forms
@@ -365,30 +411,36 @@ class Recogniser:
         for forms, (wake_sum, after) in zip(
             likely, self._scorer.first_logprobs(encoded, prefixes), strict=True
         ):
-            candidates += [
-                ((wake_sum + after[f.tokens[f.phrase_from]]) / len(f.tokens) - self._prior(f), f)
-                for f in forms
-            ]
+            opening = first[forms[0].tokens[0]]
+            for f in forms:
+                phrase_first = after[f.tokens[f.phrase_from]]
+                bound = (wake_sum + phrase_first) / len(f.tokens) - self._prior(f)
+                candidates.append(Candidate(bound, opening + phrase_first, f))
         return candidates
 
     def _branch_and_bound(
         self,
         encoded: npt.NDArray[np.float32],
         frames: int,
-        candidates: list[tuple[float, PhraseForm]],
-    ) -> tuple[Scored, ...]:
-        """Score the shortlist, then every form whose bound could still change the decision."""
-        pending = sorted(candidates, key=lambda c: -c[0])
+        candidates: list[Candidate],
+    ) -> tuple[tuple[Scored, ...], bool]:
+        """Score the `shortlist` most promising forms, then every form whose bound could still
+        change the decision, at most MAX_SCORED in all (stop forms first); also whether every
+        stop form that could matter was scored (so the stop rule saw them all)."""
+        pending = sorted(candidates, key=lambda c: -c.promise)
         batch, pending = pending[: self.shortlist], pending[self.shortlist :]
         scored: list[Scored] = []
         while batch:
-            forms = [form for _, form in batch]
-            scores = self._scorer.mean_logprobs(encoded, frames, forms)
-            scored += self._scored(forms, scores)
+            forms = [c.form for c in batch]
+            scored += self._scored(forms, self._scorer.mean_logprobs(encoded, frames, forms))
             best = max(s.score for s in scored)
-            batch = [c for c in pending if c[0] + BOUND_SLACK > self._matters(c[1], best)]
+            matter = [c for c in pending if c.bound + BOUND_SLACK > self._matters(c.form, best)]
+            if matter and len(scored) >= MAX_SCORED:
+                return tuple(scored), not any(c.form.stop for c in matter)
+            matter.sort(key=lambda c: (not c.form.stop, -c.promise))
+            batch = matter[: MAX_SCORED - len(scored)]
             pending = [c for c in pending if c not in batch]
-        return tuple(scored)
+        return tuple(scored), True
 
     def _prior(self, form: PhraseForm) -> float:
         """What is taken off `form`'s log-probability (see scoring.PRIOR_WEIGHT)."""
