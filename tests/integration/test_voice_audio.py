@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from ha_voice.client import JetsonVoiceClient
 from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 from ha_voice.voice.models import packaged_model
 from tests.doc_commands import ROOT, block, run
@@ -525,3 +526,21 @@ def _until(
         if done(answer) or time.monotonic() > deadline:
             return answer
         time.sleep(0.05)
+
+
+def test_the_seed_client_sends_a_recording(rig: Rig) -> None:
+    client = JetsonVoiceClient(rig.url(rig.backup), token=rig.cluster.token, timeout=60.0)
+    try:
+        answer = client.send_audio(encode("ogg", "libopus", 48_000, rig.speech))
+        quiet = client.send_audio(wav(np.zeros(16_000, np.float32)), "audio/wav")
+        broken = client.send_audio(b"SECRET" * 10, "audio/flac")
+    finally:
+        client.close()
+    assert (answer["status"], answer["intent"], answer["outcome"]) == (
+        "success",
+        "turn_left",
+        "done",
+    )
+    assert (quiet["status"], quiet["reason"]) == ("rejected", "no_speech")
+    assert broken["status"] == "error"
+    assert "SECRET" not in str(broken)
