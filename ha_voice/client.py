@@ -763,6 +763,12 @@ class JetsonVoiceClient:
         """The answer to a transcript, or {"status": "error", "message": ...}."""
         return _reported(lambda: self._client.say(text).body)
 
+    def send_audio(
+        self, audio: bytes, content_type: str = "application/octet-stream"
+    ) -> dict[str, Any]:
+        """The answer to a recording (WAV, FLAC, Ogg, MP3, WebM bytes), as to a transcript."""
+        return _reported(lambda: self._client.listen(audio, content_type).body)
+
     def get_status(self) -> dict[str, Any]:
         return _reported(self._client.status)
 

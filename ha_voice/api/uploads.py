@@ -59,8 +59,8 @@ _T = TypeVar("_T")
 # queue, and bounds their memory to 8 × audio_max_bytes.
 MAX_UPLOADS: Final = 8
 MAX_UPLOADS_PER_CLIENT: Final = 2  # one client cannot take every slot
-# Decoding a 30 s clip takes well under 0.1 s of one core (docs/benchmarks.md); two threads
-# keep the Jetson's other cores for speech and the cluster.
+# Decoding 30 s of audio takes at most ~50 ms of one core (docs/benchmarks.md, "Decoding
+# uploads"); two threads keep the Jetson's other cores for speech and the cluster.
 DECODE_THREADS: Final = 2
 FILE_FIELDS: Final = ("audio", "file")
 _MAX_PARTS: Final = 16

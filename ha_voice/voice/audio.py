@@ -91,8 +91,9 @@ _MAGIC: Final = (
 )
 _L16_RATES: Final = (8_000, 192_000)  # Hz: telephone to studio
 _L16_MAX_CHANNELS: Final = 8
-# Wall-clock seconds one upload may take to decode. FFmpeg decodes a 30 s clip of any accepted
-# codec in well under 0.1 s here (docs/benchmarks.md); the budget is for a pathological stream.
+# Wall-clock seconds one upload may take to decode. 30 s of any accepted codec takes at most
+# ~50 ms of CPU here (docs/benchmarks.md, "Decoding uploads"); the budget is for a pathological
+# stream on a machine that is busy with speech.
 DECODE_BUDGET_S: Final = 5.0
 # A 20 ms window quieter than this (RMS, dB relative to full scale) is silence: a quiet room
 # through a laptop microphone measures about -60 dBFS, espeak-ng speech about -20 dBFS.

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from ha_voice.client import JetsonVoiceClient
 from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 from ha_voice.voice.models import packaged_model
 from tests.doc_commands import ROOT, block, run
@@ -486,3 +488,59 @@ def test_ha_voice_listen_prints_what_was_heard_and_exits_as_send(rig: Rig, tmp_p
     assert refused_upload.returncode == 9
     assert "HTTP 422" in refused_upload.stderr
     assert "SECRET" not in refused_upload.stderr
+
+
+def test_a_client_holds_at_most_two_uploads_at_once(rig: Rig) -> None:
+    """Uploads hold a slot while they are read and decoded (at most 2 per client, 8 in all):
+    with two bodies still arriving, a third upload from the same address is 503 at once,
+    before its body is read; once they are gone, uploads are taken again."""
+    node = rig.cluster.nodes[rig.backup]
+    head = (
+        f"POST {LISTEN} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {rig.cluster.token}\r\n"
+        "Content-Type: audio/wav\r\nContent-Length: 100000\r\n\r\nRIFF"
+    ).encode()
+    garbage = {"content": b"SECRET" * 10, "headers": {"content-type": "audio/wav"}}
+    held = [socket.create_connection((node.host, node.api_port), timeout=10) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(head)  # and never the rest
+        answer = _until(lambda: rig.post(rig.backup, **garbage), lambda r: r.status_code == 503)
+        body = refused(answer, 503)
+        assert "already has 2 uploads" in body["error"]
+        assert answer.headers["Retry-After"] == "1"
+    finally:
+        for sock in held:
+            sock.close()
+    answer = _until(lambda: rig.post(rig.backup, **garbage), lambda r: r.status_code != 503)
+    refused(answer, 422)
+
+
+def _until(
+    send: Callable[[], httpx.Response], done: Callable[[httpx.Response], bool]
+) -> httpx.Response:
+    """`send()` again until `done` says so (the server takes a moment to read a request's
+    head), at most 10 s."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        answer = send()
+        if done(answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
+def test_the_seed_client_sends_a_recording(rig: Rig) -> None:
+    client = JetsonVoiceClient(rig.url(rig.backup), token=rig.cluster.token, timeout=60.0)
+    try:
+        answer = client.send_audio(encode("ogg", "libopus", 48_000, rig.speech))
+        quiet = client.send_audio(wav(np.zeros(16_000, np.float32)), "audio/wav")
+        broken = client.send_audio(b"SECRET" * 10, "audio/flac")
+    finally:
+        client.close()
+    assert (answer["status"], answer["intent"], answer["outcome"]) == (
+        "success",
+        "turn_left",
+        "done",
+    )
+    assert (quiet["status"], quiet["reason"]) == ("rejected", "no_speech")
+    assert broken["status"] == "error"
+    assert "SECRET" not in str(broken)
