@@ -136,9 +136,8 @@ def run_demo(*, as_json: bool = False, out: TextIO = sys.stdout) -> int:
     voice = Voice.of_this_machine()
     robot = _Robot()
     try:
-        with LocalCluster(
-            3, extra_flags=(f"--robot={robot.spec}",), mdns=True, whisper_model=voice.model_dir
-        ) as cluster:
+        model = [f"--whisper-model={voice.model_dir}"] if voice.model_dir else []
+        with LocalCluster(3, extra_flags=(f"--robot={robot.spec}", *model), mdns=True) as cluster:
             if as_json:
                 emit("start", "", dir=str(cluster.dir), robot=robot.spec)
             else:

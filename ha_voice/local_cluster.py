@@ -154,9 +154,6 @@ class LocalCluster:
     node_flags: Mapping[str, Sequence[str]] = field(default_factory=dict)
     api_token: bool = True  # provision a token and require it (--api-token-file)
     ca_file: Path | None = None  # the nodes serve HTTPS under this CA (certs in node_flags)
-    # The speech model every node loads (--whisper-model): a size name or a model directory
-    # (ha_voice.voice.models.packaged_model); None leaves the nodes' default.
-    whisper_model: str | Path | None = None
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ha-voice-cluster-"))
@@ -222,11 +219,6 @@ class LocalCluster:
             "--mdns" if self.mdns else "--no-mdns",
             *([f"--api-token-file={self.token_file}"] if self.token else []),
             *witness_flags,
-            *(
-                [f"--whisper-model={self.whisper_model}"]
-                if self.whisper_model and node.node_id != "w"
-                else []
-            ),
             *self.extra_flags,
             *self.node_flags.get(node.node_id, ()),
         ]
