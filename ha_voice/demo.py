@@ -7,11 +7,11 @@ by the mDNS service `<cluster>._ha-voice._tcp.local.`. It says "sta op" and "loo
 kills the primary with SIGKILL while the robot walks, shows the robot halting by itself (its
 Move watchdog), times the takeover (to the first 200 on a survivor's /cluster/primary), shows
 the new primary's safe takeover and that its journal holds every command answered before the
-kill, says "ga zitten" out loud, sends the first command's idempotency key again (answered from
+kill, says "ga liggen" out loud, sends the first command's idempotency key again (answered from
 the journal, not run twice), restarts the killed node as a backup, prints the robot's verdict on
 who commanded it, stops everything with SIGTERM and removes the directory.
 
-"ga zitten" is spoken when this machine can: espeak-ng makes a WAV of it, which goes as the
+"ga liggen" is spoken when this machine can: espeak-ng makes a WAV of it, which goes as the
 seed's `{"audio": <base64 WAV>}` to a backup's `/api/voice/listen`; the demo prints what was
 heard, how sure, which node transcribed it and the timings. The nodes load the packaged Whisper
 base model (ha_voice.voice.models) at start, in their speech workers. Without espeak-ng, the
@@ -50,7 +50,7 @@ _START_TIMEOUT_S = 20.0
 _TAKEOVER_TIMEOUT_S = 10.0
 # Loading the base model takes ~1-2 s of CPU per node; three nodes share this machine's cores.
 _SPEECH_READY_TIMEOUT_S = 60.0
-_SPOKEN = "ga zitten"
+_SPOKEN = "ga liggen"
 
 
 class _Printer:
@@ -259,11 +259,13 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer, voice: Voice) -
 def _sit(
     cluster: LocalCluster, primary: str, voice: Voice, emit: _Printer
 ) -> tuple[dict[str, Any], bool | None]:
-    """Say "ga zitten" to a backup as audio where this machine can speak, else as text through
+    """Say "ga liggen" to a backup as audio where this machine can speak, else as text through
     the client; the answer, and whether speaking worked (None: not tried, and why is printed)."""
     backup = next(n for n in cluster.running() if n.node_id != primary)
+    waited_from = time.monotonic()
     unready = (voice.why_not, False) if voice.why_not else _speech_unready(backup)
     if unready is None:
+        emit(**_ready(backup, time.monotonic() - waited_from))
         reply = _speak(backup, _SPOKEN)
         emit(**_heard(backup.node_id, reply))
         if reply.get("status") == "success":
@@ -303,6 +305,23 @@ def _speech_unready(node: LocalNode) -> tuple[str, bool] | None:
             why = f"speech not ready on {node.node_id}: {speech.get('reason') or 'no reason'}"
         time.sleep(0.2)
     return f"{why} after {_SPEECH_READY_TIMEOUT_S:.0f} s", True
+
+
+def _ready(node: LocalNode, waited_s: float) -> dict[str, Any]:
+    """The "speech" event: what `node` loaded, and how long the demo waited for it."""
+    response = node.get("/health", timeout_s=2.0)
+    speech = (response.json().get("speech") if response is not None else None) or {}
+    model = Path(str(speech.get("model"))).name
+    on = f"{speech.get('device')}, {speech.get('compute_type')}"
+    return {
+        "event": "speech",
+        "line": f"{node.node_id}'s speech is ready: {model} on {on} (waited {waited_s:.1f} s)",
+        "node": node.node_id,
+        "waited_s": round(waited_s, 2),
+        "model": speech.get("model"),
+        "device": speech.get("device"),
+        "compute_type": speech.get("compute_type"),
+    }
 
 
 def _spoken_wav(text: str, voice: str = "nl") -> bytes:

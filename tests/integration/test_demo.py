@@ -66,7 +66,7 @@ def test_demo_json_shows_a_takeover_the_robot_obeys(demo: list[dict[str, Any]]) 
     assert not Path(events[0]["dir"]).exists()  # the throwaway directory is gone
 
 
-def test_demo_speaks_ga_zitten_to_a_backup_where_this_machine_can(
+def test_demo_speaks_ga_liggen_to_a_backup_where_this_machine_can(
     demo: list[dict[str, Any]],
 ) -> None:
     spoken = [e for e in demo if e["event"] == "spoken"]
@@ -83,8 +83,8 @@ def test_demo_speaks_ga_zitten_to_a_backup_where_this_machine_can(
     (heard,) = spoken
     assert heard["mode"] == "audio", heard
     assert heard["status"] == "success", heard
-    assert heard["intent"] == "sit"
-    assert "zitten" in heard["heard"].lower()
+    assert heard["intent"] == "lie_down"
+    assert "liggen" in heard["heard"].lower()
     assert heard["to"] != sat  # a backup took the audio ...
     assert heard["executed_by"] == sat  # ... the primary ran the command
     assert 0 < heard["confidence"] <= 1
