@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -14,11 +13,12 @@ from typing import Any
 import pytest
 
 from ha_voice.demo import Voice
+from tests.integration.test_speech_cluster import PARTS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# The nodes hear once the speech service (voice/stt.py) and the audio routes (voice/audio.py) are
-# in this tree; until both are, the demo must say why it sends text.
-HEARS = all(importlib.util.find_spec(m) for m in ("ha_voice.voice.stt", "ha_voice.voice.audio"))
+# The nodes hear once the speech service (started by the daemon) and the audio routes are in this
+# tree; until both are, the demo must say why it sends text.
+HEARS = PARTS["stt"]() and PARTS["audio"]()
 
 
 @pytest.fixture(scope="module")
