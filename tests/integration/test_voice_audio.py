@@ -373,11 +373,20 @@ def test_a_form_without_one_recording_is_422(
     assert body.get("field") == field
 
 
-def test_audio_needs_a_token(rig: Rig) -> None:
-    response = httpx.post(
-        rig.url(rig.backup) + LISTEN, content=wav(rig.speech), headers={"content-type": "audio/wav"}
-    )
-    assert response.status_code == 401
+def test_speech_work_needs_a_token_even_when_it_changes_nothing(rig: Rig) -> None:
+    """A dry run and a transcription run nothing, but they take a model's time: no token, 401
+    (before the upload is read or decoded)."""
+    url = rig.url(rig.backup)
+    audio = {"content": wav(rig.speech), "headers": {"content-type": "audio/wav"}}
+    files = {"file": ("clip.wav", wav(rig.speech), "audio/wav")}
+    for response in (
+        httpx.post(url + LISTEN, **audio),
+        httpx.post(url + LISTEN, params={"dry_run": "true"}, **audio),
+        httpx.post(url + TRANSCRIBE, files=files, data={"model": "whisper-1"}),
+        httpx.post(url + TRANSCRIBE, files=files, headers={"Authorization": "Bearer wrong"}),
+    ):
+        assert response.status_code == 401, response.text
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_audio_to_a_node_without_speech_is_recognised_by_one_with_it(rig: Rig) -> None:
