@@ -17,9 +17,9 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ha_voice import __version__
 from ha_voice.config import Config, Role, load_config
@@ -50,7 +50,7 @@ from ha_voice.tokens import TOKEN_ENV, pick_token, read_token_file
 if TYPE_CHECKING:
     import ssl
 
-    from ha_voice.client import HAVoiceClient
+    from ha_voice.client import CommandResult, HAVoiceClient
 
 __all__ = ["main"]
 
@@ -204,6 +204,28 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     _client_arguments(send)
     send.set_defaults(handler=_send)
 
+    listen = commands.add_parser(
+        "listen",
+        help="send a recording to the cluster and print what was heard and what ran",
+        description="Send a recording (WAV, FLAC, Ogg, MP3, WebM; - reads stdin) to the primary "
+        "(found by mDNS, as send): it is recognised against the active vocabulary and the "
+        "command runs as if said. Prints what was heard and the outcome.",
+        epilog=help_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listen.add_argument("file", help="the recording, or - for stdin")
+    listen.add_argument(
+        "--dry-run", action="store_true", help="recognise and answer only: nothing runs"
+    )
+    listen.add_argument(
+        "--content-type",
+        help="the recording's media type (default: by its extension, else the node tells)",
+    )
+    listen.add_argument("--key", help="idempotency key (default: a new UUID); reuse it to retry")
+    _client_arguments(listen)
+    # Speech takes seconds on a busy CPU, and the node that has it may be queued.
+    listen.set_defaults(handler=_listen, deadline=30.0)
+
     journal = commands.add_parser("journal", help="tail the replicated command journal")
     journal.add_argument("--since", type=int, default=0, help="entries after this index")
     journal.add_argument("--limit", type=int, default=20, help="the last N entries (default 20)")
@@ -319,16 +341,66 @@ def _client(args: argparse.Namespace) -> HAVoiceClient:
 def _send(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.action is None):
         raise ConfigError('send: give what was said ("sta op") or --action NAME, not both')
+    key = args.key or str(uuid.uuid4())
+    if args.action:
+        return _deliver(args, key, lambda client: client.command(args.action, key=key))
+    return _deliver(args, key, lambda client: client.say(args.text, key=key))
+
+
+# Media types by file extension: what `ha-voice listen` says it sends (the node checks).
+_AUDIO_TYPES: Final = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".mp3": "audio/mpeg",
+    ".webm": "audio/webm",
+}
+# Larger than any node reads (audio_max_bytes is at most 64 MiB): refused before sending.
+_MAX_RECORDING_BYTES: Final = 64 * 1024 * 1024
+
+
+def _listen(args: argparse.Namespace) -> int:
+    audio = _recording(args.file)
+    content_type = args.content_type or _AUDIO_TYPES.get(
+        Path(args.file).suffix.lower(), "application/octet-stream"
+    )
+    key = args.key or str(uuid.uuid4())
+    return _deliver(
+        args,
+        key,
+        lambda client: client.listen(audio, content_type, key=key, dry_run=args.dry_run),
+    )
+
+
+def _recording(name: str) -> bytes:
+    """The bytes of file `name` (- for stdin), at most _MAX_RECORDING_BYTES; ConfigError if
+    it cannot be read or is larger."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(_MAX_RECORDING_BYTES + 1)
+        else:
+            with open(name, "rb") as file:
+                data = file.read(_MAX_RECORDING_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot read {name}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_RECORDING_BYTES:
+        raise ConfigError(f"listen: {name} is larger than any node takes (64 MiB)")
+    return data
+
+
+def _deliver(
+    args: argparse.Namespace, key: str, call: Callable[[HAVoiceClient], CommandResult]
+) -> int:
+    """Make `call` with a client of `args`; print the answer (and what was heard, for audio)
+    and return its exit status (send_outcomes.py)."""
     from ha_voice import status
     from ha_voice.client import ClientError, DeadlineExceeded, NoPrimaryError, RequestError
 
-    key = args.key or str(uuid.uuid4())
     with _client(args) as client:
         try:
-            if args.action:
-                result = client.command(args.action, key=key)
-            else:
-                result = client.say(args.text, key=key)
+            result = call(client)
         except (DeadlineExceeded, NoPrimaryError):
             outcome, why = _why_no_primary(args)
             return _fail(outcome, f"{why}; retry with --key {key} (it runs at most once)")
@@ -346,6 +418,8 @@ def _send(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
     else:
+        if "stt_node" in body:
+            print(status.render_heard(body))
         print(status.render_outcome(body, result.attempts))
     outcome = of_answer(body)
     if outcome is not DONE:

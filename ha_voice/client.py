@@ -6,8 +6,9 @@ shells only do the I/O: httpx for HTTP, python-zeroconf for the endpoint
 `<cluster>._ha-voice._tcp.local.` that only the primary advertises. tenacity runs the loop.
 
 Invariants:
-- One call, one key: every attempt of a command (`command`, `say`, `set_listening`) carries
-  the same `Idempotency-Key`, so the cluster runs it at most once however often it arrives.
+- One call, one key: every attempt of a command (`command`, `say`, `listen`, `set_listening`)
+  carries the same `Idempotency-Key`, so the cluster runs it at most once however often it
+  arrives.
   That key, and only that, makes retrying a POST safe; GETs are safe by nature.
 - Retried, since the request either did not run or ran under that key: connection errors and
   timeouts (`httpx.TransportError`), 503 and 504, and 429 (over the rate limit, or the
@@ -171,9 +172,15 @@ class _Request:
     path: str
     body: dict[str, Any] | None = None
     key: str | None = None
+    content: bytes | None = None  # sent as is, instead of `body` as JSON (a recording)
+    content_type: str | None = None  # of `content`
+    timeout_s: float | None = None  # an attempt's, if not the client's (speech takes longer)
 
     def headers(self) -> dict[str, str]:
-        return {} if self.key is None else {"Idempotency-Key": self.key}
+        headers = {} if self.key is None else {"Idempotency-Key": self.key}
+        if self.content_type is not None:
+            headers["Content-Type"] = self.content_type
+        return headers
 
 
 @dataclass(frozen=True)
@@ -427,6 +434,15 @@ def _say(text: str, key: str) -> _Request:
     return _Request("POST", "/api/voice/listen", {"text": text}, key)
 
 
+# An attempt to have a recording recognised: queued behind other speech work, on a node's CPU.
+_LISTEN_TIMEOUT_S: Final = 30.0
+
+
+def _listen(audio: bytes, content_type: str, key: str, dry_run: bool) -> _Request:
+    path = "/api/voice/listen" + ("?dry_run=true" if dry_run else "")
+    return _Request("POST", path, None, key, audio, content_type, _LISTEN_TIMEOUT_S)
+
+
 def _journal(since: int, limit: int) -> _Request:
     return _Request("GET", f"/api/journal?since={since}&limit={limit}")
 
@@ -508,7 +524,7 @@ class _Core(Generic[_HttpT]):
         if self._tls and not url.startswith("https://"):
             raise ClientError(f"refused to send to {url} in plain HTTP: this client requires TLS")
         call.attempts += 1
-        return httpx.Timeout(call.attempt_timeout_s(self._timeout_s))
+        return httpx.Timeout(call.attempt_timeout_s(call.request.timeout_s or self._timeout_s))
 
     def _settle(self, call: _Call, url: str, response: httpx.Response) -> _Answer:
         """The final answer in `response`, or raise what `_judge` decided."""
@@ -571,6 +587,18 @@ class HAVoiceClient(_Core[httpx.Client]):
         key = key or _new_key()
         return _result(key, self._call(_say(text, key)))
 
+    def listen(
+        self,
+        audio: bytes,
+        content_type: str = "application/octet-stream",
+        key: str | None = None,
+        dry_run: bool = False,
+    ) -> CommandResult:
+        """Hand the primary a recording (WAV, FLAC, Ogg, MP3, WebM bytes; octet-stream: the
+        node tells the format); with `dry_run`, it is recognised and nothing runs."""
+        key = key or _new_key()
+        return _result(key, self._call(_listen(audio, content_type, key, dry_run)))
+
     def status(self) -> dict[str, Any]:
         return self._call(_STATUS).body
 
@@ -614,7 +642,12 @@ class HAVoiceClient(_Core[httpx.Client]):
         timeout, request = self._sent(call, url), call.request
         try:
             response = self._http.request(
-                request.method, url, json=request.body, headers=request.headers(), timeout=timeout
+                request.method,
+                url,
+                json=request.body,
+                content=request.content,
+                headers=request.headers(),
+                timeout=timeout,
             )
         except httpx.TransportError as exc:
             self._lost(call, url, exc)
@@ -633,6 +666,16 @@ class AsyncHAVoiceClient(_Core[httpx.AsyncClient]):
     ) -> CommandResult:
         key = key or _new_key()
         return _result(key, await self._call(_robot_command(action, params, duration_s, key)))
+
+    async def listen(
+        self,
+        audio: bytes,
+        content_type: str = "application/octet-stream",
+        key: str | None = None,
+        dry_run: bool = False,
+    ) -> CommandResult:
+        key = key or _new_key()
+        return _result(key, await self._call(_listen(audio, content_type, key, dry_run)))
 
     async def say(self, text: str, key: str | None = None) -> CommandResult:
         key = key or _new_key()
@@ -683,7 +726,12 @@ class AsyncHAVoiceClient(_Core[httpx.AsyncClient]):
         timeout, request = self._sent(call, url), call.request
         try:
             response = await self._http.request(
-                request.method, url, json=request.body, headers=request.headers(), timeout=timeout
+                request.method,
+                url,
+                json=request.body,
+                content=request.content,
+                headers=request.headers(),
+                timeout=timeout,
             )
         except httpx.TransportError as exc:
             self._lost(call, url, exc)
@@ -714,6 +762,12 @@ class JetsonVoiceClient:
     def send_command(self, text: str) -> dict[str, Any]:
         """The answer to a transcript, or {"status": "error", "message": ...}."""
         return _reported(lambda: self._client.say(text).body)
+
+    def send_audio(
+        self, audio: bytes, content_type: str = "application/octet-stream"
+    ) -> dict[str, Any]:
+        """The answer to a recording (WAV, FLAC, Ogg, MP3, WebM bytes), as to a transcript."""
+        return _reported(lambda: self._client.listen(audio, content_type).body)
 
     def get_status(self) -> dict[str, Any]:
         return _reported(self._client.status)

@@ -501,10 +501,38 @@ class Config(BaseModel):
         default=16_384,
         ge=1024,
         le=1_048_576,
-        description="Largest request body in bytes that the JSON routes (commands, listen, "
-        "settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the largest valid "
-        "command and small enough to parse without delaying a heartbeat; larger bodies get 413 "
-        "before they are read.",
+        description="Largest request body in bytes that the JSON routes (commands, listen's "
+        "transcripts, settings, step-down) read, 1024 to 1048576; 16 KiB is twenty times the "
+        "largest valid command and small enough to parse without delaying a heartbeat; larger "
+        "bodies get 413 before they are read.",
+    )
+    audio_max_bytes: int = Field(
+        default=8_388_608,
+        ge=65_536,
+        le=67_108_864,
+        description="Largest audio upload in bytes that /api/voice/listen and "
+        "/v1/audio/transcriptions read (raw, multipart, or base64 in JSON, which is a third "
+        "larger), 65536 to 67108864; 8 MiB holds 30 s of 48 kHz stereo WAV with room to spare; "
+        "larger uploads get 413 before they are read, and at most 8 uploads are held at once, "
+        "so uploads take at most 8 times this much memory; api_body_timeout_s must allow for "
+        "sending it.",
+    )
+    listen_max_audio_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=300.0,
+        description="Longest audio in seconds that /api/voice/listen decodes, 1 to 300; a "
+        "spoken command takes a few seconds and Whisper hears 30 s at a time; longer audio "
+        "gets 413, judged while decoding, so a small file that expands to hours costs no more "
+        "than this.",
+    )
+    transcription_max_audio_s: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=3600.0,
+        description="Longest audio in seconds that /v1/audio/transcriptions decodes, 1 to "
+        "3600; 300 s of 16 kHz float32 is 19 MB in memory and a few minutes of batch work on a "
+        "CPU; longer audio gets 413, judged while decoding.",
     )
     api_header_timeout_s: float = Field(
         default=10.0,
@@ -595,6 +623,76 @@ class Config(BaseModel):
         default="medium",
         description="The faster-whisper model: a size name, downloaded on first use, or a "
         "model directory or Hugging Face repo id containing '/'; medium as in the seed.",
+    )
+    whisper_download_root: OptionalPath = Field(
+        default=None,
+        description="Optional absolute path of the directory that models named by size are "
+        "downloaded to and looked for in; unset: the Hugging Face cache (~/.cache/huggingface).",
+    )
+    whisper_local_files_only: bool = Field(
+        default=False,
+        description="Whether a model named by size is only looked for on disk (in "
+        "whisper_download_root or the Hugging Face cache), never downloaded; set it where there "
+        "is no internet, so that a missing model is named at once instead of after a timeout.",
+    )
+    stt_enabled: bool = Field(
+        default=True,
+        description="Whether this node loads the speech model and takes speech work; false for "
+        "a node that only elects and drives the robot (a witness never has speech).",
+    )
+    stt_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where the model runs: cuda (a Jetson's GPU), cpu, or auto (cuda when "
+        "CTranslate2 sees a CUDA device, else cpu).",
+    )
+    stt_compute_type: Literal[
+        "auto",
+        "default",
+        "int8",
+        "int8_float32",
+        "int8_float16",
+        "int8_bfloat16",
+        "int16",
+        "float16",
+        "bfloat16",
+        "float32",
+    ] = Field(
+        default="auto",
+        description="CTranslate2's number format for the model: auto is int8 on a CPU and "
+        "float16 on a GPU (int8_float16 where float16 is not supported); the others as "
+        "CTranslate2 names them, which falls back to the nearest type the device supports.",
+    )
+    stt_cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Threads each speech worker computes with on the CPU, 0 to 64; 0 lets "
+        "CTranslate2 choose; stt_workers x stt_cpu_threads above the core count only adds "
+        "switching.",
+    )
+    stt_workers: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Speech worker processes, each with the model loaded, 1 to 16; jobs run in "
+        "parallel up to this; one per GPU or per two CPU cores, since one job already uses "
+        "several cores; each holds the model in memory (about 150 MB for base int8).",
+    )
+    stt_max_queue: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Speech jobs waiting for a worker, 1 to 1024; one more is refused with 503 "
+        "and Retry-After at once, so a burst cannot queue minutes of work; 16 is about 5 s "
+        "of commands for one worker.",
+    )
+    stt_job_timeout_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=600.0,
+        description="Seconds a speech job may take from submission to answer, queueing "
+        "included, 1 to 600; a worker still busy with it then is killed and restarted, and the "
+        "job fails with 503, so one stuck job never holds a worker; 30 s is one Whisper window.",
     )
     language: Annotated[Literal["nl", "en"], BeforeValidator(_language_code)] = Field(
         default="nl",
@@ -1168,6 +1266,9 @@ _UNITS: Final = (
     Unit("_commands", "commands", "N"),
     Unit("_entries", "entries", "N"),
     Unit("_burst", "requests", "N"),
+    Unit("_threads", "threads", "N"),
+    Unit("_workers", "processes", "N"),
+    Unit("_queue", "jobs", "N"),
 )
 
 

@@ -69,7 +69,12 @@ _GROUPS: Final[tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]] = (
     ),
     ("HTTP API", frozenset({"port", "max_pending_commands"}), ("api_",)),
     ("robot", frozenset({"robot", "robot_ip", "network_interface", "on_takeover"}), ("robot_",)),
-    ("speech", frozenset({"whisper_model", "language"}), ("stt_", "whisper_")),
+    (
+        "speech",
+        frozenset({"whisper_model", "language"})
+        | {"audio_max_bytes", "listen_max_audio_s", "transcription_max_audio_s"},
+        ("stt_", "whisper_"),
+    ),
     (
         "endpoint: floating IP and notify hook",
         frozenset({"vip", "vip_interface", "notify", "notify_timeout_s"}),
@@ -82,8 +87,11 @@ _OTHER: Final = "other"
 # the primary's queue) and is the witness itself.
 _NOT_FOR_WITNESS: Final = frozenset(
     {"robot", "robot_ip", "network_interface", "on_takeover", "whisper_model", "language"}
+    | {"whisper_download_root", "whisper_local_files_only", "stt_enabled", "stt_device"}
+    | {"stt_compute_type", "stt_cpu_threads", "stt_workers", "stt_max_queue", "stt_job_timeout_s"}
     | {"vip", "vip_interface", "priority", "preempt", "preempt_delay_s", "two_node"}
     | {"max_pending_commands", "reexecute_window_s", "witness"}
+    | {"audio_max_bytes", "listen_max_audio_s", "transcription_max_audio_s"}
 )
 # Where a description's first clause ends: a sentence or clause mark, or a comma before bounds
 # or a reason ("…, 1 to 65535", "…, because …").

@@ -56,6 +56,8 @@ from ha_voice.robot.base import Robot, RobotError
 from ha_voice.robot.guard import Guard, NotLeading
 from ha_voice.supervise import log_through_a_queue, must_not_end
 from ha_voice.voice.intents import Vocabulary
+from ha_voice.voice.placement import PlacedSpeech, placed
+from ha_voice.voice.stt import ServiceOptions, SpeechService
 
 __all__ = ["run", "serve"]
 
@@ -166,6 +168,8 @@ class _Daemon:
     server_task: asyncio.Task[None]
     lag_probe: asyncio.Task[None]
     robot_watch: asyncio.Task[None] | None = None
+    local_speech: SpeechService | None = None
+    speech: PlacedSpeech | None = None
 
 
 async def serve(config: Config) -> int:
@@ -246,6 +250,8 @@ async def _start(config: Config) -> _Daemon:
     if config.mdns:
         actions.discovery = _discovery(config, node, membership)
         await actions.discovery.async_start(lambda record: _learn(node, record), _forget)
+    local_speech = _speech_service(config, membership, metrics)
+    speech = placed(local_speech, node, config, metrics.registry)
     app = create_app(
         ApiContext(
             config,
@@ -255,12 +261,14 @@ async def _start(config: Config) -> _Daemon:
             Vocabulary.load(config.language),
             actions.guard,
             actions.commands,
+            speech,
         )
     )
     server, api_socket = build_server(config, app)
     server_task = _supervised(server.serve(sockets=[api_socket]), "HTTP server")
     lag_probe = _supervised(_probe_api_loop(node, metrics, config.mdns), "main loop probe")
     daemon = _Daemon(config, store, node, actions, hook, server, server_task, lag_probe)
+    daemon.local_speech, daemon.speech = local_speech, speech
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
     log.info(
@@ -296,6 +304,18 @@ async def _wait_for_network(config: Config) -> None:
     log.info("network ready after %.1f s", clock.monotonic() - started)
 
 
+def _speech_service(
+    config: Config, membership: Membership, metrics: Metrics
+) -> SpeechService | None:
+    """This node's speech workers, loading in the background (a failover never waits for a
+    model); None on a witness or with stt_enabled = false."""
+    if config.node_id in membership.witnesses or not config.stt_enabled:
+        return None
+    service = SpeechService(ServiceOptions.from_config(config), config.node_id, metrics)
+    service.start()
+    return service
+
+
 def _supervised(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     """A task the node cannot do without: its end, unless we cancel it, ends the process."""
     task = asyncio.create_task(coroutine, name=name)
@@ -304,7 +324,10 @@ def _supervised(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task
 
 
 def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Discovery:
-    capabilities = ("witness",) if config.node_id in membership.witnesses else ("robot", "stt")
+    if config.node_id in membership.witnesses:
+        capabilities: tuple[str, ...] = ("witness",)
+    else:  # "stt": this node has speech configured (ready or not: its load reports say)
+        capabilities = ("robot", "stt") if config.stt_enabled else ("robot",)
     return Discovery(
         cluster=config.cluster,
         node_id=config.node_id,
@@ -400,6 +423,11 @@ async def _shut_down(daemon: _Daemon) -> int:
     daemon.server.should_exit = True
     await _bounded(asyncio.shield(daemon.server_task), deadline)
     await _bounded(daemon.hook.stop(max(0.0, deadline - clock.monotonic())), deadline)
+    if daemon.speech is not None:
+        await _bounded(daemon.speech.aclose(), deadline)
+    if daemon.local_speech is not None:
+        remaining_s = max(0.0, deadline - clock.monotonic())
+        await _bounded(daemon.local_speech.async_close(remaining_s), deadline)
     for task in (daemon.lag_probe, daemon.robot_watch):
         if task is not None:
             task.remove_done_callback(must_not_end)

@@ -7,31 +7,50 @@ by the mDNS service `<cluster>._ha-voice._tcp.local.`. It says "sta op" and "loo
 kills the primary with SIGKILL while the robot walks, shows the robot halting by itself (its
 Move watchdog), times the takeover (to the first 200 on a survivor's /cluster/primary), shows
 the new primary's safe takeover and that its journal holds every command answered before the
-kill, says "ga zitten" (the client finds the new primary by itself), sends the first command's
-idempotency key again (answered from the journal, not run twice), restarts the killed node as
-a backup, prints the robot's verdict on who commanded it, stops everything with SIGTERM and
-removes the directory.
+kill, says "ga liggen" out loud, sends the first command's idempotency key again (answered from
+the journal, not run twice), restarts the killed node as a backup, prints the robot's verdict on
+who commanded it, stops everything with SIGTERM and removes the directory.
+
+"ga liggen" is spoken when this machine can: espeak-ng makes a WAV of it, which goes as the
+seed's `{"audio": <base64 WAV>}` to a backup's `/api/voice/listen`; the demo prints what was
+heard, how sure, which node transcribed it and the timings. The nodes load the packaged Whisper
+base model (ha_voice.voice.models) at start, in their speech workers. Without espeak-ng, the
+speech extras (`pip install 'ha-voice[demo]'`) or a node whose speech is ready, the demo says
+why and sends the text through `HAVoiceClient` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import importlib.util
 import json
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
+
 from ha_voice.client import ClientError, HAVoiceClient
-from ha_voice.local_cluster import LocalCluster, SimRobotProcess
+from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess
 from ha_voice.robot.sim import Verdict
 from ha_voice.robot.sim_server import SimRobotClient, fetch_journal, fetch_verdict
+from ha_voice.voice.models import PackagedModelMissing, packaged_model
 
 __all__ = ["run_demo"]
 
 _START_TIMEOUT_S = 20.0
 _TAKEOVER_TIMEOUT_S = 10.0
+# Loading the base model takes ~1-2 s of CPU per node; three nodes share this machine's cores.
+_SPEECH_READY_TIMEOUT_S = 60.0
+_SPOKEN = "ga liggen"
 
 
 class _Printer:
@@ -90,24 +109,47 @@ def _say(cluster: LocalCluster, text: str, key: str | None = None) -> dict[str, 
     return {**result.body, "attempts": result.attempts}
 
 
+@dataclass(frozen=True)
+class Voice:
+    """Whether the demo can speak: the model directory the nodes load, or why it cannot."""
+
+    model_dir: Path | None
+    why_not: str  # "" when it can speak
+
+    @staticmethod
+    def of_this_machine() -> Voice:
+        """espeak-ng on PATH, faster-whisper installed and the packaged base model at hand."""
+        if shutil.which("espeak-ng") is None:
+            return Voice(None, "espeak-ng is not installed (apt-get install espeak-ng)")
+        if importlib.util.find_spec("faster_whisper") is None:
+            return Voice(None, "faster-whisper is not installed (pip install 'ha-voice[demo]')")
+        try:
+            return Voice(packaged_model("base"), "")
+        except (PackagedModelMissing, OSError) as exc:
+            return Voice(None, f"no packaged Whisper model: {exc}")
+
+
 def run_demo(*, as_json: bool = False, out: TextIO = sys.stdout) -> int:
-    """Run the demo; 0 if a backup took over, the robot obeyed it and nobody overlapped."""
+    """Run the demo; 0 if a backup took over, the robot obeyed it (spoken to, where this
+    machine can speak) and nobody overlapped."""
     emit = _Printer(out, as_json)
+    voice = Voice.of_this_machine()
     robot = _Robot()
     try:
-        with LocalCluster(3, extra_flags=(f"--robot={robot.spec}",), mdns=True) as cluster:
+        model = [f"--whisper-model={voice.model_dir}"] if voice.model_dir else []
+        with LocalCluster(3, extra_flags=(f"--robot={robot.spec}", *model), mdns=True) as cluster:
             if as_json:
                 emit("start", "", dir=str(cluster.dir), robot=robot.spec)
             else:
                 out.write(
                     f"ha-voice demo: 3 nodes and a simulated Go2 on 127.0.0.1, in {cluster.dir}\n"
                 )
-            return _story(cluster, robot, emit)
+            return _story(cluster, robot, emit, voice)
     finally:
         robot.close()
 
 
-def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
+def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer, voice: Voice) -> int:
     cluster.start()
     first = cluster.wait_for_primary(_START_TIMEOUT_S)
     if first is None:
@@ -164,15 +206,7 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
         + ("yes" if survived else "NO"),
         survived=survived,
     )
-    reply = _say(cluster, "ga zitten")
-    emit(
-        "say",
-        f'"ga zitten" -> {reply.get("executed_by")}: {reply.get("response")}'
-        f" ({reply.get('attempts')} attempt(s), the client found the new primary by itself)",
-        text="ga zitten",
-        status=reply.get("status"),
-        executed_by=reply.get("executed_by"),
-    )
+    reply, spoken = _sit(cluster, new, voice, emit)
     again = _say(cluster, "sta op", first_key)
     emit(
         "retry",
@@ -200,6 +234,7 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
         and reply.get("status") == "success"
         and survived
         and again.get("duplicate") is True
+        and spoken is not False
     )
     summary = {
         "failover_ms": round(failover_ms, 1),
@@ -208,6 +243,7 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
         "new_primary": new,
         "robot_violations": len(verdict.violations),
         "clean_exit": stopped,
+        "spoken": spoken,
         "ok": ok,
     }
     if emit.as_json:
@@ -218,6 +254,137 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer) -> int:
             f"robot violations: {len(verdict.violations)}\n"
         )
     return 0 if ok else 1
+
+
+def _sit(
+    cluster: LocalCluster, primary: str, voice: Voice, emit: _Printer
+) -> tuple[dict[str, Any], bool | None]:
+    """Say "ga liggen" to a backup as audio where this machine can speak, else as text through
+    the client; the answer, and whether speaking worked (None: not tried, and why is printed)."""
+    backup = next(n for n in cluster.running() if n.node_id != primary)
+    waited_from = time.monotonic()
+    unready = (voice.why_not, False) if voice.why_not else _speech_unready(backup)
+    if unready is None:
+        emit(**_ready(backup, time.monotonic() - waited_from))
+        reply = _speak(backup, _SPOKEN)
+        emit(**_heard(backup.node_id, reply))
+        if reply.get("status") == "success":
+            return reply, True
+        unready = (f"the spoken command failed: {reply.get('error')}", True)
+    why_not, has_speech = unready
+    spoken = False if has_speech else None  # nodes with speech must hear: else the demo fails
+    emit("spoken", f"not spoken ({why_not}): sending the text instead", mode="text", why=why_not)
+    reply = _say(cluster, _SPOKEN)
+    emit(
+        "say",
+        f'"{_SPOKEN}" -> {reply.get("executed_by")}: {reply.get("response")}'
+        f" ({reply.get('attempts')} attempt(s), the client found the new primary by itself)",
+        text=_SPOKEN,
+        status=reply.get("status"),
+        executed_by=reply.get("executed_by"),
+    )
+    return reply, spoken
+
+
+def _speech_unready(node: LocalNode) -> tuple[str, bool] | None:
+    """None once `node`'s /health says its speech is ready; else why not at the deadline, and
+    whether the node has speech at all (a build without it reports none)."""
+    why = "no answer on /health"
+    deadline = time.monotonic() + _SPEECH_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        response = node.get("/health", timeout_s=2.0)
+        if response is not None and response.status_code in (200, 503):
+            speech = response.json().get("speech")
+            if not isinstance(speech, dict):
+                return (
+                    f"{node.node_id}'s /health reports no speech: this build does not hear",
+                    False,
+                )
+            if speech.get("ready") is True:
+                return None
+            why = f"speech not ready on {node.node_id}: {speech.get('reason') or 'no reason'}"
+        time.sleep(0.2)
+    return f"{why} after {_SPEECH_READY_TIMEOUT_S:.0f} s", True
+
+
+def _ready(node: LocalNode, waited_s: float) -> dict[str, Any]:
+    """The "speech" event: what `node` loaded, and how long the demo waited for it."""
+    response = node.get("/health", timeout_s=2.0)
+    speech = (response.json().get("speech") if response is not None else None) or {}
+    model = Path(str(speech.get("model"))).name
+    on = f"{speech.get('device')}, {speech.get('compute_type')}"
+    return {
+        "event": "speech",
+        "line": f"{node.node_id}'s speech is ready: {model} on {on} (waited {waited_s:.1f} s)",
+        "node": node.node_id,
+        "waited_s": round(waited_s, 2),
+        "model": speech.get("model"),
+        "device": speech.get("device"),
+        "compute_type": speech.get("compute_type"),
+    }
+
+
+def _spoken_wav(text: str, voice: str = "nl") -> bytes:
+    """`text` spoken by espeak-ng `voice`, as a WAV file's bytes (22.05 kHz mono, 16-bit).
+
+    Raises OSError when espeak-ng cannot run, subprocess.CalledProcessError when it fails."""
+    with tempfile.TemporaryDirectory(prefix="ha-voice-demo-") as tmp:
+        wav = Path(tmp) / "spoken.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        return wav.read_bytes()
+
+
+def _speak(node: LocalNode, text: str) -> dict[str, Any]:
+    """POST `text`, spoken, to `node`'s /api/voice/listen as {"audio": <base64 WAV>}; the
+    answer's fields, or {"status": "error", "error": why}."""
+    try:
+        wav = _spoken_wav(text)
+        body = {"audio": base64.b64encode(wav).decode("ascii"), "idempotency_key": "demo-spoken"}
+        response = node.post("/api/voice/listen", body, timeout_s=30.0)
+        answer: dict[str, Any] = response.json()
+    except (OSError, subprocess.SubprocessError, httpx.HTTPError, ValueError) as exc:
+        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    if response.status_code != 200 and answer.get("status") != "error":
+        answer = {**answer, "status": "error", "error": f"HTTP {response.status_code}"}
+    return {"audio_bytes": len(wav), "http_status": response.status_code, **answer}
+
+
+def _heard(to: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """The "spoken" event for the answer to audio: what was heard, how sure, where, how fast."""
+    timings = reply.get("timings") or {}
+    confidence = reply.get("confidence")
+    sure = f"{confidence:.2f}" if isinstance(confidence, (int, float)) else "?"
+    steps = ", ".join(
+        f"{k.removesuffix('_ms')} {v:.0f} ms"
+        for k, v in timings.items()
+        if isinstance(v, (int, float))
+    )
+    line = (
+        f'"{_SPOKEN}" spoken (espeak-ng, {reply.get("audio_bytes", 0) // 1024} KiB WAV) to {to}, a'
+        f' backup: heard "{reply.get("recognized")}" (intent {reply.get("intent")}, confidence'
+        f" {sure}) on {reply.get('stt_node')}; {steps or 'no timings'}"
+        f" -> {reply.get('executed_by')}: {reply.get('response') or reply.get('error')}"
+    )
+    return {
+        "event": "spoken",
+        "line": line,
+        "mode": "audio",
+        "to": to,
+        "http_status": reply.get("http_status"),
+        "status": reply.get("status"),
+        "heard": reply.get("recognized"),
+        "intent": reply.get("intent"),
+        "confidence": confidence,
+        "stt_node": reply.get("stt_node"),
+        "timings": timings,
+        "executed_by": reply.get("executed_by"),
+        "error": reply.get("error"),
+    }
 
 
 def _say_in_background(cluster: LocalCluster, text: str, emit: _Printer) -> None:

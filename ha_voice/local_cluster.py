@@ -154,6 +154,10 @@ class LocalCluster:
     node_flags: Mapping[str, Sequence[str]] = field(default_factory=dict)
     api_token: bool = True  # provision a token and require it (--api-token-file)
     ca_file: Path | None = None  # the nodes serve HTTPS under this CA (certs in node_flags)
+    # Speech (stt_enabled) on a node given a --whisper-model flag (in extra_flags or its
+    # node_flags), or on every node with speech=True; off elsewhere, as loading the default
+    # model costs each node seconds of CPU (and a download this machine may not have).
+    speech: bool = False
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ha-voice-cluster-"))
@@ -217,11 +221,16 @@ class LocalCluster:
             f"--port={node.api_port}",
             f"--peers={','.join(peers)}",
             "--mdns" if self.mdns else "--no-mdns",
+            *([] if self._speech(node) or command == "witness" else ["--no-stt-enabled"]),
             *([f"--api-token-file={self.token_file}"] if self.token else []),
             *witness_flags,
             *self.extra_flags,
             *self.node_flags.get(node.node_id, ()),
         ]
+
+    def _speech(self, node: LocalNode) -> bool:
+        flags = [*self.extra_flags, *self.node_flags.get(node.node_id, ())]
+        return self.speech or any(flag.startswith("--whisper-model") for flag in flags)
 
     @property
     def auth_headers(self) -> dict[str, str]:

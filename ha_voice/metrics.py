@@ -12,16 +12,20 @@ import gc
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ha_voice.cluster.events import Role
-from ha_voice.cluster.protocol import DROP_REASONS
+from ha_voice.cluster.protocol import DROP_REASONS, LOAD_DROP_REASONS
 from ha_voice.cluster.view import PRIMARY_WITHOUT_LEASE
 
-__all__ = ["ClusterSnapshot", "Metrics", "PeerSample"]
+if TYPE_CHECKING:
+    from ha_voice.voice.speech import SpeechStatus
+
+__all__ = ["SPEECH_OUTCOMES", "ClusterSnapshot", "Metrics", "PeerSample"]
 
 # Heartbeat round trips on a LAN are sub-millisecond; Wi-Fi retries reach tens of ms.
 _RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -31,6 +35,11 @@ _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Heartbeats are sent within a fraction of a millisecond of their time on an idle node.
 _LATENESS_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 _COMMAND_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A command is recognised in ~0.1-0.4 s on two CPU cores; free transcription of 30 s takes
+# seconds; stt_job_timeout_s is at most 600 s.
+_SPEECH_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 600.0)
+# The outcomes of a recognition: an intent, a rejection, or no speech at all.
+SPEECH_OUTCOMES = ("accepted", "rejected", "no_speech")
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.loads_dropped = Counter(
+            "ha_voice_cluster_loads_dropped",
+            "Peers' speech loads left out of a heartbeat, ack or load report that was kept "
+            "(malformed), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.identity_conflicts = Gauge(
             "ha_voice_identity_conflicts",
             "Node ids that two live processes claim, as this node sees or is told (see /cluster)",
@@ -305,10 +321,50 @@ class Metrics:
             buckets=_COMMAND_BUCKETS,
             registry=r,
         )
+        self.speech_seconds = Histogram(
+            "ha_voice_speech_seconds",
+            "Speech jobs on this node from submission to answer, queueing included, by kind "
+            "(recognise, transcribe)",
+            ["model", "node", "kind"],
+            buckets=_SPEECH_BUCKETS,
+            registry=r,
+        )
+        self.speech_queue_depth = Gauge(
+            "ha_voice_speech_queue_depth", "Speech jobs waiting for a worker", registry=r
+        )
+        self.speech_running = Gauge(
+            "ha_voice_speech_running", "Speech jobs a worker is working on", registry=r
+        )
+        self.speech_ready = Gauge(
+            "ha_voice_speech_ready",
+            "1 while at least one speech worker has its model loaded",
+            registry=r,
+        )
+        self.speech_worker_restarts = Counter(
+            "ha_voice_speech_worker_restarts",
+            "Speech worker processes started again after one died or was killed",
+            registry=r,
+        )
+        self.speech_results = Counter(
+            "ha_voice_speech_results",
+            "Recognitions on this node by outcome (accepted, rejected, no_speech)",
+            ["outcome"],
+            registry=r,
+        )
+        self.speech_intents = Counter(
+            "ha_voice_speech_intents",
+            "Recognitions on this node that named an intent, by intent (the vocabulary's names)",
+            ["intent"],
+            registry=r,
+        )
+        for outcome in SPEECH_OUTCOMES:
+            self.speech_results.labels(outcome)
         for status in ("done", "stopped", "failed", "unknown"):
             self.commands.labels(status)
         for reason in (*DROP_REASONS, "unknown_peer"):
             self.packets_dropped.labels(reason)
+        for reason in LOAD_DROP_REASONS:
+            self.loads_dropped.labels(reason)
         self.node_id = node_id
 
     def watch_gc(self) -> None:
@@ -328,6 +384,12 @@ class Metrics:
     def attach(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
         """Export the node's scrape-time values."""
         self.registry.register(ClusterCollector(snapshot))
+
+    def attach_speech(self, status: Callable[[], SpeechStatus]) -> None:
+        """Read the speech service's queue, running jobs and readiness at scrape time."""
+        self.speech_queue_depth.set_function(lambda: status().queued)
+        self.speech_running.set_function(lambda: status().running)
+        self.speech_ready.set_function(lambda: 1 if status().ready else 0)
 
     def set_term(self, term: int) -> None:
         self.term.set(term)

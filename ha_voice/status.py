@@ -124,6 +124,8 @@ def render_outcome(body: dict[str, Any], attempts: int) -> str:
     what = body.get("intent") or body.get("command") or "?"
     if body.get("status") == "rejected":
         return f"not understood: {body.get('recognized')!r} ({body.get('reason')})"
+    if body.get("dry_run"):
+        return f"dry run: {what} would run (robot would say: {body.get('response')}); nothing ran"
     line = (
         f"{outcome}: {what} — index {body.get('index')}, executed by {body.get('executed_by')} "
         f"in term {body.get('journal_term')}"
@@ -138,6 +140,18 @@ def render_outcome(body: dict[str, Any], attempts: int) -> str:
     if body.get("response"):
         extras.append(f"robot says: {body['response']}")
     return line + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def render_heard(body: dict[str, Any]) -> str:
+    """One line for `ha-voice listen`: what the speech recogniser heard, where, how sure."""
+    audio = body.get("audio") or {}
+    timings = body.get("timings") or {}
+    where = f" on {body['stt_node']}" if body.get("stt_node") else ""
+    return (
+        f"heard {body.get('recognized')!r}{where} (confidence {body.get('confidence', 0):.2f}; "
+        f"{audio.get('format', '?')} of {audio.get('duration_s', 0):g} s; "
+        f"{timings.get('total_ms', 0):.0f} ms)"
+    )
 
 
 def render_entry(entry: dict[str, Any]) -> str:

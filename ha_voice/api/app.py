@@ -9,7 +9,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from ha_voice.api import cluster, health, journal, problems, robot
+from ha_voice.api import (
+    cluster,
+    health,
+    journal,
+    problems,
+    robot,
+    speech_handoff,
+    transcriptions,
+    voice,
+)
 from ha_voice.api.context import ApiContext
 from ha_voice.api.limits import TokenBuckets
 from ha_voice.api.members import MemberHeaders
@@ -28,12 +37,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
         version=ctx.version,
         description="High-availability voice commands for a Unitree Go2. Read-only endpoints "
         "answer on every node; the cluster endpoints say who leads. Request bodies are JSON "
-        "(curl -d's form type is taken if the body is a JSON object); every error is an "
-        "ErrorBody.",
+        "(curl -d's form type is taken if the body is a JSON object), and audio where the "
+        "speech routes take it; every error is an ErrorBody.",
     )
     app.state.ctx = ctx
     app.state.rate_limits = TokenBuckets(ctx.config.api_rate_per_s, ctx.config.api_rate_burst)
-    routers = (health.router, cluster.router, robot.router, journal.router)
+    routers = (
+        health.router,
+        cluster.router,
+        robot.router,
+        voice.router,
+        transcriptions.router,
+        journal.router,
+        speech_handoff.router,
+    )
     problems.install(app, ctx.metrics.registry, routers)
     for router in routers:
         app.include_router(router)

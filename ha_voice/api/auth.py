@@ -64,6 +64,7 @@ __all__ = [
     "seal_headers",
     "sealing_member",
     "source_of",
+    "verified_claim",
     "verified_forwarder",
 ]
 
@@ -388,6 +389,12 @@ def verified_forwarder(request: Request) -> str | None:
     asked about one request; the seal is only checked once."""
     claim = _claim(request)
     return None if claim is None else claim.node
+
+
+def verified_claim(request: Request) -> Claim | None:
+    """The verified claim of `request`'s seal (who sealed it, for which body), or None: what
+    a members-only route checks, itself, against the body it reads (speech_handoff.py)."""
+    return _claim(request)
 
 
 def sealing_member(request: Request) -> str | None:

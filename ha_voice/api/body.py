@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from ha_voice.api.problems import ApiError, field_name, quote, validation_message
 
-__all__ = ["ACCEPTED", "JsonBody", "read_limited", "repeated_key"]
+__all__ = ["ACCEPTED", "JsonBody", "is_json", "read_limited", "repeated_key"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -44,8 +44,6 @@ class JsonBody(Generic[_Model]):
     model: type[_Model]
     example: str
     optional: bool = False  # an empty body means "no body" (step-down)
-    # Said on a 415 for audio: the route that will take audio one day says so.
-    audio_note: str | None = None
     # The documented schema, where it can say more than the model's (which values go together).
     schema: Mapping[str, Any] | None = None
 
@@ -81,15 +79,8 @@ class JsonBody(Generic[_Model]):
     def _judge_media_type(self, content_type: str | None) -> bool:
         """True for a form body that must hold JSON; 415 for a type we do not take."""
         media = (content_type or "").split(";", 1)[0].strip().lower()
-        if media in ("", "application/json") or (
-            media.startswith("application/") and media.endswith("+json")
-        ):
-            return False
-        if media == _FORM:
-            return True
-        audio = media.startswith(("audio/", "video/")) or media == "application/octet-stream"
-        if audio and self.audio_note:
-            raise ApiError(415, "media_type", self.audio_note, accepted=list(ACCEPTED))
+        if is_json(content_type):
+            return media == _FORM
         raise ApiError(
             415,
             "media_type",
@@ -120,6 +111,13 @@ class JsonBody(Generic[_Model]):
             raise ApiError(422, "invalid", f"body must be a JSON object such as {self.example}")
         field, line = validation_message(errors)
         raise ApiError(422, "invalid", line, field=field)
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a body of `content_type` is one `JsonBody.read` takes (JSON, none, curl -d's)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    json_type = media.startswith("application/") and media.endswith("+json")
+    return json_type or media in ("", "application/json", _FORM)
 
 
 def repeated_key(raw: bytes) -> tuple[str | int, ...] | None:

@@ -28,6 +28,7 @@ from ha_voice.api.tls import leader_url
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.node import ClusterNode
 from ha_voice.cluster.view import PeerInfo
+from ha_voice.voice.placement import PlacedSpeech
 
 __all__ = ["router"]
 
@@ -203,9 +204,36 @@ def _members(ctx: ApiContext, now: float) -> list[dict[str, Any]]:
                 "address": _address(peer),
                 "api": api_urls.get(name),
                 "load": round(os.getloadavg()[0], 2) if is_self else None,
+                "speech": _speech_load(ctx, peer, is_self, now),
             }
         )
     return members
+
+
+def _speech_load(
+    ctx: ApiContext, peer: PeerInfo | None, is_self: bool, now: float
+) -> dict[str, Any] | None:
+    """What a member can take of speech work, as it last reported (voice/placement.py)."""
+    speech = ctx.speech
+    if is_self:
+        load = speech.own_load() if isinstance(speech, PlacedSpeech) else None
+        age_s: float | None = 0.0
+    else:
+        load = None if peer is None else peer.load
+        heard = None if peer is None else peer.load_heard_at
+        age_s = None if heard is None else round(now - heard, 3)
+    if load is None:
+        return None
+    return {
+        "ready": load.ready,
+        "workers": load.workers,
+        "running": load.running,
+        "queued": load.queued,
+        "cpu": round(load.cpu, 3),
+        "gpu": load.gpu,
+        "gpu_memory_mb": load.gpu_memory_mb,
+        "reported_s": age_s,
+    }
 
 
 def _role_of(node: ClusterNode, name: str, now: float) -> str:

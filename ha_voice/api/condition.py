@@ -4,6 +4,9 @@
 Invariants:
 - "ok" only while nothing below holds; otherwise "degraded" with the first reason that does, or
   "failing" when the cluster core has stopped stepping (its view is then stale).
+- Speech is no condition for leading or serving: a node whose speech is configured but not
+  ready (loading, load failed, restarting its only worker) is "degraded" with that reason, last
+  of all reasons, and still leads and drives the robot while others transcribe.
 - Being primary follows the lease, not only the role: a node reports "primary" and serves
   (`/cluster/primary` 200) only while it holds a valid lease at the moment of the answer, and
   serving also needs its takeover done (the robot made safe, the journal settled).
@@ -20,8 +23,9 @@ from ha_voice.api.auth import authenticator
 from ha_voice.api.context import ApiContext
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.runner import MAX_IDLE_S
+from ha_voice.voice.speech import SpeechStatus
 
-__all__ = ["Condition", "node_condition"]
+__all__ = ["Condition", "node_condition", "speech_status"]
 
 # The core steps at least every MAX_IDLE_S; three of them without a step means it is stuck.
 CORE_STUCK_S = 3 * MAX_IDLE_S
@@ -54,6 +58,7 @@ def node_condition(ctx: ApiContext, request: Request, now: float) -> Condition:
         view.no_primary_reason(now, timeout_s, ctx.config.mdns),
         view.unheard_reason(now, timeout_s),
         None if token_problem is None else f"api_token_file refused: {token_problem}",
+        _speech_reason(ctx),
     )
     reason = next((r for r in reasons if r is not None), None)
     status: Literal["ok", "degraded", "failing"] = "ok" if reason is None else "degraded"
@@ -62,6 +67,31 @@ def node_condition(ctx: ApiContext, request: Request, now: float) -> Condition:
         status, reason = "failing", f"the cluster core has not stepped for {stuck_s:.1f} s"
     serving = lease and not_ready is None and status != "failing"
     return Condition(status, reason, view.shown_role(now), serving, token_problem)
+
+
+def speech_status(ctx: ApiContext) -> SpeechStatus:
+    """This node's own speech, or why it has none (a witness, stt_enabled = false)."""
+    why = _no_speech_reason(ctx)
+    if why is None and ctx.speech is not None:
+        return ctx.speech.status()
+    return SpeechStatus(configured=ctx.config.whisper_model, ready=False, reason=why or "")
+
+
+def _no_speech_reason(ctx: ApiContext) -> str | None:
+    """Why this node has no speech service of its own; None when it has one."""
+    witness = ctx.config.witness_spec
+    if witness is not None and witness.node_id == ctx.config.node_id:
+        return "disabled: a witness has no speech"
+    if not ctx.config.stt_enabled:
+        return "disabled: stt_enabled = false"
+    return None
+
+
+def _speech_reason(ctx: ApiContext) -> str | None:
+    if _no_speech_reason(ctx) is not None:
+        return None
+    status = speech_status(ctx)
+    return None if status.ready else f"speech not ready: {status.reason}"
 
 
 def _lease_reason(ctx: ApiContext, now: float) -> str:

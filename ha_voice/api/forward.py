@@ -71,15 +71,20 @@ def unavailable(ctx: ApiContext, reason: str, *, hint_leader: bool = True) -> Re
     )
 
 
-async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> Response:
-    """Send the client's request to the primary and return its answer, or say why not."""
+async def forward(
+    ctx: ApiContext, request: Request, body: bytes, why: str, *, content_type: str | None = None
+) -> Response:
+    """Send the client's request to the primary and return its answer, or say why not; `body`
+    (of `content_type`, else the client's) in place of the client's (a transcript of its audio)."""
     via = forwarded_by(request)
     if via is not None:
         return unavailable(ctx, f"{why} (forwarded by {quote(via)}; one hop only)")
     view = cluster_view(ctx)
     if view.leader is None or view.leader_url is None:
         return unavailable(ctx, f"{why}; no primary is known")
-    call = asyncio.ensure_future(_send(ctx, request, view.leader, view.leader_url, body))
+    call = asyncio.ensure_future(
+        _send(ctx, request, view.leader, view.leader_url, body, content_type)
+    )
     watch = asyncio.ensure_future(_until_lost(ctx, view.leader, view.term))
     try:
         await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -97,9 +102,12 @@ async def forward(ctx: ApiContext, request: Request, body: bytes, why: str) -> R
 
 
 async def _send(
-    ctx: ApiContext, request: Request, leader: str, url: str, body: bytes
+    ctx: ApiContext, request: Request, leader: str, url: str, body: bytes, content_type: str | None
 ) -> httpx.Response | httpx.HTTPError:
     headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_ON}
+    if content_type is not None:
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        headers["content-type"] = content_type
     headers.update(seal_headers(request, body, leader))
     try:
         return await _client(ctx).request(

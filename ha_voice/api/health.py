@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ha_voice import clock
-from ha_voice.api.condition import node_condition
+from ha_voice.api.condition import node_condition, speech_status
 from ha_voice.api.context import ApiContext, context
 from ha_voice.api.probe import add_probe_methods, health_check_response
 
@@ -27,18 +28,22 @@ async def health(ctx: Ctx, request: Request) -> Response:
     `token_file` is null without api_token_file, "ok" while its tokens are in force, and
     "refused: <why>" while every token is refused (the node is then degraded: it cannot take
     an authenticated command). `whisper_model` is the speech model loaded and ready, or
-    "not loaded: <why>"; `whisper_model_configured` the one configured."""
+    "not loaded: <why>"; `whisper_model_configured` the one configured; `speech` this node's
+    speech service: ready, reason ("" when ready), model, device, compute_type, workers
+    (ready ones), running and queued jobs, restarts and last_restart."""
     view = ctx.node.view
     now = clock.monotonic()
     condition = node_condition(ctx, request, now)
     pending = view.write_pending_since
+    speech = speech_status(ctx)
     body: dict[str, Any] = {
         "status": condition.status,
         "robot_connected": ctx.guard is not None and view.robot_reachable,
         "robot": ctx.config.robot,
-        "whisper_model": _speech_model(ctx),
+        "whisper_model": speech.model if speech.ready else f"not loaded: {speech.reason}",
         "whisper_model_configured": ctx.config.whisper_model,
         "language": ctx.config.language,
+        "speech": asdict(speech),
         "node": view.node_id,
         "cluster": ctx.config.cluster,
         "role": condition.role,
@@ -54,11 +59,6 @@ async def health(ctx: Ctx, request: Request) -> Response:
 
 
 add_probe_methods(router, "/health", health)
-
-
-def _speech_model(ctx: ApiContext) -> str:
-    """The speech-to-text model loaded and ready; no build of ha-voice loads one yet."""
-    return "not loaded: this version has no speech to text (text commands only)"
 
 
 def _token_file_text(ctx: ApiContext, problem: str | None) -> str | None:

@@ -1,4 +1,5 @@
-"""The seed's command endpoints, exactly once: `/api/robot/command`, `/api/voice/listen`.
+"""The seed's command endpoint, exactly once: `/api/robot/command` (and the pieces that
+`/api/voice/listen`, api/voice.py, shares with it).
 
 Any node accepts a command. The primary runs it through the journal (commands.py); a backup
 forwards it to the primary and returns the primary's answer (forward.py); with no primary, 503 +
@@ -38,9 +39,21 @@ from ha_voice.cluster.node import NotPrimary
 from ha_voice.commands import Answer, Busy, CommandRequest, KeyConflict, conflict
 from ha_voice.journal import MAX_KEY
 from ha_voice.robot.base import ACTIONS, Action, Command, RobotError
-from ha_voice.voice.intents import Match
 
-__all__ = ["KEY_PATTERN", "CommandAnswer", "ListenAnswer", "router"]
+__all__ = [
+    "KEY_FIELD",
+    "KEY_HEADER",
+    "KEY_PATTERN",
+    "STRICT",
+    "WRITE_ERRORS",
+    "CommandAnswer",
+    "idempotency_key",
+    "journal_answer",
+    "rejected",
+    "router",
+    "submit",
+    "who",
+]
 
 router = APIRouter(prefix="/api", tags=["commands"])
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -50,14 +63,14 @@ _SEED_ALIASES = {"stand": Action.STAND_UP, "sit": Action.SIT, "stop": Action.STO
 KEY_PATTERN: Final = rf"^[!-~]{{1,{MAX_KEY}}}$"  # printable ASCII, no spaces
 # Strict JSON types (no "1" for a number), finite numbers only, and no unknown fields: a
 # misspelt `duration` must not silently become a move of no duration.
-_STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
-_KEY_FIELD = Field(
+STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+KEY_FIELD = Field(
     default=None,
     pattern=KEY_PATTERN,
     description="or the Idempotency-Key header (both: the same key, else 400); printable ASCII, "
     "no spaces, a UUID is ideal",
 )
-_WRITE_ERRORS = (413, 415, 422, 429, 503)
+WRITE_ERRORS = (413, 415, 422, 429, 503)
 
 
 def known_commands() -> list[str]:
@@ -66,7 +79,7 @@ def known_commands() -> list[str]:
 
 
 class RobotCommandBody(BaseModel):
-    model_config = _STRICT
+    model_config = STRICT
 
     command: str = Field(
         max_length=64, description="stand, sit, stop (the seed's) or any action name"
@@ -75,14 +88,7 @@ class RobotCommandBody(BaseModel):
     duration_s: float | None = Field(
         default=None, ge=0, le=60, description="seconds to walk; for move only"
     )
-    idempotency_key: str | None = _KEY_FIELD
-
-
-class ListenBody(BaseModel):
-    model_config = _STRICT
-
-    text: str = Field(min_length=1, max_length=500, description="a transcript, e.g. 'sta op'")
-    idempotency_key: str | None = _KEY_FIELD
+    idempotency_key: str | None = KEY_FIELD
 
 
 class CommandAnswer(BaseModel):
@@ -100,32 +106,6 @@ class CommandAnswer(BaseModel):
     leader: str | None
     journal_term: int
     elapsed_ms: float
-    note: str | None = Field(
-        default=None, description="a stop whose key held another command: it ran under `key`"
-    )
-
-
-class ListenAnswer(BaseModel):
-    """The seed's answer to a transcript, with the journal's record if it ran a command."""
-
-    status: str = Field(description="success, error (with 502) or rejected")
-    recognized: str
-    processed: bool
-    response: str = Field(
-        description="what the robot says: the intent's response only when the command ran "
-        "(outcome done); else the language's sentence for failed, stopped, unknown or rejected"
-    )
-    intent: str | None = Field(default=None, description="null when rejected")
-    candidate: str | None = Field(
-        default=None, description="when rejected: the intent the text came closest to"
-    )
-    reason: str | None = None
-    score: float | None = None
-    outcome: str | None = None
-    node: str
-    term: int
-    leader: str | None
-    key: str | None = Field(default=None, description="the key the command ran under")
     note: str | None = Field(
         default=None, description="a stop whose key held another command: it ran under `key`"
     )
@@ -166,12 +146,7 @@ _ROBOT_BODY: Final = JsonBody(
     '{"command": "stand"} or {"command": "move", "params": {"vx": 0.3}}',
     schema=_robot_command_schema(),
 )
-_LISTEN_BODY: Final = JsonBody(
-    ListenBody,
-    '{"text": "sta op"}',
-    audio_note='audio uploads are not supported yet (issue 11); send JSON {"text": "sta op"}',
-)
-_KEY_HEADER: Final = {
+KEY_HEADER: Final = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
@@ -180,8 +155,8 @@ _KEY_HEADER: Final = {
 }
 
 
-def _openapi(body: JsonBody[Any]) -> dict[str, Any]:
-    return {**body.openapi(), "parameters": [_KEY_HEADER]}
+def command_openapi(body: JsonBody[Any]) -> dict[str, Any]:
+    return {**body.openapi(), "parameters": [KEY_HEADER]}
 
 
 @router.get("/commands")
@@ -209,12 +184,12 @@ def _command_route(
     return router.post(
         path,
         dependencies=[AUTHENTICATED, rate_limited],
-        openapi_extra=_openapi(body),
+        openapi_extra=command_openapi(body),
         response_class=JSONResponse,
         responses={
             200: {"model": answer, "description": ok},
             502: {"model": answer, "description": "the robot failed the command (final)"},
-            **error_responses(400, 409, *_WRITE_ERRORS),
+            **error_responses(400, 409, *WRITE_ERRORS),
             **AUTH_RESPONSES,
         },
     )
@@ -242,66 +217,30 @@ async def robot_command(ctx: Ctx, request: Request) -> Response:
             field="duration_s",
         )
     _check_params(action, body.params)
-    key = _key(request, body.idempotency_key)
+    key = idempotency_key(request, body.idempotency_key)
     command = CommandRequest(
-        key, action, body.params, body.duration_s, body.command, _source(request)
+        key, action, body.params, body.duration_s, body.command, source_of(request)
     )
     started = time.perf_counter()
-    answer = await _submit(ctx, request, raw, command)
+    answer = await submit(ctx, request, raw, command)
     if not isinstance(answer, Answer):
         return answer
-    return _answer(ctx, answer, started, {"command": answer.record.action})
-
-
-@_command_route("/voice/listen", _LISTEN_BODY, ListenAnswer, "what was heard and what became of it")
-async def listen(ctx: Ctx, request: Request) -> Response:
-    """A transcript in, the seed's answer out: status, recognized, processed, response."""
-    raw, body = await _LISTEN_BODY.read(request, ctx.config.api_max_body_bytes)
-    assert body is not None
-    key = _key(request, body.idempotency_key)  # refused up front, even if nothing will run
-    started = time.perf_counter()
-    vocabulary = ctx.active_vocabulary()
-    found = vocabulary.match(body.text)
-    match_ms = round((time.perf_counter() - started) * 1000, 2)
-    if not isinstance(found, Match):
-        return _rejected(
-            ctx,
-            body.text,
-            found.reason,
-            vocabulary.response(None, "rejected"),
-            candidate=found.candidate.name if found.candidate else None,
-            timings={"match_ms": match_ms},
-        )
-    intent = found.intent
-    if intent.action is None:
-        seed = {"recognized": body.text, "response": intent.response, "intent": intent.name}
-        return JSONResponse({"status": "success", "processed": False, **seed, **_who(ctx)})
-    command = CommandRequest(
-        key, intent.action, intent.action_params, intent.duration_s, body.text, _source(request)
-    )
-    answer = await _submit(ctx, request, raw, command)
-    if not isinstance(answer, Answer):
-        return answer
-    record = answer.record
-    extra = {
-        "status": "error" if record.status == "failed" else "success",
-        "processed": record.status == "done",
-        "recognized": body.text,
-        "response": vocabulary.response(intent, record.status),
-        "intent": intent.name,
-        "score": round(found.score, 3),
-        "outcome": record.status,
-    }
-    return _answer(ctx, answer, started, extra)
+    return journal_answer(ctx, answer, started, {"command": answer.record.action})
 
 
 # --- the pieces -------------------------------------------------------------------------------
 
 
-async def _submit(
-    ctx: ApiContext, request: Request, raw: bytes, command: CommandRequest
+async def submit(
+    ctx: ApiContext,
+    request: Request,
+    raw: bytes,
+    command: CommandRequest,
+    *,
+    content_type: str | None = None,
 ) -> Answer | Response:
-    """The journal's answer on the primary; the primary's answer (forwarded) elsewhere."""
+    """The journal's answer on the primary; elsewhere the primary's answer to `raw` sent to the
+    same route (as `content_type`, else as the client's request said)."""
     service = ctx.commands
     try:
         if service is None or not service.ready():
@@ -313,7 +252,7 @@ async def _submit(
                 if clash is not None and command.action is not Action.STOP_MOVE:
                     raise clash  # a stop goes on: the primary runs it under a new key
             why = "this node is not the primary" if service is None else _why(ctx)
-            return await forward(ctx, request, raw, why)
+            return await forward(ctx, request, raw, why, content_type=content_type)
         answer = await service.submit(command, max_pending=ctx.config.max_pending_commands)
     except NotPrimary as exc:
         return unavailable(ctx, exc.reason)
@@ -365,7 +304,9 @@ def _check_params(action: Action, params: dict[str, float]) -> None:
         raise ApiError(400, "bad_params", f"params: {exc}", field="params") from None
 
 
-def _answer(ctx: ApiContext, answer: Answer, started: float, extra: dict[str, Any]) -> Response:
+def journal_answer(
+    ctx: ApiContext, answer: Answer, started: float, extra: dict[str, Any]
+) -> Response:
     record = answer.record
     body = {
         "status": record.status,
@@ -375,7 +316,7 @@ def _answer(ctx: ApiContext, answer: Answer, started: float, extra: dict[str, An
         "executed_by": record.executed_by,
         "duplicate": answer.duplicate,
         **extra,
-        **_who(ctx),
+        **who(ctx),
         "journal_term": record.term,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
     }
@@ -386,7 +327,7 @@ def _answer(ctx: ApiContext, answer: Answer, started: float, extra: dict[str, An
     return JSONResponse(body, 502 if record.status == "failed" else 200)
 
 
-def _key(request: Request, in_body: str | None) -> str:
+def idempotency_key(request: Request, in_body: str | None) -> str:
     """The request's idempotency key (header or body, not two different ones), or a new one."""
     header = request.headers.get("idempotency-key")
     if header is not None and in_body is not None and header != in_body:
@@ -408,16 +349,10 @@ def _key(request: Request, in_body: str | None) -> str:
     return key
 
 
-def _source(request: Request) -> str:
-    """Who really sent it: the token's name or the trusted address, and the forwarding member
-    (only when its seal verified, auth.py)."""
-    return source_of(request)
-
-
-def _rejected(ctx: ApiContext, text: str, reason: str, response: str, **extra: Any) -> JSONResponse:
+def rejected(ctx: ApiContext, text: str, reason: str, response: str, **extra: Any) -> JSONResponse:
     """The seed's answer to a transcript that is no command: no intent, and says so."""
     body = {"status": "rejected", "recognized": text, "processed": False, "response": response}
-    return JSONResponse({**body, "intent": None, "reason": reason, **extra, **_who(ctx)})
+    return JSONResponse({**body, "intent": None, "reason": reason, **extra, **who(ctx)})
 
 
 def _action(name: str) -> Action | None:
@@ -434,6 +369,6 @@ def _why(ctx: ApiContext) -> str:
     return "taking over: settling the journal"
 
 
-def _who(ctx: ApiContext) -> dict[str, Any]:
+def who(ctx: ApiContext) -> dict[str, Any]:
     view = cluster_view(ctx)
     return {"node": view.node, "term": view.term, "leader": view.leader}

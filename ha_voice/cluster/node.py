@@ -52,7 +52,7 @@ from ha_voice.cluster.events import (
     WithdrawEndpoint,
 )
 from ha_voice.cluster.membership import Membership
-from ha_voice.cluster.protocol import Address, Codec, Entry, EntryKind, NodeId
+from ha_voice.cluster.protocol import Address, Codec, Entry, EntryKind, Load, NodeId
 from ha_voice.cluster.runner import CoreRunner
 from ha_voice.cluster.storage import HardStateStore
 from ha_voice.cluster.timers import ElectionTimers
@@ -256,6 +256,11 @@ class ClusterNode:
         self._waiters.setdefault(entry.index, []).append(future)
         applied = await future
         return applied.term == entry.term
+
+    def set_load_source(self, source: Callable[[], Load | None]) -> None:
+        """Where the core reads this node's load as heartbeats, acks and load reports leave:
+        called on the core's thread, it must return at once (voice/load.py's sampler)."""
+        self._runner.load_source = source
 
     def main_loop_alive(self) -> None:
         """Call on the main loop, often (every 0.1 s): the core judges it stuck without."""

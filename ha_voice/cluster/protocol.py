@@ -11,6 +11,12 @@ Invariants:
 - Every integer a message carries (terms, indices, ranks, ports) is below 2**62: SQLite stores
   signed 64-bit integers, and the other half leaves room for every term and index a cluster
   will ever count up from there; larger is `malformed`.
+- Load (`Load`, this node's speech queue, CPU and GPU) rides at the end of every `Heartbeat` and
+  `HeartbeatAck`, and alone in a `LoadReport` that every member sends every other (backups do
+  not otherwise hear each other). Its fields are bounded (counts below 2**16, utilisation in
+  permille); a malformed load is dropped and counted (`Codec.loads_dropped`) while the message
+  that carried it is kept: load never costs a heartbeat. A heartbeat or ack without one (load
+  unknown) is understood.
 - Key rotation: datagrams are signed with the first key and accepted under any of the keys
   given (at most two during a change).
 - Sessions (`sessions.py`) learn of a datagram only after its MAC has been verified, so forged
@@ -28,10 +34,15 @@ Layout of a datagram (network byte order):
 
     magic "HV" | version u8 | type u8 | cluster tag 8B | boot id u64 | seq u64
     | sender len u8 | sender | recipient len u8 | recipient | body | HMAC-SHA256 32B
+
+A load (the optional tail of a heartbeat's or ack's body, the body of a `LoadReport` after its
+send time): format u8 (1) | flags u8 (1 ready, 2 GPU known) | workers u8 | running u16
+| queued u16 | CPU permille u16 | GPU permille u16 | GPU memory MB u32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -55,6 +66,7 @@ __all__ = [
     "APPEND_BUDGET",
     "DROP_REASONS",
     "EMPTY_LOG",
+    "LOAD_DROP_REASONS",
     "MAX_DATAGRAM_BYTES",
     "MAX_ENTRY_BYTES",
     "MAX_NODE_ID_BYTES",
@@ -72,6 +84,8 @@ __all__ = [
     "EntryKind",
     "Heartbeat",
     "HeartbeatAck",
+    "Load",
+    "LoadReport",
     "LogPosition",
     "Message",
     "NodeId",
@@ -89,7 +103,7 @@ __all__ = [
 NodeId: TypeAlias = str
 Address: TypeAlias = tuple[str, int]  # (IPv4 address, UDP port) of a member
 
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4  # 4: load on heartbeats and acks, LoadReport
 MAX_DATAGRAM_BYTES: Final = 1200
 MAX_NODE_ID_BYTES: Final = 64
 MIN_KEY_BYTES: Final = 16
@@ -123,6 +137,83 @@ APPEND_BUDGET: Final = (
 MAX_ENTRY_BYTES: Final = 900
 
 
+# Why a load was dropped from a message that was kept (`Codec.loads_dropped`).
+LOAD_DROP_REASONS: Final = ("bad_format", "truncated", "out_of_range")
+_LOAD_FORMAT: Final = 1
+_LOAD: Final = struct.Struct("!BBBHHHHI")
+_FLAG_READY: Final = 1
+_FLAG_GPU: Final = 2
+_U16_MAX: Final = 0xFFFF
+_U32_MAX: Final = 0xFFFF_FFFF
+_PERMILLE: Final = 1000
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a node can take of speech work now: the placement's input (voice/placement.py).
+
+    `running` and `queued` count speech jobs (0..65535), `workers` the node's speech workers
+    (0..255); `cpu` and `gpu` are utilisation in [0, 1] (GPU None: unknown here), `gpu_memory_mb`
+    the memory the GPU uses in MiB (None: unknown). Encoding clamps each into its range.
+    """
+
+    ready: bool = False
+    workers: int = 0
+    running: int = 0
+    queued: int = 0
+    cpu: float = 0.0
+    gpu: float | None = None
+    gpu_memory_mb: int | None = None
+
+    def encode(self) -> bytes:
+        """The load's wire bytes (see the module docstring), values clamped to their fields."""
+        gpu_known = self.gpu is not None
+        flags = (_FLAG_READY if self.ready else 0) | (_FLAG_GPU if gpu_known else 0)
+        return _LOAD.pack(
+            _LOAD_FORMAT,
+            flags,
+            _clamp(self.workers, 0xFF),
+            _clamp(self.running, _U16_MAX),
+            _clamp(self.queued, _U16_MAX),
+            _permille(self.cpu),
+            0 if self.gpu is None else _permille(self.gpu),
+            _clamp(self.gpu_memory_mb, _U32_MAX - 1)
+            if self.gpu_memory_mb is not None
+            else _U32_MAX,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Load:
+        """The load in `data` (exactly one); DecodeError(reason in LOAD_DROP_REASONS) if not."""
+        if not data or data[0] != _LOAD_FORMAT:
+            raise DecodeError("bad_format", "load format is not 1")
+        if len(data) != _LOAD.size:
+            raise DecodeError("truncated", f"a load of {len(data)} bytes, not {_LOAD.size}")
+        _, flags, workers, running, queued, cpu, gpu, memory = _LOAD.unpack(data)
+        if flags & ~(_FLAG_READY | _FLAG_GPU) or cpu > _PERMILLE or gpu > _PERMILLE:
+            raise DecodeError("out_of_range", f"flags {flags}, cpu {cpu}, gpu {gpu} permille")
+        gpu_known = bool(flags & _FLAG_GPU)
+        return cls(
+            ready=bool(flags & _FLAG_READY),
+            workers=workers,
+            running=running,
+            queued=queued,
+            cpu=cpu / _PERMILLE,
+            gpu=gpu / _PERMILLE if gpu_known else None,
+            gpu_memory_mb=None if memory == _U32_MAX else memory,
+        )
+
+
+def _clamp(value: int, top: int) -> int:
+    return max(0, min(int(value), top))
+
+
+def _permille(fraction: float) -> int:
+    if not math.isfinite(fraction):
+        return 0
+    return _clamp(round(fraction * _PERMILLE), _PERMILLE)
+
+
 @dataclass(frozen=True, order=True)
 class LogPosition:
     """(term, index) of the last journal entry: compared lexicographically, as Raft does."""
@@ -143,7 +234,8 @@ class Heartbeat:
     (0 = first to take over), or `NOT_A_SUCCESSOR`; backups wait longer the further back they are.
     `api_port` is the primary's HTTP port (0: none), where backups forward commands.
     `commit` is the primary's commit index, capped at what it knows the recipient holds (so the
-    recipient may take it as is: etcd's heartbeat commit).
+    recipient may take it as is: etcd's heartbeat commit). `load` is the primary's (None: not
+    known); the core leaves it None and the shell fills it in as the heartbeat leaves.
     """
 
     sender: NodeId
@@ -153,12 +245,13 @@ class Heartbeat:
     successor_rank: int = NOT_A_SUCCESSOR
     api_port: int = 0
     commit: int = 0
+    load: Load | None = None
 
     TYPE: ClassVar[int] = 1
     _BODY: ClassVar[struct.Struct] = struct.Struct("!QdQQBHQ")
 
     def _pack(self) -> bytes:
-        return self._BODY.pack(
+        body = self._BODY.pack(
             self.term,
             self.sent_at,
             self.log.term,
@@ -167,6 +260,7 @@ class Heartbeat:
             self.api_port,
             self.commit,
         )
+        return body + (b"" if self.load is None else self.load.encode())
 
     @classmethod
     def _unpack(cls, sender: NodeId, body: bytes) -> Heartbeat:
@@ -177,7 +271,8 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class HeartbeatAck:
-    """A backup's answer: renews the primary's lease when `success`, reports its health."""
+    """A backup's answer: renews the primary's lease when `success`, reports its health and
+    its `load` (filled in by the shell as the ack leaves, like a heartbeat's)."""
 
     sender: NodeId
     term: int
@@ -186,12 +281,13 @@ class HeartbeatAck:
     log: LogPosition = EMPTY_LOG
     priority: int = 0
     eligible: bool = True
+    load: Load | None = None
 
     TYPE: ClassVar[int] = 2
     _BODY: ClassVar[struct.Struct] = struct.Struct("!QdBQQBB")
 
     def _pack(self) -> bytes:
-        return self._BODY.pack(
+        body = self._BODY.pack(
             self.term,
             self.sent_at,
             self.success,
@@ -200,6 +296,7 @@ class HeartbeatAck:
             self.priority,
             self.eligible,
         )
+        return body + (b"" if self.load is None else self.load.encode())
 
     @classmethod
     def _unpack(cls, sender: NodeId, body: bytes) -> HeartbeatAck:
@@ -513,6 +610,33 @@ class BootAnswer:
         return cls(sender, nonce)
 
 
+@dataclass(frozen=True)
+class LoadReport:
+    """A member's load, sent to every other member: `sent_at` is its monotonic clock (seconds),
+    `api_port` its HTTP port (0: none), where speech work is handed to it.
+
+    Never reaches the election core: the shell keeps it as what the sender can take now, and
+    learns the sender's clock and boot from it as from a heartbeat (backups hear no heartbeats
+    of each other, and a hand-off's seal needs both: api/forward_seal.py)."""
+
+    sender: NodeId
+    sent_at: float
+    api_port: int = 0
+    load: Load | None = None
+
+    TYPE: ClassVar[int] = 14
+    _BODY: ClassVar[struct.Struct] = struct.Struct("!dH")
+
+    def _pack(self) -> bytes:
+        body = self._BODY.pack(self.sent_at, self.api_port)
+        return body + (b"" if self.load is None else self.load.encode())
+
+    @classmethod
+    def _unpack(cls, sender: NodeId, body: bytes) -> LoadReport:
+        sent_at, api_port = cls._BODY.unpack(body)
+        return cls(sender, _finite(sent_at), api_port)
+
+
 Control: TypeAlias = BootChallenge | BootAnswer
 
 Message: TypeAlias = (
@@ -542,9 +666,11 @@ _MESSAGE_TYPES: Final = (
     AppendAck,
     Snapshot,
 )
-_TYPES: Final[dict[int, type[Message | Control]]] = {
-    cls.TYPE: cls for cls in (BootChallenge, BootAnswer, *_MESSAGE_TYPES)
+_TYPES: Final[dict[int, type[Message | LoadReport | Control]]] = {
+    cls.TYPE: cls for cls in (BootChallenge, BootAnswer, LoadReport, *_MESSAGE_TYPES)
 }
+# The messages whose body may end with a load (after their fixed part, `_BODY`).
+_CARRY_LOAD: Final = (Heartbeat, HeartbeatAck, LoadReport)
 
 
 class DecodeError(RemoteError):
@@ -606,8 +732,10 @@ class Codec:
         self._sessions = Sessions(takeover_s=takeover_s, retry_s=takeover_s / 2, nonce=nonce)
         self._outgoing: list[tuple[bytes, Address]] = []
         self._about_us: dict[NodeId, Refusal | IdentityConflict] = {}
+        # Loads dropped from messages that were kept, by reason (LOAD_DROP_REASONS).
+        self.loads_dropped: dict[str, int] = dict.fromkeys(LOAD_DROP_REASONS, 0)
 
-    def encode(self, recipient: NodeId, message: Message | Control) -> bytes:
+    def encode(self, recipient: NodeId, message: Message | LoadReport | Control) -> bytes:
         """The datagram carrying `message` to `recipient`, with the next sequence number."""
         if message.sender != self.node_id:
             raise ValueError(f"message from {message.sender!r} encoded by {self.node_id!r}")
@@ -628,10 +756,11 @@ class Codec:
         )
         return unsigned + hmac.new(self._key, unsigned, hashlib.sha256).digest()
 
-    def decode(self, data: bytes, *, source: Address, now: float) -> Message | None:
+    def decode(self, data: bytes, *, source: Address, now: float) -> Message | LoadReport | None:
         """The message in `data`, from `source` at `now` (monotonic seconds); None for a
         datagram the codec consumed itself (a challenge or its answer). Raises `DecodeError`,
-        and nothing else, if it must be dropped. Either way, see `take_outgoing`."""
+        and nothing else, if it must be dropped. Either way, see `take_outgoing`. A malformed
+        load is left out of the message and counted in `loads_dropped`."""
         try:
             return self._decode(data, source, now)
         except DecodeError:
@@ -667,7 +796,7 @@ class Codec:
         found = (r for r in self._about_us.values() if isinstance(r, Refusal))
         return tuple(r for r in found if now - r.conflict.seen_at < CONFLICT_HOLD_S)
 
-    def _decode(self, data: bytes, source: Address, now: float) -> Message | None:
+    def _decode(self, data: bytes, source: Address, now: float) -> Message | LoadReport | None:
         if len(data) > MAX_DATAGRAM_BYTES:
             raise DecodeError("oversized", f"{len(data)} bytes > {MAX_DATAGRAM_BYTES}")
         if len(data) < _MIN_DATAGRAM:
@@ -694,7 +823,7 @@ class Codec:
         cls = _TYPES.get(kind)
         if cls is None:
             raise DecodeError("malformed", f"unknown message type {kind}")
-        message = cls._unpack(sender, signed[offset:])
+        message, load = _unpack_body(cls, sender, signed[offset:])
         if isinstance(message, BootChallenge):
             self._challenged(message, source, now)
             return None
@@ -705,7 +834,16 @@ class Codec:
         reason = self._sessions.check(sender, boot_id, seq, source, now)
         if reason is not None:
             raise DecodeError(reason, f"{sender} boot {boot_id:#x} seq {seq}")
-        return message
+        return self._with_load(message, load) if load else message
+
+    def _with_load(self, message: Message | LoadReport, data: bytes) -> Message | LoadReport:
+        """`message` with the load `data` holds, or without it (counted) if it is malformed."""
+        assert isinstance(message, _CARRY_LOAD)
+        try:
+            return dataclasses.replace(message, load=Load.decode(data))
+        except DecodeError as exc:
+            self.loads_dropped[exc.reason] += 1
+            return message
 
     def _challenged(self, challenge: BootChallenge, source: Address, now: float) -> None:
         if challenge.boot not in (ANY_BOOT, self.boot_id):
@@ -730,6 +868,16 @@ class Codec:
             self._outgoing.append(
                 (self.encode(challenge.recipient, _wire(self, challenge)), challenge.to)
             )
+
+
+def _unpack_body(
+    cls: type[Message | LoadReport | Control], sender: NodeId, body: bytes
+) -> tuple[Message | LoadReport | Control, bytes]:
+    """The message of type `cls` in `body`, and the load bytes after it (if it may carry one)."""
+    if cls not in _CARRY_LOAD:
+        return cls._unpack(sender, body), b""
+    fixed = cls._BODY.size
+    return cls._unpack(sender, body[:fixed]), body[fixed:]
 
 
 def _wire(codec: Codec, challenge: Challenge) -> BootChallenge:
@@ -760,7 +908,7 @@ def _known(address: Address) -> Address | None:
     return None if address == _NO_ADDRESS else address
 
 
-def _check_ranges(message: Message) -> None:
+def _check_ranges(message: Message | LoadReport) -> None:
     """Refuse integers SQLite cannot store (terms, indices, commit) anywhere in `message`."""
     values: list[int] = []
     for name in message.__dataclass_fields__:

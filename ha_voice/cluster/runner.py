@@ -29,6 +29,10 @@ Invariants:
   systemd restarts it; the watchdog is fed from this loop only while it turns, its disk moves
   and the main loop runs, so a node stuck anywhere is restarted too.
 - Nothing here waits for the main loop, a log handler (logging goes through a queue), or a peer.
+- This node's load (`load_source`: a sampler's latest snapshot, one attribute read) rides on
+  every heartbeat and ack as it leaves, and goes to every member in a `LoadReport` within a
+  housekeeping turn (0.1 s) of a change of its speech jobs, and every `LOAD_REPORT_S` anyway;
+  what peers report is kept in their `PeerInfo`. Sampling never happens here.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ from ha_voice.cluster.protocol import (
     Entry,
     Heartbeat,
     HeartbeatAck,
+    Load,
+    LoadReport,
+    Message,
     NodeId,
     Resign,
     TimeoutNow,
@@ -82,7 +89,7 @@ from ha_voice.cluster.view import Failover, NodeView, PeerInfo
 from ha_voice.metrics import Metrics
 from ha_voice.supervise import exit_now, fatal, guarded
 
-__all__ = ["EXIT_STORAGE_FAILED", "CoreRunner", "CoreSink"]
+__all__ = ["EXIT_STORAGE_FAILED", "LOAD_REPORT_S", "CoreRunner", "CoreSink"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,9 @@ _PROPOSALS_PER_TURN = 32
 # Drops that keep a peer out are named at warning this often while they last, not just once.
 _REWARNED = frozenset({"unverified_boot", "identity_conflict"})
 _REWARN_S = 10.0
+# Every member tells every other its load this often, and sooner when its speech jobs change
+# (a heartbeat or ack carries it too): ~100 bytes a second per peer while nothing changes.
+LOAD_REPORT_S = 0.5
 
 
 class CoreSink(Protocol):
@@ -178,6 +188,11 @@ class CoreRunner:
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ha-voice-disk")
+        # This node's latest load (voice/load.py's sampler); called on this thread, never waits.
+        self.load_source: Callable[[], Load | None] = _no_load
+        self._load_reported_at = -float("inf")
+        self._jobs_reported: tuple[bool, int, int] | None = None
+        self._loads_counted = dict(codec.loads_dropped)
         self.view = self._build_view(clock.monotonic())
 
     # --- any thread ------------------------------------------------------------------------
@@ -306,11 +321,24 @@ class CoreRunner:
         )
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
             self._round_trip(max(0.0, now - message.sent_at))
-        elif isinstance(message, Heartbeat):
+        elif isinstance(message, Heartbeat | LoadReport):
             offset = message.sent_at - now
             peer = replace(peer, api_port=message.api_port or peer.api_port, clock_offset_s=offset)
+        if isinstance(message, Heartbeat | HeartbeatAck | LoadReport):
+            peer = self._loaded(peer, message.load, now)
         self._peers[message.sender] = peer
-        self._enqueue(_Request(MessageReceived(message, now)))
+        if not isinstance(message, LoadReport):  # the shell's own: the core never sees it
+            self._enqueue(_Request(MessageReceived(message, now)))
+
+    def _loaded(self, peer: PeerInfo, load: Load | None, now: float) -> PeerInfo:
+        """`peer` with the load it sent; a malformed one (None) is counted and forgets the last."""
+        for reason, count in self.codec.loads_dropped.items():
+            if count > self._loads_counted.get(reason, 0):
+                self._metrics.loads_dropped.labels(reason).inc(count - self._loads_counted[reason])
+                self._loads_counted[reason] = count
+        if load is None:
+            return replace(peer, load=None, load_heard_at=None)
+        return replace(peer, load=load, load_heard_at=now)
 
     def _send_codec_datagrams(self) -> None:
         assert self._transport is not None
@@ -425,8 +453,33 @@ class CoreRunner:
             if peer is None or peer.address is None:
                 self._metrics.packets_dropped.labels("unknown_peer").inc()
                 continue
-            self._transport.send(self.codec.encode(out.to, out.message), peer.address)
+            self._transport.send(
+                self.codec.encode(out.to, self._stamped(out.message)), peer.address
+            )
             self._metrics.packets_sent.inc()
+
+    def _stamped(self, message: Message) -> Message:
+        """`message` with this node's load, if it is a heartbeat or an ack."""
+        if isinstance(message, Heartbeat | HeartbeatAck):
+            return replace(message, load=self.load_source())
+        return message
+
+    def _report_load(self, now: float) -> None:
+        """Send this node's load to every member with an address: when its speech jobs or
+        readiness changed since the last report (a placement elsewhere must not take a node
+        with a job just done for busy), and every `LOAD_REPORT_S` in any case."""
+        load = self.load_source()
+        jobs = None if load is None else (load.ready, load.running, load.queued)
+        if jobs == self._jobs_reported and now - self._load_reported_at < LOAD_REPORT_S:
+            return
+        self._load_reported_at, self._jobs_reported = now, jobs
+        assert self._transport is not None
+        e = self.election
+        report = LoadReport(e.node_id, now, e.api_port, load)
+        for node, peer in self._peers.items():
+            if peer.address is not None:
+                self._transport.send(self.codec.encode(node, report), peer.address)
+                self._metrics.packets_sent.inc()
 
     # --- the disk --------------------------------------------------------------------------
 
@@ -470,6 +523,7 @@ class CoreRunner:
             lag = max(0.0, now - expected)
             self._metrics.loop_lag.set(lag)
             self._metrics.loop_lag_hist.observe(lag)
+            self._report_load(now)
             pending_s = 0.0 if self._write_started is None else now - self._write_started
             main_s = now - self.main_loop_seen
             if pending_s > self._stall_s:
@@ -628,6 +682,10 @@ class CoreRunner:
         if shown != self._shown_role:
             self._shown_role = shown
             self._metrics.set_term(e.term)
+
+
+def _no_load() -> Load | None:
+    return None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

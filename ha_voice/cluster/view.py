@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ha_voice.cluster.events import Role
 from ha_voice.cluster.followers import PeerView
 from ha_voice.cluster.membership import Membership
-from ha_voice.cluster.protocol import Address, NodeId
+from ha_voice.cluster.protocol import Address, Load, NodeId
 
 __all__ = ["PRIMARY_WITHOUT_LEASE", "Failover", "NodeView", "PeerInfo"]
 
@@ -39,6 +39,10 @@ class PeerInfo:
     # Its monotonic clock minus ours, from its last heartbeat (seconds; short by the one-way
     # delay): how a forward's seal reads its clock (forward_seal.py). None: no heartbeat yet.
     clock_offset_s: float | None = None
+    # Its speech load as it last told us (heartbeat, ack or load report) and when (monotonic
+    # seconds); None: not told yet, or what it sent was malformed.
+    load: Load | None = None
+    load_heard_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from ha_voice.cluster.events import (
     Tick,
 )
 from ha_voice.cluster.membership import Membership
-from ha_voice.cluster.protocol import Codec, DecodeError, NodeId
+from ha_voice.cluster.protocol import Codec, DecodeError, LoadReport, NodeId
 from ha_voice.cluster.replication import JournalLog, apply_write
 from ha_voice.cluster.timers import ElectionTimers, TimerProfile, timers_for
 from ha_voice.simulation.network import LinkConditions, Network
@@ -434,5 +434,5 @@ class SimCluster:
             finally:
                 for reply, address in node.codec.take_outgoing():
                     self._carry(node.node_id, self._node_at(address), reply)
-            if message is not None:
+            if message is not None and not isinstance(message, LoadReport):
                 self._step(node, MessageReceived(message, local))

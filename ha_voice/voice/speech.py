@@ -168,6 +168,8 @@ class SpeechStatus:
     workers: int = 0
     running: int = 0  # jobs being worked on
     queued: int = 0  # jobs waiting
+    restarts: int = 0  # worker processes started again after one died or was killed
+    last_restart: str = ""  # why the last one was ("worker 0 died of SIGKILL")
 
 
 class Speech(Protocol):

@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +97,20 @@ def test_send_loads_no_server(cluster: LocalCluster) -> None:
     # No robot: the command fails on the robot (exit 1), after the whole client path ran.
     code, heavy = _loaded(cluster, "send", "--url", _primary_url(cluster), "--action", "stand")
     assert code == 1
+    assert heavy == []
+
+
+def test_listen_loads_no_server(cluster: LocalCluster, tmp_path: Path) -> None:
+    # A second of silence: answered "no speech" (exit 5) without a model, after the whole
+    # client path ran (read, send, print what was heard).
+    recording = tmp_path / "quiet.wav"
+    with wave.open(str(recording), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16_000)
+        out.writeframes(b"\0\0" * 16_000)
+    code, heavy = _loaded(cluster, "listen", "--url", _primary_url(cluster), str(recording))
+    assert code == 5
     assert heavy == []
 
 

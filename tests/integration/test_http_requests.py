@@ -108,6 +108,14 @@ COMMON: dict[str, tuple[bytes, str | None, tuple[int, ...]]] = {
     "deep nesting": (b"[" * 10_000 + b"]" * 10_000, None, (400, 413, 422)),
     "over the limit": (json.dumps({"text": LONG}).encode(), None, (413,)),
 }
+# /api/voice/listen takes audio: a form with no recording, a WAV header without samples and a
+# JSON body as large as base64 audio are judged as such (tests/integration/test_voice_audio.py).
+LISTEN = "/api/voice/listen"
+LISTEN_STATUSES: dict[str, tuple[int, ...]] = {
+    "multipart": (422,),
+    "raw wav": (422,),
+    "over the limit": (422,),
+}
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -116,6 +124,8 @@ def test_malformed_bodies_are_refused_on_every_route_and_node(
     rig: Rig, route: str, case: str
 ) -> None:
     body, content_type, statuses = COMMON[case]
+    if route == LISTEN:
+        statuses = LISTEN_STATUSES.get(case, statuses)
     for node in rig.nodes:
         assert_refused(_post(rig.url(node) + route, body, content_type), *statuses)
 
@@ -128,12 +138,14 @@ def test_an_empty_body_is_400_where_one_is_needed(rig: Rig) -> None:
                 assert "empty body" in body["error"]
 
 
-def test_audio_on_listen_says_it_is_not_supported_yet(rig: Rig) -> None:
+def test_audio_on_listen_is_decoded_and_a_broken_wav_named(rig: Rig) -> None:
     for node in rig.nodes:
-        response = _post(rig.url(node) + "/api/voice/listen", WAV, "audio/wav")
-        body = assert_refused(response, 415)
-        assert "not supported yet" in body["error"]
+        response = _post(rig.url(node) + LISTEN, WAV, "audio/wav")
+        body = assert_refused(response, 422)
+        assert "not a valid WAV upload" in body["error"]
+        body = assert_refused(_post(rig.url(node) + LISTEN, WAV, "image/png"), 415)
         assert "application/json" in body["accepted"]
+        assert any(accepted.startswith("audio/wav") for accepted in body["accepted"])
 
 
 def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(rig: Rig) -> None:
@@ -150,7 +162,8 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(rig: Rig) -> No
             status, _, rest = raw.partition(b"\r\n")
             assert status == b"HTTP/1.1 413 Request Entity Too Large" or b" 413 " in status
             body = json.loads(rest.partition(b"\r\n\r\n")[2])
-            assert body["limit_bytes"] == 16_384
+            # listen reads base64 audio: 8 MiB of it (audio_max_bytes) and room for the JSON
+            assert body["limit_bytes"] == (11_185_836 if route == LISTEN else 16_384)
 
 
 def test_a_chunked_body_over_the_limit_is_413(rig: Rig) -> None:

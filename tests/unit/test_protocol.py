@@ -406,7 +406,12 @@ DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("malformed", "flag byte 2", flag_of_two),
     ("malformed", "NaN sent_at", nan_heartbeat),
     ("malformed", "infinite sent_at", inf_ack),
-    ("malformed", "body one byte long", lambda _: craft(heartbeat_body() + b"\x00")),
+    # A heartbeat's extra bytes are its load (test_protocol_load.py); a vote's are not.
+    (
+        "malformed",
+        "body one byte long",
+        lambda _: craft(struct.pack("!QB", 1, 1) + b"\x00", kind=VoteResponse.TYPE),
+    ),
     ("malformed", "body one byte short", lambda _: craft(heartbeat_body()[:-1])),
     ("malformed", "body of another type", lambda _: craft(heartbeat_body(), kind=Resign.TYPE)),
     ("malformed", "sender length 0", lambda _: craft(heartbeat_body(), sender_len=0)),
@@ -417,7 +422,8 @@ DROP_CASES: list[tuple[str, str, Callable[[Codec], bytes]]] = [
     ("malformed", "sender not UTF-8", lambda _: craft(heartbeat_body(), sender=b"\xff\xfe")),
     ("bad_version", "version 0", lambda _: resign(patched(genuine(), 2, b"\x00"))),
     ("bad_version", "version 2", lambda _: resign(patched(genuine(), 2, b"\x02"))),
-    ("bad_version", "version 4", lambda _: resign(patched(genuine(), 2, b"\x04"))),
+    ("bad_version", "version 3 (no load)", lambda _: resign(patched(genuine(), 2, b"\x03"))),
+    ("bad_version", "version 5", lambda _: resign(patched(genuine(), 2, b"\x05"))),
     ("wrong_cluster", "same key", lambda _: craft(heartbeat_body(), cluster="garage")),
     (
         "wrong_cluster",
