@@ -284,9 +284,12 @@ async def _listen_text(
 async def _listen_audio(
     ctx: ApiContext, request: Request, upload: Upload, key: str, dry_run: bool, started: float
 ) -> Response:
+    vocabulary = ctx.active_vocabulary()
+    known = None if dry_run else ctx.node.journal.get(key)
+    if known is not None and known.final:  # a retry: the journal answers, nothing is heard again
+        return _answered(ctx, vocabulary, Answer(known, duplicate=True), started)
     decoded = await async_decode(ctx, upload, ctx.config.listen_max_audio_s, "listen_max_audio_s")
     decoded_at = time.perf_counter()
-    vocabulary = ctx.active_vocabulary()
     recognition = None if decoded.silent else await recognise(ctx, decoded, vocabulary.language)
     stt_ms = (time.perf_counter() - decoded_at) * 1000
     heard = _heard(recognition, decoded, (decoded_at - started) * 1000, stt_ms, started)
@@ -350,6 +353,24 @@ async def _run(
     }
     if "timings" in fields:
         fields["timings"] = {**fields["timings"], "total_ms": _since(started)}
+    return journal_answer(ctx, answer, started, fields)
+
+
+def _answered(ctx: ApiContext, vocabulary: Vocabulary, answer: Answer, started: float) -> Response:
+    """The journal's answer to a recording whose key already holds a finished command: the
+    same answer the first upload got (what was heard is the journal's text), without decoding
+    or recognising it again, so a retry can never be heard differently (409)."""
+    record = answer.record
+    found = vocabulary.match(record.text)
+    intent = found.intent if isinstance(found, Match) else None
+    fields = {
+        "status": "error" if record.status == "failed" else "success",
+        "processed": record.status == "done",
+        "response": vocabulary.response(intent, record.status),
+        "recognized": record.text,
+        "intent": intent.name if intent is not None else None,
+        "outcome": record.status,
+    }
     return journal_answer(ctx, answer, started, fields)
 
 

@@ -226,6 +226,39 @@ def test_audio_to_the_primary_runs_the_command_once_per_key(rig: Rig) -> None:
     assert (again["key"], again["index"], again["duplicate"]) == (key, body["index"], True)
 
 
+@pytest.mark.parametrize("node", ["primary", "backup", "n3"])
+def test_a_retry_is_answered_from_the_journal_not_heard_again(rig: Rig, node: str) -> None:
+    """A retry's recording is not recognised again: even audio that would now be heard as
+    nothing (silence) or as another command gets the first answer, never a 409 or a rerun."""
+    target = {"primary": rig.primary, "backup": rig.backup, "n3": "n3"}[node]
+    key = f"audio-retry-{node}-{time.monotonic_ns()}"
+    headers = {"content-type": "audio/wav", "Idempotency-Key": key}
+    first = rig.post(target, content=wav(rig.speech), headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["intent"] == "turn_left"
+    _wait_journal(rig, target, key)
+    for retry in (np.zeros(16_000, np.float32), say("ga liggen", "mb-nl2")):
+        again = rig.post(target, content=wav(retry), headers=headers)
+        assert again.status_code == 200, again.text
+        body = again.json()
+        assert (body["key"], body["duplicate"]) == (key, True)
+        assert (body["index"], body["intent"]) == (first.json()["index"], "turn_left")
+        assert body["response"] == "Ik draai naar links."
+        assert "stt_node" not in body  # answered by the journal: nothing was recognised
+
+
+def _wait_journal(rig: Rig, node: str, key: str) -> None:
+    """Until `node`'s replica of the journal holds `key` with its final outcome."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        page = httpx.get(rig.url(node) + "/api/journal?limit=1000", timeout=10).json()
+        status = {e["key"]: e["status"] for e in page["entries"]}.get(key)
+        if status in ("done", "failed", "stopped", "unknown"):
+            return
+        assert time.monotonic() < deadline, f"{key} never final in {node}'s journal: {status}"
+        time.sleep(0.05)
+
+
 def test_audio_to_a_backup_is_recognised_there_and_runs_on_the_primary(rig: Rig) -> None:
     key = f"audio-backup-{time.monotonic_ns()}"
     files = {"audio": ("clip.flac", encode("flac", "flac", 16_000, rig.speech), "audio/flac")}
