@@ -261,7 +261,7 @@ async def _start(config: Config) -> _Daemon:
             Vocabulary.load(config.language),
             actions.guard,
             actions.commands,
-            speech,
+            speech=speech,
         )
     )
     server, api_socket = build_server(config, app)
