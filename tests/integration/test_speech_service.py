@@ -104,6 +104,8 @@ async def test_loads_in_the_background_and_recognises_a_command() -> None:
         assert (status.workers, status.running, status.queued, status.reason) == (1, 0, 0, "")
         recognition = await service.async_recognise(command(), "nl")
         assert (recognition.intent, recognition.node) == ("stop", "n1")
+        english = await service.async_recognise(say("stop", "en"), "en")  # made on first use
+        assert (english.language, english.node) == ("en", "n1")
         transcription = await service.async_transcribe(command(), "nl")
         assert isinstance(transcription, Transcription)
         assert transcription.node == "n1"
