@@ -24,13 +24,18 @@ READY_TIMEOUT_S = 120.0  # three daemons and two model loads on a shared 2-core 
 def cluster() -> Iterator[LocalCluster]:
     model = str(packaged_model("base"))
     flags = {
-        "n1": ["--priority=200", "--preempt", f"--whisper-model={NO_MODEL}"],
+        "n1": ["--priority=200", f"--whisper-model={NO_MODEL}"],
         "n2": [f"--whisper-model={model}"],
         "n3": [f"--whisper-model={model}", "--stt-workers=2"],
     }
     with (
         SimRobotProcess() as robot,
-        LocalCluster(3, extra_flags=(f"--robot={robot.spec}",), node_flags=flags) as running,
+        # Preemption (the primary hands over to a better node) makes n1 lead whoever won first.
+        LocalCluster(
+            3,
+            extra_flags=(f"--robot={robot.spec}", "--preempt", "--preempt-delay-s=0"),
+            node_flags=flags,
+        ) as running,
     ):
         running.start()
         assert running.wait_for_primary(60.0) is not None
