@@ -19,10 +19,21 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import av
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ESPEAK", "Clip", "corpus", "have_espeak", "mix_noise", "say", "voices", "wav_bytes"]
+__all__ = [
+    "ESPEAK",
+    "Clip",
+    "corpus",
+    "encode",
+    "have_espeak",
+    "mix_noise",
+    "say",
+    "voices",
+    "wav_bytes",
+]
 
 ESPEAK = shutil.which("espeak-ng")
 SAMPLE_RATE = 16_000
@@ -186,3 +197,31 @@ def corpus(
                     seed=int(rng.integers(1 << 31)),
                 )
                 turn += 1
+
+
+def encode(
+    container: str,
+    codec: str,
+    rate: int,
+    samples: npt.NDArray[np.float32],
+    *,
+    layout: str = "mono",
+    source_rate: int = SAMPLE_RATE,
+) -> bytes:
+    """`samples` (float32 at `source_rate`, in each channel of `layout`) encoded by PyAV as
+    `codec` in `container`."""
+    out = io.BytesIO()
+    with av.open(out, "w", format=container) as muxer:
+        stream = muxer.add_stream(codec, rate=rate)
+        stream.layout = layout
+        channels = 2 if layout == "stereo" else 1  # the same samples in each, as wav() does
+        interleaved = np.repeat(samples, channels).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(interleaved, format="flt", layout=layout)
+        frame.sample_rate = source_rate
+        resampler = av.AudioResampler(format=stream.format.name, layout=layout, rate=rate)
+        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
+            for packet in stream.encode(converted):
+                muxer.mux(packet)
+        for packet in stream.encode(None):
+            muxer.mux(packet)
+    return out.getvalue()

@@ -12,7 +12,6 @@ voice here.
 from __future__ import annotations
 
 import base64
-import io
 import socket
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +30,7 @@ from ha_voice.client import JetsonVoiceClient
 from ha_voice.local_cluster import LocalCluster, SimRobotProcess
 from ha_voice.voice.models import packaged_model
 from tests.doc_commands import ROOT, block, run
-from tests.speech_corpus import have_espeak, say, wav_bytes
+from tests.speech_corpus import encode, have_espeak, say, wav_bytes
 
 pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng makes the test speech")
 
@@ -115,26 +113,6 @@ def _wait_ready(cluster: LocalCluster) -> None:
 # --- uploads, made here -----------------------------------------------------------------------
 
 
-def encode(container: str, codec: str, rate: int, samples: Samples, layout: str = "mono") -> bytes:
-    """16 kHz mono `samples` encoded by PyAV (in every channel of `layout`)."""
-    out = io.BytesIO()
-    with av.open(out, "w", format=container) as muxer:
-        stream = muxer.add_stream(codec, rate=rate)
-        stream.layout = layout
-        channels = 2 if layout == "stereo" else 1
-        frame = av.AudioFrame.from_ndarray(
-            np.repeat(samples, channels).reshape(1, -1), format="flt", layout=layout
-        )
-        frame.sample_rate = 16_000
-        resampler = av.AudioResampler(format=stream.format.name, layout=layout, rate=rate)
-        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
-            for packet in stream.encode(converted):
-                muxer.mux(packet)
-        for packet in stream.encode(None):
-            muxer.mux(packet)
-    return out.getvalue()
-
-
 def wav(samples: Samples) -> bytes:
     return wav_bytes(samples)
 
@@ -143,10 +121,13 @@ def wav(samples: Samples) -> bytes:
 RAW: dict[str, Any] = {
     "wav-16k": lambda s: ("audio/wav", wav_bytes(s)),
     "wav-8k": lambda s: ("audio/x-wav", encode("wav", "pcm_s16le", 8000, s)),
-    "wav-44k-stereo": lambda s: ("audio/wav", encode("wav", "pcm_s16le", 44_100, s, "stereo")),
+    "wav-44k-stereo": lambda s: (
+        "audio/wav",
+        encode("wav", "pcm_s16le", 44_100, s, layout="stereo"),
+    ),
     "flac": lambda s: ("audio/flac", encode("flac", "flac", 16_000, s)),
     "ogg-opus": lambda s: ("audio/ogg", encode("ogg", "libopus", 48_000, s)),
-    "mp3": lambda s: ("audio/mpeg", encode("mp3", "libmp3lame", 44_100, s, "stereo")),
+    "mp3": lambda s: ("audio/mpeg", encode("mp3", "libmp3lame", 44_100, s, layout="stereo")),
     "webm-opus": lambda s: ("audio/webm", encode("webm", "libopus", 48_000, s)),
     "l16": lambda s: ("audio/L16;rate=16000;channels=1", (s * 32767).astype(">i2").tobytes()),
     "octet-stream-flac": lambda s: (

@@ -26,6 +26,7 @@ from ha_voice.voice.audio import (
     trim,
 )
 from ha_voice.voice.speech import SAMPLE_RATE
+from tests.speech_corpus import encode
 
 Samples = npt.NDArray[np.float32]
 TONE_S = 2.0
@@ -34,34 +35,6 @@ TONE_S = 2.0
 def tone(seconds: float = TONE_S, rate: int = SAMPLE_RATE, level: float = 0.3) -> Samples:
     t = np.arange(int(seconds * rate)) / rate
     return (level * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-
-
-def encode(
-    container: str,
-    codec: str,
-    rate: int,
-    samples: Samples,
-    *,
-    layout: str = "mono",
-    source_rate: int = SAMPLE_RATE,
-) -> bytes:
-    """`samples` (float32 at `source_rate`, in each channel of `layout`) encoded by PyAV as
-    `codec` in `container`."""
-    out = io.BytesIO()
-    with av.open(out, "w", format=container) as muxer:
-        stream = muxer.add_stream(codec, rate=rate)
-        stream.layout = layout
-        channels = 2 if layout == "stereo" else 1  # the same samples in each, as wav() does
-        interleaved = np.repeat(samples, channels).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(interleaved, format="flt", layout=layout)
-        frame.sample_rate = source_rate
-        resampler = av.AudioResampler(format=stream.format.name, layout=layout, rate=rate)
-        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
-            for packet in stream.encode(converted):
-                muxer.mux(packet)
-        for packet in stream.encode(None):
-            muxer.mux(packet)
-    return out.getvalue()
 
 
 def wav(samples: Samples, rate: int, channels: int = 1) -> bytes:
