@@ -479,7 +479,7 @@ class Recogniser:
             phrase=winner.form.phrase if winner is not None else None,
             confidence=math.exp(best.logprob) if best is not None else 0.0,
             alternatives=tuple(
-                Alternative(s.form.text, s.form.intent, s.logprob)
+                Alternative(s.form.text, s.form.intent, s.score)
                 for s in others[:MAX_ALTERNATIVES]
             ),
             rejection=decision.rejection,

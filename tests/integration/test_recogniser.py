@@ -122,7 +122,8 @@ def test_each_intent_on_clean_speech(dutch: Recogniser) -> None:
 
 
 def test_answer_says_what_was_heard_and_how_sure(dutch: Recogniser) -> None:
-    recognition = dutch.recognise(_padded(say("draai naar links", "mb-nl2")))
+    audio = _padded(say("draai naar links", "mb-nl2"))
+    recognition = dutch.recognise(audio)
     assert recognition.intent == "turn_left"
     assert recognition.heard == recognition.phrase == "draai naar links"
     assert 0.0 < recognition.confidence <= 1.0
@@ -131,7 +132,12 @@ def test_answer_says_what_was_heard_and_how_sure(dutch: Recogniser) -> None:
     assert recognition.stt_ms > 0
     assert recognition.alternatives
     assert all(a.intent != "turn_left" for a in recognition.alternatives)
-    assert all(a.score <= 0.0 for a in recognition.alternatives)
+    # Each alternative carries the score the decision compared (calibrated), best first.
+    scores = [a.score for a in recognition.alternatives]
+    assert scores == sorted(scores, reverse=True)
+    scored = {s.form.text: s.score for s in dutch.score(audio) or ()}
+    for alternative in recognition.alternatives:
+        assert alternative.score == pytest.approx(scored[alternative.phrase], abs=0.05)
 
 
 def test_a_wake_word_before_the_command(dutch: Recogniser) -> None:
