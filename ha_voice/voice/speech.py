@@ -78,7 +78,8 @@ class Alternative:
 
     phrase: str  # as in the vocabulary, with the wake word if it was scored with one
     intent: str
-    score: float  # mean log-probability per token (natural log, ≤ 0)
+    score: float  # the score the decision compared: mean log-probability per token (nats)
+    # given the audio, less a share of the same given silence (see voice/scoring.py)
 
 
 @dataclass(frozen=True)
