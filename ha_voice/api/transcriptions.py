@@ -97,7 +97,7 @@ async def transcriptions(ctx: Ctx, request: Request) -> Response:
             "send multipart/form-data with the recording as `file`, as OpenAI's API takes it",
             accepted=["multipart/form-data"],
         )
-    with hold_slot(ctx, request):
+    with hold_slot(ctx, request, batch=True):
         upload = await async_read_upload(ctx, request, _FIELDS)
         fields = upload.fields
         response_format, language, prompt = _check(fields)

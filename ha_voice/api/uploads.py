@@ -59,6 +59,9 @@ _T = TypeVar("_T")
 # queue, and bounds their memory to 8 × audio_max_bytes.
 MAX_UPLOADS: Final = 8
 MAX_UPLOADS_PER_CLIENT: Final = 2  # one client cannot take every slot
+# Transcriptions (batch work) may hold at most half the slots: however many are under way, a
+# spoken command always finds a slot, as it finds the front of every speech queue.
+MAX_BATCH_UPLOADS: Final = MAX_UPLOADS // 2
 # Decoding 30 s of audio takes at most ~50 ms of one core (docs/benchmarks.md, "Decoding
 # uploads"); two threads keep the Jetson's other cores for speech and the cluster.
 DECODE_THREADS: Final = 2
@@ -101,29 +104,39 @@ class _Slots:
 
     def __init__(self) -> None:
         self.by_client: Counter[str] = Counter()
+        self.batch = 0
 
-    def take(self, client: str) -> str | None:
-        """None if `client` may upload now (a slot taken), else why not."""
+    def take(self, client: str, batch: bool = False) -> str | None:
+        """None if `client` may upload now (a slot taken), else why not; `batch` (a
+        transcription) may take only MAX_BATCH_UPLOADS of the slots."""
         if sum(self.by_client.values()) >= MAX_UPLOADS:
             return f"{MAX_UPLOADS} uploads are being received or decoded on this node"
         if self.by_client[client] >= MAX_UPLOADS_PER_CLIENT:
             return f"{client} already has {MAX_UPLOADS_PER_CLIENT} uploads under way"
+        if batch and self.batch >= MAX_BATCH_UPLOADS:
+            return (
+                f"{MAX_BATCH_UPLOADS} transcriptions are under way on this node (the other "
+                "slots are kept for spoken commands)"
+            )
         self.by_client[client] += 1
+        self.batch += batch
         return None
 
-    def give_back(self, client: str) -> None:
+    def give_back(self, client: str, batch: bool = False) -> None:
+        self.batch -= batch
         self.by_client[client] -= 1
         if self.by_client[client] <= 0:
             del self.by_client[client]
 
 
 @contextlib.contextmanager
-def hold_slot(ctx: ApiContext, request: Request) -> Iterator[None]:
-    """One upload slot for the duration; 503 + Retry-After at once if none is free."""
+def hold_slot(ctx: ApiContext, request: Request, *, batch: bool = False) -> Iterator[None]:
+    """One upload slot for the duration; 503 + Retry-After at once if none is free (for
+    `batch` work, a transcription, if it would hold more than MAX_BATCH_UPLOADS)."""
     slots = ctx.state.setdefault("upload_slots", _Slots())
     assert isinstance(slots, _Slots)
     client = request.client.host if request.client else "?"
-    busy = slots.take(client)
+    busy = slots.take(client, batch)
     if busy is not None:
         raise ApiError(
             503,
@@ -135,7 +148,7 @@ def hold_slot(ctx: ApiContext, request: Request) -> Iterator[None]:
     try:
         yield
     finally:
-        slots.give_back(client)
+        slots.give_back(client, batch)
 
 
 # --- reading and decoding ---------------------------------------------------------------------

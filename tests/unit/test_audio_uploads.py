@@ -10,6 +10,7 @@ import pytest
 
 from ha_voice.api.problems import ApiError
 from ha_voice.api.uploads import (
+    MAX_BATCH_UPLOADS,
     MAX_UPLOADS,
     MAX_UPLOADS_PER_CLIENT,
     _Slots,
@@ -132,3 +133,16 @@ def test_slots_bound_uploads_in_total_and_per_client() -> None:
     for client in [*held, "a", "new"]:
         slots.give_back(client)
     assert not slots.by_client
+
+
+def test_transcriptions_hold_at_most_half_the_slots_and_commands_always_find_one() -> None:
+    slots = _Slots()
+    clients = [f"c{i}" for i in range(MAX_UPLOADS)]
+    assert all(slots.take(c, batch=True) is None for c in clients[:MAX_BATCH_UPLOADS])
+    refused = slots.take(clients[MAX_BATCH_UPLOADS], batch=True)
+    assert "transcriptions" in str(refused)
+    assert all(slots.take(c) is None for c in clients[MAX_BATCH_UPLOADS:])  # commands
+    assert slots.take("late", batch=False) is not None  # now every slot is held
+    slots.give_back(clients[0], batch=True)
+    assert slots.take(clients[MAX_BATCH_UPLOADS], batch=True) is None  # a batch slot came back
+    assert slots.batch == MAX_BATCH_UPLOADS
