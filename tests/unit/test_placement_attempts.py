@@ -14,10 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ha_voice import clock
-from ha_voice.cluster.events import Role
-from ha_voice.cluster.membership import Membership
 from ha_voice.cluster.protocol import Load
-from ha_voice.cluster.view import NodeView, PeerInfo
+from ha_voice.cluster.view import PeerInfo
 from ha_voice.voice.placement import (
     PlacedSpeech,
     PlacementMetrics,
@@ -31,6 +29,7 @@ from ha_voice.voice.speech import (
     SpeechUnavailable,
     Transcription,
 )
+from tests.unit.test_placement_choice import view
 
 AUDIO = np.zeros(1600, dtype=np.float32)
 
@@ -98,19 +97,7 @@ class NodeTwin:
     def __init__(self, loads: dict[str, Load]) -> None:
         now = clock.monotonic()
         peers = {n: PeerInfo(n, load=load, load_heard_at=now) for n, load in loads.items()}
-        self.view = NodeView(
-            node_id="a",
-            role=Role.BACKUP,
-            term=1,
-            leader=None,
-            lease_expiry=float("-inf"),
-            accepting=False,
-            eligible=True,
-            fault_reason="",
-            robot_reachable=True,
-            membership=Membership.from_config("a", list(loads), None),
-            peers=peers,
-        )
+        self.view = view(peers, tuple(loads))
 
 
 class SamplerTwin:

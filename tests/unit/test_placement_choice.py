@@ -65,7 +65,8 @@ def test_jobs_handed_to_a_peer_count_until_its_report_shows_them() -> None:
     assert choose("a", {"a": busy(1), "b": busy(3)}, handed={"b": 2}) == ["a", "b"]
 
 
-def view(peers: dict[str, PeerInfo]) -> NodeView:
+def view(peers: dict[str, PeerInfo], members: tuple[str, ...] = ("b", "c", "d")) -> NodeView:
+    """Node a's view as a backup of members `members`, with `peers` as heard."""
     return NodeView(
         node_id="a",
         role=Role.BACKUP,
@@ -76,7 +77,7 @@ def view(peers: dict[str, PeerInfo]) -> NodeView:
         eligible=True,
         fault_reason="",
         robot_reachable=True,
-        membership=Membership.from_config("a", ["b", "c", "d"], None),
+        membership=Membership.from_config("a", list(members), None),
         peers=peers,
     )
 
