@@ -283,6 +283,12 @@ class Metrics:
             "(robot made safe, journal settled) is done",
             registry=r,
         )
+        self.robot_reachable = Gauge(
+            "ha_voice_robot_reachable",
+            "1 while the robot answers this node's probe (/health's robot_connected), at the "
+            "moment of the scrape",
+            registry=r,
+        )
         self.api_loop_lag = Gauge(
             "ha_voice_api_event_loop_lag_seconds",
             "Latest scheduling delay of the main loop (HTTP API, robot, discovery)",

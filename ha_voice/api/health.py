@@ -78,9 +78,12 @@ def _token_file_text(ctx: ApiContext, problem: str | None) -> str | None:
     },
 )
 async def metrics(ctx: Ctx, request: Request) -> Response:
-    """Every metric of this node, for Prometheus; `ha_voice_healthy` and `ha_voice_serving`
-    are `/health`'s and `/cluster/primary`'s answers at the moment of the scrape."""
+    """Every metric of this node, for Prometheus; `ha_voice_healthy`, `ha_voice_serving` and
+    `ha_voice_robot_reachable` are `/health`'s, `/cluster/primary`'s and `/health`'s
+    `robot_connected` answers at the moment of the scrape."""
     condition = node_condition(ctx, request, clock.monotonic())
     ctx.metrics.healthy.set(1 if condition.status == "ok" else 0)
     ctx.metrics.serving.set(1 if condition.serving else 0)
+    reachable = ctx.guard is not None and ctx.node.view.robot_reachable
+    ctx.metrics.robot_reachable.set(1 if reachable else 0)
     return Response(content=ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -382,3 +382,22 @@ def test_haproxy_with_a_patroni_style_check_sends_traffic_to_the_primary_only(
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_robot_reachable_on_metrics_follows_the_robot() -> None:
+    with (
+        SimRobotProcess() as sim,
+        LocalCluster(3, extra_flags=(f"--robot={sim.spec}",)) as cluster,
+    ):
+        cluster.start()
+        found = cluster.wait_for_primary(20.0)
+        assert found is not None
+        nodes = list(cluster.nodes.values())
+        for node in nodes:
+            _wait(lambda n=node: _gauge(n, "ha_voice_robot_reachable") == 1.0, 10.0, "never 1")
+        sim.close()
+        for node in nodes:
+            _wait(lambda n=node: _gauge(n, "ha_voice_robot_reachable") == 0.0, 20.0, "never 0")
+            health = _json(node, "/health")
+            assert health is not None
+            assert health["robot_connected"] is False
