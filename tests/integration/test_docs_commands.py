@@ -21,6 +21,7 @@ RUN_BY = {
     "new-key": "test_docs_commands.py",
     "tls-certificates": "test_tls.py",
     "speech-model": "test_docs_speech.py",
+    "prometheus-check": "test_prometheus_rules.py",
     **dict.fromkeys(WALKTHROUGH_RUN_HERE, "../e2e/test_netns_walkthrough.py"),
 }
 # The sections whose every shell block must be marked (and so run).
