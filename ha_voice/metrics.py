@@ -203,7 +203,8 @@ class Metrics:
         )
         self.heartbeat_rtt = Histogram(
             "ha_voice_heartbeat_rtt_seconds",
-            "Round trip of heartbeats, measured by the primary",
+            "Round trip of heartbeats, measured by the primary, by peer (members only)",
+            ["peer"],
             buckets=_RTT_BUCKETS,
             registry=r,
         )

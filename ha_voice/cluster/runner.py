@@ -320,7 +320,7 @@ class CoreRunner:
             boot=self.codec.admitted(message.sender),
         )
         if isinstance(message, HeartbeatAck) and self.election.role is Role.PRIMARY:
-            self._round_trip(max(0.0, now - message.sent_at))
+            self._round_trip(message.sender, max(0.0, now - message.sent_at))
         elif isinstance(message, Heartbeat | LoadReport):
             offset = message.sent_at - now
             peer = replace(peer, api_port=message.api_port or peer.api_port, clock_offset_s=offset)
@@ -604,8 +604,8 @@ class CoreRunner:
         elif self._unheard_since is None:
             self._unheard_since = now
 
-    def _round_trip(self, rtt_s: float) -> None:
-        self._metrics.heartbeat_rtt.observe(rtt_s)
+    def _round_trip(self, peer: str, rtt_s: float) -> None:
+        self._metrics.heartbeat_rtt.labels(peer).observe(rtt_s)
         if len(self._rtt_samples) >= _RTT_SAMPLES:
             return
         self._rtt_samples.append(rtt_s)

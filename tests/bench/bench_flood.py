@@ -55,8 +55,12 @@ def scrape(cluster: LocalCluster) -> dict[str, str]:
 
 
 def buckets(text: str, name: str) -> dict[float, float]:
-    found = re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
-    return {float(le): float(count) for le, count in found}
+    """The histogram's cumulative counts by bound, summed over its other labels (e.g. peer)."""
+    found = re.findall(rf'^{name}_bucket{{(?:[^}}]*,)?le="([^"]+)"}} (\S+)$', text, re.M)
+    total: dict[float, float] = {}
+    for le, count in found:
+        total[float(le)] = total.get(float(le), 0.0) + float(count)
+    return total
 
 
 def quantile(before: str, after: str, name: str, q: float) -> tuple[float | None, int]:

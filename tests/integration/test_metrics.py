@@ -66,7 +66,11 @@ def test_the_primary_reports_itself(metrics_text: str) -> None:
     assert float(values["ha_voice_term"]) >= 1
     assert float(values["ha_voice_peers_alive"]) == 2
     assert float(values["ha_voice_lease_remaining_seconds"]) > 0
-    assert float(values["ha_voice_heartbeat_rtt_seconds_count"]) > 0
+    # Round trips per peer: every peer the primary hears answers its heartbeats.
+    peers = re.findall(r'^ha_voice_peer_last_heard_seconds{peer="([^"]+)"}', metrics_text, re.M)
+    assert len(peers) == 2
+    for peer in peers:
+        assert float(values[f'ha_voice_heartbeat_rtt_seconds_count{{peer="{peer}"}}']) > 0
     for reason in ("bad_mac", "replay", "unverified_boot", "identity_conflict", "truncated"):
         assert f'ha_voice_cluster_packets_dropped_total{{reason="{reason}"}}' in values
 
