@@ -176,6 +176,13 @@ def test_prometheus_shows_a_killed_primarys_failover(
     assert _value(prometheus, f"ha_voice_election_duration_seconds_count{new_sel}") == 1
     measured = _value(prometheus, f"ha_voice_election_duration_seconds_sum{new_sel}")
     assert measured == pytest.approx(duration_s)
+    (third,) = (n for n in nodes.values() if n.node_id not in {old, new.node_id})
+    changes = f'ha_voice_leader_changes_total{{instance="{_instance(third)}"}}'
+    _wait(lambda: _value(prometheus, changes) == 1, "the third node's leader change not seen")
+    _wait(
+        lambda: _value(prometheus, "job:ha_voice_failovers:increase15m") == 1,
+        "the recorded failover count never 1",
+    )
     _wait(
         lambda: _value(prometheus, f'up{{instance="{_instance(nodes[old])}"}}') == 0,
         "the killed node still up",
