@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ha_voice.local_cluster import LocalCluster, LocalNode, free_port
-from tests.integration.test_prometheus_rules import DASHBOARD, RULES, _dashboard_exprs, _rules
+from tests.integration.test_prometheus_rules import DASHBOARD, RULES, dashboard_exprs, rules
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -205,9 +205,9 @@ def test_prometheus_evaluates_every_rule_and_dashboard_query(
     _wait(lambda: _value(prometheus, 'sum(up{job="ha-voice"})') == 3, "3 targets never up")
     groups = prometheus.get("/api/v1/rules")["groups"]
     loaded = {rule["name"] for group in groups for rule in group["rules"]}
-    assert loaded == {rule.get("alert", rule.get("record")) for rule in _rules()}
+    assert loaded == {rule.get("alert", rule.get("record")) for rule in rules()}
     assert all(rule["health"] != "err" for group in groups for rule in group["rules"])
-    for expr in _dashboard_exprs():
+    for expr in dashboard_exprs():
         prometheus.query(_filled(expr))  # asserts "success"
     board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     role = next(p for p in board["panels"] if p.get("title") == "Role of each node")

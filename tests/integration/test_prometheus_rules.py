@@ -61,12 +61,14 @@ def test_the_name_parser_finds_metrics_and_nothing_else() -> None:
     assert promql_names(expr) == {"a_bucket", "b:rec:sum", "c", "bool_metric", "d"}
 
 
-def _rules() -> list[dict[str, Any]]:
+def rules() -> list[dict[str, Any]]:
+    """Every rule of ha-voice-rules.yml, alerts and recordings."""
     groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     return [rule for group in groups for rule in group["rules"]]
 
 
-def _dashboard_exprs() -> list[str]:
+def dashboard_exprs() -> list[str]:
+    """Every PromQL expression of the dashboard: panels, annotations, variables."""
     board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     exprs = [
         target["expr"] for panel in _panels(board["panels"]) for target in panel.get("targets", [])
@@ -111,9 +113,9 @@ def metrics_text() -> Iterator[str]:
 
 def test_every_metric_the_rules_use_is_exported(metrics_text: str) -> None:
     exported = exported_names(metrics_text)
-    recorded = {rule["record"] for rule in _rules() if "record" in rule}
+    recorded = {rule["record"] for rule in rules() if "record" in rule}
     used: set[str] = set()
-    for rule in _rules():
+    for rule in rules():
         used |= promql_names(rule["expr"])
     assert {"ha_voice_is_primary", "ha_voice_speech_seconds_bucket"} <= used
     assert used - exported - recorded - _SYNTHETIC == set()
@@ -123,7 +125,7 @@ def test_every_metric_the_rules_use_is_exported(metrics_text: str) -> None:
 def test_every_metric_the_dashboard_queries_is_exported(metrics_text: str) -> None:
     exported = exported_names(metrics_text)
     used: set[str] = set()
-    for expr in _dashboard_exprs():
+    for expr in dashboard_exprs():
         used |= promql_names(expr)
     assert {"ha_voice_role", "ha_voice_robot_reachable", "ha_voice_speech_seconds_bucket"} <= used
     assert used - exported - _SYNTHETIC == set()
@@ -164,10 +166,10 @@ def test_every_alert_has_unit_tests_firing_and_not_firing() -> None:
     for group in tests["tests"]:
         for case in group.get("alert_rule_test", []):
             (fired if case["exp_alerts"] else quiet).add(case["alertname"])
-    alerts = {rule["alert"] for rule in _rules() if "alert" in rule}
+    alerts = {rule["alert"] for rule in rules() if "alert" in rule}
     assert alerts - fired == set()
     assert alerts - quiet == set()
-    for rule in _rules():
+    for rule in rules():
         if "alert" in rule:
             assert rule["labels"]["severity"] in {"critical", "warning", "info"}
             assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
