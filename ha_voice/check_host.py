@@ -32,7 +32,7 @@ __all__ = ["gpu_findings", "model_finding", "speech_findings"]
 _NVIDIA_SMI_TIMEOUT_S: Final = 3.0
 _JETSON_RELEASE: Final = Path("/etc/nv_tegra_release")  # L4T's release file, on every Jetson
 _LOAD_POLL_S: Final = 0.2
-_GPU_DOCS: Final = "docs/jetson-install.md, 'CPU or GPU'"
+_GPU_DOCS: Final = "docs/jetson-install.md, 'CTranslate2 with CUDA'"
 _STT_EXTRA: Final = "/opt/ha-voice/venv/bin/pip install 'ha-voice[stt]'"
 
 
