@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -25,7 +26,8 @@ import httpx
 from ha_voice import clock
 from ha_voice.check import Finding
 from ha_voice.cluster.timers import RTT_HEADROOM, round_trip_problem
-from ha_voice.interfaces import WILDCARD
+from ha_voice.interfaces import WILDCARD, local_ipv4
+from ha_voice.robot.go2 import INSTALL_HINT
 
 if TYPE_CHECKING:
     import ssl
@@ -42,6 +44,7 @@ _MAX_NODES_ASKED: Final = 9  # a cluster has a handful of members; mDNS may brin
 _ROBOT_PROBE: Final = "from ha_voice.check_network import probe_robot_main; probe_robot_main()"
 # A Go2 publishes its state at hundreds of Hz: a second after connecting, one has come or none.
 _GO2_FIRST_SAMPLE_S: Final = 1.0
+_SYS_NET: Final = Path("/sys/class/net")
 _ROBOT_DOCS: Final = "docs/jetson-install.md, 'The network to the robot'"
 
 
@@ -329,16 +332,38 @@ def _robot_finding(config: Config, asked: _Cluster, timeout_s: float) -> Finding
     local = asked.local["health"] if asked.local else None
     if local is not None and local.get("robot_connected") is True:
         return Finding("robot", "ok", f"{_robot_name(config)}: the running node reaches it")
+    missing = _interface_problem(config.network_interface) if config.robot == "go2" else None
+    if missing is not None:
+        return Finding(
+            "robot",
+            "fail",
+            f"{_robot_name(config)}: {missing}",
+            f"set network_interface to the interface that faces the robot ({_ROBOT_DOCS})",
+        )
     reachable, why = _probe_robot(config, timeout_s)
     if reachable:
         return Finding("robot", "ok", f"{_robot_name(config)}: reachable from here")
-    fix = (
-        f"check the cable, this Jetson's address on 192.168.123.0/24 and network_interface "
-        f"({_ROBOT_DOCS})"
-        if config.robot == "go2"
-        else "start the simulator: ha-voice sim-robot --listen HOST:PORT"
-    )
+    if config.robot != "go2":
+        fix = "start the simulator: ha-voice sim-robot --listen HOST:PORT"
+    elif INSTALL_HINT in why:
+        fix = "install the SDK as said (docs/jetson-install.md, sections 3 and 4)"
+    else:
+        fix = (
+            f"check the cable, this Jetson's address on 192.168.123.0/24 and network_interface "
+            f"({_ROBOT_DOCS})"
+        )
     return Finding("robot", "fail", f"{_robot_name(config)}: unreachable: {why}", fix)
+
+
+def _interface_problem(name: str) -> str | None:
+    """Why the SDK could not bind `name`: not on this host, or without an IPv4 address (DDS
+    binds an address of the interface); None if it could."""
+    present = sorted(path.name for path in _SYS_NET.iterdir()) if _SYS_NET.is_dir() else []
+    if name not in present:
+        return f"no interface {name!r} on this host (there are: {', '.join(present)})"
+    if not any(interface == name for interface, _ in local_ipv4()):
+        return f"{name} is down, loopback, or has no IPv4 address"
+    return None
 
 
 def _robot_name(config: Config) -> str:

@@ -6,6 +6,7 @@ Each test reads the JSON report (`--json`) and, where the words matter, the text
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -18,8 +19,10 @@ from typing import Any
 import pytest
 
 from ha_voice.check import EXIT_CODES
+from ha_voice.interfaces import local_ipv4
 from ha_voice.keyfiles import write_private
 from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess, free_port
+from ha_voice.robot.go2 import INSTALL_HINT
 from ha_voice.voice.models import packaged_model
 
 FINDING_KEYS = {"check", "level", "detail", "fix"}
@@ -329,3 +332,25 @@ def test_check_loads_no_server_library(tmp_path: Path, secrets: dict[str, Any]) 
     modules = json.loads(done.stdout.strip().splitlines()[-1])["modules"]
     heavy = ("fastapi", "uvicorn", "starlette", "faster_whisper", "ha_voice.daemon", "ha_voice.api")
     assert [m for m in modules if m.split(".")[0] in heavy or m.startswith(heavy)] == []
+
+
+def test_the_go2_probe_names_the_interface_and_the_sdk(
+    tmp_path: Path, secrets: dict[str, Any]
+) -> None:
+    values = {**secrets, "robot": "go2", "network_interface": "nosuch0", "mdns": False}
+    code, report = _check("--config", _config(tmp_path, values))
+    _assert_shape(code, report)
+    robot = _only(report, "robot")
+    assert robot["level"] == "fail"
+    assert "no interface 'nosuch0' on this host" in robot["detail"]
+    assert robot["fix"].startswith("set network_interface")
+    interfaces = local_ipv4()
+    if not interfaces or importlib.util.find_spec("unitree_sdk2py") is not None:
+        return  # the SDK's own tests are in test_go2_sdk.py
+    # A real interface, no SDK: the probe, in its child process, says how to install it.
+    values["network_interface"] = interfaces[0][0]
+    code, report = _check("--config", _config(tmp_path, values))
+    robot = _only(report, "robot")
+    assert robot["level"] == "fail"
+    assert INSTALL_HINT in robot["detail"]
+    assert robot["fix"].startswith("install the SDK")
