@@ -121,10 +121,12 @@ def _ask(
 
 
 def _get_json(url: str, verify: ssl.SSLContext | bool, timeout_s: float) -> dict[str, Any]:
+    """The JSON object a node answers `url` with: 200, or 503 (a failing node's /health);
+    ValueError for anything else, such as another server on the port."""
     response = httpx.get(url, timeout=timeout_s, verify=verify)
     body = response.json()
-    if not isinstance(body, dict):
-        raise ValueError(f"{url} answered {response.status_code} without a JSON object")
+    if response.status_code not in (200, 503) or not isinstance(body, dict):
+        raise ValueError(f"{url} answered {response.status_code}: not an ha-voice node")
     return body
 
 
