@@ -7,7 +7,8 @@ Not a pass/fail test; prints one markdown row per way. Run it from the checkout 
 A cluster of three `ha-voice run` processes (static peers, mDNS on) and a simulated Go2 on
 127.0.0.1 runs; the configuration checked is that of its node n1. Each way runs `--runs` times
 as a new process, after one untimed run that warms the page cache; the row gives the median and
-the slowest wall time, and the exit status. `--load-model` loads the packaged multilingual base model on the CPU in one worker.
+the slowest wall time, and the exit status. `--load-model` loads the packaged multilingual base
+model on the CPU in one worker.
 """
 
 from __future__ import annotations
