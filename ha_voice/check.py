@@ -94,7 +94,7 @@ def run_checks(options: CheckOptions) -> list[Finding]:
         detail, fix = split_fix(str(exc))
         found = [Finding("config", "fail", detail, fix or "fix each key named above")]
         return [*found, *check_host.gpu_findings(None), clock_finding()]
-    findings = [_config_finding(config, options), *file_findings(config)]
+    findings = [_config_finding(config, options), *file_findings(config, options.role)]
     if options.role == "node":
         findings += check_host.speech_findings(config, options)
     findings.append(clock_finding())
@@ -157,15 +157,16 @@ def _config_source(path: Path | None) -> str:
 # --- files -----------------------------------------------------------------------------------
 
 
-def file_findings(config: Config) -> list[Finding]:
+def file_findings(config: Config, role: Role = "node") -> list[Finding]:
     """One finding per file a start reads or writes (secrets, TLS, state directory), judged by
-    the daemon's own start checks; ok ones say mode, owner and who checked."""
+    the daemon's own start checks; ok ones say mode, owner and who checked. A node without
+    tokens is named too (a witness takes no commands)."""
     problems: dict[str, list[str]] = {}
     for problem in startable_problems(config):
         key = problem.split(" ", 1)[0]
         problems.setdefault(key if key in _FILE_KEYS else "start", []).append(problem)
     findings = [_as_root()] if os.geteuid() == 0 else []
-    if config.api_token_file is None:
+    if config.api_token_file is None and role == "node":
         findings.append(_tokens_unset(config))
     for key in (*_FILE_KEYS, "start"):
         path = getattr(config, key, None)

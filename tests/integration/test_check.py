@@ -354,3 +354,18 @@ def test_the_go2_probe_names_the_interface_and_the_sdk(
     assert robot["level"] == "fail"
     assert INSTALL_HINT in robot["detail"]
     assert robot["fix"].startswith("install the SDK")
+
+
+def test_a_running_witness_checked_as_a_witness(tmp_path: Path) -> None:
+    with LocalCluster(2, witness=True) as cluster:
+        cluster.start()
+        assert cluster.wait_for_primary(30.0) is not None
+        values = _node_values(cluster, cluster.nodes["w"])
+        del values["stt_enabled"], values["api_token_file"]  # a witness takes neither
+        code, report = _check("--witness", "--config", _config(tmp_path, values))
+        _assert_shape(code, report)
+        assert _only(report, "node")["detail"].startswith("w answers at ")
+        assert _only(report, "node")["level"] == "ok"
+        assert _only(report, "peers")["detail"] == "heard n1, n2 (by the nodes that answered)"
+        checks = set(_by_check(report))
+        assert not {"whisper_model", "gpu", "speech", "robot", "api_token_file"} & checks
