@@ -75,6 +75,7 @@ __all__ = [
     "encode",
     "load_model",
     "prepare",
+    "resolve_device",
     "transcribe",
     "trim",
 ]
@@ -192,6 +193,13 @@ def _resolve_compute_type(device: str, compute_type: str) -> str:
     return "float16" if "float16" in supported else "int8_float16"
 
 
+def resolve_device(settings: ModelSettings) -> tuple[str, str]:
+    """(device, compute type) that `load_model` would use for `settings`, "auto" resolved by
+    what CTranslate2 sees (imported here, not loaded: no model is read)."""
+    device = _resolve_device(settings.device)
+    return device, _resolve_compute_type(device, settings.compute_type)
+
+
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Load `settings.model` with faster-whisper; auto device and compute type resolved.
 
@@ -199,8 +207,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     ValueError, huggingface_hub errors when downloading is refused)."""
     WhisperModel = _library("faster_whisper").WhisperModel
 
-    device = _resolve_device(settings.device)
-    compute_type = _resolve_compute_type(device, settings.compute_type)
+    device, compute_type = resolve_device(settings)
     whisper = WhisperModel(
         settings.model,
         device=device,
