@@ -349,7 +349,9 @@ def decide(scored: Sequence[Scored], thresholds: Thresholds = Thresholds()) -> D
     if stop is not None and top.score - stop.score < margin:
         # Stop is the best (a tie included) or close to it. The best, above the floor: stop. Close behind
         # another intent: neither is safe to run (see Thresholds.stop_when_close).
-        if stop.score >= thresholds.floor and (stop.score >= top.score or thresholds.stop_when_close):
+        if stop.score >= thresholds.floor and (
+            stop.score >= top.score or thresholds.stop_when_close
+        ):
             return Decision(stop, None, ranked)
         return Decision(None, "ambiguous", ranked)
     runner_up = next((s for s in ranked[1:] if not s.form.stop), None)

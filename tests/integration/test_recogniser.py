@@ -118,8 +118,7 @@ def test_the_stop_margin_follows_the_intent_and_how_plausible_stop_is() -> None:
     assert winner((stand, 1.5), (stop, 1.0)) == "stand_up"
     assert winner((hello, 1.5), (stop, 1.0)) is None
     assert (
-        winner((hello, 1.5), (stop, 1.5 - thresholds.margin("hello", 1.0, "hallo") + 0.01))
-        is None
+        winner((hello, 1.5), (stop, 1.5 - thresholds.margin("hello", 1.0, "hallo") + 0.01)) is None
     )
     assert winner((hello, 1.0), (stop, 1.5)) == "stop"
     assert (
