@@ -8,7 +8,9 @@ and are not changed. One container runs `ha-voice.service` (jetson-1), the other
 `ha-voice-witness.service` (go2-pc), on the host's network: the two are a quorum of three and
 jetson-1 leads. systemd's own view (`systemctl show`) says the units reach active/running only
 after READY, that the watchdog is fed, that a SIGKILL is followed by a restart, that a
-configuration error is not restarted, and that a stop ends with exit status 0.
+configuration error is not restarted, and that a stop ends with exit status 0. A third
+container runs jetson-1 alone with the packaged Whisper model: its speech worker transcribes
+under every restriction of the unit, at the default policy.
 
 Needs root and `systemd-nspawn` (Debian's systemd-container); skipped otherwise.
 """
@@ -31,7 +33,10 @@ import pytest
 
 from ha_voice.keyfiles import write_private
 from ha_voice.local_cluster import free_port
+from ha_voice.tokens import new_token, token_line
+from ha_voice.voice.models import PackagedModelMissing, packaged_model
 from tests.doc_commands import block
+from tests.speech_corpus import say, wav_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = "/opt/ha-voice/venv"
@@ -50,8 +55,11 @@ RUN_HERE = ("install-unit", "install-witness-unit", "install-floating-ip", "inst
 class Container:
     """A booted systemd-nspawn container over `root`, sharing the host's network."""
 
-    def __init__(self, root: Path, name: str, api_port: int) -> None:
+    def __init__(
+        self, root: Path, name: str, api_port: int, binds: dict[str, str] | None = None
+    ) -> None:
         self.root, self.name, self.api_port = root, name, api_port
+        self.extra_binds = binds or {}
         self.leader = 0
         self.log_path = root.parent / f"{name}.console"
         self.process: subprocess.Popen[bytes] | None = None
@@ -62,6 +70,7 @@ class Container:
             sys.base_prefix: "/opt/ha-voice/python",
             sysconfig.get_paths()["purelib"]: "/opt/ha-voice/site-packages",
             str(ROOT): "/opt/ha-voice/src",
+            **self.extra_binds,
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -188,8 +197,11 @@ def make_venv(venv: Path) -> None:
         "/opt/ha-voice/src\n/opt/ha-voice/site-packages\n"
     )
     script = venv / "bin" / "ha-voice"
+    # As pip writes it: the guard matters, since a speech worker (multiprocessing's spawn)
+    # imports the main module again.
     script.write_text(
-        f"#!{VENV}/bin/python\nimport sys\nfrom ha_voice.cli import main\nsys.exit(main())\n"
+        f"#!{VENV}/bin/python\nimport sys\nfrom ha_voice.cli import main\n"
+        "if __name__ == '__main__':\n    sys.exit(main())\n"
     )
     script.chmod(0o755)
     # An interpreter built with a shared libpython finds it by an absolute RUNPATH; the
@@ -355,3 +367,62 @@ def test_a_configuration_error_is_not_restarted(machines: dict[str, Container]) 
     )
     assert shown["NRestarts"] == "0"
     assert "heartbeat_interval_s" in node.journal("ha-voice")
+
+
+def test_speech_workers_transcribe_under_the_unit_at_the_default_policy(tmp_path: Path) -> None:
+    """The packaged Whisper base model, bound read-only into jetson-1 (alone: speech does not
+    wait for a quorum), transcribes under every restriction of the unit."""
+    try:
+        model = packaged_model("base")
+    except PackagedModelMissing as exc:
+        pytest.skip(str(exc))
+    api = free_port()
+    token = new_token()
+    extra = (
+        'whisper_model = "/opt/ha-voice/model"\nstt_workers = 1\n'
+        'api_token_file = "/etc/ha-voice/api.tokens"\n'
+    )
+    text = config("jetson-1", api, free_port(socket.SOCK_DGRAM), ["jetson-2", "go2-pc"], extra)
+    make_root(tmp_path / "j1", text.replace("stt_enabled = false\n", ""))
+    tokens = tmp_path / "j1" / "etc" / "ha-voice" / "api.tokens"
+    write_private(tokens, token_line("test", token).encode())
+    os.chown(tokens, UID, GID)
+    # A copy the service user can read: packaged_model() writes model.bin 0600 for its caller.
+    readable = tmp_path / "model"
+    shutil.copytree(model, readable)
+    for path in readable.iterdir():
+        path.chmod(0o644)
+    node = Container(
+        tmp_path / "j1", f"hv-speech-{os.getpid()}", api, {str(readable): "/opt/ha-voice/model"}
+    )
+    try:
+        node.boot()
+        install(node, "install-unit")
+
+        def speech_ready() -> bool:
+            speech = (health(node) or {}).get("speech")
+            return isinstance(speech, dict) and bool(speech.get("ready"))
+
+        try:
+            wait_until("speech ready", speech_ready, timeout_s=180)
+        except AssertionError:
+            raise AssertionError((health(node), node.journal("ha-voice")[-3000:])) from None
+        main_pid = node.show("ha-voice")["MainPID"]
+        # The worker left SCHED_RR and runs at niceness 10; multiprocessing's resource tracker,
+        # which only waits on a pipe, keeps the node's policy.
+        children = node.run("ps", "-o", "cls=,ni=,args=", "--ppid", main_pid).stdout
+        workers = [line.split()[:2] for line in children.splitlines() if "spawn_main" in line]
+        assert workers == [["TS", "10"]], children
+        wav = wav_bytes(say("sta op", "nl"))
+        answer = httpx.post(
+            f"http://127.0.0.1:{api}/v1/audio/transcriptions",
+            files={"file": ("speech.wav", wav, "audio/wav")},
+            data={"model": "whisper-1", "language": "nl"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text
+        assert "op" in answer.json()["text"].lower(), answer.json()
+        assert node.show("ha-voice")["NRestarts"] == "0"
+    finally:
+        node.halt()
