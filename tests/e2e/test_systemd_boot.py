@@ -3,14 +3,18 @@
 Each container is a directory tree: the host's /usr bind-mounted read-only, an /etc of its own
 (the `ha-voice` user and group, /etc/ha-voice as docs/operations.md makes it), and
 /opt/ha-voice/venv, a virtual environment of this interpreter whose site-packages and source
-tree are bind-mounted read-only. The unit files are installed by the docs' own commands ("Run")
-and are not changed. One container runs `ha-voice.service` (jetson-1), the other
-`ha-voice-witness.service` (go2-pc), on the host's network: the two are a quorum of three and
-jetson-1 leads. systemd's own view (`systemctl show`) says the units reach active/running only
-after READY, that the watchdog is fed, that a SIGKILL is followed by a restart, that a
-configuration error is not restarted, and that a stop ends with exit status 0. A third
-container runs jetson-1 alone with the packaged Whisper model: its speech worker transcribes
-under every restriction of the unit, at the default policy.
+tree are bind-mounted read-only. The unit files and drop-ins are installed by the docs' own commands
+("Run") and are not changed; the one addition is /etc/default/ha-voice (the units'
+EnvironmentFile=), which sets LD_LIBRARY_PATH for an interpreter built with a shared libpython
+that it finds by an absolute path (pyenv's, under /root, which ProtectHome= hides). One
+container runs `ha-voice.service` (jetson-1), the other `ha-voice-witness.service` (go2-pc), on
+the host's network: the two are a quorum of three and jetson-1 leads. systemd's own view
+(`systemctl show`) says the units reach active/running only after READY, with no capability,
+seccomp, SCHED_RR 10 and /etc/ha-voice still 0750 (with the floating IP's drop-in: CAP_NET_ADMIN
+and CAP_NET_RAW), that the watchdog is fed, that a SIGKILL is followed by a restart, that a
+configuration error is not restarted, and that a stop ends with exit status 0. A third container
+runs jetson-1 alone with the packaged Whisper model: its speech worker transcribes under every
+restriction of the unit, at the default policy.
 
 Needs root and `systemd-nspawn` (Debian's systemd-container); skipped otherwise.
 """
