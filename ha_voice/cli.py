@@ -146,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     step_down.set_defaults(handler=_step_down)
 
     _keygen_command(commands)
+    _check_command(commands)
 
     # Listed for --help only: main() hands `sim-robot ...` to the simulator's own parser.
     _client_commands(commands)
@@ -568,6 +569,62 @@ def _keygen(args: argparse.Namespace) -> int:
     for line in keygen(request):
         print(line)
     return 0
+
+
+def _check_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="what this host can do as a node: config, secrets, model, GPU, robot, peers, clock",
+        description="One line per check, ok, warn or fail, with the fix. Every probe has a "
+        "timeout; nothing is changed, and the model is not loaded without --load-model.",
+        epilog="Exit status: 0 all ok, 1 the worst is a warning, 2 something failed.",
+    )
+    check.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file (default: $HA_VOICE_CONFIG or /etc/ha-voice/config.toml if present)",
+    )
+    check.add_argument(
+        "--witness", dest="as_witness", action="store_true", help="check a witness's host"
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="no network probe (running node, peers, round trip, robot): for ExecStartPre=",
+    )
+    check.add_argument(
+        "--load-model",
+        action="store_true",
+        help="load the configured model in a worker, as a node does (seconds to minutes)",
+    )
+    check.add_argument(
+        "--mdns-wait",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long to listen for the peers' mDNS records (default 2)",
+    )
+    check.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ha_voice.check import CheckOptions, exit_code, report, run_checks, text_lines
+
+    options = CheckOptions(
+        config_path=args.config,
+        role="witness" if args.as_witness else "node",
+        network=not args.offline,
+        load_model=args.load_model,
+        mdns_wait_s=min(max(args.mdns_wait, 0.0), 30.0),
+    )
+    findings = run_checks(options)
+    if args.json:
+        print(json.dumps(report(findings), indent=2))
+    else:
+        print("\n".join(text_lines(findings)))
+    return exit_code(findings)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -24,10 +24,16 @@ from zeroconf import (
     Zeroconf,
 )
 
-from ha_voice.cluster.discovery import NODE_SERVICE_TYPE
+from ha_voice.cluster.discovery import (
+    NODE_SERVICE_TYPE,
+    PeerRecord,
+    peer_from_txt,
+    reachable_address,
+)
+from ha_voice.errors import RemoteError
 from ha_voice.send_outcomes import NO_ANSWER, NO_PRIMARY, NO_QUORUM, Outcome
 
-__all__ = ["diagnose", "find_nodes"]
+__all__ = ["diagnose", "find_nodes", "find_records"]
 
 _ASK_TIMEOUT_S: Final = 1.0  # per node: a node that answers at all answers /cluster in ms
 _RESOLVE_TIMEOUT_MS: Final = 500
@@ -80,6 +86,12 @@ def _judge(view: Mapping[str, Any]) -> tuple[Outcome, str]:
 def find_nodes(cluster: str, scheme: str, timeout_s: float = 1.5) -> list[str]:
     """The API URLs (`scheme://host:port`) of the nodes of `cluster` that answer mDNS within
     about `timeout_s` seconds; [] if none does."""
+    return [f"{scheme}://{r.host}:{r.api_port}" for r in find_records(cluster, timeout_s)]
+
+
+def find_records(cluster: str, timeout_s: float = 1.5) -> list[PeerRecord]:
+    """The well-formed mDNS records of the nodes of `cluster` heard within about `timeout_s`
+    seconds (plus at most `_RESOLVE_TIMEOUT_MS` per node to resolve); [] if none answers."""
     zc = Zeroconf(interfaces=InterfaceChoice.All)
     try:
         names: list[str] = []
@@ -91,18 +103,19 @@ def find_nodes(cluster: str, scheme: str, timeout_s: float = 1.5) -> list[str]:
         browser = ServiceBrowser(zc, NODE_SERVICE_TYPE, handlers=[added])
         threading.Event().wait(timeout_s)  # answers trickle in over RFC 6762's delays
         browser.cancel()
-        return [url for name in list(names) if (url := _node_url(zc, name, cluster, scheme))]
+        records = [_node_record(zc, name) for name in list(names)]
+        return [r for r in records if r is not None and r.cluster == cluster]
     finally:
         zc.close()
 
 
-def _node_url(zc: Zeroconf, name: str, cluster: str, scheme: str) -> str | None:
+def _node_record(zc: Zeroconf, name: str) -> PeerRecord | None:
     info = ServiceInfo(NODE_SERVICE_TYPE, name)
     if not info.request(zc, _RESOLVE_TIMEOUT_MS):
         return None
-    txt = info.decoded_properties
     hosts = info.parsed_addresses(IPVersion.V4Only)
-    port = txt.get("api_port") or ""
-    if txt.get("cluster") != cluster or not hosts or not port.isdigit():
+    instance = name[: -len(NODE_SERVICE_TYPE) - 1]
+    try:
+        return peer_from_txt(instance, reachable_address(hosts), info.port, info.decoded_properties)
+    except RemoteError:
         return None
-    return f"{scheme}://{hosts[0]}:{port}"

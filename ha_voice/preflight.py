@@ -65,13 +65,18 @@ def _token_file(config: Config) -> None:
 
 
 def _tls(config: Config) -> None:
-    # Imported here: api.tls pulls in FastAPI, which `config check` without TLS needs not.
+    # Imported only with TLS: api.tls pulls in FastAPI, which `config check` and `check`
+    # without TLS need not (tests/integration/test_check.py).
+    if config.tls_cert_file is None and config.tls_key_file is None:
+        return
     from ha_voice.api.tls import server_options  # noqa: PLC0415
 
     server_options(config)
 
 
 def _tls_ca(config: Config) -> None:
+    if config.tls_ca_file is None:
+        return
     from ha_voice.api.tls import client_context  # noqa: PLC0415
 
     client_context(config)

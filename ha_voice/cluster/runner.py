@@ -83,7 +83,7 @@ from ha_voice.cluster.protocol import (
     TimeoutNow,
 )
 from ha_voice.cluster.storage import HardStateStore
-from ha_voice.cluster.timers import ElectionTimers
+from ha_voice.cluster.timers import ElectionTimers, round_trip_problem
 from ha_voice.cluster.transport import UDPTransport
 from ha_voice.cluster.view import Failover, NodeView, PeerInfo
 from ha_voice.metrics import Metrics
@@ -611,13 +611,9 @@ class CoreRunner:
         self._rtt_samples.append(rtt_s)
         if len(self._rtt_samples) == _RTT_SAMPLES:
             median = statistics.median(self._rtt_samples)
-            if self.timers.election_timeout_s < 10 * median:
-                log.warning(
-                    "election_timeout_s %.3f is under 10x the measured heartbeat round trip "
-                    '(median %.4f s): expect spurious failovers; try timer_profile = "wifi"',
-                    self.timers.election_timeout_s,
-                    median,
-                )
+            problem = round_trip_problem(self.timers.election_timeout_s, median)
+            if problem is not None:
+                log.warning("%s (median of %d)", problem, _RTT_SAMPLES)
 
     def _dropped(self, reason: str, detail: str) -> None:
         self._metrics.packets_dropped.labels(reason).inc()

@@ -19,12 +19,37 @@ import math
 from dataclasses import dataclass, replace
 from typing import Final, Literal, TypeAlias
 
-__all__ = ["PROFILES", "ElectionTimers", "TimerProfile", "max_safe_lease_s", "timers_for"]
+__all__ = [
+    "PROFILES",
+    "RTT_HEADROOM",
+    "ElectionTimers",
+    "TimerProfile",
+    "max_safe_lease_s",
+    "round_trip_problem",
+    "timers_for",
+]
 
 TimerProfile: TypeAlias = Literal["wired", "wifi"]
 
 # Slack for "at least N heartbeats" checks: 3 x 0.1 is 0.30000000000000004 in binary.
 _ROUNDING: Final = 1e-9
+
+
+# The election timeout should be at least this many heartbeat round trips: under it, a few late
+# heartbeats in a row (queueing on a busy link) end a healthy lease (docs/operations.md).
+RTT_HEADROOM: Final = 10
+
+
+def round_trip_problem(election_timeout_s: float, rtt_s: float) -> str | None:
+    """Why `election_timeout_s` is too short for a measured heartbeat round trip of `rtt_s`
+    seconds, naming the fix; None when it is at least `RTT_HEADROOM` round trips."""
+    if election_timeout_s >= RTT_HEADROOM * rtt_s:
+        return None
+    return (
+        f"election_timeout_s {election_timeout_s:.3f} is under {RTT_HEADROOM}x the measured "
+        f"heartbeat round trip ({rtt_s:.4f} s): expect spurious failovers; "
+        'try timer_profile = "wifi"'
+    )
 
 
 def max_safe_lease_s(election_timeout_s: float, clock_drift: float) -> float:

@@ -119,3 +119,8 @@ def test_journal_and_step_down_load_no_server(cluster: LocalCluster) -> None:
     assert _loaded(cluster, "journal", "--url", url) == (0, [])
     # A wrong token: the primary answers 401 (exit 1) after the whole path ran, and stays.
     assert _loaded(cluster, "step-down", "--url", url, token="not-a-token") == (1, [])
+
+
+def test_config_check_without_tls_loads_no_server(cluster: LocalCluster) -> None:
+    # The file names no cluster key that exists: refused (exit 2) after every check ran.
+    assert _loaded(cluster, "config", "check", os.devnull) == (2, [])

@@ -5,6 +5,7 @@ and the mDNS endpoint saying `scheme=https`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import ssl
@@ -169,6 +170,47 @@ def test_the_mdns_endpoint_says_https_and_the_client_follows(
             await discovery.async_close()
 
     assert asyncio.run(scenario()) == primary
+
+
+def test_check_asks_the_nodes_over_verified_https(
+    cluster: LocalCluster, pki: Path, tmp_path: Path
+) -> None:
+    node = cluster.nodes["n1"]
+    others = [o for o in cluster.nodes.values() if o is not node]
+    values = {
+        "node_id": "n1",
+        "cluster": cluster.cluster,
+        "cluster_key_file": str(cluster.key_file),
+        "api_token_file": str(cluster.token_file),
+        "state_dir": str(cluster.dir / "n1"),
+        "listen_address": node.host,
+        "api_listen_address": node.host,
+        "cluster_port": node.cluster_port,
+        "port": node.api_port,
+        "peers": [f"{o.node_id}@{o.host}:{o.cluster_port}" for o in others],
+        "mdns": False,
+        "stt_enabled": False,
+        "robot": "sim",
+        "tls_cert_file": str(pki / "jetson-1.crt"),
+        "tls_key_file": str(pki / "jetson-1.key"),
+        "tls_ca_file": str(pki / "ca.crt"),
+    }
+    config = tmp_path / "n1.toml"
+    config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HA_VOICE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ha_voice", "check", "--json", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = {f["check"]: f for f in json.loads(done.stdout)["checks"]}
+    for key in ("tls_cert_file", "tls_key_file", "tls_ca_file", "node", "peers", "timers"):
+        assert found[key]["level"] == "ok", found[key]
+    assert found["node"]["detail"].startswith(f"n1 answers at https://{node.host}:")
+    assert "measured by the primary" in found["timers"]["detail"]
 
 
 def test_an_exposed_or_mismatched_tls_key_refuses_the_start(pki: Path, tmp_path: Path) -> None:
