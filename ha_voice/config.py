@@ -752,7 +752,8 @@ class Config(BaseModel):
         ge=0.5,
         le=120.0,
         description="Seconds SIGTERM may take: hand over, withdraw the endpoint, drain requests; "
-        "then the rest is cancelled; under systemd's 90 s TimeoutStopSec by far.",
+        "then the rest is cancelled; at a stop the node asks systemd for this plus 5 s "
+        "(EXTEND_TIMEOUT_USEC), so any TimeoutStopSec below it is raised.",
     )
     journal_max_entries: int = Field(
         default=1000,

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ha_voice import scheduling
 from ha_voice.supervise import fatal
 
 __all__ = ["NotifyHook"]
@@ -134,8 +135,13 @@ class NotifyHook:
     async def _execute(self, path: Path, call: _Call) -> int | None:
         """The script's exit status, or None if it ran out of time and was killed."""
         # A session of its own, so that a kill reaches whatever the script started too.
+        # The node's real-time priority is for its heartbeats, not for the script.
         process = await asyncio.create_subprocess_exec(
-            path, *call.argv(), stdin=subprocess.DEVNULL, start_new_session=True
+            path,
+            *call.argv(),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=scheduling.normal_in_child,  # one system call, no lock
         )
         try:
             return await asyncio.wait_for(process.wait(), self.timeout_s)

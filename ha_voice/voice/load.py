@@ -24,6 +24,7 @@ from typing import Final
 
 import psutil
 
+from ha_voice import scheduling
 from ha_voice.cluster.protocol import Load
 from ha_voice.voice.speech import SpeechStatus
 
@@ -62,6 +63,8 @@ class TegraStats:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            # The node's real-time priority is for its heartbeats, not for tegrastats.
+            preexec_fn=scheduling.normal_in_child,  # noqa: PLW1509  # one system call, no lock
         )
         self._thread = threading.Thread(target=self._read, name="ha-voice-tegrastats", daemon=True)
         self._thread.start()

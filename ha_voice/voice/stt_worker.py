@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from ha_voice import scheduling
 from ha_voice.voice.intents import Vocabulary
 from ha_voice.voice.speech import Audio, Recognition, Transcription
 
@@ -80,6 +81,7 @@ def worker_main(conn: Connection, options: ModelOptions) -> None:
     """The worker process's body: load, report, then answer jobs until `None` or end of file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops us
     _die_with_the_daemon()
+    scheduling.leave_realtime()  # the daemon's SCHED_RR is for its heartbeats, not for us
     with contextlib.suppress(OSError):  # a priority we may not change is no reason to be deaf
         os.nice(WORKER_NICENESS)
     try:

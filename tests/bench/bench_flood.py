@@ -4,7 +4,7 @@ Not a pass/fail test. Prints one JSON object per run; docs/benchmarks.md ("The h
 under a flood") tabulates the runs it lists. Run:
 
     python tests/bench/bench_flood.py [--commands 1000] [--settings 1000] [--fsync-ms 10]
-                                      [--no-limits]
+                                      [--no-limits] [--realtime]
 
 Three `ha-voice run` processes and one `ha-voice sim-robot` on 127.0.0.1, all on this machine's
 two cores together with the load generator (`tests/loadgen.py`). After 5 s idle:
@@ -19,6 +19,7 @@ idle against flood. `--fsync-ms` makes every fsync of the nodes that much slower
 (`tests/slowdisk`: an SD card's 2-20 ms instead of this machine's 0.1 ms). For a before/after
 figure, run this script from an older checkout's directory with its own venv's Python: the nodes
 run `python -m ha_voice` from the working directory (the "before" rows: commit bd2d790).
+`--realtime` runs the nodes at SCHED_RR 10, as the systemd units do (`chrt`; needs root).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ async def command_flood(
     return {
         "commands": summary(replies),
         "wall_s": round(wall_s, 1),
-        "huge_body": [r.status for r in big_replies],
+        "huge_body": [r.status or r.error[:100] for r in big_replies],
         "slow_closed_within_30s": sum(slow_cut),
     }
 
@@ -161,14 +162,20 @@ def main() -> int:
         help="raise the rate limits and the command queue out of reach: (nearly) every command "
         "reaches the journal (the core's worst case; one load generator is one client address)",
     )
+    parser.add_argument(
+        "--realtime", action="store_true", help="the nodes at SCHED_RR 10, as the units run them"
+    )
     parser.add_argument("--label", default="this commit")
     args = parser.parse_args()
     result: dict[str, object] = {
         "label": args.label,
         "fsync_ms": args.fsync_ms,
         "limits": "raised" if args.no_limits else "default",
+        "realtime": args.realtime,
     }
-    slow = [slowdisk.prefix(args.fsync_ms)] * 3 if args.fsync_ms else []
+    realtime = ("chrt", "--rr", "10") if args.realtime else ()
+    prefix = [*realtime, *(slowdisk.prefix(args.fsync_ms) if args.fsync_ms else ())]
+    slow = [prefix] * 3 if prefix else []
     raised = ("--api-rate-per-s=10000", "--api-rate-burst=100000", "--max-pending-commands=4096")
     with (
         SimRobotProcess() as sim,

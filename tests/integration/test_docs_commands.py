@@ -13,6 +13,7 @@ from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.tokens import read_token_file
 from tests.doc_commands import OPERATIONS, block, blocks, run, system_replacements
 from tests.e2e.test_netns_walkthrough import RUN_HERE as WALKTHROUGH_RUN_HERE
+from tests.e2e.test_systemd_boot import RUN_HERE as SYSTEMD_RUN_HERE
 
 # Every marked block, and the test that runs it.
 RUN_BY = {
@@ -23,9 +24,10 @@ RUN_BY = {
     "speech-model": "test_docs_speech.py",
     "prometheus-check": "test_prometheus_rules.py",
     **dict.fromkeys(WALKTHROUGH_RUN_HERE, "../e2e/test_netns_walkthrough.py"),
+    **dict.fromkeys(SYSTEMD_RUN_HERE, "../e2e/test_systemd_boot.py"),
 }
 # The sections whose every shell block must be marked (and so run).
-SECTIONS = ("## Secret files", "## Who may command the robot")
+SECTIONS = ("## Secret files", "## Who may command the robot", "## Run")
 
 
 def test_every_shell_block_of_the_secret_sections_is_run_by_a_test() -> None:

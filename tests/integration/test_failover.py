@@ -220,6 +220,11 @@ def test_systemd_hears_ready_watchdog_and_stopping(
             single.kill("n1", signal.SIGTERM)
             while not any("STOPPING=1" in m for m in seen):
                 seen.append(sock.recv(4096).decode())
+            # Room for the whole shutdown budget (5 s by default), whatever TimeoutStopSec is.
+            while not any("EXTEND_TIMEOUT_USEC=" in m for m in seen):
+                seen.append(sock.recv(4096).decode())
             assert single.nodes["n1"].wait(10.0) == 0
+    extend = next(m for m in seen if "EXTEND_TIMEOUT_USEC=" in m)
+    assert int(extend.split("EXTEND_TIMEOUT_USEC=")[1].split()[0]) >= 5_000_000
     ready = next(m for m in seen if "READY=1" in m)
     assert "STATUS=" in ready
