@@ -19,8 +19,8 @@ Invariants:
 - Stop is never overruled by a close call: any other intent is accepted only when its score beats
   the best stop phrase's by its margin (`Thresholds.margin`: STOP_MARGIN, more for intents that
   came close to stop in tuning, less when stop itself scored below STOP_PLAUSIBLE); otherwise
-  the answer is stop when stop scored best (and above the floor), else a rejection. Below the floor, or with
-  two intents too close, it is a rejection, never a guess. Intents are compared by their best
+  the answer is stop when stop scored best (and above the floor), else a rejection. Below the
+  floor, or with two intents too close, it is a rejection, never a guess. Intents are compared by their best
   form (max): the log-sum-exp of an intent's forms was measured worse (stop has six phrases).
 - The recogniser reads the vocabulary (phrases, wake words, the stop intent); nothing in it
   depends on the model's size or language beyond the tokenizer.
@@ -347,8 +347,8 @@ def decide(scored: Sequence[Scored], thresholds: Thresholds = Thresholds()) -> D
         0.0 if stop is None else thresholds.margin(top.form.intent, stop.score, top.form.phrase)
     )
     if stop is not None and top.score - stop.score < margin:
-        # Stop is the best (a tie included) or close to it. The best, above the floor: stop. Close behind
-        # another intent: neither is safe to run (see Thresholds.stop_when_close).
+        # Stop is the best (a tie included) or close to it. The best, above the floor: stop.
+        # Close behind another intent: neither is safe to run (see Thresholds.stop_when_close).
         if stop.score >= thresholds.floor and (
             stop.score >= top.score or thresholds.stop_when_close
         ):
