@@ -20,8 +20,9 @@ Invariants:
   the best stop phrase's by its margin (`Thresholds.margin`: STOP_MARGIN, more for intents that
   came close to stop in tuning, less when stop itself scored below STOP_PLAUSIBLE); otherwise
   the answer is stop when stop scored best (and above the floor), else a rejection. Below the
-  floor, or with two intents too close, it is a rejection, never a guess. Intents are compared by their best
-  form (max): the log-sum-exp of an intent's forms was measured worse (stop has six phrases).
+  floor, or with two intents too close, it is a rejection, never a guess. Intents are compared
+  by their best form (max): the log-sum-exp of an intent's forms was measured worse (stop has
+  six phrases).
 - The recogniser reads the vocabulary (phrases, wake words, the stop intent); nothing in it
   depends on the model's size or language beyond the tokenizer.
 """
