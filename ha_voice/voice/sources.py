@@ -1,0 +1,373 @@
+"""Live audio in: the robot's UDP stream, a microphone, or anything PyAV opens, as 16 kHz blocks.
+
+`audio_sources` entries (config.py) name each source: `udp://HOST:PORT` (raw PCM datagrams,
+the seed's streamer format by default: 16 kHz mono s16le), `alsa:DEVICE`, `pulse:DEVICE`,
+`file:PATH`, or any URL FFmpeg opens (rtsp://…). Every source yields `Block`s: mono float32 at
+`SAMPLE_RATE` with the stream time (seconds since the epoch) of the first sample.
+
+Invariants:
+- Nothing a sender does costs more than a bounded queue: a datagram whose size is not a whole
+  number of frames, or over `MAX_DATAGRAM_BYTES`, is dropped and counted as malformed; one that
+  arrives while `queue_blocks` blocks wait is dropped and counted as dropped.
+- Stream time is continuous while packets keep coming: a block's time is the previous block's
+  end, unless that is more than `REANCHOR_S` away from its arrival (a gap, a late start), when
+  it is the arrival time. So an utterance's start does not jitter with the network.
+  A PyAV source's stream time is its opening time plus the samples decoded (the device's
+  clock, or a file's own time).
+- A PyAV source reads in a thread of its own and never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import numpy as np
+
+from ha_voice import clock
+from ha_voice.voice.speech import SAMPLE_RATE, Audio
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+__all__ = [
+    "MAX_DATAGRAM_BYTES",
+    "REANCHOR_S",
+    "AudioSource",
+    "AvSource",
+    "Block",
+    "PcmFormat",
+    "SourceStats",
+    "UdpSource",
+    "open_source",
+    "parse_source",
+]
+
+log = logging.getLogger(__name__)
+
+# A UDP datagram over IPv4 carries at most 65507 bytes; the seed's streamer sends 1024-4096.
+MAX_DATAGRAM_BYTES: Final = 65_507
+# A block arriving further than this from where the stream should be is a new start (the
+# sender paused, or restarted): 0.5 s is ten times the jitter of Wi-Fi with retries.
+REANCHOR_S: Final = 0.5
+_SAMPLE_TYPES: Final = {1: np.uint8, 2: np.int16, 4: np.int32}
+_END: Final = object()
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive samples of one source: mono float32 in [-1, 1] at SAMPLE_RATE."""
+
+    source: str
+    start_s: float  # stream time of samples[0]: seconds since the Unix epoch
+    samples: Audio
+    gap_s: float = 0.0  # seconds missing before this block (the stream was re-anchored)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass
+class SourceStats:
+    """What /api/voice/status and the metrics say of one source."""
+
+    source: str
+    open: bool = False
+    received: int = 0  # packets (UDP) or decoded frames (PyAV) taken
+    dropped: int = 0  # packets lost to a full queue
+    malformed: int = 0  # packets of a size no whole number of frames has
+    level_dbfs: float | None = None  # RMS of the last block, dB relative to full scale
+    error: str = ""  # why the source is not open, or what ended it
+
+    def to_json(self) -> dict[str, Any]:
+        level = None if self.level_dbfs is None else round(self.level_dbfs, 1)
+        return {
+            "id": self.source,
+            "open": self.open,
+            "level_dbfs": level,
+            "packets_received": self.received,
+            "packets_dropped": self.dropped,
+            "packets_malformed": self.malformed,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class PcmFormat:
+    """Raw PCM of a UDP source: sample rate (Hz), bytes per sample (1, 2 or 4), channels."""
+
+    rate: int = SAMPLE_RATE
+    width: int = 2
+    channels: int = 1
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.channels
+
+
+class AudioSource(Protocol):
+    """One live input. `open` starts it, `blocks` yields until `close`; `stats` never blocks."""
+
+    source: str
+
+    async def async_open(self) -> None:
+        """Start receiving; raises OSError (UDP bind) or av.error.FFmpegError (device)."""
+        ...
+
+    def blocks(self) -> AsyncIterator[Block]:
+        """The blocks as they come, until `close`."""
+        ...
+
+    def close(self) -> None:
+        """Stop receiving and release the socket, device or file; idempotent."""
+        ...
+
+    def stats(self) -> SourceStats:
+        """Counters and level, now."""
+        ...
+
+
+def parse_source(entry: str) -> tuple[str, str]:
+    """An `audio_sources` entry as (kind, target): ("udp", "HOST:PORT"), ("alsa", DEVICE),
+    ("pulse", DEVICE), ("file", PATH) or ("url", URL); ValueError naming what is wrong."""
+    if entry.startswith("udp://"):
+        host, _, port = entry[len("udp://") :].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r}: write udp://HOST:PORT, e.g. udp://0.0.0.0:9999")
+        return "udp", f"{host}:{port}"
+    for kind in ("alsa", "pulse", "file"):
+        if entry.startswith(f"{kind}:"):
+            target = entry[len(kind) + 1 :]
+            if not target:
+                raise ValueError(f"{entry!r}: name the {kind} device or path after '{kind}:'")
+            return kind, target
+    if "://" in entry:
+        return "url", entry
+    raise ValueError(
+        f"{entry!r} is no audio source: write udp://HOST:PORT, alsa:DEVICE, pulse:DEVICE, "
+        "file:PATH or a URL FFmpeg opens"
+    )
+
+
+def open_source(entry: str, pcm: PcmFormat, queue_blocks: int) -> AudioSource:
+    """The source `entry` names (see `parse_source`), not yet open."""
+    kind, target = parse_source(entry)
+    if kind == "udp":
+        host, _, port = target.rpartition(":")
+        return UdpSource(entry, host, int(port), pcm, queue_blocks)
+    return AvSource(entry, kind, target, queue_blocks)
+
+
+def level_dbfs(samples: Audio) -> float:
+    """RMS of `samples` in dB relative to full scale; -120 for digital silence."""
+    if len(samples) == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return max(-120.0, 20 * math.log10(rms)) if rms > 0 else -120.0
+
+
+def pcm_to_mono(data: bytes, pcm: PcmFormat) -> npt.NDArray[np.float32]:
+    """Interleaved little-endian PCM as mono float32 in [-1, 1] at `pcm.rate`; the caller has
+    checked that `data` is a whole number of frames."""
+    dtype = np.dtype(_SAMPLE_TYPES[pcm.width]).newbyteorder("<")
+    raw = np.frombuffer(data, dtype=dtype).astype(np.float32)
+    if pcm.width == 1:  # unsigned 8-bit, centred on 128
+        raw = (raw - 128.0) / 128.0
+    else:
+        raw /= float(2 ** (8 * pcm.width - 1))
+    return raw.reshape(-1, pcm.channels).mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
+    """Mono float32 at `rate` Hz to SAMPLE_RATE (linear interpolation; the identity at 16 kHz)."""
+    if rate == SAMPLE_RATE or len(samples) == 0:
+        return samples
+    count = max(1, round(len(samples) * SAMPLE_RATE / rate))
+    positions = np.arange(count, dtype=np.float64) * (rate / SAMPLE_RATE)
+    return np.interp(positions, np.arange(len(samples)), samples).astype(np.float32)
+
+
+class _Clocked:
+    """Stream time of consecutive blocks (see the module's invariants)."""
+
+    def __init__(self) -> None:
+        self._next_s: float | None = None
+
+    def place(self, arrived_s: float, duration_s: float) -> tuple[float, float]:
+        """(start_s, gap_s) of a block of `duration_s` that arrived complete at `arrived_s`."""
+        start_s = arrived_s - duration_s
+        gap_s = 0.0
+        if self._next_s is not None and abs(start_s - self._next_s) <= REANCHOR_S:
+            start_s = self._next_s
+        elif self._next_s is not None:
+            gap_s = max(0.0, start_s - self._next_s)
+        self._next_s = start_s + duration_s
+        return start_s, gap_s
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, source: UdpSource) -> None:
+        self._source = source
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._source.take(data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("%s: %s", self._source.source, exc)
+
+
+class UdpSource:
+    """Raw PCM datagrams on HOST:PORT (see the module's invariants)."""
+
+    def __init__(
+        self, source: str, host: str, port: int, pcm: PcmFormat, queue_blocks: int
+    ) -> None:
+        self.source = source
+        self.host, self.port, self.pcm = host, port, pcm
+        self._queue: asyncio.Queue[Block | object] = asyncio.Queue(queue_blocks)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._stats = SourceStats(source)
+        self._clock = _Clocked()
+        self._warned = False
+
+    async def async_open(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self), local_addr=(self.host, self.port)
+        )
+        self._transport = transport
+        self._stats.open, self._stats.error = True, ""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (the port the OS chose for port 0)."""
+        assert self._transport is not None
+        name = self._transport.get_extra_info("sockname")
+        return str(name[0]), int(name[1])
+
+    def take(self, data: bytes) -> None:
+        """One datagram: counted, checked, converted, queued or dropped."""
+        stats = self._stats
+        stats.received += 1
+        if not data or len(data) % self.pcm.frame_bytes or len(data) > MAX_DATAGRAM_BYTES:
+            stats.malformed += 1
+            level = logging.DEBUG if self._warned else logging.WARNING
+            log.log(level, "%s: dropped a datagram of %d bytes", self.source, len(data))
+            self._warned = True
+            return
+        samples = resample(pcm_to_mono(data, self.pcm), self.pcm.rate)
+        start_s, gap_s = self._clock.place(clock.wall_clock_us() / 1e6, len(samples) / SAMPLE_RATE)
+        stats.level_dbfs = level_dbfs(samples)
+        try:
+            self._queue.put_nowait(Block(self.source, start_s, samples, gap_s))
+        except asyncio.QueueFull:
+            stats.dropped += 1
+
+    async def blocks(self) -> AsyncIterator[Block]:
+        while True:
+            block = await self._queue.get()
+            if not isinstance(block, Block):
+                return
+            yield block
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            _end(self._queue)
+        self._stats.open = False
+
+    def stats(self) -> SourceStats:
+        return SourceStats(**vars(self._stats))
+
+
+def _end(queue: asyncio.Queue[Block | object]) -> None:
+    """Wake the reader with the end marker, making room for it if the queue is full."""
+    while True:
+        try:
+            queue.put_nowait(_END)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()
+
+
+class AvSource:
+    """A microphone, stream or file through PyAV, decoded and resampled in a thread."""
+
+    def __init__(self, source: str, kind: str, target: str, queue_blocks: int) -> None:
+        self.source = source
+        self.kind, self.target = kind, target
+        self._queue: asyncio.Queue[Block | object] = asyncio.Queue(queue_blocks)
+        self._stats = SourceStats(source)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def async_open(self) -> None:
+        import av  # PyAV: only a node with such a source loads FFmpeg
+
+        fmt = self.kind if self.kind in ("alsa", "pulse") else None
+        container = await asyncio.to_thread(av.open, self.target, "r", format=fmt)
+        loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._read, args=(container, loop), name=f"audio {self.source}", daemon=True
+        )
+        self._stats.open, self._stats.error = True, ""
+        self._thread.start()
+
+    def _read(self, container: Any, loop: asyncio.AbstractEventLoop) -> None:
+        import av
+
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        opened_s, taken = clock.wall_clock_us() / 1e6, 0
+        try:
+            for frame in container.decode(audio=0):
+                if self._stop.is_set():
+                    break
+                for out in resampler.resample(frame):
+                    samples = out.to_ndarray().reshape(-1).astype(np.float32)
+                    self._put(loop, Block(self.source, opened_s + taken / SAMPLE_RATE, samples))
+                    taken += len(samples)
+        except (av.error.FFmpegError, OSError) as exc:
+            self._stats.error = str(exc)
+            log.warning("%s: %s", self.source, exc)
+        finally:
+            container.close()
+            self._stats.open = False
+            if not self._stop.is_set():
+                asyncio.run_coroutine_threadsafe(self._queue.put(_END), loop)
+
+    def _put(self, loop: asyncio.AbstractEventLoop, block: Block) -> None:
+        """Queue one block, waiting for room (a file is read no faster than it is used)."""
+        self._stats.received += 1
+        self._stats.level_dbfs = level_dbfs(block.samples)
+        future = asyncio.run_coroutine_threadsafe(self._queue.put(block), loop)
+        while not self._stop.is_set():
+            try:
+                future.result(timeout=0.1)
+                return
+            except TimeoutError:
+                continue
+        future.cancel()
+
+    async def blocks(self) -> AsyncIterator[Block]:
+        while True:
+            block = await self._queue.get()
+            if not isinstance(block, Block):
+                return
+            yield block
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            _end(self._queue)
+            self._thread = None
+
+    def stats(self) -> SourceStats:
+        return SourceStats(**vars(self._stats))

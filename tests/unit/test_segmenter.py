@@ -1,0 +1,101 @@
+"""The streaming segmenter on generated Dutch speech, silence and noise (real Silero VAD)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ha_voice.voice.segmenter import FRAME, Segmenter, SegmenterOptions, Utterance
+from ha_voice.voice.speech import SAMPLE_RATE
+from tests.speech_corpus import have_espeak, say
+
+pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+
+PHRASES = ("ga liggen", "sta op", "stop", "draai naar links")
+T0 = 1_700_000_000.0  # stream time of the first sample
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def _noise(seconds: float, rms: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * SAMPLE_RATE)) * rms).astype(np.float32)
+
+
+def _script(pause_s: float = 1.0, noise_rms: float = 0.0) -> tuple[np.ndarray, list[float]]:
+    """The phrases with pauses (noise under all of it); the stream time each phrase starts."""
+    parts, starts, at = [_silence(0.5)], [], 0.5
+    for i, phrase in enumerate(PHRASES):
+        voice = ("nl", "nl+f3", "mb-nl2", "nl+m3")[i % 4]
+        speech = say(phrase, voice)
+        starts.append(T0 + at)
+        parts += [speech, _silence(pause_s)]
+        at += len(speech) / SAMPLE_RATE + pause_s
+    audio = np.concatenate(parts)
+    if noise_rms:
+        audio = audio + _noise(len(audio) / SAMPLE_RATE, noise_rms, seed=3)
+    return audio.astype(np.float32), starts
+
+
+def _stream(segmenter: Segmenter, audio: np.ndarray, block: int) -> list[Utterance]:
+    out: list[Utterance] = []
+    for offset in range(0, len(audio), block):
+        out += segmenter.push(audio[offset : offset + block], T0 + offset / SAMPLE_RATE)
+    return out + segmenter.flush()
+
+
+@pytest.mark.parametrize("block", [160, 512, 1000, 4096])
+def test_n_phrases_with_pauses_are_n_utterances_whatever_the_block_size(block: int) -> None:
+    audio, starts = _script()
+    utterances = _stream(Segmenter(), audio, block)
+    assert len(utterances) == len(PHRASES)
+    for utterance, start in zip(utterances, starts, strict=True):
+        assert abs(utterance.start_s - start) < 0.25, (utterance.start_s - T0, start - T0)
+        assert 0.2 < utterance.duration_s < 3.0
+        assert not utterance.cut
+
+
+def test_noise_under_the_speech_still_gives_one_utterance_per_phrase() -> None:
+    audio, _ = _script(noise_rms=0.01)
+    assert len(_stream(Segmenter(), audio, 1024)) == len(PHRASES)
+
+
+def test_silence_and_noise_alone_give_nothing() -> None:
+    segmenter = Segmenter()
+    quiet = np.concatenate([_silence(2.0), _noise(3.0, 0.01, seed=1)])
+    assert _stream(segmenter, quiet, 1024) == []
+    assert segmenter.segments == 0
+
+
+def _trimmed(audio: np.ndarray) -> np.ndarray:
+    """`audio` without espeak-ng's trailing silence (about 0.35 s)."""
+    loud = np.nonzero(np.abs(audio) > 0.01)[0]
+    return audio[: loud[-1] + 1]
+
+
+def test_a_short_pause_inside_a_phrase_does_not_cut_it() -> None:
+    words = [_trimmed(say("ga")), _silence(0.2), say("liggen")]
+    audio = np.concatenate([_silence(0.5), *words, _silence(1)])
+    assert len(_stream(Segmenter(), audio, 512)) == 1
+
+
+def test_speech_past_max_utterance_s_is_cut_and_memory_stays_bounded() -> None:
+    long_speech = np.concatenate([say("een twee drie vier vijf zes zeven acht")] * 4)
+    segmenter = Segmenter(SegmenterOptions(max_utterance_s=2.0))
+    utterances = _stream(segmenter, long_speech, 2048)
+    assert any(u.cut for u in utterances)
+    assert max(u.duration_s for u in utterances) <= 2.0 + FRAME / SAMPLE_RATE
+
+
+def test_a_gap_drops_the_utterance_under_way_and_counts_it_lost() -> None:
+    speech = say("draai naar links")
+    segmenter = Segmenter()
+    half = len(speech) // 2
+    assert segmenter.push(np.concatenate([_silence(0.5), speech[:half]]), T0) == []
+    assert segmenter.in_speech
+    after = T0 + 5.0
+    rest = segmenter.push(np.concatenate([_silence(1.0), say("sta op"), _silence(1.0)]), after, 4)
+    assert segmenter.lost == 1
+    assert len(rest) == 1 and rest[0].start_s >= after
