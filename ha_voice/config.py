@@ -79,6 +79,7 @@ __all__ = [
     "flag_name",
     "is_optional",
     "load_config",
+    "parse_source",
     "read_accepted_keys",
     "read_cluster_key",
     "toml_value",
@@ -265,6 +266,36 @@ def _peer_list(entries: list[str]) -> list[str]:
         if node in seen:
             raise ValueError(f"node id {node!r} is listed twice")
         seen.add(node)
+    return entries
+
+
+def parse_source(entry: str) -> tuple[str, str]:
+    """An `audio_sources` entry as (kind, target): ("udp", "HOST:PORT"), ("alsa", DEVICE),
+    ("pulse", DEVICE), ("file", PATH) or ("url", URL); ValueError naming what is wrong."""
+    if entry.startswith("udp://"):
+        host, _, port = entry[len("udp://") :].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r}: write udp://HOST:PORT, e.g. udp://0.0.0.0:9999")
+        return "udp", f"{host}:{port}"
+    for kind in ("alsa", "pulse", "file"):
+        if entry.startswith(f"{kind}:"):
+            target = entry[len(kind) + 1 :]
+            if not target:
+                raise ValueError(f"{entry!r}: name the {kind} device or path after '{kind}:'")
+            return kind, target
+    if "://" in entry:
+        return "url", entry
+    raise ValueError(
+        f"{entry!r} is no audio source: write udp://HOST:PORT, alsa:DEVICE, pulse:DEVICE, "
+        "file:PATH or a URL FFmpeg opens"
+    )
+
+
+def _audio_sources(entries: list[str]) -> list[str]:
+    for entry in entries:
+        parse_source(entry)
+    if len(set(entries)) != len(entries):
+        raise ValueError("a source is listed twice")
     return entries
 
 
@@ -525,6 +556,88 @@ class Config(BaseModel):
         "spoken command takes a few seconds and Whisper hears 30 s at a time; longer audio "
         "gets 413, judged while decoding, so a small file that expands to hours costs no more "
         "than this.",
+    )
+    audio_sources: Annotated[
+        list[str],
+        Rule(
+            "each udp://HOST:PORT, alsa:DEVICE, pulse:DEVICE, file:PATH or a URL FFmpeg opens",
+            _audio_sources,
+        ),
+    ] = Field(
+        default_factory=list,
+        max_length=8,
+        description="What the primary listens to while listening is on (at most 8): "
+        "udp://HOST:PORT for raw PCM datagrams (the Go2 streamer's format, audio_udp_*), "
+        "alsa:DEVICE or pulse:DEVICE for a microphone, file:PATH or any URL FFmpeg opens; "
+        "empty by default: a node listens to nothing until told what.",
+    )
+    audio_udp_rate: int = Field(
+        default=16_000,
+        ge=8_000,
+        le=48_000,
+        description="Sample rate in Hz of udp:// sources, 8000 to 48000; 16000 is the seed's "
+        "streamer and what Whisper takes (other rates are resampled).",
+    )
+    audio_udp_width: Literal[1, 2, 4] = Field(
+        default=2,
+        description="Bytes per sample of udp:// sources: 1 (unsigned 8-bit), 2 (s16le, the "
+        "seed's streamer) or 4 (s32le).",
+    )
+    audio_udp_channels: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Interleaved channels of udp:// sources, 1 to 8, mixed down to mono.",
+    )
+    audio_queue_blocks: int = Field(
+        default=256,
+        ge=8,
+        le=4096,
+        description="Blocks (datagrams) a source may hold before the listener takes them, 8 "
+        "to 4096; 256 datagrams of 1024 bytes are 8 s of the seed's stream. Past it, "
+        "datagrams are dropped and counted (ha_voice_audio_packets_dropped_total).",
+    )
+    vad_threshold: float = Field(
+        default=0.5,
+        ge=0.05,
+        le=0.95,
+        description="Speech probability (Silero VAD) at or above which a 32 ms frame is "
+        "speech, 0.05 to 0.95; 0.5 is Silero's default, higher for noisy places.",
+    )
+    vad_min_silence_s: float = Field(
+        default=0.4,
+        ge=0.1,
+        le=3.0,
+        description="Seconds of silence that end an utterance, 0.1 to 3; the end-of-speech "
+        "wait every command pays, and a pause inside a phrase must be shorter.",
+    )
+    vad_pad_s: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Seconds of audio kept before and after the speech VAD found, 0 to 1, so "
+        "that soft first and last sounds reach the recogniser.",
+    )
+    vad_max_utterance_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=30.0,
+        description="Longest utterance in seconds, 1 to 30 (Whisper hears 30 s at a time): "
+        "longer speech is cut there, so chatter never holds more than this in memory.",
+    )
+    require_wake_word: bool = Field(
+        default=False,
+        description="Whether live listening runs only commands said after one of the "
+        "vocabulary's wake words (robot, hond, …), for noisy places; posted audio and text "
+        "are not affected.",
+    )
+    listen_dedup_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        description="Seconds within which the same command heard by several sources (a "
+        "Jetson's microphone and the robot's stream) is one command, the best hearing "
+        "winning, 0 to 10; the same command said twice further apart runs twice.",
     )
     transcription_max_audio_s: float = Field(
         default=300.0,

@@ -56,6 +56,7 @@ from ha_voice.robot.base import Robot, RobotError
 from ha_voice.robot.guard import Guard, NotLeading
 from ha_voice.supervise import log_through_a_queue, must_not_end
 from ha_voice.voice.intents import Vocabulary
+from ha_voice.voice.listening import Listener
 from ha_voice.voice.placement import PlacedSpeech, placed
 from ha_voice.voice.stt import ServiceOptions, SpeechService
 
@@ -174,6 +175,7 @@ class _Daemon:
     robot_watch: asyncio.Task[None] | None = None
     local_speech: SpeechService | None = None
     speech: PlacedSpeech | None = None
+    listening: asyncio.Task[None] | None = None
 
 
 async def serve(config: Config) -> int:
@@ -256,23 +258,26 @@ async def _start(config: Config) -> _Daemon:
         await actions.discovery.async_start(lambda record: _learn(node, record), _forget)
     local_speech = _speech_service(config, membership, metrics)
     speech = placed(local_speech, node, config, metrics.registry)
-    app = create_app(
-        ApiContext(
-            config,
-            node,
-            metrics,
-            __version__,
-            Vocabulary.load(config.language),
-            actions.guard,
-            actions.commands,
-            speech=speech,
-        )
+    ctx = ApiContext(
+        config,
+        node,
+        metrics,
+        __version__,
+        Vocabulary.load(config.language),
+        actions.guard,
+        actions.commands,
+        speech=speech,
     )
+    listener = Listener(ctx)
+    ctx.state["listener"] = listener
+    app = create_app(ctx)
     server, api_socket = build_server(config, app)
     server_task = _supervised(server.serve(sockets=[api_socket]), "HTTP server")
     lag_probe = _supervised(_probe_api_loop(node, metrics, config.mdns), "main loop probe")
     daemon = _Daemon(config, store, node, actions, hook, server, server_task, lag_probe)
     daemon.local_speech, daemon.speech = local_speech, speech
+    if config.audio_sources:
+        daemon.listening = _supervised(listener.async_run(), "live listening")
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
     log.info(
@@ -425,6 +430,10 @@ async def _shut_down(daemon: _Daemon) -> int:
         await _bounded(actions.discovery.async_close(), deadline)
     if actions.vip is not None:
         await _bounded(actions.vip.async_close(), deadline)
+    if daemon.listening is not None:  # sources closed before the speech they feed
+        daemon.listening.remove_done_callback(must_not_end)
+        daemon.listening.cancel()
+        await _bounded(asyncio.gather(daemon.listening, return_exceptions=True), deadline)
     daemon.server_task.remove_done_callback(must_not_end)
     daemon.server.should_exit = True
     await _bounded(asyncio.shield(daemon.server_task), deadline)

@@ -157,7 +157,10 @@ def _page_bytes(head: dict[str, Any], records: Sequence[CommandRecord]) -> bytes
 
 @router.get("/voice/status")
 async def voice_status(ctx: Ctx) -> dict[str, Any]:
-    """The seed's fields, from the replicated journal: the same on every node."""
+    """The seed's fields, from the replicated journal (the same on every node), and live
+    listening: `listener` (the node listening, or null), `sources` (this node's: id, open,
+    level_dbfs, packets received/dropped/malformed) and `utterances` (the last ones this node
+    heard, newest first: start, duration_s, heard, intent, outcome, key)."""
     node = ctx.node
     settings = node.journal.settings
     return {
@@ -170,7 +173,17 @@ async def voice_status(ctx: Ctx) -> dict[str, Any]:
         "node": node.view.node_id,
         "leader": node.view.leader,
         "commit_index": node.view.commit_index,
+        **_listener_status(ctx),
     }
+
+
+def _listener_status(ctx: ApiContext) -> dict[str, Any]:
+    """Live listening (voice/listening.py): who listens to which source, the last utterances."""
+    listener = ctx.state.get("listener")
+    if listener is None:  # no daemon listener (an app made for a test)
+        return {"listener": None, "listening_here": False, "sources": [], "utterances": []}
+    status: dict[str, Any] = listener.status()
+    return status
 
 
 @router.post(

@@ -51,6 +51,7 @@ __all__ = [
     "journal_answer",
     "rejected",
     "router",
+    "run_here",
     "submit",
     "who",
 ]
@@ -253,7 +254,7 @@ async def submit(
                     raise clash  # a stop goes on: the primary runs it under a new key
             why = "this node is not the primary" if service is None else _why(ctx)
             return await forward(ctx, request, raw, why, content_type=content_type)
-        answer = await service.submit(command, max_pending=ctx.config.max_pending_commands)
+        return await run_here(ctx, command)
     except NotPrimary as exc:
         return unavailable(ctx, exc.reason)
     except KeyConflict as exc:
@@ -267,6 +268,13 @@ async def submit(
             headers={"Retry-After": "1"},
             retry_after_s=1.0,
         ) from None
+
+
+async def run_here(ctx: ApiContext, command: CommandRequest) -> Answer:
+    """The journal's answer to `command` on this primary, counted in the metrics; NotPrimary,
+    KeyConflict or Busy (CommandService.submit) when it cannot run it here."""
+    assert ctx.commands is not None
+    answer = await ctx.commands.submit(command, max_pending=ctx.config.max_pending_commands)
     if answer.duplicate:
         ctx.metrics.command_duplicates.inc()
     else:

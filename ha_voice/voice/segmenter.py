@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import collections
+import importlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -28,7 +29,7 @@ from ha_voice.voice.speech import SAMPLE_RATE, Audio
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-__all__ = ["FRAME", "FrameVad", "SegmenterOptions", "Segmenter", "SileroVad", "Utterance"]
+__all__ = ["FRAME", "FrameVad", "Segmenter", "SegmenterOptions", "SileroVad", "Utterance"]
 
 FRAME: Final = 512  # samples per VAD frame: what Silero takes at 16 kHz (32 ms)
 _CONTEXT: Final = 64  # samples of the previous frame Silero v5+ reads before each frame
@@ -51,9 +52,9 @@ class SileroVad:
     """faster-whisper's Silero VAD model with its state kept between frames."""
 
     def __init__(self) -> None:
-        from faster_whisper.vad import get_vad_model  # ONNX runtime: loaded only when listening
-
-        self._session: Any = get_vad_model().session
+        # faster-whisper and ONNX runtime are loaded only by a node that listens.
+        vad = importlib.import_module("faster_whisper.vad")
+        self._session: Any = vad.get_vad_model().session
         self.reset()
 
     def reset(self) -> None:
@@ -114,9 +115,7 @@ class Segmenter:
         self._silence_end = max(1, math.ceil(options.min_silence_s / FRAME_S))
         self._min_speech = max(1, math.ceil(options.min_speech_s / FRAME_S))
         self._max_frames = max(2, int(options.max_utterance_s / FRAME_S))
-        self._lead: collections.deque[npt.NDArray[np.float32]] = collections.deque(
-            maxlen=self._pad
-        )
+        self._lead: collections.deque[npt.NDArray[np.float32]] = collections.deque(maxlen=self._pad)
         self._partial = np.zeros(0, dtype=np.float32)
         self._time_s: float | None = None  # stream time of the next whole frame
         self._speech: list[npt.NDArray[np.float32]] = []  # the utterance under way
@@ -130,6 +129,13 @@ class Segmenter:
     def in_speech(self) -> bool:
         """Whether an utterance is under way."""
         return bool(self._speech)
+
+    @property
+    def position_s(self) -> float:
+        """Stream time of the next sample expected (0 before any)."""
+        if self._time_s is None:
+            return 0.0
+        return self._time_s + len(self._partial) / SAMPLE_RATE
 
     def push(self, samples: Audio, start_s: float, gap_s: float = 0.0) -> list[Utterance]:
         """Utterances completed by `samples` (mono float32, SAMPLE_RATE) starting at stream

@@ -27,9 +27,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import av
 import numpy as np
 
 from ha_voice import clock
+from ha_voice.config import parse_source
 from ha_voice.voice.speech import SAMPLE_RATE, Audio
 
 if TYPE_CHECKING:
@@ -45,7 +47,6 @@ __all__ = [
     "SourceStats",
     "UdpSource",
     "open_source",
-    "parse_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,28 +134,6 @@ class AudioSource(Protocol):
         ...
 
 
-def parse_source(entry: str) -> tuple[str, str]:
-    """An `audio_sources` entry as (kind, target): ("udp", "HOST:PORT"), ("alsa", DEVICE),
-    ("pulse", DEVICE), ("file", PATH) or ("url", URL); ValueError naming what is wrong."""
-    if entry.startswith("udp://"):
-        host, _, port = entry[len("udp://") :].rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{entry!r}: write udp://HOST:PORT, e.g. udp://0.0.0.0:9999")
-        return "udp", f"{host}:{port}"
-    for kind in ("alsa", "pulse", "file"):
-        if entry.startswith(f"{kind}:"):
-            target = entry[len(kind) + 1 :]
-            if not target:
-                raise ValueError(f"{entry!r}: name the {kind} device or path after '{kind}:'")
-            return kind, target
-    if "://" in entry:
-        return "url", entry
-    raise ValueError(
-        f"{entry!r} is no audio source: write udp://HOST:PORT, alsa:DEVICE, pulse:DEVICE, "
-        "file:PATH or a URL FFmpeg opens"
-    )
-
-
 def open_source(entry: str, pcm: PcmFormat, queue_blocks: int) -> AudioSource:
     """The source `entry` names (see `parse_source`), not yet open."""
     kind, target = parse_source(entry)
@@ -176,12 +155,13 @@ def pcm_to_mono(data: bytes, pcm: PcmFormat) -> npt.NDArray[np.float32]:
     """Interleaved little-endian PCM as mono float32 in [-1, 1] at `pcm.rate`; the caller has
     checked that `data` is a whole number of frames."""
     dtype = np.dtype(_SAMPLE_TYPES[pcm.width]).newbyteorder("<")
-    raw = np.frombuffer(data, dtype=dtype).astype(np.float32)
+    raw: npt.NDArray[np.float32] = np.frombuffer(data, dtype=dtype).astype(np.float32)
     if pcm.width == 1:  # unsigned 8-bit, centred on 128
         raw = (raw - 128.0) / 128.0
     else:
         raw /= float(2 ** (8 * pcm.width - 1))
-    return raw.reshape(-1, pcm.channels).mean(axis=1, dtype=np.float32)
+    mono: npt.NDArray[np.float32] = raw.reshape(-1, pcm.channels).mean(axis=1, dtype=np.float32)
+    return mono
 
 
 def resample(samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
@@ -309,8 +289,6 @@ class AvSource:
         self._thread: threading.Thread | None = None
 
     async def async_open(self) -> None:
-        import av  # PyAV: only a node with such a source loads FFmpeg
-
         fmt = self.kind if self.kind in ("alsa", "pulse") else None
         container = await asyncio.to_thread(av.open, self.target, "r", format=fmt)
         loop = asyncio.get_running_loop()
@@ -322,8 +300,6 @@ class AvSource:
         self._thread.start()
 
     def _read(self, container: Any, loop: asyncio.AbstractEventLoop) -> None:
-        import av
-
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         opened_s, taken = clock.wall_clock_us() / 1e6, 0
         try:

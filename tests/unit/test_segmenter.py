@@ -98,4 +98,5 @@ def test_a_gap_drops_the_utterance_under_way_and_counts_it_lost() -> None:
     after = T0 + 5.0
     rest = segmenter.push(np.concatenate([_silence(1.0), say("sta op"), _silence(1.0)]), after, 4)
     assert segmenter.lost == 1
-    assert len(rest) == 1 and rest[0].start_s >= after
+    assert len(rest) == 1
+    assert rest[0].start_s >= after
