@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,7 +83,8 @@ class Streamer:
 
 @dataclass
 class ListeningRig(Rig):
-    ports: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # the robot's stream, per node
+    mics: dict[str, int] = field(default_factory=dict)  # a second source: a "microphone"
 
     def status(self, node: str) -> dict[str, Any]:
         response = self.cluster.nodes[node].get("/api/voice/status", timeout_s=5.0)
@@ -115,9 +117,10 @@ class ListeningRig(Rig):
 def _rig() -> Iterator[ListeningRig]:
     model = str(packaged_model("base"))
     ports = {n: free_port(socket.SOCK_DGRAM) for n in NODES}
+    mics = {n: free_port(socket.SOCK_DGRAM) for n in NODES}
     node_flags = {
         n: [
-            f"--audio-sources=udp://127.0.0.1:{ports[n]}",
+            f"--audio-sources=udp://127.0.0.1:{ports[n]},udp://127.0.0.1:{mics[n]}",
             *([f"--whisper-model={model}"] if n != "n3" else []),
         ]
         for n in NODES
@@ -126,7 +129,7 @@ def _rig() -> Iterator[ListeningRig]:
         SimRobotProcess() as robot,
         LocalCluster(3, extra_flags=(f"--robot={robot.spec}",), node_flags=node_flags) as cluster,
     ):
-        rig = ListeningRig(cluster, robot, ports=ports)
+        rig = ListeningRig(cluster, robot, ports=ports, mics=mics)
         workers: list[psutil.Process] = []
         try:
             cluster.start()
@@ -144,7 +147,11 @@ def _rig() -> Iterator[ListeningRig]:
 
 
 def _listening_here(body: dict[str, Any]) -> bool:
-    return bool(body["listening_here"]) and bool(body["sources"][0]["open"])
+    return bool(body["listening_here"]) and all(s["open"] for s in body["sources"])
+
+
+def _ran(body: dict[str, Any]) -> list[str]:
+    return [u["intent"] for u in body["utterances"] if u["outcome"] == "ran"]
 
 
 def test_speech_streamed_to_the_primary_runs_each_command_once_and_stop_stops_it() -> None:
@@ -162,7 +169,8 @@ def test_speech_streamed_to_the_primary_runs_each_command_once_and_stop_stops_it
             ]
             status = rig.wait_status(primary, lambda b: len(b["utterances"]) >= 2)
             assert status["listener"] == primary
-            (source,) = status["sources"]
+            source, mic = status["sources"]
+            assert mic["packets_received"] == 0
             assert source["id"] == f"udp://127.0.0.1:{rig.ports[primary]}"
             assert source["packets_received"] == streamer.sent
             assert source["packets_dropped"] == 0
@@ -175,7 +183,7 @@ def test_speech_streamed_to_the_primary_runs_each_command_once_and_stop_stops_it
                 seen = rig.status(backup)
                 assert seen["listener"] == primary
                 assert seen["listening_here"] is False
-                assert seen["sources"][0]["open"] is False
+                assert [s["open"] for s in seen["sources"]] == [False, False]
 
             # Listening off, cluster-wide: the primary closes its source; speech runs nothing.
             stopped = rig.cluster.nodes[backups[0]].post("/api/voice/stop")
@@ -192,6 +200,23 @@ def test_speech_streamed_to_the_primary_runs_each_command_once_and_stop_stops_it
             rig.wait_status(primary, _listening_here)
             streamer.stream(script("ga liggen", 1.5))
             assert rig.wait_robot(Action.STAND_DOWN, 2) == [primary, primary]
+
+            # Two sources hear the same words (the mic fainter and noisier): one command, the
+            # better hearing wins and the other is a duplicate.
+            mic = Streamer(rig.mics[primary])
+            speech = script("opstaan", 1.5)
+            noisy = 0.5 * speech + np.random.default_rng(7).normal(0, 0.005, len(speech))
+            both = threading.Thread(target=mic.stream, args=(noisy.astype(np.float32),))
+            both.start()
+            streamer.stream(speech)
+            both.join()
+            mic.close()
+            heard = rig.wait_status(
+                primary, lambda b: sum(u["intent"] == "stand_up" for u in b["utterances"]) >= 3
+            )
+            assert rig.robot_commands(Action.STAND_UP) == [primary, primary], heard
+            assert _ran(heard).count("stand_up") == 2
+            assert sum(u["outcome"] == "duplicate" for u in heard["utterances"]) == 1
         finally:
             streamer.close()
 
