@@ -571,7 +571,7 @@ class Config(BaseModel):
         "alsa:DEVICE or pulse:DEVICE for a microphone, file:PATH or any URL FFmpeg opens; "
         "empty by default: a node listens to nothing until told what.",
     )
-    audio_udp_rate: int = Field(
+    audio_udp_rate_hz: int = Field(
         default=16_000,
         ge=8_000,
         le=48_000,
@@ -597,7 +597,7 @@ class Config(BaseModel):
         "to 4096; 256 datagrams of 1024 bytes are 8 s of the seed's stream. Past it, "
         "datagrams are dropped and counted (ha_voice_audio_packets_dropped_total).",
     )
-    vad_threshold: float = Field(
+    vad_speech_probability: float = Field(
         default=0.5,
         ge=0.05,
         le=0.95,
@@ -1383,6 +1383,10 @@ _UNITS: Final = (
     Unit("_threads", "threads", "N"),
     Unit("_workers", "processes", "N"),
     Unit("_queue", "jobs", "N"),
+    Unit("_hz", "hertz", "HZ"),
+    Unit("_channels", "channels", "N"),
+    Unit("_blocks", "blocks", "N"),
+    Unit("_probability", "probability", "P"),
 )
 
 

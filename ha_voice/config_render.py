@@ -81,6 +81,11 @@ _GROUPS: Final[tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]] = (
         ("vip_",),
     ),
     ("journal", frozenset({"reexecute_window_s"}), ("journal_",)),
+    (
+        "live listening",
+        frozenset({"audio_sources", "audio_queue_blocks", "require_wake_word", "listen_dedup_s"}),
+        ("audio_udp_", "vad_"),
+    ),
 )
 _OTHER: Final = "other"
 # What a witness never uses: it never leads (robot, speech, floating IP, priority, preemption,
@@ -92,6 +97,9 @@ _NOT_FOR_WITNESS: Final = frozenset(
     | {"vip", "vip_interface", "priority", "preempt", "preempt_delay_s", "two_node"}
     | {"max_pending_commands", "reexecute_window_s", "witness"}
     | {"audio_max_bytes", "listen_max_audio_s", "transcription_max_audio_s"}
+    | {"audio_sources", "audio_queue_blocks", "require_wake_word", "listen_dedup_s"}
+    | {"audio_udp_rate_hz", "audio_udp_width", "audio_udp_channels"}
+    | {"vad_speech_probability", "vad_min_silence_s", "vad_pad_s", "vad_max_utterance_s"}
 )
 # Where a description's first clause ends: a sentence or clause mark, or a comma before bounds
 # or a reason ("…, 1 to 65535", "…, because …").

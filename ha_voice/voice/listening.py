@@ -196,7 +196,7 @@ class Heard:
 def segmenter_options(config: Config) -> SegmenterOptions:
     """The `vad_*` keys as the segmenter's options."""
     return SegmenterOptions(
-        threshold=config.vad_threshold,
+        threshold=config.vad_speech_probability,
         min_silence_s=config.vad_min_silence_s,
         pad_s=config.vad_pad_s,
         max_utterance_s=config.vad_max_utterance_s,
@@ -214,7 +214,7 @@ class Listener:
     ) -> None:
         config = ctx.config
         self._ctx = ctx
-        pcm = PcmFormat(config.audio_udp_rate, config.audio_udp_width, config.audio_udp_channels)
+        pcm = PcmFormat(config.audio_udp_rate_hz, config.audio_udp_width, config.audio_udp_channels)
         self._make_source = make_source or (
             lambda entry: open_source(entry, pcm, config.audio_queue_blocks)
         )

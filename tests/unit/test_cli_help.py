@@ -26,6 +26,7 @@ GROUPS = (
     "speech",
     "endpoint",
     "journal",
+    "live listening",
 )
 NEVER_A_WITNESS = ("robot", "robot_ip", "whisper_model", "language", "vip", "priority", "witness")
 
