@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from ha_voice.config import Config, parse_source
 from ha_voice.voice.sources import AvSource, Block, PcmFormat, UdpSource, open_source
@@ -162,3 +163,11 @@ def test_source_entries_parse(entry: str, kind: str) -> None:
 def test_bad_source_entries_are_refused_naming_the_entry(entry: str) -> None:
     with pytest.raises(ValueError, match=r"audio_sources|udp://HOST:PORT|after"):
         Config(node_id="n1", audio_sources=[entry])
+
+
+def test_the_documented_sources_are_a_valid_configuration() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "voice.md").read_text()
+    section = text.split("## Live listening", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = Config(node_id="n1", **tomllib.loads(example))
+    assert [parse_source(s)[0] for s in config.audio_sources] == ["udp", "alsa"]
