@@ -34,6 +34,7 @@ from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ha_voice import clock
 from ha_voice.api.robot import run_here
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.commands import Busy, CommandRequest, KeyConflict
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 # How often the listener looks whether it should listen: a new primary opens its sources
 # within this of serving (a failover is 0.5-2 s).
 POLL_S: Final = 0.1
+# A source that did not open is tried again this often while this node listens.
+_RETRY_S: Final = 1.0
 MAX_HEARD: Final = 50  # utterances /api/voice/status remembers
 # How long a hearing waits for the other sources' hearings of the same moment: recognition of
 # a command takes 0.1-0.4 s on two cores (docs/benchmarks.md); past this it decides alone.
@@ -113,6 +116,7 @@ class Hearings:
         self._ran: collections.deque[tuple[str, float]] = collections.deque(maxlen=64)
         self._changed = asyncio.Condition()
         self._tokens = 0
+        self._notifying: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
     def expecting(self, source: str, start_s: float) -> Iterator[None]:
@@ -124,7 +128,9 @@ class Hearings:
             yield
         finally:
             del self._pending[token]
-            asyncio.get_running_loop().create_task(self._notify())
+            task = asyncio.get_running_loop().create_task(self._notify())
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -241,14 +247,15 @@ class Listener:
         )
         self._gaps = Counter(
             "ha_voice_listening_gaps_total",
-            "Times listening missed audio: takeover (sources opened by a new primary), stream "
-            "(the source's audio stopped and came back), closed (an utterance cut off)",
+            "Times listening missed audio: opened (sources opened by a new primary or listening "
+            "switched on: what came before was not heard), stream (the source's audio stopped "
+            "and came back), closed (an utterance cut off)",
             ["reason"],
             registry=registry,
         )
         for outcome in UTTERANCE_OUTCOMES:
             self._outcomes.labels(outcome)
-        for reason in ("takeover", "stream", "closed"):
+        for reason in ("opened", "stream", "closed"):
             self._gaps.labels(reason)
         registry.register(_PacketCollector(self))
 
@@ -272,31 +279,42 @@ class Listener:
     async def async_run(self) -> None:
         """Open and close the sources as `should_listen` says, until cancelled."""
         try:
+            retry_at = 0.0
             while True:
                 want = self.should_listen()
                 if want and not self._listening:
-                    await self._async_open()
+                    self._listening = True
+                    self._gaps.labels("opened").inc()
+                    await self._async_open_missing()
+                    retry_at = clock.monotonic() + _RETRY_S
+                elif want and clock.monotonic() >= retry_at:
+                    await self._async_open_missing()
+                    retry_at = clock.monotonic() + _RETRY_S
                 elif not want and self._listening:
                     self._close()
                 await asyncio.sleep(POLL_S)
         finally:
             if self._listening:
                 self._close()
+            for task in list(self._tasks):
+                task.cancel()
 
-    async def _async_open(self) -> None:
-        self._listening = True
-        self._gaps.labels("takeover").inc()
-        for entry in self._ctx.config.audio_sources:
+    async def _async_open_missing(self) -> None:
+        """Open every configured source not open yet (a port not bindable until the floating
+        IP arrives, a microphone plugged in later: tried again every _RETRY_S)."""
+        missing = [e for e in self._ctx.config.audio_sources if e not in self._sources]
+        for entry in missing:
             source = self._make_source(entry)
             try:
                 await source.async_open()
             except Exception as exc:  # a device gone, a port taken: say so, listen to the rest
-                log.warning("audio source %s does not open: %s", entry, exc)
+                if self._closed_stats[entry].error != str(exc):
+                    log.warning("audio source %s does not open: %s", entry, exc)
                 self._closed_stats[entry] = SourceStats(entry, error=str(exc))
                 continue
             self._sources[entry] = source
             self._spawn(self._async_listen(source))
-        log.info("listening to %s", ", ".join(self._sources) or "nothing (no source opened)")
+            log.info("listening to %s", entry)
 
     def _close(self) -> None:
         self._listening = False
