@@ -7,6 +7,8 @@ Invariants:
   by the backend the daemon would make (check_host.py, check_network.py).
 - Every probe is bounded: each subprocess, HTTP request, mDNS browse and robot probe has a
   timeout, and the model is loaded (only with `--load-model`) within `load_timeout_s`.
+- A check that raises is a bug, and its report is still a report: the exception becomes a
+  `fail` finding for that check (exit 2), never a traceback or an exit status of 1.
 - Nothing is changed: files are read, never written; a model is looked up in its cache, never
   downloaded.
 - The server (FastAPI, uvicorn) and speech (faster-whisper, CTranslate2) are not imported at
@@ -38,6 +40,8 @@ __all__ = [
     "clock_finding",
     "exit_code",
     "file_findings",
+    "guarded",
+    "internal_finding",
     "report",
     "run_checks",
     "split_fix",
@@ -78,7 +82,10 @@ class CheckOptions:
     network: bool = True  # False: no probe that uses the network (for ExecStartPre=)
     load_model: bool = False  # load the configured model in a worker process, as a node does
     mdns_wait_s: float = 2.0  # how long to listen for the peers' mDNS records, seconds
-    http_timeout_s: float = 1.0  # per request to a node, seconds
+    http_timeout_s: float = 1.0  # each whole request to a node, body included, seconds
+    # All the HTTP requests together: 9 nodes asked, then round trips, rarely take 1 s; a slow
+    # or hostile node must not hold the check (and an ExecStartPre=) for minutes.
+    network_budget_s: float = 10.0
     robot_timeout_s: float = 5.0  # the whole robot probe, seconds
     load_timeout_s: float = 300.0  # loading the model (--load-model), seconds
 
@@ -94,13 +101,33 @@ def run_checks(options: CheckOptions) -> list[Finding]:
         detail, fix = split_fix(str(exc))
         found = [Finding("config", "fail", detail, fix or "fix each key named above")]
         return [*found, *check_host.gpu_findings(None), clock_finding()]
-    findings = [_config_finding(config, options), *file_findings(config, options.role)]
+    findings = [_config_finding(config, options)]
+    findings += guarded("files", lambda: file_findings(config, options.role))
     if options.role == "node":
-        findings += check_host.speech_findings(config, options)
-    findings.append(clock_finding())
+        findings += guarded("whisper_model", lambda: check_host.speech_findings(config, options))
+    findings += guarded("clock", lambda: [clock_finding()])
     if options.network:
-        findings += check_network.network_findings(config, options)
+        findings += guarded("network", lambda: check_network.network_findings(config, options))
     return findings
+
+
+def guarded(check: str, findings: Callable[[], list[Finding]]) -> list[Finding]:
+    """`findings()`, or one `fail` finding for `check` naming the exception it raised."""
+    try:
+        return findings()
+    except Exception as exc:  # a bug in a check: reported as one, the other checks still run
+        return [internal_finding(check, exc)]
+
+
+def internal_finding(check: str, exc: BaseException) -> Finding:
+    """The `fail` finding for a check that raised `exc`."""
+    said = " ".join(str(exc).split())[:300]
+    return Finding(
+        check,
+        "fail",
+        f"the check itself failed: {type(exc).__name__}: {said}",
+        "report it as an ha-voice bug, with this line; the other lines still hold",
+    )
 
 
 def exit_code(findings: Sequence[Finding]) -> int:
