@@ -153,7 +153,7 @@ async def _async_get(url: str, verify: ssl.SSLContext | bool, max_bytes: int) ->
         async for chunk in response.aiter_raw():
             body += chunk
             if len(body) > max_bytes:
-                raise _Refused(f"{url} answered more than {max_bytes} bytes")
+                raise _Refused(f"answered more than {max_bytes} bytes")
         return response.status_code, bytes(body)
 
 
@@ -199,7 +199,7 @@ def _ask(asked: _Cluster, url: str, local: bool, http: _Http) -> None:
         if local:
             asked.local_error = _one_line(exc)
         elif isinstance(exc, (_Refused, asyncio.TimeoutError)):
-            asked.refused.append(_one_line(exc))
+            asked.refused.append(f"{url}: {_one_line(exc)}")
         return
     if local:
         asked.local = {"health": health, "cluster": view}
@@ -218,7 +218,7 @@ def _get_json(url: str, http: _Http) -> dict[str, Any]:
     except ValueError:
         answer = None
     if status not in (200, 503) or not isinstance(answer, dict):
-        raise _Refused(f"{url} answered {status}, which is not an ha-voice node's answer")
+        raise _Refused(f"answered {status}, which is not an ha-voice node's answer")
     return answer
 
 
@@ -244,10 +244,12 @@ def _primary_api(view: Mapping[str, Any]) -> str | None:
     api = apis[0] if apis else None
     if not isinstance(api, str) or len(api) > _MAX_URL_CHARS:
         return None
-    parts = urlsplit(api)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+    try:
+        parts = urlsplit(api)
+        usable = parts.scheme in ("http", "https") and parts.hostname and not parts.path.strip("/")
+    except ValueError:  # such as a bracketed host that is not an IPv6 address
         return None
-    return api.rstrip("/")
+    return api.rstrip("/") if usable else None
 
 
 def _text(value: object) -> str | None:
