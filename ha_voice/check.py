@@ -46,6 +46,7 @@ __all__ = [
     "run_checks",
     "split_fix",
     "text_lines",
+    "user_name",
 ]
 
 Level = Literal["ok", "warn", "fail"]
@@ -222,15 +223,18 @@ def _tokens_unset(config: Config) -> Finding:
 
 def _describe(path: Path) -> str:
     """`path`'s mode and owner, and what this user may do with it."""
-    info = path.stat() if path.exists() else None
+    try:
+        info = path.stat() if path.exists() else None
+    except OSError as exc:  # preflight names this as a problem; here only the words remain
+        return f"{path}: this user ({user_name()}) cannot look at it ({exc.strerror or exc})"
     if info is None:
-        return f"{path}: not there yet, and this user ({_user()}) may create it"
+        return f"{path}: not there yet, and this user ({user_name()}) may create it"
     kind = "directory" if stat.S_ISDIR(info.st_mode) else "file"
     may = "write" if kind == "directory" else "read"
     return (
         f"{path}: {kind}, mode {stat.S_IMODE(info.st_mode):04o}, owner "
         f"{_name(pwd.getpwuid, info.st_uid)}:{_name(grp.getgrgid, info.st_gid)}; this user "
-        f"({_user()}) may {may} it"
+        f"({user_name()}) may {may} it"
     )
 
 
@@ -250,7 +254,8 @@ def _name(lookup: Callable[[int], Any], number: int) -> str:
         return str(number)
 
 
-def _user() -> str:
+def user_name() -> str:
+    """The name of the user this process runs as (its uid if it has none)."""
     return _name(pwd.getpwuid, os.geteuid())
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ha_voice import clock
-from ha_voice.check import Finding
+from ha_voice.check import Finding, user_name
 
 if TYPE_CHECKING:
     from ha_voice.check import CheckOptions
@@ -98,7 +98,17 @@ def _located(config: Config, on: str) -> Finding:
     model = config.whisper_model
     if model.startswith(("/", "./", "../", "~")):
         directory = Path(model).expanduser()
-        if (directory / "model.bin").is_file():
+        try:
+            found = (directory / "model.bin").is_file()
+        except OSError as exc:  # /var/lib/ha-voice is 0700 ha-voice: only that user may look
+            return Finding(
+                "whisper_model",
+                "fail",
+                f"{model}: this user ({user_name()}) cannot look into it ({exc.strerror or exc})",
+                "run the check as the service's user (sudo -u ha-voice ha-voice check), or let "
+                "that user read the model directory",
+            )
+        if found:
             return Finding("whisper_model", "ok", f"{model}: a CTranslate2 model, {on}; not loaded")
         return Finding(
             "whisper_model",
