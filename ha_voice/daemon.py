@@ -207,7 +207,7 @@ async def _start(config: Config) -> _Daemon:
         nonce=lambda: secrets.randbits(64),
     )
     metrics = Metrics(config.node_id)
-    metrics.info.labels(config.node_id, config.cluster).set(1)
+    metrics.describe(config.cluster, config.robot, config.election_timers())
     hook = NotifyHook(config.notify, config.notify_timeout_s)
     actions = _Actions(config, hook)
     if config.vip and config.vip_interface:
