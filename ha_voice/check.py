@@ -243,7 +243,8 @@ def _as_root() -> Finding:
         "user",
         "ok",
         "checking as root, who may read and write any file: what the service's user may do "
-        "is checked by running this as that user (sudo -u ha-voice ha-voice check)",
+        "is checked by running this as that user, with its environment file "
+        "(docs/jetson-install.md, 'The whole node: ha-voice check')",
     )
 
 

@@ -105,8 +105,8 @@ def _located(config: Config, on: str) -> Finding:
                 "whisper_model",
                 "fail",
                 f"{model}: this user ({user_name()}) cannot look into it ({exc.strerror or exc})",
-                "run the check as the service's user (sudo -u ha-voice ha-voice check), or let "
-                "that user read the model directory",
+                "run the check as the service's user, as docs/jetson-install.md says ('The "
+                "whole node: ha-voice check'), or let this user read the model directory",
             )
         if found:
             return Finding("whisper_model", "ok", f"{model}: a CTranslate2 model, {on}; not loaded")
