@@ -60,6 +60,7 @@ _SECRET_KEYS: Final = (
     "tls_key_file",
 )
 _FILE_KEYS: Final = (*_SECRET_KEYS, "tls_cert_file", "tls_ca_file", "state_dir")
+_NO_FILE: Final = "the defaults and HA_VOICE_*"
 # timedatectl answers from systemd-timedated over D-Bus: at once, or not at all.
 _TIMEDATECTL_TIMEOUT_S: Final = 2.0
 
@@ -99,8 +100,7 @@ def run_checks(options: CheckOptions) -> list[Finding]:
     try:
         config = load_config(options.config_path, role=options.role)
     except ConfigError as exc:
-        detail, fix = split_fix(str(exc))
-        found = [Finding("config", "fail", detail, fix or "fix each key named above")]
+        found = _config_failures(str(exc), options)
         return [*found, *check_host.gpu_findings(None), clock_finding()]
     findings = [_config_finding(config, options)]
     findings += guarded("files", lambda: file_findings(config, options.role))
@@ -161,6 +161,22 @@ def split_fix(text: str) -> tuple[str, str]:
     return (what, fix) if sep else (text, "")
 
 
+def _config_failures(message: str, options: CheckOptions) -> list[Finding]:
+    """One `fail` finding per problem of a refused configuration, each with its own fix; the
+    message is `load_config`'s: a summary line, then one indented line per problem."""
+    first, *rest = message.splitlines()
+    problems = [line.strip() for line in rest if line.strip()] or [first]
+    findings = []
+    for problem in problems:
+        detail, fix = split_fix(problem)
+        if options.config_path is not None:  # named by --config, not by the variable
+            fix = fix.replace(f"name an existing file in {CONFIG_ENV}", "give --config one")
+        findings.append(
+            Finding("config", "fail", detail, fix or "set it as docs/configuration.md says")
+        )
+    return findings
+
+
 def _config_finding(config: Config, options: CheckOptions) -> Finding:
     peers = len(config.peers)
     witness = f", witness {config.witness_spec.node_id}" if config.witness_spec else ""
@@ -169,6 +185,14 @@ def _config_finding(config: Config, options: CheckOptions) -> Finding:
         f"cluster {config.cluster!r}, {peers} peer{'s' if peers != 1 else ''}{witness}, "
         f"robot {config.robot!r}, timer_profile {config.timer_profile!r}"
     )
+    if _config_source(options.config_path) == _NO_FILE:
+        return Finding(
+            "config",
+            "warn",
+            f"no configuration file (no --config, no ${CONFIG_ENV}, no {DEFAULT_CONFIG_PATH}): "
+            f"{detail}",
+            f"write {DEFAULT_CONFIG_PATH} (docs/operations.md) or name the file with --config",
+        )
     return Finding("config", "ok", detail)
 
 
@@ -179,7 +203,7 @@ def _config_source(path: Path | None) -> str:
         return os.environ[CONFIG_ENV]
     if DEFAULT_CONFIG_PATH.exists():
         return str(DEFAULT_CONFIG_PATH)
-    return "the defaults and HA_VOICE_*"
+    return _NO_FILE
 
 
 # --- files -----------------------------------------------------------------------------------

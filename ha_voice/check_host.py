@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ha_voice import clock
-from ha_voice.check import Finding, user_name
+from ha_voice.check import Finding, split_fix, user_name
 
 if TYPE_CHECKING:
     from ha_voice.check import CheckOptions
@@ -167,7 +167,9 @@ def _loaded(config: Config, timeout_s: float, on: str) -> Finding:
             f"{status.model}: loaded in {took_s:.1f} s on {status.device}, {status.compute_type}",
         )
     if status.reason.startswith("load failed"):
-        return Finding("whisper_model", "fail", f"{status.reason} (expected {on})", "")
+        what, fix = split_fix(status.reason)
+        fix = fix or "a directory of a CTranslate2 model or a size name ('Which model')"
+        return Finding("whisper_model", "fail", f"{what} (expected {on})", fix)
     return Finding(
         "whisper_model",
         "fail",

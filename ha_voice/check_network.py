@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from ha_voice.check import CheckOptions, Level
     from ha_voice.cluster.discovery import PeerRecord
-    from ha_voice.config import Config
+    from ha_voice.config import Config, Role
 
 __all__ = ["network_findings", "probe_robot_main"]
 
@@ -89,7 +89,7 @@ def network_findings(config: Config, options: CheckOptions) -> list[Finding]:
     )
     asked = _ask_nodes(config, records, http)
     findings = [
-        _node_finding(config, asked),
+        _node_finding(config, asked, options.role),
         _peers_finding(config, records, asked),
         _timers_finding(config, records, asked, http),
     ]
@@ -262,7 +262,7 @@ def _shown(value: object) -> str:
     return " ".join(str(value).split())[:_MAX_SHOWN_CHARS]
 
 
-def _node_finding(config: Config, asked: _Cluster) -> Finding:
+def _node_finding(config: Config, asked: _Cluster, role: Role) -> Finding:
     url = _local_url(config)
     if asked.local is None:
         return Finding(
@@ -285,6 +285,13 @@ def _node_finding(config: Config, asked: _Cluster) -> Finding:
             "warn",
             f"{said}; but this configuration's node_id is {config.node_id!r}",
             "check the port and node_id: another node's configuration answers here",
+        )
+    if (view.get("role") == "witness") != (role == "witness"):
+        return Finding(
+            "node",
+            "warn",
+            f"{said}; but it was checked as a {role}",
+            "check a witness with --witness, a node without it",
         )
     return _node_status(said, health)
 
