@@ -215,7 +215,7 @@ def _get_json(url: str, http: _Http) -> dict[str, Any]:
     status, body = http.get(url, _MAX_JSON_BYTES)
     try:
         answer = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         answer = None
     if status not in (200, 503) or not isinstance(answer, dict):
         raise _Refused(f"answered {status}, which is not an ha-voice node's answer")

@@ -116,6 +116,7 @@ _BAD_ANSWERS = {
     },
     "health not UTF-8": {"/health": b"\xff\xfe{", "/cluster": b"\x00"},
     "health too long": {"/health": b" " * (2 << 20) + b"{}", "/cluster": {}},
+    "health nested too deep": {"/health": b"[" * 200_000 + b"]" * 200_000, "/cluster": {}},
 }
 
 
