@@ -364,6 +364,20 @@ class Metrics:
             ["intent"],
             registry=r,
         )
+        self.wyoming_transcripts = Counter(
+            "ha_voice_wyoming_transcripts",
+            "Wyoming utterances answered, by outcome (transcript: text only; command: a "
+            "command ran; not_primary: a command heard on a backup, not run; busy: the "
+            "primary's queue was full; rejected: no intent in command mode)",
+            ["outcome"],
+            registry=r,
+        )
+        self.wyoming_refused = Counter(
+            "ha_voice_wyoming_refused",
+            "Wyoming connections closed for what the client sent or did, by reason",
+            ["reason"],
+            registry=r,
+        )
         for outcome in SPEECH_OUTCOMES:
             self.speech_results.labels(outcome)
         for status in ("done", "stopped", "failed", "unknown"):
