@@ -99,8 +99,8 @@ FORMATS = {"n1": (16_000, 2, 1), "n2": (48_000, 2, 2), "n3": (22_050, 4, 1)}
 
 def test_every_node_describes_itself_and_transcribes_spoken_dutch(rig: Rig) -> None:
     primary, backups = rig.roles()
-    spoken = say("sta op", "nl+m3")
-    before = rig.robot_commands(Action.STAND_UP)
+    spoken = say("ga liggen", "nl+f3")
+    before = rig.robot_commands(Action.STAND_DOWN)
     for name in NODES:
         node = rig.cluster.nodes[name]
         info = asyncio.run(_describe(node.wyoming_port))
@@ -113,10 +113,21 @@ def test_every_node_describes_itself_and_transcribes_spoken_dutch(rig: Rig) -> N
         pcm = _pcm(spoken, rate, width, channels)
         answer = asyncio.run(_transcribe(node.wyoming_port, pcm, rate, width, channels))
         assert Transcript.is_type(answer.type), answer
-        assert "op" in Transcript.from_event(answer).text.lower(), answer
+        assert "liggen" in Transcript.from_event(answer).text.lower(), answer
     # Heard on all three nodes, run once: by the primary, the one place commands run.
-    assert rig.robot_commands(Action.STAND_UP) == [*before, primary]
+    runs = _wyoming_entries(rig, primary)
+    assert [(e["action"], e["executed_by"]) for e in runs] == [("stand_down", primary)], runs
+    assert runs[0]["status"] in ("done", "stopped"), runs
+    assert rig.robot_commands(Action.STAND_DOWN) == [*before, primary]
     assert backups
+
+
+def _wyoming_entries(rig: Rig, node: str) -> list[dict[str, Any]]:
+    """The journal's commands that came from a Wyoming client, as `node` holds them."""
+    response = rig.cluster.nodes[node].get("/api/journal?limit=1000", timeout_s=5.0)
+    assert response is not None
+    entries: list[dict[str, Any]] = response.json()["entries"]
+    return [e for e in entries if e["source"].startswith("wyoming@")]
 
 
 # --- bad input --------------------------------------------------------------------------------
