@@ -709,7 +709,7 @@ class Config(BaseModel):
         "text only) or command (also run a recognised intent, through the journal as "
         "/api/voice/listen does); Wyoming has no authentication, so command lets anyone who "
         "reaches wyoming_port drive the robot: setting it is the operator's consent; a backup "
-        "answers the transcript and runs nothing (point Home Assistant at the vip).",
+        "hands the command to the primary, which runs it only with the same setting.",
     )
     wyoming_max_connections: int = Field(
         default=8,

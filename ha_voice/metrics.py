@@ -367,8 +367,8 @@ class Metrics:
         self.wyoming_transcripts = Counter(
             "ha_voice_wyoming_transcripts",
             "Wyoming utterances answered, by outcome (transcript: text only; command: a "
-            "command ran; not_primary: a command heard on a backup, not run; busy: the "
-            "primary's queue was full; rejected: no intent in command mode)",
+            "command ran on the primary; not_run: the primary could not be reached or refused "
+            "it; busy: the primary's queue was full; rejected: no intent, in command mode)",
             ["outcome"],
             registry=r,
         )

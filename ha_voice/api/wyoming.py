@@ -20,7 +20,8 @@ Invariants:
 - At most `wyoming_max_connections` connections are served; one more gets `error` (busy) and
   is closed. CPU work runs in a thread or in the speech workers, never on the event loop.
 - Wyoming has no authentication: commands run only where the operator set
-  `wyoming_commands = "command"`, and only on the primary (a backup answers the transcript).
+  `wyoming_commands = "command"`, on the primary: a backup hands the recognised phrase to it,
+  sealed (api/wyoming_relay.py), and the primary runs it only if its setting is the same.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from ha_voice import __version__
 from ha_voice.api.context import ApiContext
+from ha_voice.api.wyoming_relay import Relay, run_here
 from ha_voice.cluster.node import NotPrimary
-from ha_voice.commands import Busy, CommandRequest, KeyConflict
+from ha_voice.commands import Busy, KeyConflict
 from ha_voice.errors import BindError, RemoteError
 from ha_voice.voice.audio import collect, resample, trim
-from ha_voice.voice.intents import Vocabulary
+from ha_voice.voice.intents import Intent, Match, Vocabulary
 from ha_voice.voice.speech import Audio, Recognition, SpeechUnavailable
 
 __all__ = ["MAX_CHUNK_BYTES", "MAX_DATA_BYTES", "WyomingServer", "read_event", "to_samples"]
@@ -181,6 +183,7 @@ class WyomingServer:
         self.port = port
         self.active = 0  # connections being served
         self._server = AsyncTcpServer(host, port)
+        self.relay = Relay(ctx.config, ctx)  # commands heard on a backup, to the primary
 
     async def async_start(self) -> None:
         try:
@@ -192,6 +195,7 @@ class WyomingServer:
 
     async def async_close(self) -> None:
         await self._server.stop()
+        await self.relay.aclose()
 
     def _handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Handler:
         return _Handler(reader, writer, self)
@@ -329,26 +333,33 @@ class _Handler(AsyncEventHandler):
         return text
 
     async def _command(self, vocabulary: Vocabulary, recognition: Recognition, key: str) -> str:
-        """Run the recognised intent on the primary; what became of it, for the metric."""
+        """Run the recognised intent on the primary (here, or handed to it); what became of
+        it, for the metric."""
         intent = next((i for i in vocabulary.intents if i.name == recognition.intent), None)
         if intent is None or intent.action is None:
             return "rejected"
-        service = self.ctx.commands
-        if service is None or not service.ready():
-            log.warning("Wyoming heard %r on a backup: not run (only the primary runs them)", key)
-            return "not_primary"
-        command = CommandRequest(
-            key,
-            intent.action,
-            intent.action_params,
-            intent.duration_s,
-            recognition.heard,
-            f"wyoming@{self.peer}",
+        text = next(
+            (
+                phrase
+                for phrase in (recognition.phrase or "", *intent.phrases)
+                if _names(vocabulary, phrase, intent)
+            ),
+            intent.phrases[0],
         )
+        source = f"wyoming@{self.peer}"
+        service = self.ctx.commands
         try:
-            answer = await service.submit(command, max_pending=self.ctx.config.max_pending_commands)
-        except (NotPrimary, Busy, KeyConflict) as exc:
-            log.warning("Wyoming command %s not run: %s", key, exc)
-            return "busy" if isinstance(exc, Busy) else "not_primary"
-        self.ctx.metrics.commands.labels(answer.record.status).inc()
+            if service is not None and service.ready():
+                await run_here(self.ctx, text, key, source)
+            else:
+                await self.server.relay.send(text, key, source)
+        except (NotPrimary, Busy, KeyConflict, LookupError, RuntimeError) as exc:
+            log.warning("Wyoming command %s (%s) not run: %s", key, intent.name, exc)
+            return "busy" if isinstance(exc, Busy) else "not_run"
         return "command"
+
+
+def _names(vocabulary: Vocabulary, phrase: str, intent: Intent) -> bool:
+    """Whether `phrase`, as a transcript, matches `intent` (what the primary will match)."""
+    found = vocabulary.match(phrase)
+    return isinstance(found, Match) and found.intent.name == intent.name

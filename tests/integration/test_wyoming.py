@@ -4,7 +4,8 @@
 Three `ha-voice run` processes on loopback with the packaged Whisper base model, mDNS on, a
 simulated Go2, and `wyoming_commands = "command"`:
 - describe → info, and a spoken Dutch command → transcript, on every node, in three PCM
-  formats; the command runs once, on the primary; a backup answers the transcript only;
+  formats; each utterance runs once, on the primary (a backup hands it over, sealed), and no
+  client can hand one over;
 - bad input (a line that is no JSON, a chunk over the bound, a chunk before audio-start, audio
   over listen_max_audio_s) → an error event and the connection closed, the node fine;
 - `<cluster>._wyoming._tcp.local.` is advertised by the primary alone, seen by a zeroconf
@@ -34,6 +35,7 @@ from wyoming.info import Describe, Info
 from zeroconf import ServiceBrowser, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+from ha_voice.api.wyoming_relay import RELAY_PATH
 from ha_voice.cluster.discovery import WYOMING_SERVICE_TYPE
 from ha_voice.robot.base import Action
 from tests.integration.test_speech_cluster import NODES, Rig, _rig, wait_speech_ready
@@ -114,12 +116,17 @@ def test_every_node_describes_itself_and_transcribes_spoken_dutch(rig: Rig) -> N
         answer = asyncio.run(_transcribe(node.wyoming_port, pcm, rate, width, channels))
         assert Transcript.is_type(answer.type), answer
         assert "liggen" in Transcript.from_event(answer).text.lower(), answer
-    # Heard on all three nodes, run once: by the primary, the one place commands run.
+    # Three utterances, three commands, each run once and by the primary: a backup hands
+    # what it heard to the primary (sealed), whose journal says who heard it.
     runs = _wyoming_entries(rig, primary)
-    assert [(e["action"], e["executed_by"]) for e in runs] == [("stand_down", primary)], runs
-    assert runs[0]["status"] in ("done", "stopped"), runs
-    assert rig.robot_commands(Action.STAND_DOWN) == [*before, primary]
-    assert backups
+    assert [(e["action"], e["executed_by"]) for e in runs] == [("stand_down", primary)] * 3
+    assert len({e["key"] for e in runs}) == 3
+    assert all(e["status"] in ("done", "stopped") for e in runs), runs
+    vias = sorted(e["source"].partition(" via ")[2] for e in runs)
+    assert vias == sorted(["", *backups]), runs
+    commanded = rig.robot_commands(Action.STAND_DOWN)[len(before) :]
+    assert commanded
+    assert set(commanded) == {primary}
 
 
 def _wyoming_entries(rig: Rig, node: str) -> list[dict[str, Any]]:
@@ -186,6 +193,15 @@ def test_bad_input_gets_an_error_and_the_connection_closed(rig: Rig, case: str) 
     events = _raw(node.wyoming_port, data)
     assert [e.type for e in events] == ["error"], events
     assert Error.from_event(events[0]).code == code, events
+
+
+def test_no_client_can_hand_a_command_to_the_primary(rig: Rig) -> None:
+    primary, _ = rig.roles()
+    node = rig.cluster.nodes[primary]
+    body = {"text": "ga zitten", "key": "wyoming-forged", "source": "wyoming@1.2.3.4"}
+    response = node.post(RELAY_PATH, body)
+    assert response.status_code == 403, response.text
+    assert not [e for e in _wyoming_entries(rig, primary) if e["key"] == "wyoming-forged"]
 
 
 def test_the_nodes_are_unmoved_by_the_bad_input(rig: Rig) -> None:
