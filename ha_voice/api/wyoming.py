@@ -182,6 +182,7 @@ class WyomingServer:
         self.host = host
         self.port = port
         self.active = 0  # connections being served
+        self.warned: set[str] = set()  # reasons for closing a connection logged at warning
         self._server = AsyncTcpServer(host, port)
         self.relay = Relay(ctx.config, ctx)  # commands heard on a backup, to the primary
 
@@ -236,7 +237,6 @@ class _Handler(AsyncEventHandler):
         self.server = server
         self.ctx = server.ctx
         self.peer = str((writer.get_extra_info("peername") or ("?",))[0])
-        self.language: str | None = None
         self.utterance: _Utterance | None = None
 
     async def run(self) -> None:
@@ -265,8 +265,11 @@ class _Handler(AsyncEventHandler):
             self.writer.close()
 
     def _refused(self, reason: str, text: str) -> None:
+        """Count a closed connection; log each reason once at warning, then at debug."""
         self.ctx.metrics.wyoming_refused.labels(reason).inc()
-        log.debug("Wyoming connection from %s closed: %s", self.peer, text)
+        level = logging.DEBUG if reason in self.server.warned else logging.WARNING
+        self.server.warned.add(reason)
+        log.log(level, "Wyoming connection from %s closed: %s", self.peer, text)
 
     async def _write(self, event: Event) -> None:
         await asyncio.wait_for(
@@ -278,7 +281,7 @@ class _Handler(AsyncEventHandler):
         if Describe.is_type(event.type):
             await self._write(self.server.info().event())
         elif Transcribe.is_type(event.type):
-            self.language = self._language(event.data.get("language"))
+            self._check_language(event.data.get("language"))
         elif AudioStart.is_type(event.type):
             self.utterance = self._start(PcmFormat.of(event.data))
         elif AudioChunk.is_type(event.type):
@@ -287,17 +290,17 @@ class _Handler(AsyncEventHandler):
             utterance, self.utterance = self.utterance, None
             if utterance is None:
                 raise Refused("out_of_order", "audio-stop before audio-start")
-            await self._write(Transcript(text=await self._hear(utterance)).event())
+            text = await self._hear(utterance)
+            language = self.ctx.active_vocabulary().language
+            await self._write(Transcript(text=text, language=language).event())
         return True
 
-    def _language(self, requested: object) -> str:
+    def _check_language(self, requested: object) -> None:
+        """Refuse a language other than the vocabulary's (a regional tag such as nl-NL is nl)."""
         language = self.ctx.active_vocabulary().language
-        if requested is None:
-            return language
         code = str(requested).split("-", 1)[0].split("_", 1)[0].lower()
-        if code != language:
+        if requested is not None and code != language:
             raise Refused("bad_language", f"language {code[:16]!r}: this node hears {language}")
-        return code
 
     def _start(self, fmt: PcmFormat) -> _Utterance:
         limit = int(self.ctx.config.listen_max_audio_s * fmt.bytes_per_s)
