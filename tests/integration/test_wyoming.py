@@ -7,7 +7,8 @@ simulated Go2, and `wyoming_commands = "command"`:
   formats; each utterance runs once, on the primary (a backup hands it over, sealed), and no
   client can hand one over;
 - bad input (a line that is no JSON, a chunk over the bound, a chunk before audio-start, audio
-  over listen_max_audio_s) → an error event and the connection closed, the node fine;
+  over listen_max_audio_s, one connection over wyoming_max_connections) → an error event and
+  the connection closed, the node fine; an idle connection is closed;
 - `<cluster>._wyoming._tcp.local.` is advertised by the primary alone, seen by a zeroconf
   browser, and names the new primary after the old one is SIGKILLed.
 """
@@ -47,11 +48,17 @@ pytestmark = pytest.mark.skipif(
 
 _SPOKEN_RATE = 16_000
 _TIMEOUT_S = 60.0  # one recognition on a 2-core machine shared by three nodes
+_MAX_CONNECTIONS = 4
 
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    flags = ("--wyoming-commands=command", "--listen-max-audio-s=5")
+    flags = (
+        "--wyoming-commands=command",
+        "--listen-max-audio-s=5",
+        f"--wyoming-max-connections={_MAX_CONNECTIONS}",
+        "--wyoming-idle-timeout-s=3",
+    )
     with _rig(mdns=True, extra=flags) as running:
         for node in running.cluster.nodes.values():
             wait_speech_ready(node)
@@ -193,6 +200,25 @@ def test_bad_input_gets_an_error_and_the_connection_closed(rig: Rig, case: str) 
     events = _raw(node.wyoming_port, data)
     assert [e.type for e in events] == ["error"], events
     assert Error.from_event(events[0]).code == code, events
+
+
+def test_one_connection_over_the_limit_is_refused_and_idle_ones_are_closed(rig: Rig) -> None:
+    _, backups = rig.roles()
+    port = rig.cluster.nodes[backups[0]].wyoming_port
+    held = [
+        socket.create_connection(("127.0.0.1", port), timeout=30.0) for _ in range(_MAX_CONNECTIONS)
+    ]
+    try:
+        time.sleep(0.2)  # the server has taken them all
+        events = _raw(port, b"")
+        assert [e.type for e in events] == ["error"], events
+        assert Error.from_event(events[0]).code == "busy"
+        for sock in held:  # idle past wyoming_idle_timeout_s: closed by the node
+            assert sock.recv(1) == b""
+    finally:
+        for sock in held:
+            sock.close()
+    assert asyncio.run(_describe(port)).asr  # and the slots are free again
 
 
 def test_no_client_can_hand_a_command_to_the_primary(rig: Rig) -> None:
