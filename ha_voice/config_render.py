@@ -73,7 +73,7 @@ _GROUPS: Final[tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]] = (
         "speech",
         frozenset({"whisper_model", "language"})
         | {"audio_max_bytes", "listen_max_audio_s", "transcription_max_audio_s"},
-        ("stt_", "whisper_"),
+        ("stt_", "whisper_", "wyoming_"),
     ),
     (
         "endpoint: floating IP and notify hook",
@@ -92,6 +92,7 @@ _NOT_FOR_WITNESS: Final = frozenset(
     | {"vip", "vip_interface", "priority", "preempt", "preempt_delay_s", "two_node"}
     | {"max_pending_commands", "reexecute_window_s", "witness"}
     | {"audio_max_bytes", "listen_max_audio_s", "transcription_max_audio_s"}
+    | {"wyoming_port", "wyoming_commands", "wyoming_max_connections", "wyoming_idle_timeout_s"}
 )
 # Where a description's first clause ends: a sentence or clause mark, or a comma before bounds
 # or a reason ("…, 1 to 65535", "…, because …").

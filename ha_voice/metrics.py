@@ -378,6 +378,20 @@ class Metrics:
             ["intent"],
             registry=r,
         )
+        self.wyoming_transcripts = Counter(
+            "ha_voice_wyoming_transcripts",
+            "Wyoming utterances answered, by outcome (transcript: text only; command: a "
+            "command ran on the primary; not_run: the primary could not be reached or refused "
+            "it; busy: the primary's queue was full; rejected: no intent, in command mode)",
+            ["outcome"],
+            registry=r,
+        )
+        self.wyoming_refused = Counter(
+            "ha_voice_wyoming_refused",
+            "Wyoming connections closed for what the client sent or did, by reason",
+            ["reason"],
+            registry=r,
+        )
         for outcome in SPEECH_OUTCOMES:
             self.speech_results.labels(outcome)
         for status in ("done", "stopped", "failed", "unknown"):
