@@ -7,6 +7,8 @@ Invariants:
   by the backend the daemon would make (check_host.py, check_network.py).
 - Every probe is bounded: each subprocess, HTTP request, mDNS browse and robot probe has a
   timeout, and the model is loaded (only with `--load-model`) within `load_timeout_s`.
+- A check that raises is a bug, and its report is still a report: the exception becomes a
+  `fail` finding for that check (exit 2), never a traceback or an exit status of 1.
 - Nothing is changed: files are read, never written; a model is looked up in its cache, never
   downloaded.
 - The server (FastAPI, uvicorn) and speech (faster-whisper, CTranslate2) are not imported at
@@ -38,10 +40,13 @@ __all__ = [
     "clock_finding",
     "exit_code",
     "file_findings",
+    "guarded",
+    "internal_finding",
     "report",
     "run_checks",
     "split_fix",
     "text_lines",
+    "user_name",
 ]
 
 Level = Literal["ok", "warn", "fail"]
@@ -55,6 +60,7 @@ _SECRET_KEYS: Final = (
     "tls_key_file",
 )
 _FILE_KEYS: Final = (*_SECRET_KEYS, "tls_cert_file", "tls_ca_file", "state_dir")
+_NO_FILE: Final = "the defaults and HA_VOICE_*"
 # timedatectl answers from systemd-timedated over D-Bus: at once, or not at all.
 _TIMEDATECTL_TIMEOUT_S: Final = 2.0
 
@@ -78,7 +84,10 @@ class CheckOptions:
     network: bool = True  # False: no probe that uses the network (for ExecStartPre=)
     load_model: bool = False  # load the configured model in a worker process, as a node does
     mdns_wait_s: float = 2.0  # how long to listen for the peers' mDNS records, seconds
-    http_timeout_s: float = 1.0  # per request to a node, seconds
+    http_timeout_s: float = 1.0  # each whole request to a node, body included, seconds
+    # All the HTTP requests together: 9 nodes asked, then round trips, rarely take 1 s; a slow
+    # or hostile node must not hold the check (and an ExecStartPre=) for minutes.
+    network_budget_s: float = 10.0
     robot_timeout_s: float = 5.0  # the whole robot probe, seconds
     load_timeout_s: float = 300.0  # loading the model (--load-model), seconds
 
@@ -91,16 +100,35 @@ def run_checks(options: CheckOptions) -> list[Finding]:
     try:
         config = load_config(options.config_path, role=options.role)
     except ConfigError as exc:
-        detail, fix = split_fix(str(exc))
-        found = [Finding("config", "fail", detail, fix or "fix each key named above")]
+        found = _config_failures(str(exc), options)
         return [*found, *check_host.gpu_findings(None), clock_finding()]
-    findings = [_config_finding(config, options), *file_findings(config, options.role)]
+    findings = [_config_finding(config, options)]
+    findings += guarded("files", lambda: file_findings(config, options.role))
     if options.role == "node":
-        findings += check_host.speech_findings(config, options)
-    findings.append(clock_finding())
+        findings += guarded("whisper_model", lambda: check_host.speech_findings(config, options))
+    findings += guarded("clock", lambda: [clock_finding()])
     if options.network:
-        findings += check_network.network_findings(config, options)
+        findings += guarded("network", lambda: check_network.network_findings(config, options))
     return findings
+
+
+def guarded(check: str, findings: Callable[[], list[Finding]]) -> list[Finding]:
+    """`findings()`, or one `fail` finding for `check` naming the exception it raised."""
+    try:
+        return findings()
+    except Exception as exc:  # a bug in a check: reported as one, the other checks still run
+        return [internal_finding(check, exc)]
+
+
+def internal_finding(check: str, exc: BaseException) -> Finding:
+    """The `fail` finding for a check that raised `exc`."""
+    said = " ".join(str(exc).split())[:300]
+    return Finding(
+        check,
+        "fail",
+        f"the check itself failed: {type(exc).__name__}: {said}",
+        "report it as an ha-voice bug, with this line; the other lines still hold",
+    )
 
 
 def exit_code(findings: Sequence[Finding]) -> int:
@@ -133,6 +161,22 @@ def split_fix(text: str) -> tuple[str, str]:
     return (what, fix) if sep else (text, "")
 
 
+def _config_failures(message: str, options: CheckOptions) -> list[Finding]:
+    """One `fail` finding per problem of a refused configuration, each with its own fix; the
+    message is `load_config`'s: a summary line, then one indented line per problem."""
+    first, *rest = message.splitlines()
+    problems = [line.strip() for line in rest if line.strip()] or [first]
+    findings = []
+    for problem in problems:
+        detail, fix = split_fix(problem)
+        if options.config_path is not None:  # named by --config, not by the variable
+            fix = fix.replace(f"name an existing file in {CONFIG_ENV}", "give --config one")
+        findings.append(
+            Finding("config", "fail", detail, fix or "set it as docs/configuration.md says")
+        )
+    return findings
+
+
 def _config_finding(config: Config, options: CheckOptions) -> Finding:
     peers = len(config.peers)
     witness = f", witness {config.witness_spec.node_id}" if config.witness_spec else ""
@@ -141,6 +185,14 @@ def _config_finding(config: Config, options: CheckOptions) -> Finding:
         f"cluster {config.cluster!r}, {peers} peer{'s' if peers != 1 else ''}{witness}, "
         f"robot {config.robot!r}, timer_profile {config.timer_profile!r}"
     )
+    if _config_source(options.config_path) == _NO_FILE:
+        return Finding(
+            "config",
+            "warn",
+            f"no configuration file (no --config, no ${CONFIG_ENV}, no {DEFAULT_CONFIG_PATH}): "
+            f"{detail}",
+            f"write {DEFAULT_CONFIG_PATH} (docs/operations.md) or name the file with --config",
+        )
     return Finding("config", "ok", detail)
 
 
@@ -151,7 +203,7 @@ def _config_source(path: Path | None) -> str:
         return os.environ[CONFIG_ENV]
     if DEFAULT_CONFIG_PATH.exists():
         return str(DEFAULT_CONFIG_PATH)
-    return "the defaults and HA_VOICE_*"
+    return _NO_FILE
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -195,15 +247,18 @@ def _tokens_unset(config: Config) -> Finding:
 
 def _describe(path: Path) -> str:
     """`path`'s mode and owner, and what this user may do with it."""
-    info = path.stat() if path.exists() else None
+    try:
+        info = path.stat() if path.exists() else None
+    except OSError as exc:  # preflight names this as a problem; here only the words remain
+        return f"{path}: this user ({user_name()}) cannot look at it ({exc.strerror or exc})"
     if info is None:
-        return f"{path}: not there yet, and this user ({_user()}) may create it"
+        return f"{path}: not there yet, and this user ({user_name()}) may create it"
     kind = "directory" if stat.S_ISDIR(info.st_mode) else "file"
     may = "write" if kind == "directory" else "read"
     return (
         f"{path}: {kind}, mode {stat.S_IMODE(info.st_mode):04o}, owner "
         f"{_name(pwd.getpwuid, info.st_uid)}:{_name(grp.getgrgid, info.st_gid)}; this user "
-        f"({_user()}) may {may} it"
+        f"({user_name()}) may {may} it"
     )
 
 
@@ -212,7 +267,8 @@ def _as_root() -> Finding:
         "user",
         "ok",
         "checking as root, who may read and write any file: what the service's user may do "
-        "is checked by running this as that user (sudo -u ha-voice ha-voice check)",
+        "is checked by running this as that user, with its environment file "
+        "(docs/jetson-install.md, 'The whole node: ha-voice check')",
     )
 
 
@@ -223,7 +279,8 @@ def _name(lookup: Callable[[int], Any], number: int) -> str:
         return str(number)
 
 
-def _user() -> str:
+def user_name() -> str:
+    """The name of the user this process runs as (its uid if it has none)."""
     return _name(pwd.getpwuid, os.geteuid())
 
 

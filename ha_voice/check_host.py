@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ha_voice import clock
-from ha_voice.check import Finding
+from ha_voice.check import Finding, split_fix, user_name
 
 if TYPE_CHECKING:
     from ha_voice.check import CheckOptions
@@ -98,7 +98,17 @@ def _located(config: Config, on: str) -> Finding:
     model = config.whisper_model
     if model.startswith(("/", "./", "../", "~")):
         directory = Path(model).expanduser()
-        if (directory / "model.bin").is_file():
+        try:
+            found = (directory / "model.bin").is_file()
+        except OSError as exc:  # /var/lib/ha-voice is 0700 ha-voice: only that user may look
+            return Finding(
+                "whisper_model",
+                "fail",
+                f"{model}: this user ({user_name()}) cannot look into it ({exc.strerror or exc})",
+                "run the check as the service's user, as docs/jetson-install.md says ('The "
+                "whole node: ha-voice check'), or let this user read the model directory",
+            )
+        if found:
             return Finding("whisper_model", "ok", f"{model}: a CTranslate2 model, {on}; not loaded")
         return Finding(
             "whisper_model",
@@ -157,7 +167,9 @@ def _loaded(config: Config, timeout_s: float, on: str) -> Finding:
             f"{status.model}: loaded in {took_s:.1f} s on {status.device}, {status.compute_type}",
         )
     if status.reason.startswith("load failed"):
-        return Finding("whisper_model", "fail", f"{status.reason} (expected {on})", "")
+        what, fix = split_fix(status.reason)
+        fix = fix or "a directory of a CTranslate2 model or a size name ('Which model')"
+        return Finding("whisper_model", "fail", f"{what} (expected {on})", fix)
     return Finding(
         "whisper_model",
         "fail",

@@ -610,7 +610,14 @@ def _check_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ha_voice.check import CheckOptions, exit_code, report, run_checks, text_lines
+    from ha_voice.check import (
+        CheckOptions,
+        exit_code,
+        internal_finding,
+        report,
+        run_checks,
+        text_lines,
+    )
 
     options = CheckOptions(
         config_path=args.config,
@@ -619,7 +626,10 @@ def _check(args: argparse.Namespace) -> int:
         load_model=args.load_model,
         mdns_wait_s=min(max(args.mdns_wait, 0.0), 30.0),
     )
-    findings = run_checks(options)
+    try:
+        findings = run_checks(options)
+    except Exception as exc:  # a bug: still a report, and exit 2, never 1 ("warnings only")
+        findings = [internal_finding("check", exc)]
     if args.json:
         print(json.dumps(report(findings), indent=2))
     else:

@@ -807,6 +807,39 @@ class Config(BaseModel):
         "included, 1 to 600; a worker still busy with it then is killed and restarted, and the "
         "job fails with 503, so one stuck job never holds a worker; 30 s is one Whisper window.",
     )
+    wyoming_port: int = Field(
+        default=10300,
+        ge=0,
+        le=_PORT_MAX,
+        description="TCP port of the Wyoming speech-to-text server (Home Assistant's protocol, "
+        "docs/voice.md) on a node with speech, bound to api_listen_address, 0 to 65535; 0 turns "
+        "it off; 10300 as Wyoming's own faster-whisper server, the port Home Assistant "
+        "suggests; the primary advertises it over mDNS as _wyoming._tcp.",
+    )
+    wyoming_commands: Literal["transcript", "command"] = Field(
+        default="transcript",
+        description="What the Wyoming server does with what it hears: transcript (answer the "
+        "text only) or command (also run a recognised intent, through the journal as "
+        "/api/voice/listen does); Wyoming has no authentication, so command lets anyone who "
+        "reaches wyoming_port drive the robot: setting it is the operator's consent; a backup "
+        "hands the command to the primary, which runs it only with the same setting.",
+    )
+    wyoming_max_connections: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Wyoming connections this node holds at once, 1 to 1024; one more is "
+        "closed at once; each holds at most listen_max_audio_s of audio (at 48 kHz, 32-bit "
+        "stereo 384 kB/s), so 8 bound the server to about 90 MB with the default 30 s.",
+    )
+    wyoming_idle_timeout_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds a Wyoming connection may send nothing (between events, or within "
+        "one) before it is closed, 1 to 3600; 30 s is longer than any pause inside a spoken "
+        "command and frees a slot held by a client that went away.",
+    )
     language: Annotated[Literal["nl", "en"], BeforeValidator(_language_code)] = Field(
         default="nl",
         description="Spoken language, nl or en, because the intent vocabularies exist for "

@@ -73,7 +73,7 @@ _GROUPS: Final[tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]] = (
         "speech",
         frozenset({"whisper_model", "language"})
         | {"audio_max_bytes", "listen_max_audio_s", "transcription_max_audio_s"},
-        ("stt_", "whisper_"),
+        ("stt_", "whisper_", "wyoming_"),
     ),
     (
         "endpoint: floating IP and notify hook",
@@ -100,6 +100,7 @@ _NOT_FOR_WITNESS: Final = frozenset(
     | {"audio_sources", "audio_queue_blocks", "require_wake_word", "listen_dedup_s"}
     | {"audio_udp_rate_hz", "audio_udp_width", "audio_udp_channels"}
     | {"vad_speech_probability", "vad_min_silence_s", "vad_pad_s", "vad_max_utterance_s"}
+    | {"wyoming_port", "wyoming_commands", "wyoming_max_connections", "wyoming_idle_timeout_s"}
 )
 # Where a description's first clause ends: a sentence or clause mark, or a comma before bounds
 # or a reason ("…, 1 to 65535", "…, because …").

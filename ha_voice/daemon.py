@@ -36,6 +36,7 @@ from ha_voice.api.app import create_app
 from ha_voice.api.context import ApiContext
 from ha_voice.api.server import build_server
 from ha_voice.api.tls import api_scheme
+from ha_voice.api.wyoming import WyomingServer
 from ha_voice.cluster.discovery import Discovery, PeerRecord
 from ha_voice.cluster.events import RoleChanged
 from ha_voice.cluster.membership import Membership
@@ -176,6 +177,7 @@ class _Daemon:
     local_speech: SpeechService | None = None
     speech: PlacedSpeech | None = None
     listening: asyncio.Task[None] | None = None
+    wyoming: WyomingServer | None = None
 
 
 async def serve(config: Config) -> int:
@@ -209,7 +211,7 @@ async def _start(config: Config) -> _Daemon:
         nonce=lambda: secrets.randbits(64),
     )
     metrics = Metrics(config.node_id)
-    metrics.info.labels(config.node_id, config.cluster).set(1)
+    metrics.describe(config.cluster, config.robot, config.election_timers())
     hook = NotifyHook(config.notify, config.notify_timeout_s)
     actions = _Actions(config, hook)
     if config.vip and config.vip_interface:
@@ -268,16 +270,19 @@ async def _start(config: Config) -> _Daemon:
         actions.commands,
         speech=speech,
     )
-    listener = Listener(ctx)
-    ctx.state["listener"] = listener
+    listener = _listener(ctx)
     app = create_app(ctx)
     server, api_socket = build_server(config, app)
+    wyoming = _wyoming(ctx, membership)
+    if wyoming is not None:
+        await wyoming.async_start()
     server_task = _supervised(server.serve(sockets=[api_socket]), "HTTP server")
     lag_probe = _supervised(_probe_api_loop(node, metrics, config.mdns), "main loop probe")
     daemon = _Daemon(config, store, node, actions, hook, server, server_task, lag_probe)
-    daemon.local_speech, daemon.speech = local_speech, speech
-    if config.audio_sources:
-        daemon.listening = _supervised(listener.async_run(), "live listening")
+    daemon.local_speech, daemon.speech, daemon.wyoming = local_speech, speech, wyoming
+    daemon.listening = (
+        _supervised(listener.async_run(), "live listening") if config.audio_sources else None
+    )
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
     log.info(
@@ -325,6 +330,26 @@ def _speech_service(
     return service
 
 
+def _wyoming(ctx: ApiContext, membership: Membership) -> WyomingServer | None:
+    """The Wyoming server on a node with speech (every member but a witness; one without a
+    model of its own places the work), unless wyoming_port = 0."""
+    config = ctx.config
+    if not _serves_wyoming(config, membership):
+        return None
+    return WyomingServer(ctx, config.api_listen_address, config.wyoming_port)
+
+
+def _serves_wyoming(config: Config, membership: Membership) -> bool:
+    return config.wyoming_port != 0 and config.node_id not in membership.witnesses
+
+
+def _listener(ctx: ApiContext) -> Listener:
+    """Live listening (voice/listening.py), where /api/voice/status finds it."""
+    listener = Listener(ctx)
+    ctx.state["listener"] = listener
+    return listener
+
+
 def _supervised(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     """A task the node cannot do without: its end, unless we cancel it, ends the process."""
     task = asyncio.create_task(coroutine, name=name)
@@ -347,6 +372,7 @@ def _discovery(config: Config, node: ClusterNode, membership: Membership) -> Dis
         version=__version__,
         capabilities=capabilities,
         api_scheme=api_scheme(config),
+        wyoming_port=config.wyoming_port if _serves_wyoming(config, membership) else 0,
     )
 
 
@@ -434,6 +460,8 @@ async def _shut_down(daemon: _Daemon) -> int:
         daemon.listening.remove_done_callback(must_not_end)
         daemon.listening.cancel()
         await _bounded(asyncio.gather(daemon.listening, return_exceptions=True), deadline)
+    if daemon.wyoming is not None:
+        await _bounded(daemon.wyoming.async_close(), deadline)
     daemon.server_task.remove_done_callback(must_not_end)
     daemon.server.should_exit = True
     await _bounded(asyncio.shield(daemon.server_task), deadline)

@@ -55,6 +55,7 @@ class LocalNode:
     client: httpx.Client | None = None
     token: str | None = None  # what `post` sends as its bearer token
     tls: ssl.SSLContext | None = None  # HTTPS, verified with this context
+    wyoming_port: int = 10300  # the Wyoming speech-to-text server's (wyoming_port)
 
     @property
     def url(self) -> str:
@@ -177,6 +178,8 @@ class LocalCluster:
             host = hosts[i]
             udp = free_port(socket.SOCK_DGRAM, "127.0.0.1") if host == "127.0.0.1" else 7405
             api = free_port(socket.SOCK_STREAM, "127.0.0.1") if host == "127.0.0.1" else 8888
+            loopback = host == "127.0.0.1"
+            wyoming = free_port(socket.SOCK_STREAM, "127.0.0.1") if loopback else 10300
             prefix = self.prefixes[i] if self.prefixes else ()
             self.nodes[node_id] = LocalNode(
                 node_id,
@@ -188,6 +191,7 @@ class LocalCluster:
                 prefix=prefix,
                 token=self.token,
                 tls=tls,
+                wyoming_port=wyoming,
             )
         for node in self.nodes.values():
             node.argv = self._argv(node)
@@ -219,6 +223,7 @@ class LocalCluster:
             *([] if self.prefixes else [f"--api-listen-address={node.host}"]),
             f"--cluster-port={node.cluster_port}",
             f"--port={node.api_port}",
+            *([] if command == "witness" else [f"--wyoming-port={node.wyoming_port}"]),
             f"--peers={','.join(peers)}",
             "--mdns" if self.mdns else "--no-mdns",
             *([] if self._speech(node) or command == "witness" else ["--no-stt-enabled"]),

@@ -23,6 +23,7 @@ from ha_voice.cluster.protocol import DROP_REASONS, LOAD_DROP_REASONS
 from ha_voice.cluster.view import PRIMARY_WITHOUT_LEASE
 
 if TYPE_CHECKING:
+    from ha_voice.cluster.timers import ElectionTimers
     from ha_voice.voice.speech import SpeechStatus
 
 __all__ = ["SPEECH_OUTCOMES", "ClusterSnapshot", "Metrics", "PeerSample"]
@@ -185,8 +186,21 @@ class Metrics:
     def __init__(self, node_id: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # `robot` is the backend's kind, none, sim or go2: a node with none (a witness, a node
+        # that only transcribes) never reaches a robot, and alerts leave it out.
         self.info = Gauge(
-            "ha_voice_node_info", "Static facts about this node", ["node", "cluster"], registry=r
+            "ha_voice_node_info",
+            "Static facts about this node",
+            ["node", "cluster", "robot"],
+            registry=r,
+        )
+        # The election's durations, so that alerts judge a round trip against this cluster's
+        # timers (election_timeout is 0.5 s wired, 2 s on Wi-Fi), as cluster/timers.py does.
+        self.timer_seconds = Gauge(
+            "ha_voice_timer_seconds",
+            "The configured election timers: heartbeat_interval, election_timeout, lease",
+            ["timer"],
+            registry=r,
         )
         self.term = Gauge("ha_voice_term", "Current election term", registry=r)
         self.failovers = Counter(
@@ -364,6 +378,20 @@ class Metrics:
             ["intent"],
             registry=r,
         )
+        self.wyoming_transcripts = Counter(
+            "ha_voice_wyoming_transcripts",
+            "Wyoming utterances answered, by outcome (transcript: text only; command: a "
+            "command ran on the primary; not_run: the primary could not be reached or refused "
+            "it; busy: the primary's queue was full; rejected: no intent, in command mode)",
+            ["outcome"],
+            registry=r,
+        )
+        self.wyoming_refused = Counter(
+            "ha_voice_wyoming_refused",
+            "Wyoming connections closed for what the client sent or did, by reason",
+            ["reason"],
+            registry=r,
+        )
         for outcome in SPEECH_OUTCOMES:
             self.speech_results.labels(outcome)
         for status in ("done", "stopped", "failed", "unknown"):
@@ -397,6 +425,15 @@ class Metrics:
         self.speech_queue_depth.set_function(lambda: status().queued)
         self.speech_running.set_function(lambda: status().running)
         self.speech_ready.set_function(lambda: 1 if status().ready else 0)
+
+    def describe(self, cluster: str, robot: str, timers: ElectionTimers) -> None:
+        """Set the static facts: this node of `cluster`, its `robot` setting (go2, sim,
+        sim://HOST:PORT or none; exported as its kind) and its election `timers`."""
+        kind = "sim" if robot.startswith("sim") else robot
+        self.info.labels(self.node_id, cluster, kind).set(1)
+        self.timer_seconds.labels("heartbeat_interval").set(timers.heartbeat_interval_s)
+        self.timer_seconds.labels("election_timeout").set(timers.election_timeout_s)
+        self.timer_seconds.labels("lease").set(timers.lease_timeout_s)
 
     def set_term(self, term: int) -> None:
         self.term.set(term)

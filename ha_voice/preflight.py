@@ -6,7 +6,8 @@ Invariants:
   `ha-voice config check` load their configuration with it (`load_config(checks=...)`, so its
   problems come in the same round as the values'), and the daemon checks again before anything
   votes or binds; a file that `check` calls valid is one that starts (binding sockets aside).
-- Every check runs, and the one ConfigError lists every problem, each naming the key and a fix.
+- Every check runs, and the one ConfigError lists every problem, each naming the key and a fix;
+  a path this user cannot look at (an OSError such as EACCES) is such a problem, not a crash.
 - Nothing is created or changed: the state directory is only looked at, and an existing state
   database is opened read-only.
 """
@@ -34,12 +35,35 @@ def startable_problems(config: Config) -> list[str]:
     """Every secret file, TLS file and state-directory problem that would refuse the start of a
     node with `config`, one line each naming the key and the fix; a `config.Check`."""
     problems = []
-    for check in _CHECKS:
+    for key, check in _CHECKS.items():
         try:
             check(config)
         except ConfigError as exc:
             problems.append(str(exc))
+        except OSError as exc:  # a path under a directory this user cannot enter, and the like
+            problems.append(_unreachable(key, getattr(config, key), exc))
     return problems
+
+
+def _unreachable(key: str, path: Path | None, exc: OSError) -> str:
+    """The problem of a file or directory this user cannot look at, naming the directory that
+    stops it: the unit's ProtectHome= hides /home, and /var/lib/ha-voice is 0700."""
+    where = f"{key} = {str(path)!r}"
+    blocked = _closed_parent(Path(exc.filename)) if exc.filename else None
+    stopped = f" ({blocked} cannot be entered)" if blocked is not None else ""
+    return (
+        f"{where}: this user ({_user()}) cannot reach it: {exc.strerror or exc}{stopped}; fix: "
+        f"run ha-voice as the user that owns it (sudo -u ha-voice), or move it to a directory "
+        "that user may enter (state_dir: /var/lib/ha-voice, systemd's StateDirectory=)"
+    )
+
+
+def _closed_parent(path: Path) -> Path | None:
+    """The first directory above `path`, from the root down, that this user may not enter."""
+    for parent in reversed(path.parents):
+        if not os.access(parent, os.X_OK):
+            return parent
+    return None
 
 
 def check_startable(config: Config) -> None:
@@ -153,11 +177,12 @@ def _user() -> str:
         return str(os.geteuid())
 
 
-_CHECKS: Final[tuple[Callable[[Config], None], ...]] = (
-    _cluster_keys,
-    _accepted_keys,
-    _token_file,
-    _tls,
-    _tls_ca,
-    _state_dir,
-)
+# Each check by the key whose files it reads.
+_CHECKS: Final[dict[str, Callable[[Config], None]]] = {
+    "cluster_key_file": _cluster_keys,
+    "cluster_key_accepted_file": _accepted_keys,
+    "api_token_file": _token_file,
+    "tls_cert_file": _tls,
+    "tls_ca_file": _tls_ca,
+    "state_dir": _state_dir,
+}

@@ -18,6 +18,7 @@ from ha_voice.api import (
     speech_handoff,
     transcriptions,
     voice,
+    wyoming_relay,
 )
 from ha_voice.api.context import ApiContext
 from ha_voice.api.limits import TokenBuckets
@@ -50,6 +51,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         transcriptions.router,
         journal.router,
         speech_handoff.router,
+        wyoming_relay.router,
     )
     problems.install(app, ctx.metrics.registry, routers)
     for router in routers:

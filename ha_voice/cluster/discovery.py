@@ -4,15 +4,17 @@ Every node registers `<node_id>@<cluster>._ha-voice-node._udp.local.` (port: the
 port) and browses that type for its peers: node ids need only be unique within their cluster,
 so two robots' clusters of jetson-1, jetson-2 share a LAN. Neither `@` nor `.` can appear in a
 node id or a cluster name, so the instance names one (node, cluster) pair. Only the primary
-registers the endpoint `<cluster>._ha-voice._tcp.local.` (port: the HTTP API). Both run on
-python-zeroconf's asyncio API, on the caller's event loop.
+registers the endpoint `<cluster>._ha-voice._tcp.local.` (port: the HTTP API) and, where the
+node serves Wyoming, `<cluster>._wyoming._tcp.local.` (port: `wyoming_port`; Home Assistant
+keys its entry by that name, so one name follows the primary). Both run on python-zeroconf's
+asyncio API, on the caller's event loop.
 
 TXT keys (RFC 6763 §6), all plain text and public, never a secret:
 
     node service  cluster, node, priority, api_port, version (required); caps (optional,
                   comma-separated)
     endpoint      cluster, node, term, version (required); scheme (optional: https when the API
-                  speaks TLS, absent for http)
+                  speaks TLS, absent for http); the Wyoming endpoint carries the same
 
 Invariants:
 - Another cluster's node records are never resolved (their instance names another cluster).
@@ -31,10 +33,10 @@ Invariants:
   the announcements still in flight are cancelled and queued answers dropped (`_silence`),
   since a late one would undo the goodbye or the new term in listeners' caches for a TTL.
 
-The endpoint moves from node to node, so it is registered with `cooperating_responders=True`
-(no probe, RFC 6762 §8.1) and `allow_name_change=False`. A probe would find a dead primary's
-records still in caches and refuse the name, or rename it to one no client looks for. Two
-facts make the move safe and quick instead:
+The endpoint (both of its services) moves from node to node, so it is registered with
+`cooperating_responders=True` (no probe, RFC 6762 §8.1) and `allow_name_change=False`. A
+probe would find a dead primary's records still in caches and refuse the name, or rename it to
+one no client looks for. Two facts make the move safe and quick instead:
 - every announcement sets the cache-flush bit on SRV, TXT and A (RFC 6762 §10.2), so a
   listener drops the old primary's answer the moment the new primary announces;
 - the endpoint's records live `ENDPOINT_TTL_S`, so a listener that missed the new primary's
@@ -74,6 +76,7 @@ __all__ = [
     "ENDPOINT_TTL_S",
     "NODE_SERVICE_TYPE",
     "NODE_TTL_S",
+    "WYOMING_SERVICE_TYPE",
     "Discovery",
     "PeerRecord",
     "async_resolve_endpoint",
@@ -88,6 +91,7 @@ _T = TypeVar("_T")
 
 NODE_SERVICE_TYPE: Final = "_ha-voice-node._udp.local."
 ENDPOINT_SERVICE_TYPE: Final = "_ha-voice._tcp.local."
+WYOMING_SERVICE_TYPE: Final = "_wyoming._tcp.local."  # what Home Assistant browses for
 # RFC 6762 §10 gives 120 s to records that name a host (SRV, A); PTR and TXT get the same
 # rather than 75 minutes, so a node that died without a goodbye leaves its peers' views within
 # two minutes. Liveness itself is the heartbeats' job, not discovery's.
@@ -262,6 +266,7 @@ class Discovery:
         interfaces: list[str] | None = None,
         zeroconf: AsyncZeroconf | None = None,
         api_scheme: str = "http",
+        wyoming_port: int = 0,
     ) -> None:
         _check_label("cluster", cluster)
         _check_label("node_id", node_id)
@@ -285,6 +290,7 @@ class Discovery:
         self._version = version
         self._capabilities = capabilities
         self._api_scheme = api_scheme
+        self._wyoming_port = wyoming_port  # 0: no Wyoming server to advertise
         self._interfaces: list[str] | InterfaceChoice = interfaces or (
             InterfaceChoice.All if address == WILDCARD else [address]
         )
@@ -297,7 +303,7 @@ class Discovery:
         self._on_peer_gone: Callable[[str], None] | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._node_info: AsyncServiceInfo | None = None
-        self._endpoint_info: AsyncServiceInfo | None = None
+        self._endpoint_infos: tuple[AsyncServiceInfo, ...] = ()
         self._endpoint_term: int | None = None
         self._endpoint_lock = asyncio.Lock()
         self._peers: dict[str, PeerRecord] = {}  # by lower-cased service name
@@ -359,7 +365,7 @@ class Discovery:
     async def _async_rebind(self, addresses: list[str]) -> None:
         """A new zeroconf on the new addresses, with the same services and browser."""
         async with self._endpoint_lock:
-            term, self._endpoint_term, self._endpoint_info = self._endpoint_term, None, None
+            term, self._endpoint_term, self._endpoint_infos = self._endpoint_term, None, ()
             if self._browser is not None:
                 await self._browser.async_cancel()
             await self._cancel_resolutions()
@@ -388,7 +394,7 @@ class Discovery:
 
     def endpoint_published(self) -> bool:
         """Whether this node currently answers for the cluster's endpoint."""
-        return self._endpoint_info is not None
+        return bool(self._endpoint_infos)
 
     async def async_publish_endpoint(self, term: int) -> None:
         """Answer for the endpoint with this term, announcing it; a no-op for the same term."""
@@ -399,23 +405,24 @@ class Discovery:
                 raise LocalError(f"endpoint term {term} < published {self._endpoint_term}")
             if term == self._endpoint_term:
                 return
-            info = self._endpoint_service_info(term)
+            infos = self._endpoint_service_infos(term)
             zc = self._zeroconf()
-            if self._endpoint_info is None:
-                announcement = await zc.async_register_service(
-                    info, allow_name_change=False, cooperating_responders=True
-                )
-            else:
-                self._silence(info)  # no answer for the old term may follow the new one
-                announcement = await zc.async_update_service(info)
-            self._endpoint_info, self._endpoint_term = info, term
-            self._announce(info, announcement)
+            for info in infos:
+                if not self._endpoint_infos:
+                    announcement = await zc.async_register_service(
+                        info, allow_name_change=False, cooperating_responders=True
+                    )
+                else:
+                    self._silence(info)  # no answer for the old term may follow the new one
+                    announcement = await zc.async_update_service(info)
+                self._announce(info, announcement)
+            self._endpoint_infos, self._endpoint_term = infos, term
 
     async def async_withdraw_endpoint(self) -> None:
         """Stop answering for the endpoint; goodbyes (TTL 0) go out over the next 250 ms."""
         async with self._endpoint_lock:
-            info, self._endpoint_info, self._endpoint_term = self._endpoint_info, None, None
-            if info is not None:
+            infos, self._endpoint_infos, self._endpoint_term = self._endpoint_infos, (), None
+            for info in infos:
                 await self._async_goodbye(info)
 
     async def async_close(self) -> None:
@@ -454,7 +461,8 @@ class Discovery:
         }
         return self._service_info(NODE_SERVICE_TYPE, self._instance, self._cluster_port, txt)
 
-    def _endpoint_service_info(self, term: int) -> AsyncServiceInfo:
+    def _endpoint_service_infos(self, term: int) -> tuple[AsyncServiceInfo, ...]:
+        """The endpoint's services: the API, and the Wyoming server where there is one."""
         txt = {
             "cluster": self._cluster,
             "node": self._node_id,
@@ -464,7 +472,14 @@ class Discovery:
         if self._api_scheme != "http":
             txt["scheme"] = self._api_scheme
         ttl = ENDPOINT_TTL_S
-        return self._service_info(ENDPOINT_SERVICE_TYPE, self._cluster, self._api_port, txt, ttl)
+        api = self._service_info(ENDPOINT_SERVICE_TYPE, self._cluster, self._api_port, txt, ttl)
+        if not self._wyoming_port:
+            return (api,)
+        wyoming_txt = {k: v for k, v in txt.items() if k != "scheme"}
+        wyoming = self._service_info(
+            WYOMING_SERVICE_TYPE, self._cluster, self._wyoming_port, wyoming_txt, ttl
+        )
+        return api, wyoming
 
     def _service_info(
         self, type_: str, instance: str, port: int, txt: dict[str, str], ttl: int = NODE_TTL_S

@@ -173,7 +173,8 @@ def make_root(root: Path, config: str) -> None:
         f"ha-voice:x:{UID}:{GID}::/var/lib/ha-voice:/usr/sbin/nologin\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     )
-    (etc / "group").write_text(f"root:x:0:\nha-voice:x:{GID}:\nnogroup:x:65534:\n")
+    # `video` owns a Jetson's GPU nodes; the GPU drop-in joins it (Debian and L4T: gid 44).
+    (etc / "group").write_text(f"root:x:0:\nvideo:x:44:\nha-voice:x:{GID}:\nnogroup:x:65534:\n")
     (etc / "systemd" / "system").mkdir(parents=True)
     # /etc/ha-voice: root:ha-voice 0750; the key the service user's, 0600 (operations.md).
     conf = etc / "ha-voice"
@@ -325,6 +326,10 @@ def test_the_units_start_restart_and_stop_under_systemd(machines: dict[str, Cont
         "no",
         "closed",
     )
+    # With PrivateUsers=yes too, the process is in `video` (as seen from outside its user
+    # namespace, where the kernel checks the device nodes' group).
+    groups = process_status(node, shown["MainPID"])["Groups"].split()
+    assert "44" in groups, groups
 
     # The watchdog is fed (every WatchdogSec / 2).
     first = node.show("ha-voice")["WatchdogTimestampMonotonic"]

@@ -228,10 +228,13 @@ def test_a_config_with_bad_keys_fails_and_the_host_is_still_checked(
     code, report = _check("--offline", "--config", config)
     _assert_shape(code, report)
     assert code == 2
-    finding = _only(report, "config")
-    assert finding["level"] == "fail"
-    assert "port" in finding["detail"]
-    assert "heartbeat_interval" in finding["detail"]
+    # One finding per problem, each with its own fix.
+    port, unknown = sorted(_by_check(report)["config"], key=lambda f: "heartbeat" in f["detail"])
+    assert all(f["level"] == "fail" for f in (port, unknown))
+    assert "port = 70000" in port["detail"]
+    assert port["fix"].startswith("edit port in ")
+    assert "unknown key 'heartbeat_interval'" in unknown["detail"]
+    assert unknown["fix"] == "rename it to heartbeat_interval_s (the closest key) or remove it"
     # What needs a valid configuration is left out; the host's own checks are not.
     assert set(_by_check(report)) == {"config", "gpu", "clock"}
     assert _run("--offline", "--config", config).stdout.startswith("fail  config: ")
@@ -369,3 +372,58 @@ def test_a_running_witness_checked_as_a_witness(tmp_path: Path) -> None:
         assert _only(report, "peers")["detail"] == "heard n1, n2 (by the nodes that answered)"
         checks = set(_by_check(report))
         assert not {"whisper_model", "gpu", "speech", "robot", "api_token_file"} & checks
+
+
+def test_a_missing_config_file_is_named_with_the_flag_that_named_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent.toml"
+    code, report = _check("--offline", "--config", str(missing))
+    _assert_shape(code, report)
+    finding = _only(report, "config")
+    assert finding["detail"] == f"config file {missing}: no such file"
+    assert finding["fix"].endswith("give --config one")
+
+
+def test_no_config_file_at_all_is_a_warning(tmp_path: Path) -> None:
+    if Path("/etc/ha-voice/config.toml").exists():
+        pytest.skip("this host has /etc/ha-voice/config.toml")
+    done = subprocess.run(
+        [sys.executable, "-m", "ha_voice", "check", "--json", "--offline"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("HA_VOICE_")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    finding = _only(json.loads(done.stdout), "config")
+    assert finding["level"] == "warn"
+    assert finding["detail"].startswith("no configuration file (no --config, no $HA_VOICE_CONFIG")
+    assert "--config" in finding["fix"]
+
+
+def test_a_model_that_fails_to_load_names_its_fix(tmp_path: Path, secrets: dict[str, Any]) -> None:
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "model.bin").write_bytes(b"not a model" * 100)
+    (model / "config.json").write_text("{}")
+    values = _speech_values(secrets, whisper_model=str(model))
+    code, report = _check("--offline", "--load-model", "--config", _config(tmp_path, values))
+    _assert_shape(code, report)  # every finding that is not ok has a fix
+    finding = _only(report, "whisper_model")
+    assert finding["level"] == "fail"
+    assert finding["detail"].startswith("load failed")
+
+
+def test_a_witness_checked_as_a_node_is_told_to_use_witness(tmp_path: Path) -> None:
+    with LocalCluster(2, witness=True) as cluster:
+        cluster.start()
+        assert cluster.wait_for_primary(30.0) is not None
+        values = _node_values(cluster, cluster.nodes["w"])
+        del values["api_token_file"]
+        code, report = _check("--config", _config(tmp_path, values))
+        _assert_shape(code, report)
+        node = _only(report, "node")
+        assert node["level"] == "warn"
+        assert node["detail"].startswith("w answers at ")
+        assert node["detail"].endswith("but it was checked as a node")
+        assert "--witness" in node["fix"]

@@ -24,7 +24,7 @@ import pytest
 from ha_voice.client import HAVoiceClient
 from ha_voice.cluster.protocol import PROTOCOL_VERSION
 from ha_voice.keyfiles import write_private
-from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess
+from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess, free_port
 from tests.doc_commands import ROOT, block, machine_replacements, run
 
 JETSON = ROOT / "docs" / "jetson-install.md"
@@ -44,7 +44,11 @@ _VENV = "/opt/ha-voice/venv/bin/"
 
 
 def _replacements(root: Path) -> dict[str, str]:
-    return {**machine_replacements(root), _VENV: f"{Path(sys.executable).parent}/"}
+    return {
+        **machine_replacements(root),
+        _VENV: f"{Path(sys.executable).parent}/",
+        "/etc/default/ha-voice": str(root / "etc" / "default" / "ha-voice"),
+    }
 
 
 def test_every_shell_block_is_run_here_or_says_why_not() -> None:
@@ -110,6 +114,24 @@ def test_the_documented_check_reports_the_running_node(machine: tuple[Path, Any]
     for check in ("config", "cluster_key_file", "api_token_file", "node", "peers", "timers"):
         assert re.search(rf"^ok    {check}: ", out, re.M), (check, out)
     assert re.search(r"^ok    node: n1 answers at ", out, re.M), out
+
+
+def test_the_documented_check_reads_the_units_environment_file(
+    machine: tuple[Path, LocalCluster],
+) -> None:
+    # The unit's EnvironmentFile= overrides the file's port: a check that did not read it
+    # would ask another port and find no node.
+    root, cluster = machine
+    config = root / "etc" / "ha-voice" / "config.toml"
+    config.write_text(config.read_text().replace(f"port = {cluster.nodes['n1'].api_port}\n", ""))
+    config.write_text(config.read_text() + f"port = {free_port()}\n")
+    (root / "etc" / "default").mkdir()
+    (root / "etc" / "default" / "ha-voice").write_text(
+        f"# as systemd reads it\nHA_VOICE_PORT={cluster.nodes['n1'].api_port}\n"
+    )
+    code, out = _report(block("jetson-check", JETSON), root)
+    assert re.search(r"^ok    node: n1 answers at ", out, re.M), out
+    assert code in (0, 1), out
 
 
 def test_the_documented_exec_start_pre_runs_and_only_reports(machine: tuple[Path, Any]) -> None:

@@ -122,6 +122,20 @@ def test_every_metric_the_rules_use_is_exported(metrics_text: str) -> None:
     assert recorded <= used  # no recording rule that nothing reads
 
 
+def test_the_labels_the_rules_join_on_are_exported(metrics_text: str) -> None:
+    # The RTT alert compares with the node's own election timeout; the robot alerts leave out
+    # nodes with robot = "none"; "primary unscraped" maps a node's name to its instance.
+    timers = dict(
+        re.findall(r'^ha_voice_timer_seconds\{timer="(\w+)"\} (\S+)$', metrics_text, re.M)
+    )
+    assert set(timers) == {"heartbeat_interval", "election_timeout", "lease"}
+    assert all(float(value) > 0 for value in timers.values())
+    [info] = re.findall(r"^ha_voice_node_info\{([^}]*)\} 1\.0$", metrics_text, re.M)
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', info))
+    assert set(labels) == {"node", "cluster", "robot"}
+    assert labels["robot"] in {"none", "sim", "go2"}
+
+
 def test_every_metric_the_dashboard_queries_is_exported(metrics_text: str) -> None:
     exported = exported_names(metrics_text)
     used: set[str] = set()

@@ -123,14 +123,18 @@ def _children(node: LocalNode) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def _rig(node_models: dict[str, str] | None = None) -> Iterator[Rig]:
-    """A 3-node cluster with the packaged base model on every node (or as `node_models` says)
-    and a simulated Go2; every process it started is gone afterwards."""
+def _rig(
+    node_models: dict[str, str] | None = None, *, mdns: bool = False, extra: tuple[str, ...] = ()
+) -> Iterator[Rig]:
+    """A 3-node cluster with the packaged base model on every node (or as `node_models` says),
+    a simulated Go2 and `extra` flags; every process it started is gone afterwards."""
     model = str(packaged_model("base"))
     node_flags = {n: [f"--whisper-model={(node_models or {}).get(n, model)}"] for n in NODES}
     with (
         SimRobotProcess() as robot,
-        LocalCluster(3, extra_flags=(f"--robot={robot.spec}",), node_flags=node_flags) as cluster,
+        LocalCluster(
+            3, extra_flags=(f"--robot={robot.spec}", *extra), node_flags=node_flags, mdns=mdns
+        ) as cluster,
     ):
         rig = Rig(cluster, robot)
         workers: list[psutil.Process] = []

@@ -52,6 +52,13 @@ def test_there_are_drop_ins_for_the_floating_ip_and_the_gpu() -> None:
     assert names == {"ha-voice.service.d/floating-ip.conf", "ha-voice.service.d/jetson-gpu.conf"}
 
 
+def test_the_gpu_drop_in_joins_the_group_that_owns_the_gpu() -> None:
+    # L4T's /dev/nvhost-* and /dev/nvmap are 0660 root:video: DeviceAllow= alone opens the
+    # cgroup, not the file mode.
+    text = (SYSTEMD / "ha-voice.service.d" / "jetson-gpu.conf").read_text()
+    assert re.search(r"^SupplementaryGroups=video$", text, re.M)
+
+
 def test_systemd_finds_nothing_wrong_in_the_units_and_drop_ins(tmp_path: Path) -> None:
     # Only the install path changes: this machine's interpreter stands in for the venv's script
     # (verify checks that the command exists).
