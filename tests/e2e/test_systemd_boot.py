@@ -21,6 +21,7 @@ Needs root and `systemd-nspawn` (Debian's systemd-container); skipped otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -107,15 +108,22 @@ class Container:
         assert state in {"running", "degraded"}, (state, self.console())
 
     def _leader(self) -> int:
-        """The container's PID 1, as the host sees it."""
+        """The container's PID 1, as the host sees it: the child of nspawn that is PID 1 of its
+        own PID namespace. nspawn's first child is a short-lived "outer child" that forks the
+        container's init and exits (init is then reparented to nspawn, its subreaper); on a
+        loaded machine that outer child is still there when the children are first listed, and
+        entering it fails, so only a child whose NSpid ends in 1 is taken."""
         assert self.process is not None
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.console()
-            pids = children.read_text().split()
-            if pids:
-                return int(pids[0])
+            for pid in children.read_text().split():
+                with contextlib.suppress(OSError):
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    nspid = next(x for x in status.splitlines() if x.startswith("NSpid:"))
+                    if nspid.split()[-1] == "1" and len(nspid.split()) > 2:
+                        return int(pid)
             time.sleep(0.1)
         raise AssertionError(f"{self.name}: no init process\n{self.console()}")
 
