@@ -11,6 +11,7 @@ certificates come in `node_flags`) and are spoken to in HTTPS, verified against 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -139,6 +140,12 @@ class LocalNode:
         return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
+def toml_text(values: dict[str, Any]) -> str:
+    """`values` (strings, numbers, booleans, lists of them) as TOML lines: JSON's spelling of
+    those is TOML's."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+
+
 @dataclass
 class LocalCluster:
     """N nodes n1..nN with static peers on loopback (or on `hosts`)."""
@@ -232,6 +239,29 @@ class LocalCluster:
             *self.extra_flags,
             *self.node_flags.get(node.node_id, ()),
         ]
+
+    def config_values(self, node_id: str, **extra: Any) -> dict[str, Any]:
+        """The configuration node `node_id` runs with, as a config file's keys (what `toml_text`
+        writes for `ha-voice check` or `--config`), with `extra` keys added or replaced."""
+        node = self.nodes[node_id]
+        others = [o for o in self.nodes.values() if o is not node]
+        return {
+            "node_id": node.node_id,
+            "cluster": self.cluster,
+            "cluster_key_file": str(self.key_file),
+            "api_token_file": str(self.token_file),
+            "state_dir": str(self.dir / node.node_id),
+            "listen_address": node.host,
+            "api_listen_address": node.host,
+            "cluster_port": node.cluster_port,
+            "port": node.api_port,
+            "peers": [
+                f"{o.node_id}@{o.host}:{o.cluster_port}" if self.static_peers else o.node_id
+                for o in others
+            ],
+            "mdns": self.mdns,
+            **extra,
+        }
 
     def _speech(self, node: LocalNode) -> bool:
         flags = [*self.extra_flags, *self.node_flags.get(node.node_id, ())]

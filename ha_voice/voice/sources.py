@@ -173,6 +173,15 @@ def resample(samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.floa
     return np.interp(positions, np.arange(len(samples)), samples).astype(np.float32)
 
 
+async def _queued(queue: asyncio.Queue[Block | object]) -> AsyncIterator[Block]:
+    """The blocks put on `queue`, until the end marker (anything that is not a Block)."""
+    while True:
+        block = await queue.get()
+        if not isinstance(block, Block):
+            return
+        yield block
+
+
 class _Clocked:
     """Stream time of consecutive blocks (see the module's invariants)."""
 
@@ -249,12 +258,8 @@ class UdpSource:
         except asyncio.QueueFull:
             stats.dropped += 1
 
-    async def blocks(self) -> AsyncIterator[Block]:
-        while True:
-            block = await self._queue.get()
-            if not isinstance(block, Block):
-                return
-            yield block
+    def blocks(self) -> AsyncIterator[Block]:
+        return _queued(self._queue)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -332,12 +337,8 @@ class AvSource:
                 continue
         future.cancel()
 
-    async def blocks(self) -> AsyncIterator[Block]:
-        while True:
-            block = await self._queue.get()
-            if not isinstance(block, Block):
-                return
-            yield block
+    def blocks(self) -> AsyncIterator[Block]:
+        return _queued(self._queue)
 
     def close(self) -> None:
         self._stop.set()

@@ -14,7 +14,6 @@ model on the CPU in one worker.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))  # the checkout under test, as `python -m ha_voice` sees it
 
-from ha_voice.local_cluster import LocalCluster, SimRobotProcess
+from ha_voice.local_cluster import LocalCluster, SimRobotProcess, toml_text
 from ha_voice.voice.models import packaged_model
 
 WAYS = {
@@ -37,27 +36,16 @@ WAYS = {
 
 
 def _config(cluster: LocalCluster, robot: str, directory: Path) -> Path:
-    node = cluster.nodes["n1"]
-    peers = [f"{o.node_id}@{o.host}:{o.cluster_port}" for o in cluster.nodes.values() if o != node]
-    values = {
-        "node_id": "n1",
-        "cluster": cluster.cluster,
-        "cluster_key_file": str(cluster.key_file),
-        "api_token_file": str(cluster.token_file),
-        "state_dir": str(cluster.dir / "n1"),
-        "listen_address": node.host,
-        "api_listen_address": node.host,
-        "cluster_port": node.cluster_port,
-        "port": node.api_port,
-        "peers": peers,
-        "mdns": True,
-        "robot": robot,
-        "whisper_model": str(packaged_model("base")),
-        "stt_device": "cpu",
-        "stt_cpu_threads": 1,
-    }
+    values = cluster.config_values(
+        "n1",
+        mdns=True,
+        robot=robot,
+        whisper_model=str(packaged_model("base")),
+        stt_device="cpu",
+        stt_cpu_threads=1,
+    )
     path = directory / "n1.toml"
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    path.write_text(toml_text(values))
     return path
 
 

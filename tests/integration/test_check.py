@@ -21,7 +21,13 @@ import pytest
 from ha_voice.check import EXIT_CODES
 from ha_voice.interfaces import local_ipv4
 from ha_voice.keyfiles import write_private
-from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess, free_port
+from ha_voice.local_cluster import (
+    LocalCluster,
+    LocalNode,
+    SimRobotProcess,
+    free_port,
+    toml_text,
+)
 from ha_voice.robot.go2 import INSTALL_HINT
 from ha_voice.voice.models import packaged_model
 
@@ -68,28 +74,12 @@ def _assert_shape(code: int, report: dict[str, Any]) -> None:
 
 
 def _toml(values: dict[str, Any]) -> str:
-    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+    return toml_text(values)
 
 
 def _node_values(cluster: LocalCluster, node: LocalNode, **extra: Any) -> dict[str, Any]:
     """The configuration `node` of `cluster` runs with, as a file would give it."""
-    others = [o for o in cluster.nodes.values() if o is not node]
-    peers = [f"{o.node_id}@{o.host}:{o.cluster_port}" for o in others]
-    return {
-        "node_id": node.node_id,
-        "cluster": cluster.cluster,
-        "cluster_key_file": str(cluster.key_file),
-        "api_token_file": str(cluster.token_file),
-        "state_dir": str(cluster.dir / node.node_id),
-        "listen_address": node.host,
-        "api_listen_address": node.host,
-        "cluster_port": node.cluster_port,
-        "port": node.api_port,
-        "peers": peers if cluster.static_peers else [o.node_id for o in others],
-        "mdns": cluster.mdns,
-        "stt_enabled": False,
-        **extra,
-    }
+    return cluster.config_values(node.node_id, stt_enabled=False, **extra)
 
 
 @pytest.fixture

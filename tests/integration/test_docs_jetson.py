@@ -8,7 +8,6 @@ also the Jetson's venv, which is this interpreter's.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -24,7 +23,13 @@ import pytest
 from ha_voice.client import HAVoiceClient
 from ha_voice.cluster.protocol import PROTOCOL_VERSION
 from ha_voice.keyfiles import write_private
-from ha_voice.local_cluster import LocalCluster, LocalNode, SimRobotProcess, free_port
+from ha_voice.local_cluster import (
+    LocalCluster,
+    LocalNode,
+    SimRobotProcess,
+    free_port,
+    toml_text,
+)
 from tests.doc_commands import ROOT, block, machine_replacements, run
 
 JETSON = ROOT / "docs" / "jetson-install.md"
@@ -71,31 +76,14 @@ def machine(tmp_path: Path) -> Iterator[tuple[Path, LocalCluster]]:
     with LocalCluster(2, extra_flags=("--robot=sim",)) as cluster:
         cluster.start()
         assert cluster.wait_for_primary(30.0) is not None
-        node, peer = cluster.nodes["n1"], cluster.nodes["n2"]
         etc = tmp_path / "etc" / "ha-voice"
         etc.mkdir(parents=True)
-        values = {
-            "node_id": "n1",
-            "cluster": cluster.cluster,
-            "cluster_key_file": str(cluster.key_file),
-            "api_token_file": str(cluster.token_file),
-            "state_dir": str(cluster.dir / "n1"),
-            "listen_address": node.host,
-            "api_listen_address": node.host,
-            "cluster_port": node.cluster_port,
-            "port": node.api_port,
-            "peers": [f"n2@{peer.host}:{peer.cluster_port}"],
-            "mdns": False,
-            "stt_enabled": False,
-            "robot": "sim",
-        }
-        _write_config(etc, values)
+        _write_config(etc, cluster.config_values("n1", stt_enabled=False, robot="sim"))
         yield tmp_path, cluster
 
 
 def _write_config(etc: Path, values: dict[str, Any]) -> None:
-    text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
-    (etc / "config.toml").write_text(text)
+    (etc / "config.toml").write_text(toml_text(values))
 
 
 def _report(script: str, root: Path) -> tuple[int, str]:

@@ -19,7 +19,7 @@ import pytest
 
 from ha_voice.client import AsyncHAVoiceClient, ClientError, HAVoiceClient
 from ha_voice.cluster.discovery import Discovery
-from ha_voice.local_cluster import LocalCluster, free_port
+from ha_voice.local_cluster import LocalCluster, free_port, toml_text
 from tests.doc_commands import block, run
 
 NODES = {"n1": "jetson-1", "n2": "jetson-2", "n3": "jetson-3"}
@@ -176,27 +176,16 @@ def test_check_asks_the_nodes_over_verified_https(
     cluster: LocalCluster, pki: Path, tmp_path: Path
 ) -> None:
     node = cluster.nodes["n1"]
-    others = [o for o in cluster.nodes.values() if o is not node]
-    values = {
-        "node_id": "n1",
-        "cluster": cluster.cluster,
-        "cluster_key_file": str(cluster.key_file),
-        "api_token_file": str(cluster.token_file),
-        "state_dir": str(cluster.dir / "n1"),
-        "listen_address": node.host,
-        "api_listen_address": node.host,
-        "cluster_port": node.cluster_port,
-        "port": node.api_port,
-        "peers": [f"{o.node_id}@{o.host}:{o.cluster_port}" for o in others],
-        "mdns": False,
-        "stt_enabled": False,
-        "robot": "sim",
-        "tls_cert_file": str(pki / "jetson-1.crt"),
-        "tls_key_file": str(pki / "jetson-1.key"),
-        "tls_ca_file": str(pki / "ca.crt"),
-    }
+    values = cluster.config_values(
+        "n1",
+        stt_enabled=False,
+        robot="sim",
+        tls_cert_file=str(pki / "jetson-1.crt"),
+        tls_key_file=str(pki / "jetson-1.key"),
+        tls_ca_file=str(pki / "ca.crt"),
+    )
     config = tmp_path / "n1.toml"
-    config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    config.write_text(toml_text(values))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HA_VOICE_")}
     done = subprocess.run(
         [sys.executable, "-m", "ha_voice", "check", "--json", "--config", str(config)],
