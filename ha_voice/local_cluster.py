@@ -11,6 +11,7 @@ certificates come in `node_flags`) and are spoken to in HTTPS, verified against 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -76,13 +77,25 @@ class LocalNode:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            # A prefix may fork rather than exec (faketime does): its own process group lets
+            # a SIGKILL reach the daemon under it, which would otherwise outlive the test.
+            start_new_session=bool(self.prefix),
         )
         log.close()
 
     def signal(self, signum: int) -> None:
         if self.running:
             assert self.process is not None
-            self.process.send_signal(signum)
+            if signum == signal.SIGKILL and self.prefix:
+                self.kill_group()
+            else:
+                self.process.send_signal(signum)
+
+    def kill_group(self) -> None:
+        """SIGKILL to a prefixed node's whole process group (the prefix and the daemon)."""
+        if self.process is not None and self.prefix:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def wait(self, timeout_s: float) -> int | None:
         if self.process is None:
@@ -317,6 +330,7 @@ class LocalCluster:
                 node.signal(signal.SIGCONT)
                 node.signal(signal.SIGKILL)
                 node.wait(5.0)
+            node.kill_group()  # a forking prefix's daemon, even once the prefix has exited
             if node.client is not None:
                 node.client.close()
         if not self.keep_dir:
