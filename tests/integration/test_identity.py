@@ -27,19 +27,24 @@ def cluster() -> Iterator[LocalCluster]:
 def _copy_of(cluster: LocalCluster, node_id: str) -> LocalNode:
     """A second `ha-voice run` with `node_id`'s identity, its own ports and state (--no-mdns)."""
     real = cluster.nodes[node_id]
-    udp, api = free_port(socket.SOCK_DGRAM), free_port()
+    udp, api, wyoming = free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    own = {
+        "--cluster-port": str(udp),
+        "--port": str(api),
+        "--wyoming-port": str(wyoming),
+        "--state-dir": str(cluster.dir / "copy"),
+    }
     argv = [
-        f"--cluster-port={udp}"
-        if a.startswith("--cluster-port=")
-        else f"--port={api}"
-        if a.startswith("--port=")
-        else f"--state-dir={cluster.dir / 'copy'}"
-        if a.startswith("--state-dir=")
-        else a
+        f"{a.split('=', 1)[0]}={own[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in own else a
         for a in real.argv
     ]
     return dataclasses.replace(
-        real, cluster_port=udp, api_port=api, argv=argv, log_path=cluster.dir / "copy.log"
+        real,
+        cluster_port=udp,
+        api_port=api,
+        wyoming_port=wyoming,
+        argv=argv,
+        log_path=cluster.dir / "copy.log",
     )
 
 
