@@ -1,18 +1,23 @@
-"""`ha-voice check`, `config check` and `run` as an unprivileged user (uid 65534, as `sudo -u`
-would run them) on paths that user cannot enter: a named configuration problem (exit 2, which
-systemd does not restart), never a traceback (exit 1, restarted every few seconds forever).
+"""`ha-voice check`, `config check` and `run` by a user who cannot enter some paths (as the
+service's user cannot enter another's 0700 directory): a named configuration problem (exit 2,
+which systemd does not restart), never a traceback (exit 1, restarted every few seconds forever).
 
-The tests run as root; the child drops to nobody. It runs the system's python3.11 on the
-project's venv packages, because the venv's interpreter lives under /root.
+The tests run as root. The child stays root but without CAP_DAC_OVERRIDE and
+CAP_DAC_READ_SEARCH (`setpriv --bounding-set`), so the kernel checks permissions as it would for
+any user: a directory owned by nobody with mode 0700 cannot be entered, while the interpreter,
+the virtual environment and the checkout (root's, wherever they are) stay readable. Dropping to
+nobody instead needed an interpreter and packages nobody can read, which a checkout under a
+0700 directory (as CI's) or a pyenv interpreter under /root does not give.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
-import sysconfig
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,55 +30,55 @@ from ha_voice.local_cluster import free_port
 from ha_voice.voice.models import packaged_model
 
 NOBODY = 65534
-_PYTHON = Path("/usr/bin/python3.11")
-_PROJECT = Path(__file__).resolve().parents[2]
+_SETPRIV = shutil.which("setpriv")
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not _PYTHON.exists(), reason="needs root (to drop to nobody)"
+    os.geteuid() != 0 or _SETPRIV is None, reason="needs root and setpriv (util-linux)"
 )
 
 
 @pytest.fixture
 def place() -> Iterator[Path]:
-    """A directory nobody may read, holding a key and tokens nobody owns (mode 0600) and a
-    state directory nobody owns."""
+    """A directory holding a key and tokens (mode 0600) and a state directory, the user's."""
     root = Path(tempfile.mkdtemp(prefix="hv-as-user-"))
     root.chmod(0o755)
     (root / "state").mkdir(mode=0o700)
-    os.chown(root / "state", NOBODY, NOBODY)
     for name, body in (("cluster.key", os.urandom(32)), ("api.tokens", b"ops:" + b"t" * 43)):
         write_private(root / name, body)
-        os.chown(root / name, NOBODY, NOBODY)
     yield root
     shutil.rmtree(root)
 
 
 @pytest.fixture
 def closed(place: Path) -> Path:
-    """A directory only root may enter (as /var/lib/ha-voice is only ha-voice's)."""
+    """A directory only its owner, nobody, may enter (as /var/lib/ha-voice is only ha-voice's)."""
     path = place / "closed"
     path.mkdir(mode=0o700)
+    os.chown(path, NOBODY, NOBODY)
     return path
 
 
-def _as_nobody(place: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    project = _PROJECT
-    if not os.access(project, os.R_OK | os.X_OK):  # not world-readable: copy the package
-        project = place / "src"
-        if not project.exists():
-            shutil.copytree(_PROJECT / "ha_voice", project / "ha_voice")
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(place),
-        "PYTHONPATH": f"{project}:{sysconfig.get_paths()['purelib']}",
-    }
+def _user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _as_user(place: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`ha-voice argv` without the capabilities that let root past file permissions."""
+    assert _SETPRIV is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HA_VOICE_")}
     return subprocess.run(
-        [str(_PYTHON), "-m", "ha_voice", *argv],
-        env=env,
+        [
+            _SETPRIV,
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--",
+            sys.executable,
+            "-m",
+            "ha_voice",
+            *argv,
+        ],
+        env={**env, "HOME": str(place)},
         cwd=place,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
         capture_output=True,
         text=True,
         timeout=120,
@@ -102,8 +107,8 @@ def _finding(report: dict[str, Any], check: str) -> dict[str, Any]:
     return finding
 
 
-def test_the_project_runs_as_nobody(place: Path) -> None:
-    done = _as_nobody(place, "check", "--json", "--offline", "--config", _config(place))
+def test_the_project_runs_as_user(place: Path) -> None:
+    done = _as_user(place, "check", "--json", "--offline", "--config", _config(place))
     assert "Traceback" not in done.stderr, done.stderr
     report = json.loads(done.stdout)
     assert _finding(report, "state_dir")["level"] == "ok"
@@ -115,13 +120,14 @@ def test_a_model_directory_that_cannot_be_entered(place: Path, closed: Path) -> 
     config = _config(
         place, stt_enabled=True, stt_device="cpu", whisper_model=str(model), language="en"
     )
-    done = _as_nobody(place, "check", "--json", "--offline", "--config", config)
+    done = _as_user(place, "check", "--json", "--offline", "--config", config)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2
     finding = _finding(json.loads(done.stdout), "whisper_model")
     assert finding["level"] == "fail"
     assert (
-        finding["detail"] == f"{model}: this user (nobody) cannot look into it (Permission denied)"
+        finding["detail"]
+        == f"{model}: this user ({_user()}) cannot look into it (Permission denied)"
     )
     assert "docs/jetson-install.md" in finding["fix"]
 
@@ -132,7 +138,7 @@ def test_a_path_under_a_directory_that_cannot_be_entered(
 ) -> None:
     path = closed / ("state" if key == "state_dir" else key)
     config = _config(place, **{key: str(path)})
-    done = _as_nobody(place, "check", "--json", "--offline", "--config", config)
+    done = _as_user(place, "check", "--json", "--offline", "--config", config)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2
     finding = _finding(json.loads(done.stdout), key)
@@ -148,9 +154,9 @@ def test_start_refuses_an_unreachable_state_dir_as_a_configuration_error(
 ) -> None:
     # Exit 2 is what the unit's RestartPreventExitStatus= keeps from a restart loop.
     state_dir = closed / "state"
-    done = _as_nobody(place, *command, _config(place, state_dir=str(state_dir)))
+    done = _as_user(place, *command, _config(place, state_dir=str(state_dir)))
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2
-    assert f"state_dir = '{state_dir}': this user (nobody) cannot reach it" in done.stderr
+    assert f"state_dir = '{state_dir}': this user ({_user()}) cannot reach it" in done.stderr
     assert f"({closed} cannot be entered)" in done.stderr
     assert "fix: " in done.stderr
