@@ -60,14 +60,14 @@ class SileroVad:
     def reset(self) -> None:
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
-        self._context = np.zeros(_CONTEXT, dtype=np.float32)
+        self._context: npt.NDArray[np.float32] = np.zeros(_CONTEXT, dtype=np.float32)
 
     def probability(self, frame: Audio) -> float:
         window = np.concatenate([self._context, frame])[None, :]
         out, self._h, self._c = self._session.run(
             None, {"input": window, "h": self._h, "c": self._c}
         )
-        self._context = frame[-_CONTEXT:]
+        self._context = np.asarray(frame[-_CONTEXT:], dtype=np.float32)
         return float(np.asarray(out).reshape(-1)[0])
 
 
@@ -116,7 +116,7 @@ class Segmenter:
         self._min_speech = max(1, math.ceil(options.min_speech_s / FRAME_S))
         self._max_frames = max(2, int(options.max_utterance_s / FRAME_S))
         self._lead: collections.deque[npt.NDArray[np.float32]] = collections.deque(maxlen=self._pad)
-        self._partial = np.zeros(0, dtype=np.float32)
+        self._partial: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self._time_s: float | None = None  # stream time of the next whole frame
         self._speech: list[npt.NDArray[np.float32]] = []  # the utterance under way
         self._speech_start_s = 0.0
@@ -146,7 +146,7 @@ class Segmenter:
             self._time_s = start_s - len(self._partial) / SAMPLE_RATE
         data = np.concatenate([self._partial, np.asarray(samples, dtype=np.float32)])
         whole = len(data) - len(data) % FRAME
-        self._partial = data[whole:].copy()
+        self._partial = np.asarray(data[whole:], dtype=np.float32).copy()
         done: list[Utterance] = []
         for offset in range(0, whole, FRAME):
             utterance = self._frame(data[offset : offset + FRAME])

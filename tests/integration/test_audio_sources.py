@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 from ha_voice.config import Config, parse_source
 from ha_voice.voice.sources import AvSource, Block, PcmFormat, UdpSource, open_source
 from ha_voice.voice.speech import SAMPLE_RATE
 from tests.speech_corpus import wav_bytes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6): the same parser, from PyPI
+    import tomli as tomllib
 
 TONE = (0.5 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
 
