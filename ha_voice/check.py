@@ -303,23 +303,26 @@ def clock_finding() -> Finding:
     return Finding("clock", "warn", f"unknown: {answer}", fix)
 
 
+def run_probe(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str] | str:
+    """`argv` run with its output captured, at most `timeout_s` seconds; or why it did not
+    answer ("timedatectl did not answer within 2 s", "nvidia-smi failed: …")."""
+    name = Path(argv[0]).name
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return f"{name} did not answer within {timeout_s:g} s"
+    except OSError as exc:
+        return f"{name} failed: {exc.strerror}"
+
+
 def _timedatectl() -> str:
     """ "yes", "no", or why timedatectl could not say."""
     exe = shutil.which("timedatectl")
     if exe is None:
         return "no timedatectl on this host"
-    try:
-        done = subprocess.run(
-            [exe, "show", "-p", "NTPSynchronized", "--value"],
-            capture_output=True,
-            text=True,
-            timeout=_TIMEDATECTL_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"timedatectl did not answer within {_TIMEDATECTL_TIMEOUT_S:g} s"
-    except OSError as exc:
-        return f"timedatectl failed: {exc.strerror}"
+    done = run_probe([exe, "show", "-p", "NTPSynchronized", "--value"], _TIMEDATECTL_TIMEOUT_S)
+    if isinstance(done, str):
+        return done
     value = done.stdout.strip()
     if done.returncode == 0 and value in ("yes", "no"):
         return value

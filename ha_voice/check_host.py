@@ -13,14 +13,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import shutil
-import subprocess
 import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ha_voice import clock
-from ha_voice.check import Finding, split_fix, user_name
+from ha_voice.check import Finding, run_probe, split_fix, user_name
 
 if TYPE_CHECKING:
     from ha_voice.check import CheckOptions
@@ -240,18 +239,9 @@ def _nvidia_smi() -> str:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return ""
-    try:
-        done = subprocess.run(
-            [exe, "-L"],
-            capture_output=True,
-            text=True,
-            timeout=_NVIDIA_SMI_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"nvidia-smi did not answer within {_NVIDIA_SMI_TIMEOUT_S:g} s"
-    except OSError as exc:
-        return f"nvidia-smi failed: {exc.strerror}"
+    done = run_probe([exe, "-L"], _NVIDIA_SMI_TIMEOUT_S)
+    if isinstance(done, str):
+        return done
     gpus = [line.split(" (UUID")[0] for line in done.stdout.splitlines() if line.strip()]
     return "; ".join(gpus) if done.returncode == 0 and gpus else ""
 
