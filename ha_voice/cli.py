@@ -2,17 +2,19 @@
 
 Start-up is part of the interface: a command that starts no server (`--version`, `status`,
 `send`, `journal`, `step-down`) must answer within half a second, so this module imports at the
-top only the standard library, the configuration model and the outcome table; each handler
-imports what its job needs (the daemon's FastAPI and uvicorn only for `run`, `witness` and
-`demo`). tests/integration/test_cli_imports.py keeps it so; tests/bench/bench_cli_startup.py
-measures it.
+top only the standard library, the configuration model, the outcome table and the cli_*.py
+modules, which keep the same rule; each handler imports what its job needs (the daemon's FastAPI
+and uvicorn only for `run`, `witness` and `demo`). tests/integration/test_cli_imports.py keeps it
+so; tests/bench/bench_cli_startup.py measures it.
+
+Some commands live beside it: the flags every client command shares and what they resolve to
+(cli_args.py), `drill` (cli_drill.py), `keygen` and `check` (cli_setup.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -21,7 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ha_voice import __version__
+from ha_voice import __version__, cli_args
+from ha_voice.cli_drill import drill_command
+from ha_voice.cli_setup import check_command, keygen_command
 from ha_voice.config import Config, Role, load_config
 from ha_voice.config_render import (
     add_arguments,
@@ -33,7 +37,6 @@ from ha_voice.config_render import (
 from ha_voice.errors import ConfigError, UnreachableError
 from ha_voice.interfaces import network_wait_reason
 from ha_voice.journal import MAX_TAIL
-from ha_voice.keygen import DEFAULT_TOKEN_FILE, DEFAULT_TOKEN_NAME
 from ha_voice.preflight import startable_problems
 from ha_voice.send_outcomes import (
     DONE,
@@ -45,11 +48,9 @@ from ha_voice.send_outcomes import (
     of_answer,
     of_refusal,
 )
-from ha_voice.tokens import TOKEN_ENV, pick_token, read_token_file
+from ha_voice.tokens import TOKEN_ENV
 
 if TYPE_CHECKING:
-    import ssl
-
     from ha_voice.client import CommandResult, HAVoiceClient
 
 __all__ = ["main"]
@@ -132,21 +133,22 @@ def _parser() -> argparse.ArgumentParser:
     witness.set_defaults(handler=_witness)
 
     status = commands.add_parser("status", help="the cluster as a table, from any node")
-    _url_argument(status)
-    _ca_argument(status)
+    cli_args.url_argument(status)
+    cli_args.ca_argument(status)
     status.add_argument("--watch", action="store_true", help="refresh every second")
     status.add_argument("--json", action="store_true", help="print the /cluster JSON")
     status.set_defaults(handler=_status)
 
     step_down = commands.add_parser("step-down", help="hand leadership to the best backup")
-    _url_argument(step_down)
+    cli_args.url_argument(step_down)
     step_down.add_argument("--target", help="node to hand over to (default: the first in line)")
-    _token_arguments(step_down)
-    _ca_argument(step_down)
+    cli_args.token_arguments(step_down)
+    cli_args.ca_argument(step_down)
     step_down.set_defaults(handler=_step_down)
 
-    _keygen_command(commands)
-    _check_command(commands)
+    drill_command(commands)
+    keygen_command(commands)
+    check_command(commands)
 
     # Listed for --help only: main() hands `sim-robot ...` to the simulator's own parser.
     _client_commands(commands)
@@ -158,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
         "--simulated", action="store_true", help="run it on the simulator, in virtual time"
     )
     demo.add_argument("--seed", type=int, default=1, help="seed of the simulated run")
+    demo.add_argument(
+        "--listen",
+        action="store_true",
+        help="live listening instead: a generated Dutch stream, the primary killed mid-stream",
+    )
     demo.set_defaults(handler=_demo)
 
     simulate = commands.add_parser(
@@ -202,7 +209,7 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     send.add_argument("text", nargs="?", help='what was said, e.g. "sta op"')
     send.add_argument("--action", help="a robot action instead of text, e.g. sit, hello")
     send.add_argument("--key", help="idempotency key (default: a new UUID); reuse it to retry")
-    _client_arguments(send)
+    cli_args.client_arguments(send)
     send.set_defaults(handler=_send)
 
     listen = commands.add_parser(
@@ -223,7 +230,7 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="the recording's media type (default: by its extension, else the node tells)",
     )
     listen.add_argument("--key", help="idempotency key (default: a new UUID); reuse it to retry")
-    _client_arguments(listen)
+    cli_args.client_arguments(listen)
     # Speech takes seconds on a busy CPU, and the node that has it may be queued.
     listen.set_defaults(handler=_listen, deadline=30.0)
 
@@ -231,7 +238,7 @@ def _client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     journal.add_argument("--since", type=int, default=0, help="entries after this index")
     journal.add_argument("--limit", type=int, default=20, help="the last N entries (default 20)")
     journal.add_argument("--follow", action="store_true", help="keep printing new entries")
-    _client_arguments(journal)
+    cli_args.client_arguments(journal)
     journal.set_defaults(handler=_journal)
 
 
@@ -263,80 +270,6 @@ def _serve(config: Config) -> int:
     except OSError as exc:
         print(f"ha-voice: cannot start: {exc}", file=sys.stderr)
         return 1
-
-
-def _url_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=None,
-        help="any node's API (default: http://127.0.0.1:PORT with PORT from the configuration)",
-    )
-
-
-def _client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="a node's API (default: find the primary by mDNS)")
-    parser.add_argument("--cluster", help="cluster name to look up (default: configured)")
-    parser.add_argument("--deadline", type=float, default=10.0, help="seconds, retries included")
-    parser.add_argument("--json", action="store_true", help="print the JSON answer")
-    _token_arguments(parser)
-    _ca_argument(parser)
-
-
-def _token_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="FILE",
-        help=f"API tokens, one NAME:TOKEN per line, mode 0600 (default: ${TOKEN_ENV}, else the "
-        "configured api_token_file if readable)",
-    )
-    parser.add_argument("--token-name", help="which token of --token-file (default: the first)")
-
-
-def _ca_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--ca-file",
-        type=Path,
-        metavar="FILE",
-        help="CA certificates that verify the nodes' HTTPS (default: the configured tls_ca_file)",
-    )
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    """--token-file (--token-name), else HA_VOICE_TOKEN, else the configured api_token_file."""
-    path: Path | None = args.token_file
-    if path is None and not args.token_name:
-        if os.environ.get(TOKEN_ENV):
-            return os.environ[TOKEN_ENV]
-        path = load_config().api_token_file
-        if path is None or not os.access(path, os.R_OK):
-            return None
-    if path is None:
-        raise ConfigError("--token-name needs --token-file (or the configured api_token_file)")
-    return pick_token(read_token_file(path, "--token-file"), args.token_name, str(path))
-
-
-def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
-    from ha_voice.client import ssl_context
-
-    ca_file = args.ca_file or load_config().tls_ca_file
-    return ssl_context(ca_file)
-
-
-def _client(args: argparse.Namespace) -> HAVoiceClient:
-    from ha_voice.client import HAVoiceClient
-
-    cluster = args.cluster or load_config().cluster
-    try:
-        return HAVoiceClient(
-            url=args.url,
-            cluster=cluster,
-            deadline_s=args.deadline,
-            token=_token(args) or "",
-            ca_file=args.ca_file or load_config().tls_ca_file,  # given: TLS is required
-        )
-    except ValueError as exc:  # a plain-HTTP --url where TLS is configured
-        raise ConfigError(str(exc)) from None
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -399,7 +332,7 @@ def _deliver(
     from ha_voice import status
     from ha_voice.client import ClientError, DeadlineExceeded, NoPrimaryError, RequestError
 
-    with _client(args) as client:
+    with cli_args.client(args) as client:
         try:
             result = call(client)
         except (DeadlineExceeded, NoPrimaryError):
@@ -440,7 +373,7 @@ def _why_no_primary(args: argparse.Namespace) -> tuple[Outcome, str]:
     """What the nodes say about their leader: from --url's nodes, else those mDNS finds."""
     from ha_voice.diagnose import diagnose, find_nodes
 
-    verify = _verify(args)
+    verify = cli_args.verify(args)
     if args.url:
         urls = [url.strip().rstrip("/") for url in str(args.url).split(",")]
         return diagnose(urls, verify)
@@ -459,7 +392,7 @@ def _why_no_primary(args: argparse.Namespace) -> tuple[Outcome, str]:
 def _journal(args: argparse.Namespace) -> int:
     from ha_voice import status
 
-    with _client(args) as client:
+    with cli_args.client(args) as client:
         since = args.since
         first = True
         while True:
@@ -488,19 +421,11 @@ def _entries_after(client: HAVoiceClient, since: int) -> list[dict[str, Any]]:
         since = int(page[-1]["index"])
 
 
-def _base_url(args: argparse.Namespace) -> str:
-    if args.url:
-        return str(args.url).rstrip("/")
-    config = load_config()
-    scheme = "http" if config.tls_cert_file is None else "https"
-    return f"{scheme}://127.0.0.1:{config.port}"
-
-
 def _status(args: argparse.Namespace) -> int:
     from ha_voice import status
 
-    base = _base_url(args)
-    verify = _verify(args)
+    base = cli_args.base_url(args)
+    verify = cli_args.verify(args)
     while True:
         view = status.fetch_cluster(base, verify)
         text = json.dumps(view, indent=2) if args.json else status.render_table(view)
@@ -515,129 +440,21 @@ def _status(args: argparse.Namespace) -> int:
 def _step_down(args: argparse.Namespace) -> int:
     from ha_voice import status
 
-    ok, message = status.step_down(_base_url(args), args.target, _token(args), _verify(args))
+    ok, message = status.step_down(
+        cli_args.base_url(args), args.target, cli_args.token(args), cli_args.verify(args)
+    )
     print(message)
     return 0 if ok else 1
 
 
-def _keygen_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keygen_parser = commands.add_parser(
-        "keygen",
-        help="write a cluster key and an API token file, mode 0600",
-        description="Creates both files with mode 0600 (never wider, not for a moment) and "
-        "prints the token once. All or nothing: a run that fails changes no file. Refuses to "
-        "overwrite without --force, relative paths, and --no-key with --no-token.",
-    )
-    keygen_parser.add_argument(
-        "--key-file", type=Path, help="default: the configured cluster_key_file"
-    )
-    keygen_parser.add_argument(
-        "--token-file",
-        type=Path,
-        help=f"default: the configured api_token_file, else {DEFAULT_TOKEN_FILE}",
-    )
-    keygen_parser.add_argument(
-        "--token-name", default=DEFAULT_TOKEN_NAME, help="recorded as the journal's source"
-    )
-    keygen_parser.add_argument("--owner", help="user to own the files (the one ha-voice runs as)")
-    keygen_parser.add_argument("--no-key", action="store_true", help="write no cluster key")
-    keygen_parser.add_argument("--no-token", action="store_true", help="write no token file")
-    keygen_parser.add_argument(
-        "--add", action="store_true", help="append a new token to an existing token file"
-    )
-    keygen_parser.add_argument("--force", action="store_true", help="replace existing files")
-    keygen_parser.set_defaults(handler=_keygen)
-
-
-def _keygen(args: argparse.Namespace) -> int:
-    from ha_voice.keygen import KeygenRequest, keygen
-
-    needs_config = (not args.no_key and args.key_file is None) or (
-        not args.no_token and args.token_file is None
-    )
-    config = load_config() if needs_config else None
-    key_file = args.key_file or (config.cluster_key_file if config else None)
-    token_file = args.token_file or (config.api_token_file if config else None)
-    request = KeygenRequest(
-        key_file=None if args.no_key else key_file,
-        token_file=None if args.no_token else (token_file or DEFAULT_TOKEN_FILE),
-        token_name=args.token_name,
-        owner=args.owner,
-        add=args.add,
-        force=args.force,
-    )
-    for line in keygen(request):
-        print(line)
-    return 0
-
-
-def _check_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    check = commands.add_parser(
-        "check",
-        help="what this host can do as a node: config, secrets, model, GPU, robot, peers, clock",
-        description="One line per check, ok, warn or fail, with the fix. Every probe has a "
-        "timeout; nothing is changed, and the model is not loaded without --load-model.",
-        epilog="Exit status: 0 all ok, 1 the worst is a warning, 2 something failed.",
-    )
-    check.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML file (default: $HA_VOICE_CONFIG or /etc/ha-voice/config.toml if present)",
-    )
-    check.add_argument(
-        "--witness", dest="as_witness", action="store_true", help="check a witness's host"
-    )
-    check.add_argument("--json", action="store_true", help="print one JSON object")
-    check.add_argument(
-        "--offline",
-        action="store_true",
-        help="no network probe (running node, peers, round trip, robot): for ExecStartPre=",
-    )
-    check.add_argument(
-        "--load-model",
-        action="store_true",
-        help="load the configured model in a worker, as a node does (seconds to minutes)",
-    )
-    check.add_argument(
-        "--mdns-wait",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="how long to listen for the peers' mDNS records (default 2)",
-    )
-    check.set_defaults(handler=_check)
-
-
-def _check(args: argparse.Namespace) -> int:
-    from ha_voice.check import (
-        CheckOptions,
-        exit_code,
-        internal_finding,
-        report,
-        run_checks,
-        text_lines,
-    )
-
-    options = CheckOptions(
-        config_path=args.config,
-        role="witness" if args.as_witness else "node",
-        network=not args.offline,
-        load_model=args.load_model,
-        mdns_wait_s=min(max(args.mdns_wait, 0.0), 30.0),
-    )
-    try:
-        findings = run_checks(options)
-    except Exception as exc:  # a bug: still a report, and exit 2, never 1 ("warnings only")
-        findings = [internal_finding("check", exc)]
-    if args.json:
-        print(json.dumps(report(findings), indent=2))
-    else:
-        print("\n".join(text_lines(findings)))
-    return exit_code(findings)
-
-
 def _demo(args: argparse.Namespace) -> int:
+    if args.simulated and args.listen:
+        print("ha-voice demo: --listen runs real daemons; it does not go with --simulated")
+        return 2
+    if args.listen:
+        from ha_voice.demo_listen import run_listen_demo
+
+        return run_listen_demo(as_json=args.json, out=sys.stdout)
     if args.simulated:
         from ha_voice.simulation.demo import run_demo as run_sim_demo
 

@@ -83,7 +83,10 @@ _GROUPS: Final[tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]] = (
     ("journal", frozenset({"reexecute_window_s"}), ("journal_",)),
     (
         "live listening",
-        frozenset({"audio_sources", "audio_queue_blocks", "require_wake_word", "listen_dedup_s"}),
+        frozenset(
+            {"audio_sources", "local_audio_sources", "audio_queue_blocks", "require_wake_word"}
+            | {"listen_dedup_s", "listen_early_stop_s"}
+        ),
         ("audio_udp_", "vad_"),
     ),
 )
@@ -98,6 +101,7 @@ _NOT_FOR_WITNESS: Final = frozenset(
     | {"max_pending_commands", "reexecute_window_s", "witness"}
     | {"audio_max_bytes", "listen_max_audio_s", "transcription_max_audio_s"}
     | {"audio_sources", "audio_queue_blocks", "require_wake_word", "listen_dedup_s"}
+    | {"local_audio_sources", "listen_early_stop_s"}
     | {"audio_udp_rate_hz", "audio_udp_width", "audio_udp_channels"}
     | {"vad_speech_probability", "vad_min_silence_s", "vad_pad_s", "vad_max_utterance_s"}
     | {"wyoming_port", "wyoming_commands", "wyoming_max_connections", "wyoming_idle_timeout_s"}

@@ -14,7 +14,9 @@ Invariants:
   full pipe never holds up the core or a request.
 - Once started, the objects that live as long as the process are frozen out of the garbage
   collector's scans (`gc.freeze`): a full collection of a FastAPI process's heap held the
-  interpreter lock for 50-150 ms and delayed heartbeats by as much.
+  interpreter lock for 50-150 ms and delayed heartbeats by as much. The imported modules' heap
+  is frozen before the core's thread starts, so the collection at the end of start-up only
+  scans what starting made.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import secrets
 import signal
@@ -48,6 +51,7 @@ from ha_voice.commands import CommandService
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.errors import BindError
 from ha_voice.interfaces import network_wait_reason
+from ha_voice.loop_lag import LagProbe
 from ha_voice.metrics import Metrics
 from ha_voice.notify import NotifyHook
 from ha_voice.preflight import check_startable
@@ -124,11 +128,19 @@ class _Actions:
                 problems.check(why, clock.monotonic())
                 await asyncio.sleep(_TAKEOVER_RETRY_S)
 
-    async def publish_endpoint(self, term: int) -> None:
+    async def retract_endpoint(self) -> None:
         if self.discovery is not None:
-            await self.discovery.async_publish_endpoint(term)
+            self.discovery.retract_endpoint()
+        if self.vip is not None:
+            await self.vip.async_release()
+
+    async def publish_endpoint(self, term: int) -> None:
+        # The floating IP first: a netlink add and a GARP take well under a millisecond,
+        # mDNS registration several; clients of either are served as soon as it is theirs.
         if self.vip is not None:
             await self.vip.async_acquire()
+        if self.discovery is not None:
+            await self.discovery.async_publish_endpoint(term)
 
     async def withdraw_endpoint(self, term: int) -> None:
         if self.vip is not None:
@@ -140,6 +152,20 @@ class _Actions:
         node_id = self.config.node_id
         self.hook.submit(change.new.value, change.term, node_id)
         sdnotify.status(f"{change.new.value} in term {change.term} ({change.reason})")
+
+
+async def _floating_ip(config: Config) -> FloatingIP | None:
+    """The configured floating IP, removed from this node if an earlier run left it here."""
+    if not (config.vip and config.vip_interface):
+        return None
+    # The address's kernel lifetime outlasts a main loop stalled for stall_timeout_s (the core
+    # makes such a node FAULT first), and ends 1 s after: a SIGKILLed or paused primary stops
+    # answering ARP for it then, where it used to keep it until its daemon restarted.
+    lifetime_s = math.ceil(config.stall_timeout_s) + 1
+    vip = FloatingIP(config.vip, config.vip_interface, lifetime_s=max(2, lifetime_s))
+    if await vip.async_reconcile_at_start():
+        log.warning("removed floating IP %s left over from an earlier run", config.vip)
+    return vip
 
 
 def _membership(config: Config) -> Membership:
@@ -184,9 +210,9 @@ async def serve(config: Config) -> int:
     """Run one node until SIGTERM/SIGINT; the exit status."""
     daemon = await _start(config)
     view = daemon.node.view
-    gc.collect()
-    gc.freeze()  # see the module docstring
+    _freeze_heap("the objects made while starting")
     daemon.node.metrics.watch_gc()
+    daemon.node.started()  # no preemption to this node before now (see ClusterNode.started)
     sdnotify.ready(f"{view.role.value} in term {view.term}")
     await _wait_for_stop_signal()
     return await _shut_down(daemon)
@@ -214,10 +240,7 @@ async def _start(config: Config) -> _Daemon:
     metrics.describe(config.cluster, config.robot, config.election_timers())
     hook = NotifyHook(config.notify, config.notify_timeout_s)
     actions = _Actions(config, hook)
-    if config.vip and config.vip_interface:
-        actions.vip = FloatingIP(config.vip, config.vip_interface)
-        if await actions.vip.async_reconcile_at_start():
-            log.warning("removed floating IP %s left over from an earlier run", config.vip)
+    actions.vip = await _floating_ip(config)
     node = ClusterNode(
         membership=membership,
         timers=config.election_timers(),
@@ -231,8 +254,11 @@ async def _start(config: Config) -> _Daemon:
         api_port=config.port,
         retention=(config.journal_max_entries, config.journal_max_age_s),
         stall_s=config.stall_timeout_s,
+        starting=True,
     )
     actions.node = node
+    if actions.vip is not None:
+        actions.vip.may_announce = lambda: node.lease_valid(clock.monotonic())
     robot = make_robot(config.robot, config.network_interface)
     if robot is not None:
         actions.guard = Guard(robot, node, config.node_id)
@@ -247,6 +273,9 @@ async def _start(config: Config) -> _Daemon:
             node, actions.guard, reexecute_window_s=config.reexecute_window_s
         )
     await hook.start()
+    # Before the core's thread starts: the collection that freezes the imported modules' heap
+    # holds the interpreter lock 100-400 ms, which no heartbeat may wait behind.
+    _freeze_heap("the imported modules")
     try:
         await node.start(config.listen_address, config.cluster_port)
     except OSError as exc:
@@ -281,7 +310,9 @@ async def _start(config: Config) -> _Daemon:
     daemon = _Daemon(config, store, node, actions, hook, server, server_task, lag_probe)
     daemon.local_speech, daemon.speech, daemon.wyoming = local_speech, speech, wyoming
     daemon.listening = (
-        _supervised(listener.async_run(), "live listening") if config.audio_sources else None
+        _supervised(listener.async_run(), "live listening")
+        if config.audio_sources or config.local_audio_sources
+        else None
     )
     if robot is not None:
         daemon.robot_watch = _supervised(_watch_robot(robot, node), "robot watch")
@@ -295,6 +326,20 @@ async def _start(config: Config) -> _Daemon:
         boot_id,
     )
     return daemon
+
+
+def _freeze_heap(what: str) -> None:
+    """Collect, then move every live object out of the collector's scans (see the module
+    docstring); logs how long the collection held the interpreter lock."""
+    began = clock.monotonic()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "froze %s out of garbage collection: %d objects, the collection took %.0f ms",
+        what,
+        gc.get_freeze_count(),
+        (clock.monotonic() - began) * 1000,
+    )
 
 
 async def _wait_for_network(config: Config) -> None:
@@ -336,7 +381,9 @@ def _wyoming(ctx: ApiContext, membership: Membership) -> WyomingServer | None:
     config = ctx.config
     if not _serves_wyoming(config, membership):
         return None
-    return WyomingServer(ctx, config.api_listen_address, config.wyoming_port)
+    server = WyomingServer(ctx, config.api_listen_address, config.wyoming_port)
+    ctx.state["wyoming"] = server  # where /health finds it
+    return server
 
 
 def _serves_wyoming(config: Config, membership: Membership) -> bool:
@@ -415,12 +462,13 @@ async def _probe_api_loop(node: ClusterNode, metrics: Metrics, mdns: bool) -> No
     A node without a primary says why in the log, while it lasts (`ProblemLog`)."""
     timeout_s = node.timers.election_timeout_s
     quorum = ProblemLog(log, "no primary", grace_s=3 * timeout_s)
+    probe = LagProbe("main", metrics, interval_s=_LAG_PROBE_S)
     while True:
-        expected = clock.monotonic() + _LAG_PROBE_S
+        probe.expect(clock.monotonic() + _LAG_PROBE_S)
         node.main_loop_alive()
         await asyncio.sleep(_LAG_PROBE_S)
         now = clock.monotonic()
-        metrics.api_loop_lag.set(max(0.0, now - expected))
+        probe.observe(now)
         quorum.check(node.view.no_primary_reason(now, timeout_s, mdns), now)
 
 

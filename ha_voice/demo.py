@@ -44,7 +44,7 @@ from ha_voice.robot.sim import Verdict
 from ha_voice.robot.sim_server import SimRobotClient, fetch_journal, fetch_verdict
 from ha_voice.voice.models import PackagedModelMissing, packaged_model
 
-__all__ = ["run_demo"]
+__all__ = ["DemoRobot", "Printer", "Voice", "run_demo", "speech_unready", "spoken_wav", "stop_all"]
 
 _START_TIMEOUT_S = 20.0
 _TAKEOVER_TIMEOUT_S = 10.0
@@ -53,7 +53,7 @@ _SPEECH_READY_TIMEOUT_S = 60.0
 _SPOKEN = "ga liggen"
 
 
-class _Printer:
+class Printer:
     def __init__(self, out: TextIO, as_json: bool) -> None:
         self.out = out
         self.as_json = as_json
@@ -67,8 +67,16 @@ class _Printer:
             self.out.write(f"{elapsed:7.2f} s  {line}\n")
         self.out.flush()
 
+    def summary(self, fields: dict[str, Any], line: str) -> None:
+        """The run's last word: `fields` as one JSON object, or `line` for people."""
+        if self.as_json:
+            self.out.write(json.dumps({"event": "summary", **fields}) + "\n")
+        else:
+            self.out.write(f"summary: {line}\n")
+        self.out.flush()
 
-class _Robot(SimRobotProcess):
+
+class DemoRobot(SimRobotProcess):
     """The sim-robot process, and what the demo asks it."""
 
     def speed(self) -> float:
@@ -85,6 +93,14 @@ class _Robot(SimRobotProcess):
 
     def verdict(self) -> Verdict:
         return asyncio.run(fetch_verdict(self.host, self.port))
+
+    def commands(self) -> list[tuple[str, str]]:
+        """(action, sending node) of every command the robot accepted, in order."""
+        return [
+            (entry.action.value, entry.token.node)
+            for entry in asyncio.run(fetch_journal(self.host, self.port))
+            if entry.token is not None and entry.action is not None and entry.accepted
+        ]
 
     def first_command_of(self, node: str) -> str | None:
         for entry in asyncio.run(fetch_journal(self.host, self.port)):
@@ -132,9 +148,9 @@ class Voice:
 def run_demo(*, as_json: bool = False, out: TextIO = sys.stdout) -> int:
     """Run the demo; 0 if a backup took over, the robot obeyed it (spoken to, where this
     machine can speak) and nobody overlapped."""
-    emit = _Printer(out, as_json)
+    emit = Printer(out, as_json)
     voice = Voice.of_this_machine()
-    robot = _Robot()
+    robot = DemoRobot()
     try:
         model = [f"--whisper-model={voice.model_dir}"] if voice.model_dir else []
         with LocalCluster(3, extra_flags=(f"--robot={robot.spec}", *model), mdns=True) as cluster:
@@ -149,7 +165,7 @@ def run_demo(*, as_json: bool = False, out: TextIO = sys.stdout) -> int:
         robot.close()
 
 
-def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer, voice: Voice) -> int:
+def _story(cluster: LocalCluster, robot: DemoRobot, emit: Printer, voice: Voice) -> int:
     cluster.start()
     first = cluster.wait_for_primary(_START_TIMEOUT_S)
     if first is None:
@@ -225,7 +241,7 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer, voice: Voice) -
         violations=len(verdict.violations),
         commands=verdict.accepted,
     )
-    stopped = _stop_all(cluster)
+    stopped = stop_all(cluster)
     emit("stopped", "SIGTERM to all: " + ("every node exited 0" if stopped else "not all exited 0"))
     ok = (
         rejoined is not None
@@ -246,24 +262,22 @@ def _story(cluster: LocalCluster, robot: _Robot, emit: _Printer, voice: Voice) -
         "spoken": spoken,
         "ok": ok,
     }
-    if emit.as_json:
-        emit.out.write(json.dumps({"event": "summary", **summary}) + "\n")
-    else:
-        emit.out.write(
-            f"summary: {new} took over from {old} in {failover_ms:.0f} ms; "
-            f"robot violations: {len(verdict.violations)}\n"
-        )
+    emit.summary(
+        summary,
+        f"{new} took over from {old} in {failover_ms:.0f} ms; "
+        f"robot violations: {len(verdict.violations)}",
+    )
     return 0 if ok else 1
 
 
 def _sit(
-    cluster: LocalCluster, primary: str, voice: Voice, emit: _Printer
+    cluster: LocalCluster, primary: str, voice: Voice, emit: Printer
 ) -> tuple[dict[str, Any], bool | None]:
     """Say "ga liggen" to a backup as audio where this machine can speak, else as text through
     the client; the answer, and whether speaking worked (None: not tried, and why is printed)."""
     backup = next(n for n in cluster.running() if n.node_id != primary)
     waited_from = time.monotonic()
-    unready = (voice.why_not, False) if voice.why_not else _speech_unready(backup)
+    unready = (voice.why_not, False) if voice.why_not else speech_unready(backup)
     if unready is None:
         emit(**_ready(backup, time.monotonic() - waited_from))
         reply = _speak(backup, _SPOKEN)
@@ -286,7 +300,7 @@ def _sit(
     return reply, spoken
 
 
-def _speech_unready(node: LocalNode) -> tuple[str, bool] | None:
+def speech_unready(node: LocalNode) -> tuple[str, bool] | None:
     """None once `node`'s /health says its speech is ready; else why not at the deadline, and
     whether the node has speech at all (a build without it reports none)."""
     why = "no answer on /health"
@@ -324,7 +338,7 @@ def _ready(node: LocalNode, waited_s: float) -> dict[str, Any]:
     }
 
 
-def _spoken_wav(text: str, voice: str = "nl") -> bytes:
+def spoken_wav(text: str, voice: str = "nl") -> bytes:
     """`text` spoken by espeak-ng `voice`, as a WAV file's bytes (22.05 kHz mono, 16-bit).
 
     Raises OSError when espeak-ng cannot run, subprocess.CalledProcessError when it fails."""
@@ -343,7 +357,7 @@ def _speak(node: LocalNode, text: str) -> dict[str, Any]:
     """POST `text`, spoken, to `node`'s /api/voice/listen as {"audio": <base64 WAV>}; the
     answer's fields, or {"status": "error", "error": why}."""
     try:
-        wav = _spoken_wav(text)
+        wav = spoken_wav(text)
         body = {"audio": base64.b64encode(wav).decode("ascii"), "idempotency_key": "demo-spoken"}
         response = node.post("/api/voice/listen", body, timeout_s=30.0)
         answer: dict[str, Any] = response.json()
@@ -387,7 +401,7 @@ def _heard(to: str, reply: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _say_in_background(cluster: LocalCluster, text: str, emit: _Printer) -> None:
+def _say_in_background(cluster: LocalCluster, text: str, emit: Printer) -> None:
     threading.Thread(target=_say, args=(cluster, text), daemon=True).start()
     emit("say", f'"{text}"', text=text)
 
@@ -408,8 +422,9 @@ def _wait_until(condition: Any, timeout_s: float) -> float:
     return time.monotonic()
 
 
-def _stop_all(cluster: LocalCluster) -> bool:
-    for node in cluster.running():
+def stop_all(cluster: LocalCluster) -> bool:
+    """SIGTERM to every running node; whether each exited 0 within 15 s."""
+    running = cluster.running()
+    for node in running:
         node.signal(signal.SIGTERM)
-    codes = [node.wait(15.0) for node in cluster.nodes.values() if node.process is not None]
-    return all(code == 0 for code in codes)
+    return all(node.wait(15.0) == 0 for node in running)

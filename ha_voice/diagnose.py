@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -37,6 +38,11 @@ __all__ = ["diagnose", "find_nodes", "find_records"]
 
 _ASK_TIMEOUT_S: Final = 1.0  # per node: a node that answers at all answers /cluster in ms
 _RESOLVE_TIMEOUT_MS: Final = 500
+# A cluster has a handful of members; a network that announces more names than this (a
+# hostile or misconfigured host) gets the first ones resolved, not every one.
+_MAX_RESOLVED: Final = 16
+# Resolving stops after this much time in all, however many names were heard.
+_RESOLVE_BUDGET_S: Final = 3.0
 
 
 def diagnose(urls: Sequence[str], verify: ssl.SSLContext | bool) -> tuple[Outcome, str]:
@@ -91,27 +97,39 @@ def find_nodes(cluster: str, scheme: str, timeout_s: float = 1.5) -> list[str]:
 
 def find_records(cluster: str, timeout_s: float = 1.5) -> list[PeerRecord]:
     """The well-formed mDNS records of the nodes of `cluster` heard within about `timeout_s`
-    seconds (plus at most `_RESOLVE_TIMEOUT_MS` per node to resolve); [] if none answers."""
+    seconds, then resolved for at most `_RESOLVE_BUDGET_S` seconds in all (`_RESOLVE_TIMEOUT_MS`
+    each); only instance names of `cluster` (`node@cluster`) are resolved, at most
+    `_MAX_RESOLVED` of them. [] if none answers."""
     zc = Zeroconf(interfaces=InterfaceChoice.All)
     try:
-        names: list[str] = []
+        names: dict[str, None] = {}  # ordered, deduplicated
+        suffix = f"@{cluster}.{NODE_SERVICE_TYPE}".lower()
 
         def added(name: str, state_change: ServiceStateChange, **_: object) -> None:
-            if state_change is ServiceStateChange.Added:
-                names.append(name)
+            ours = name.lower().endswith(suffix)
+            if state_change is ServiceStateChange.Added and ours and len(names) < _MAX_RESOLVED:
+                names[name] = None
 
         browser = ServiceBrowser(zc, NODE_SERVICE_TYPE, handlers=[added])
         threading.Event().wait(timeout_s)  # answers trickle in over RFC 6762's delays
         browser.cancel()
-        records = [_node_record(zc, name) for name in list(names)]
-        return [r for r in records if r is not None and r.cluster == cluster]
+        deadline = time.monotonic() + _RESOLVE_BUDGET_S
+        records: list[PeerRecord] = []
+        for name in list(names):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            record = _node_record(zc, name, min(_RESOLVE_TIMEOUT_MS, left_ms))
+            if record is not None and record.cluster == cluster:
+                records.append(record)
+        return records
     finally:
         zc.close()
 
 
-def _node_record(zc: Zeroconf, name: str) -> PeerRecord | None:
+def _node_record(zc: Zeroconf, name: str, timeout_ms: int) -> PeerRecord | None:
     info = ServiceInfo(NODE_SERVICE_TYPE, name)
-    if not info.request(zc, _RESOLVE_TIMEOUT_MS):
+    if not info.request(zc, timeout_ms):
         return None
     hosts = info.parsed_addresses(IPVersion.V4Only)
     instance = name[: -len(NODE_SERVICE_TYPE) - 1]

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ha_voice.cluster.events import Role
+from ha_voice.cluster.events import TAKEOVER_CAUSES, Role
 from ha_voice.cluster.protocol import DROP_REASONS, LOAD_DROP_REASONS
 from ha_voice.cluster.view import PRIMARY_WITHOUT_LEASE
 
@@ -204,8 +204,23 @@ class Metrics:
         )
         self.term = Gauge("ha_voice_term", "Current election term", registry=r)
         self.failovers = Counter(
-            "ha_voice_failovers", "Terms this node won after another primary", registry=r
+            "ha_voice_failovers",
+            "Terms this node won after another primary, by why it stood: evidence (its own "
+            "probe found the old primary's process gone), timeout, transfer or resignation",
+            ["cause"],
+            registry=r,
         )
+        for cause in TAKEOVER_CAUSES:
+            self.failovers.labels(cause)
+        self.leader_probes = Counter(
+            "ha_voice_leader_probes",
+            "Probes of a silent primary's ports for evidence that its process is gone, by "
+            "result: gone (both refused) or no_evidence",
+            ["result"],
+            registry=r,
+        )
+        for result in ("gone", "no_evidence"):
+            self.leader_probes.labels(result)
         self.leader_changes = Counter(
             "ha_voice_leader_changes", "Times this node saw the primary change", registry=r
         )
@@ -246,15 +261,18 @@ class Metrics:
         self.packets_sent = Counter(
             "ha_voice_cluster_packets_sent", "Cluster datagrams sent", registry=r
         )
-        self.loop_lag = Gauge(
+        self.loop_lag = Histogram(
             "ha_voice_event_loop_lag_seconds",
-            "Latest scheduling delay of the cluster core's event loop",
+            "How late an event loop woke a timer, by loop: core (heartbeats, votes; its lag "
+            "delays heartbeats as much) or main (HTTP, robot, discovery)",
+            ["loop"],
+            buckets=_LAG_BUCKETS,
             registry=r,
         )
-        self.loop_lag_hist = Histogram(
-            "ha_voice_event_loop_lag_distribution_seconds",
-            "Scheduling delay of the cluster core's event loop",
-            buckets=_LAG_BUCKETS,
+        self.loop_lag_max = Gauge(
+            "ha_voice_event_loop_lag_max_seconds",
+            "The worst lag of the last 10 s, by loop (see ha_voice_event_loop_lag_seconds)",
+            ["loop"],
             registry=r,
         )
         self.persist_duration = Histogram(
@@ -302,11 +320,6 @@ class Metrics:
             "ha_voice_robot_reachable",
             "1 while the robot answers this node's probe (/health's robot_connected), at the "
             "moment of the scrape",
-            registry=r,
-        )
-        self.api_loop_lag = Gauge(
-            "ha_voice_api_event_loop_lag_seconds",
-            "Latest scheduling delay of the main loop (HTTP API, robot, discovery)",
             registry=r,
         )
         self.gc_pause = Histogram(

@@ -17,7 +17,13 @@ import httpx
 from ha_voice.client import tls_floor
 from ha_voice.errors import UnreachableError
 
-__all__ = ["UnreachableError", "fetch_cluster", "render_table", "step_down"]
+__all__ = [
+    "UnreachableError",
+    "fetch_cluster",
+    "post_step_down",
+    "render_table",
+    "step_down",
+]
 
 _TIMEOUT_S = 2.0
 
@@ -77,6 +83,7 @@ def render_table(view: dict[str, Any]) -> str:
             f"last failover: {failover['old'] or '-'} -> {failover['new']} in term "
             f"{failover['term']}"
             + (f", {took * 1000:.0f} ms" if took is not None else "")
+            + (f", by {failover['cause']}" if failover.get("cause") else "")
             + f", at {failover['at']}"
         )
     if view.get("reason"):
@@ -100,8 +107,23 @@ def step_down(
     if not primary_url:
         return False, f"no primary known to {view['node']}: nothing to step down"
     primary_url = tls_floor(primary_url, _tls(base_url, verify))
+    response = post_step_down(primary_url, target, token, verify)
+    body = response.json()
+    if response.status_code == 202:
+        return True, f"{view.get('leader')} is handing over"
+    if response.status_code == 401:
+        return False, f"not allowed: {body.get('error') or body.get('detail')}"
+    return False, f"refused: {body.get('reason', body)}"
+
+
+def post_step_down(
+    primary_url: str, target: str | None, token: str | None, verify: Verify = True
+) -> httpx.Response:
+    """POST `/cluster/step-down` to `primary_url` with `token` (to `target`, else the best
+    backup); the answer as it is (202 handing over, 401, 409 refused); UnreachableError if
+    none comes within _TIMEOUT_S."""
     try:
-        response = httpx.post(
+        return httpx.post(
             f"{primary_url}/cluster/step-down",
             json={"target": target} if target else None,
             headers={"Authorization": f"Bearer {token}"} if token else None,
@@ -110,12 +132,6 @@ def step_down(
         )
     except httpx.HTTPError as exc:
         raise UnreachableError(f"{primary_url}: {exc}") from None
-    body = response.json()
-    if response.status_code == 202:
-        return True, f"{view.get('leader')} is handing over"
-    if response.status_code == 401:
-        return False, f"not allowed: {body.get('error') or body.get('detail')}"
-    return False, f"refused: {body.get('reason', body)}"
 
 
 def render_outcome(body: dict[str, Any], attempts: int) -> str:

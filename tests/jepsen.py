@@ -58,6 +58,7 @@ __all__ = [
     "node_journal_from_json",
     "quiesce",
     "run_jepsen",
+    "the_primary",
 ]
 
 FINAL_STATUSES = frozenset({"done", "stopped", "failed", "unknown"})
@@ -100,6 +101,15 @@ class FaultKind(enum.Enum):
     KILL_BACKUP = "kill_backup"  # SIGKILL of a backup, restart after a second
     RESTART_PRIMARY = "restart_primary"  # SIGTERM (graceful hand-over), then start again
     PARTITION_PRIMARY = "partition_primary"  # its link down for 1-3 s (network namespaces)
+    # The chaos suite's (tests/chaos/nemesis.py): nftables, fsfreeze and a busy loop in namespaces.
+    KILL_ANY = "kill_any"  # SIGKILL of any node, the primary too, restart after a second
+    ISOLATE_PRIMARY = "isolate_primary"  # no packet between it and the other members
+    CUT_BACKUP = "cut_backup"  # a backup cut off from the other members: the majority is elsewhere
+    ONE_WAY = "one_way"  # the primary hears no member (detail "in") or no member hears it ("out")
+    CUT_ROBOT = "cut_robot"  # the primary and the robot cannot reach each other
+    LOSS_DUP = "loss_dup"  # random loss and duplication between every two members
+    FREEZE_DISK = "freeze_disk"  # fsfreeze of the filesystem under a node's state directory
+    CPU_HOG = "cpu_hog"  # a busy loop on the primary's CPU
 
 
 # Processes only: a partition needs each node in its own network namespace.
@@ -113,12 +123,14 @@ PROCESS_FAULTS = (
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault the nemesis caused: at `at_s` to `target`, over by `healed_s` (monotonic s)."""
+    """One fault the nemesis caused: at `at_s` to `target`, over by `healed_s` (monotonic s);
+    `detail` says how (a direction, a loss rate), for a replay."""
 
     kind: FaultKind
     target: str
     at_s: float
     healed_s: float
+    detail: str = ""
 
 
 # --- Node journals ----------------------------------------------------------------------------
@@ -772,7 +784,7 @@ class Nemesis:
 
     def _inflict(self, kind: FaultKind) -> Fault | None:
         """Cause one fault and heal it; None if there was no primary to cause it to."""
-        primary = _the_primary(self._cluster, timeout_s=10.0)
+        primary = the_primary(self._cluster, timeout_s=10.0)
         if primary is None:
             return None
         if kind is FaultKind.KILL_BACKUP:
@@ -804,7 +816,7 @@ class Nemesis:
         return Fault(kind, target, at_s, time.monotonic())
 
 
-def _the_primary(cluster: LocalCluster, timeout_s: float) -> str | None:
+def the_primary(cluster: LocalCluster, timeout_s: float) -> str | None:
     """The one node that says it is primary, waiting up to `timeout_s` for exactly one."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -865,18 +877,20 @@ def _index(entry: Mapping[str, Any]) -> int:
 
 
 def quiesce(cluster: LocalCluster, timeout_s: float = 60.0) -> list[NodeJournal]:
-    """Wait until one primary leads and every node has committed its whole log; the journals."""
+    """Wait until one primary leads and every node has committed its whole log; the journals
+    (of the nodes: a witness, "w", holds none)."""
     deadline = time.monotonic() + timeout_s
     previous: dict[str, tuple[int, int]] | None = None
     heads: dict[str, tuple[int, int]] = {}
+    nodes = {n: node for n, node in cluster.nodes.items() if n != "w"}
     while time.monotonic() < deadline:
-        pages = {n: _journal_page(node, 0, 1) for n, node in cluster.nodes.items()}
+        pages = {n: _journal_page(node, 0, 1) for n, node in nodes.items()}
         heads = {n: (p["commit_index"], p["last_index"]) for n, p in pages.items() if p}
         primaries = cluster.primaries()
-        if len(heads) == len(cluster.nodes) and len(primaries) == 1:
+        if len(heads) == len(nodes) and len(primaries) == 1:
             last = heads[primaries[0]][1]
             if heads == previous and all(commit == last for commit, _ in heads.values()):
-                return [fetch_node_journal(node) for node in cluster.nodes.values()]
+                return [fetch_node_journal(node) for node in nodes.values()]
         previous = heads
         time.sleep(0.3)
     raise TimeoutError(f"the cluster did not settle: (commit, last) per node {heads}")

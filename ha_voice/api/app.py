@@ -13,6 +13,7 @@ from ha_voice.api import (
     cluster,
     health,
     journal,
+    listen_relay,
     problems,
     robot,
     speech_handoff,
@@ -52,6 +53,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         journal.router,
         speech_handoff.router,
         wyoming_relay.router,
+        listen_relay.router,
     )
     problems.install(app, ctx.metrics.registry, routers)
     for router in routers:

@@ -100,6 +100,7 @@ async def cluster(ctx: Ctx, request: Request) -> dict[str, Any]:
             "old": failover.old,
             "new": failover.new,
             "term": failover.term,
+            "cause": failover.cause,
             "duration_s": None if failover.duration_s is None else round(failover.duration_s, 4),
             "at": datetime.datetime.fromtimestamp(failover.at_unix_s, datetime.timezone.utc)
             .isoformat(timespec="milliseconds")

@@ -5,8 +5,10 @@ Invariants:
 - "ok" only while nothing below holds; otherwise "degraded" with the first reason that does, or
   "failing" when the cluster core has stopped stepping (its view is then stale).
 - Speech is no condition for leading or serving: a node whose speech is configured but not
-  ready (loading, load failed, restarting its only worker) is "degraded" with that reason, last
-  of all reasons, and still leads and drives the robot while others transcribe.
+  ready (loading, load failed, restarting its only worker) is "degraded" with that reason, and
+  still leads and drives the robot while others transcribe. Nor is listening: a primary that
+  listens but cannot hear a source (it does not open, it stopped) is "degraded", after speech;
+  so is a node whose Wyoming server no longer accepts connections.
 - Being primary follows the lease, not only the role: a node reports "primary" and serves
   (`/cluster/primary` 200) only while it holds a valid lease at the moment of the answer, and
   serving also needs its takeover done (the robot made safe, the journal settled).
@@ -15,7 +17,7 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request
 
@@ -25,7 +27,7 @@ from ha_voice.cluster.events import Role
 from ha_voice.cluster.runner import MAX_IDLE_S
 from ha_voice.voice.speech import SpeechStatus
 
-__all__ = ["Condition", "node_condition", "speech_status"]
+__all__ = ["Condition", "node_condition", "speech_status", "wyoming_state"]
 
 # The core steps at least every MAX_IDLE_S; three of them without a step means it is stuck.
 CORE_STUCK_S = 3 * MAX_IDLE_S
@@ -59,6 +61,8 @@ def node_condition(ctx: ApiContext, request: Request, now: float) -> Condition:
         view.unheard_reason(now, timeout_s),
         None if token_problem is None else f"api_token_file refused: {token_problem}",
         _speech_reason(ctx),
+        _listening_reason(ctx),
+        _wyoming_reason(ctx),
     )
     reason = next((r for r in reasons if r is not None), None)
     status: Literal["ok", "degraded", "failing"] = "ok" if reason is None else "degraded"
@@ -92,6 +96,28 @@ def _speech_reason(ctx: ApiContext) -> str | None:
         return None
     status = speech_status(ctx)
     return None if status.ready else f"speech not ready: {status.reason}"
+
+
+def _listening_reason(ctx: ApiContext) -> str | None:
+    """Why this node, listening, does not hear a source it should (voice/listening.py)."""
+    listener = ctx.state.get("listener")
+    return None if listener is None else listener.problem()
+
+
+def wyoming_state(ctx: ApiContext) -> dict[str, Any] | None:
+    """The Wyoming server's state (api/wyoming.py), None on a node without one."""
+    server = ctx.state.get("wyoming")
+    if server is None:
+        return None
+    state: dict[str, Any] = server.state()
+    return state
+
+
+def _wyoming_reason(ctx: ApiContext) -> str | None:
+    state = wyoming_state(ctx)
+    if state is None or state["serving"]:
+        return None
+    return f"wyoming: not serving on {state['address']}"
 
 
 def _lease_reason(ctx: ApiContext, now: float) -> str:

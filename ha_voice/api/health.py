@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ha_voice import clock
-from ha_voice.api.condition import node_condition, speech_status
+from ha_voice.api.condition import node_condition, speech_status, wyoming_state
 from ha_voice.api.context import ApiContext, context
 from ha_voice.api.probe import add_probe_methods, health_check_response
 
@@ -30,7 +30,11 @@ async def health(ctx: Ctx, request: Request) -> Response:
     an authenticated command). `whisper_model` is the speech model loaded and ready, or
     "not loaded: <why>"; `whisper_model_configured` the one configured; `speech` this node's
     speech service: ready, reason ("" when ready), model, device, compute_type, workers
-    (ready ones), running and queued jobs, restarts and last_restart."""
+    (ready ones), running and queued jobs, restarts and last_restart. `listening`: whether
+    this node listens now (`here`), its sources open of those configured, and `problem` (a
+    source that does not open or stopped; null when it hears them all or does not listen).
+    `wyoming`: null without a Wyoming server, else `serving`, `address`, `connections` now,
+    `accepted` and `refused` by reason since the start."""
     view = ctx.node.view
     now = clock.monotonic()
     condition = node_condition(ctx, request, now)
@@ -44,6 +48,8 @@ async def health(ctx: Ctx, request: Request) -> Response:
         "whisper_model_configured": ctx.config.whisper_model,
         "language": ctx.config.language,
         "speech": asdict(speech),
+        "listening": _listening(ctx),
+        "wyoming": wyoming_state(ctx),
         "node": view.node_id,
         "cluster": ctx.config.cluster,
         "role": condition.role,
@@ -59,6 +65,19 @@ async def health(ctx: Ctx, request: Request) -> Response:
 
 
 add_probe_methods(router, "/health", health)
+
+
+def _listening(ctx: ApiContext) -> dict[str, Any] | None:
+    listener = ctx.state.get("listener")
+    if listener is None or not ctx.config.audio_sources:
+        return None
+    sources = listener.source_stats()
+    return {
+        "here": listener.listening,
+        "sources": len(sources),
+        "open": sum(stats.open for stats in sources),
+        "problem": listener.problem(),
+    }
 
 
 def _token_file_text(ctx: ApiContext, problem: str | None) -> str | None:

@@ -42,6 +42,22 @@ one no client looks for. Two facts make the move safe and quick instead:
 - the endpoint's records live `ENDPOINT_TTL_S`, so a listener that missed the new primary's
   announcements, or holds the answer of a primary that was SIGKILLed without a goodbye, stops
   trusting it within that time.
+The endpoint's PTR (`_ha-voice._tcp.local. → <cluster>._ha-voice._tcp.local.`) is a shared
+record, the same bytes from every primary, so a goodbye for it (TTL 0, RFC 6762 §10.1) from an
+old primary would delete the new primary's copy from every listener's cache: browsers would
+report the endpoint removed. Hence:
+- an old primary never says goodbye for the shared PTR; it stops answering at once
+  (`retract_endpoint`, the moment it stops leading, before an answer queued while it was
+  paused can leave) and says goodbye only for its own SRV and TXT, whose data name it and so
+  can never delete another node's records; the PTR lives out its TTL in listeners' caches;
+- the primary watches what others send about its endpoint: a goodbye for the PTR or for its
+  own records, or another node's SRV or TXT of a term not newer than its own (an old primary
+  that answered from its cache before it knew), is answered by re-announcing at once, at most
+  every `REANNOUNCE_GAP_S`, so listeners hold the right answer again within milliseconds;
+- another responder's live answer (not a goodbye) stays in a listener's cache beside ours: a
+  cache-flush record drops only records received more than a second before it (RFC 6762
+  §10.2), and which of two the listener resolves to is its own choice. So one more
+  re-announcement follows `FLUSH_AFTER_S` after such an answer, and flushes it.
 The host name `<node_id>.<cluster>.ha-voice.local.` is this node's own, the same for both
 services: it can never clash with the machine's own `<hostname>.local.` that avahi publishes,
 nor with a node of the same id in another cluster, and the endpoint's goodbye leaves the node's
@@ -63,11 +79,18 @@ from zeroconf import (
     InterfaceChoice,
     IPVersion,
     NonUniqueNameException,
+    RecordUpdate,
     ServiceStateChange,
     Zeroconf,
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from ha_voice.cluster.endpoint_records import (
+    EndpointWatch,
+    contradiction,
+    reannouncement,
+    unique_goodbye,
+)
 from ha_voice.errors import ConfigError, LocalError, RemoteError
 from ha_voice.interfaces import WILDCARD, advertised_ipv4, host_networks
 
@@ -111,6 +134,16 @@ _DIGITS: Final = re.compile(r"[0-9]{1,10}")
 # few microseconds, no new dependency, and the same code on every platform; a change is
 # advertised at most this late, well inside the 15 s an endpoint answer lives.
 ADDRESS_POLL_S: Final = 2.0
+# How often the primary may re-announce its endpoint when others contradict it: RFC 6762 §6.2
+# allows a record to be multicast again after 1 s, except to defend it (§9); four times a
+# second bounds what forged or looping goodbyes could make us send.
+REANNOUNCE_GAP_S: Final = 0.25
+# After another responder's live answer for our endpoint: re-announce once more this late, so
+# our cache-flush bit finds its record older than the one second RFC 6762 §10.2 spares.
+FLUSH_AFTER_S: Final = 1.1
+# zeroconf's goodbye schedule (three sends 125 ms apart), for the SRV and TXT goodbyes we send.
+_GOODBYE_SENDS: Final = 3
+_GOODBYE_GAP_S: Final = 0.125
 
 
 @dataclass(frozen=True)
@@ -303,8 +336,16 @@ class Discovery:
         self._on_peer_gone: Callable[[str], None] | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._node_info: AsyncServiceInfo | None = None
-        self._endpoint_infos: tuple[AsyncServiceInfo, ...] = ()
+        self._endpoint_infos: tuple[AsyncServiceInfo, ...] = ()  # answering for these now
         self._endpoint_term: int | None = None
+        self._retracted: tuple[AsyncServiceInfo, ...] = ()  # silent, goodbyes not yet sent
+        self._endpoint_goodbyes: set[asyncio.Task[None]] = set()
+        self._guard = EndpointWatch(self._check_endpoint)
+        self._last_reannounce = float("-inf")
+        self._reannounce_later: asyncio.TimerHandle | None = None
+        self._flush_later: asyncio.TimerHandle | None = None
+        self.reannouncements = 0
+        self._warned_contradiction = False
         self._endpoint_lock = asyncio.Lock()
         self._peers: dict[str, PeerRecord] = {}  # by lower-cased service name
         self._resolving: dict[str, asyncio.Task[None]] = {}
@@ -323,6 +364,7 @@ class Discovery:
         self._addresses = self._advertised_addresses()
         if self._aiozc is None:
             self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
+        self._aiozc.zeroconf.async_add_listener(self._guard, None)
         self._browser = AsyncServiceBrowser(
             self._aiozc.zeroconf, NODE_SERVICE_TYPE, handlers=[self._on_state_change]
         )
@@ -365,7 +407,11 @@ class Discovery:
     async def _async_rebind(self, addresses: list[str]) -> None:
         """A new zeroconf on the new addresses, with the same services and browser."""
         async with self._endpoint_lock:
-            term, self._endpoint_term, self._endpoint_infos = self._endpoint_term, None, ()
+            # Out of the old zeroconf's registry first: its close says goodbye for what is left,
+            # and a goodbye for the endpoint's shared PTR must never leave.
+            term = self._endpoint_term
+            self.retract_endpoint()
+            self._retracted = ()
             if self._browser is not None:
                 await self._browser.async_cancel()
             await self._cancel_resolutions()
@@ -376,6 +422,7 @@ class Discovery:
             await old.async_close()  # goodbyes, where an old address still works
             self._addresses = addresses
             self._aiozc = AsyncZeroconf(interfaces=self._interfaces)
+            self._aiozc.zeroconf.async_add_listener(self._guard, None)
             self._browser = AsyncServiceBrowser(
                 self._aiozc.zeroconf, NODE_SERVICE_TYPE, handlers=[self._on_state_change]
             )
@@ -405,6 +452,10 @@ class Discovery:
                 raise LocalError(f"endpoint term {term} < published {self._endpoint_term}")
             if term == self._endpoint_term:
                 return
+            # A goodbye for our own SRV of an earlier term would delete the same SRV we
+            # announce now from listeners' caches.
+            for goodbye in self._endpoint_goodbyes:
+                goodbye.cancel()
             infos = self._endpoint_service_infos(term)
             zc = self._zeroconf()
             for info in infos:
@@ -418,12 +469,85 @@ class Discovery:
                 self._announce(info, announcement)
             self._endpoint_infos, self._endpoint_term = infos, term
 
+    def retract_endpoint(self) -> None:
+        """Stop answering for the endpoint at once, sending nothing: for the moment this node
+        stops leading. Answers still queued are dropped; `async_withdraw_endpoint` says the
+        goodbyes. Must run on the event loop."""
+        infos, self._endpoint_infos, self._endpoint_term = self._endpoint_infos, (), None
+        if not infos:
+            return
+        zc = self._zeroconf().zeroconf
+        for info in infos:
+            self._silence(info)
+            zc.registry.async_remove(info)
+        self._retracted += infos
+        for later in (self._reannounce_later, self._flush_later):
+            if later is not None:
+                later.cancel()
+        self._reannounce_later = self._flush_later = None
+
     async def async_withdraw_endpoint(self) -> None:
-        """Stop answering for the endpoint; goodbyes (TTL 0) go out over the next 250 ms."""
+        """Stop answering for the endpoint; goodbyes (TTL 0) for its SRV and TXT, never for the
+        shared PTR (see the module docstring), go out over the next 250 ms."""
         async with self._endpoint_lock:
-            infos, self._endpoint_infos, self._endpoint_term = self._endpoint_infos, (), None
-            for info in infos:
-                await self._async_goodbye(info)
+            self.retract_endpoint()
+            retracted, self._retracted = self._retracted, ()
+            for info in retracted:
+                task = asyncio.get_running_loop().create_task(self._async_unique_goodbye(info))
+                for tracked in (self._goodbyes, self._endpoint_goodbyes):
+                    tracked.add(task)
+                    task.add_done_callback(tracked.discard)
+
+    async def _async_unique_goodbye(self, info: AsyncServiceInfo) -> None:
+        zc = self._zeroconf().zeroconf
+        for number in range(_GOODBYE_SENDS):
+            if number:
+                await asyncio.sleep(_GOODBYE_GAP_S)
+            zc.async_send(unique_goodbye(info))
+
+    def _check_endpoint(self, records: list[RecordUpdate]) -> None:
+        """zeroconf's record callback: re-announce if a record received contradicts ours."""
+        if not self._endpoint_infos:
+            return
+        found = contradiction(
+            self._endpoint_infos, self._endpoint_term or 0, [update.new for update in records]
+        )
+        if found is None:
+            return
+        self._reannounce(found.why)
+        if found.lingers and self._flush_later is None:
+            self._flush_later = asyncio.get_running_loop().call_later(
+                FLUSH_AFTER_S, self._flush, found.why
+            )
+
+    def _flush(self, why: str) -> None:
+        self._flush_later = None
+        self._reannounce_now(f"{why}, {FLUSH_AFTER_S} s on (a cache flush)")
+
+    def _reannounce(self, why: str) -> None:
+        """Announce the endpoint now, or at the end of the current `REANNOUNCE_GAP_S`."""
+        loop = asyncio.get_running_loop()
+        wait_s = self._last_reannounce + REANNOUNCE_GAP_S - loop.time()
+        if wait_s > 0:
+            if self._reannounce_later is None:
+                self._reannounce_later = loop.call_later(wait_s, self._reannounce_now, why)
+            return
+        self._reannounce_now(why)
+
+    def _reannounce_now(self, why: str) -> None:
+        self._reannounce_later = None
+        if not self._endpoint_infos or self._aiozc is None:
+            return
+        self._last_reannounce = asyncio.get_running_loop().time()
+        self.reannouncements += 1
+        level = logging.DEBUG if self._warned_contradiction else logging.WARNING
+        self._warned_contradiction = True
+        _LOGGER.log(
+            level, "mDNS: %s; re-announcing the endpoint (term %s)", why, self._endpoint_term
+        )
+        zc = self._aiozc.zeroconf
+        for info in self._endpoint_infos:
+            zc.async_send(reannouncement(info, self.reannouncements))
 
     async def async_close(self) -> None:
         """Withdraw both services, wait for the goodbyes; idempotent, fine after a failed start."""

@@ -16,7 +16,11 @@ Invariants:
 5. A primary that cannot renew its lease steps down by itself (check-quorum) before any backup
    can be elected; a primary that was paused finds its lease expired on its first tick.
 6. Witnesses, non-voters and nodes in FAULT never stand for election.
-7. A term more than `MAX_TERM_JUMP` above ours is not believed (counted, dropped): no election
+7. Evidence of death (`LeaderProbed(gone=True)`) counts only when this node's own probe
+   started after it last heard anything from that leader; it then ends stickiness to it, as a
+   `Resign` would. A process whose sockets are closed holds no lease and commands nothing; a
+   paused, partitioned or slow one leaves no such evidence and goes through the lease.
+8. A term more than `MAX_TERM_JUMP` above ours is not believed (counted, dropped): no election
    ever jumps that far, and one message from whoever holds the key must not be able to push
    the cluster's term to where it can no longer count on.
 
@@ -41,13 +45,16 @@ from ha_voice.cluster.events import (
     Effects,
     Event,
     HardState,
+    LeaderProbed,
     LogPersisted,
     LogWrite,
     MessageReceived,
     Outgoing,
+    ProbeLeader,
     ProposalRefused,
     Propose,
     PublishEndpoint,
+    Readiness,
     RobotReachability,
     RobotTermSeen,
     Role,
@@ -89,6 +96,19 @@ __all__ = ["MAX_TERM_JUMP", "Election", "ElectionStats"]
 _NEVER = -math.inf
 # Four billion elections in one step: more than any partition or restart produces.
 MAX_TERM_JUMP = 2**32
+# A follower asks for a probe of its primary once the heartbeat is this many intervals late:
+# past one interval's scheduling slack, well before the election timeout (10 intervals, wired).
+PROBE_AFTER_HEARTBEATS = 1.2
+# Then again this often (in heartbeat intervals) while it stays silent: a killed process keeps
+# its ports until the kernel has torn down its memory (tens of ms for a daemon with a model
+# loaded, measured in namespaces), so the first probe often comes too early. A probe of a live
+# node costs it an empty datagram and a reset connection; only a dead one draws ICMP, once.
+PROBE_EVERY_HEARTBEATS = 0.25
+# At most this many pre-vote requests are held for a probe's answer (one per sender anyway).
+_MAX_HELD_PRE_VOTES = 8
+
+# Roles that follow a primary: they probe it when it falls silent.
+_FOLLOWERS = frozenset({Role.BACKUP, Role.FAULT, Role.WITNESS})
 
 # Legal role changes; anything else is a bug and raises.
 _TRANSITIONS: dict[Role, frozenset[Role]] = {
@@ -113,6 +133,8 @@ class ElectionStats:
     lease_renew_failures: int = 0
     terms_won: int = 0
     implausible_terms: int = 0
+    probes_asked: int = 0
+    leaders_found_gone: int = 0
 
 
 @dataclass
@@ -156,6 +178,7 @@ class Election:
         journal: JournalLog | None = None,
         preempt: bool = False,
         api_port: int = 0,
+        ready: bool = True,
     ) -> None:
         self.replication = Replication(
             membership,
@@ -174,6 +197,7 @@ class Election:
         self._rng = rng
         self._preempt = preempt
         self._serviceable = True
+        self._ready = ready
         self._fault_reason = ""
         self._robot_reachable = True
         self._robot_problem = ""
@@ -192,6 +216,15 @@ class Election:
         self._handoff: _Handoff | None = None
         self._announced = False
         self._term_start = 0  # index of the first entry of the term we lead
+        # Evidence of death: when each member was last heard (any message), the next time we
+        # may ask for a probe, the probe in flight, the member our own probe found gone, and
+        # pre-vote requests held until that probe answers.
+        self._heard_at: dict[NodeId, float] = {}
+        self._next_probe_at = _NEVER
+        self._probing: NodeId | None = None
+        self._gone: NodeId | None = None
+        self._held_pre_votes: dict[NodeId, PreVoteRequest] = {}
+        self._cause = "timeout"
         self.role = Role.WITNESS if self._is_witness else Role.BACKUP
 
     # --- queries ---------------------------------------------------------------------------
@@ -253,6 +286,19 @@ class Election:
         )
 
     @property
+    def ready(self) -> bool:
+        """Done starting, with a loop that keeps time (`Readiness`)."""
+        return self._ready
+
+    @property
+    def offers_to_lead(self) -> bool:
+        """What our acks say: eligible, and with preempt on also done starting with a loop
+        that keeps time, for a primary preempts only to a node that offers. (The ack has one
+        bit for both: without preempt, a node still starting is offered, as it always was,
+        so that a handover finds it.)"""
+        return self.eligible and (self._ready or not self._preempt)
+
+    @property
     def robot_reachable(self) -> bool:
         return self._robot_reachable
 
@@ -279,6 +325,7 @@ class Election:
                 deadlines.append(self._transfer.deadline)
         elif self.role in (Role.BACKUP, Role.PRE_CANDIDATE, Role.CANDIDATE):
             deadlines.append(self._election_deadline)
+        deadlines.append(self._probe_due_at())
         if self._handoff is not None:
             deadlines.append(self._handoff.next_send)
         return min(deadlines)
@@ -293,21 +340,12 @@ class Election:
             self._TICKS[self.role](self, event.now, out)
         elif isinstance(event, MessageReceived):
             self._receive(event.message, event.now, out)
-        elif isinstance(event, RobotReachability):
-            self._robot_reachable = event.reachable
-            self._robot_problem = "" if event.reachable else event.reason
-            self._eligibility_changed(event.now, out)
+        elif isinstance(event, RobotReachability | Serviceability | Readiness | ShutdownRequested):
+            self._condition(event, out)
         elif isinstance(event, RobotTermSeen):
             self._robot_term_seen(event.term, event.now, out)
-        elif isinstance(event, Serviceability):
-            self._serviceable = event.serviceable
-            self._fault_reason = event.reason
-            self._eligibility_changed(event.now, out)
         elif isinstance(event, StepDownRequested):
             self._step_down_requested(event.target, event.now, out)
-        elif isinstance(event, ShutdownRequested):
-            self._stopping = True
-            self._eligibility_changed(event.now, out)
         elif isinstance(event, Propose):
             self._propose(event, out)
         elif isinstance(event, Compact):
@@ -316,6 +354,8 @@ class Election:
             self.replication.persisted(
                 event.index, event.term, self.node_id, event.now, out.send, out.changes
             )
+        elif isinstance(event, LeaderProbed):
+            self._leader_probed(event, out)
         after = self.hard_state
         ch = out.changes
         write = None
@@ -331,6 +371,25 @@ class Election:
             committed=tuple(ch.committed),
             proposed=out.proposed,
         )
+
+    def _condition(
+        self,
+        event: RobotReachability | Serviceability | Readiness | ShutdownRequested,
+        out: _Out,
+    ) -> None:
+        """What this node can do changed: its robot link, its health, its start-up, a stop."""
+        if isinstance(event, Readiness):
+            self._ready = event.ready
+            return
+        if isinstance(event, RobotReachability):
+            self._robot_reachable = event.reachable
+            self._robot_problem = "" if event.reachable else event.reason
+        elif isinstance(event, Serviceability):
+            self._serviceable = event.serviceable
+            self._fault_reason = event.reason
+        else:
+            self._stopping = True
+        self._eligibility_changed(event.now, out)
 
     def _propose(self, event: Propose, out: _Out) -> None:
         if not self.accepting_commands(event.now):
@@ -349,6 +408,9 @@ class Election:
         if msg.term > self.term + MAX_TERM_JUMP:
             self.stats.implausible_terms += 1
             return
+        self._heard_at[msg.sender] = now
+        if msg.sender == self._gone:
+            self._gone = None
         if msg.term > self.term and not self._adopt_term(msg, now, out):
             return
         if msg.term < self.term:
@@ -398,9 +460,7 @@ class Election:
             if self.role is Role.BACKUP and self.eligible and msg.sender == self.leader:
                 self._become_candidate(now, out, transfer=True)
         elif isinstance(msg, Resign) and msg.sender == self.leader:
-            self.leader = None
-            self._leader_contact_at = _NEVER
-            self._election_deadline = now + self._succession_wait()
+            self._leader_left(now, "resignation")
 
     def _step_candidate(self, msg: Message, now: float, out: _Out) -> None:
         """Pre-candidate and candidate: count answers, yield to a primary of our term."""
@@ -460,8 +520,20 @@ class Election:
         Role.PRIMARY: _step_primary,
     }
 
+    def _leader_left(self, now: float, cause: str) -> None:
+        """The primary resigned, or our own probe found its process gone: no stickiness to
+        it; stand after our place in the line of succession only."""
+        self.leader = None
+        self._leader_contact_at = _NEVER
+        # Every voter finds the evidence within a probe of the others: the first in line need
+        # not wait a jitter (~10 ms on average, wired) that only separates equal places.
+        self._election_deadline = now + self._succession_wait(jitter=cause != "evidence")
+        self._cause = cause
+
     def _heard_primary(self, msg: Heartbeat, now: float, out: _Out) -> None:
         self.leader = msg.sender
+        self._cause = "timeout"
+        self._release_held_pre_votes(now, out)
         if self.membership.two_node and self.replication.drop_split_brain(
             msg.log, self.term, out.changes
         ):
@@ -474,11 +546,13 @@ class Election:
         self._election_deadline = now + self._election_timeout()
         self._handoff = None
         ack = HeartbeatAck(
-            self.node_id, self.term, msg.sent_at, True, self.log, self.priority, self.eligible
+            self.node_id, self.term, msg.sent_at, True, self.log, self.priority, self.offers_to_lead
         )
         out.send.append(Outgoing(msg.sender, ack))
 
     def _answer_pre_vote(self, msg: PreVoteRequest, now: float, out: _Out) -> None:
+        if self._hold_for_probe(msg, now, out):
+            return
         granted = (
             msg.term > self.term
             and not self._sticky(now)
@@ -519,6 +593,8 @@ class Election:
 
     def _tick_backup(self, now: float, out: _Out) -> None:
         self._maybe_nudge_target(now, out)
+        if now >= self._probe_due_at():
+            self._ask_probe(now, out)
         if self.role is Role.BACKUP and self.eligible and now >= self._election_deadline:
             self._become_pre_candidate(now, out)
 
@@ -572,16 +648,19 @@ class Election:
         sticky_s = t.election_timeout_s * (1 + drift) / (1 - drift)
         return sticky_s + t.heartbeat_interval_s / 10 + self._succession_wait()
 
-    def _succession_wait(self) -> float:
-        """Skew by our place in the line of succession, plus jitter below one place."""
+    def _succession_wait(self, *, jitter: bool = True) -> float:
+        """Skew by our place in the line of succession, plus jitter below one place; without
+        `jitter` only for a node a primary has ranked (ranked places are distinct)."""
         t = self.timers
-        if self._successor_rank != NOT_A_SUCCESSOR:
+        ranked = self._successor_rank != NOT_A_SUCCESSOR
+        if ranked:
             place = float(self._successor_rank)
         else:
             # No primary has ranked us: fall back to VRRP's rule, behind every ranked node.
             others = len(self.membership.voters)
             place = others + (255 - self.priority) / 255 + self.membership.rank(self.node_id) / 256
-        return place * t.priority_skew_s + self._rng.uniform(0.0, t.election_jitter_s)
+        spread = self._rng.uniform(0.0, t.election_jitter_s) if jitter or not ranked else 0.0
+        return place * t.priority_skew_s + spread
 
     def _broadcast_heartbeat(self, now: float, out: _Out) -> None:
         self._followers.heartbeat_sent(now)
@@ -608,10 +687,72 @@ class Election:
             self._lease_expiry = expiry
             self._quorum_deadline = max(self._quorum_deadline, expiry)
         if not self._announced and now < self._lease_expiry:
-            # First valid lease of this term: make the robot safe, then publish the endpoint.
+            # First valid lease of this term: publish the endpoint, then make the robot safe.
+            # Clients find the new primary while it stops the robot and settles the journal
+            # (commands wait for that: /cluster/primary and the command routes answer 503
+            # until it is done), and a robot that does not answer never hides the endpoint.
             self._announced = True
-            out.actions.append(BecomePrimary(self.term, self._term_start))
             out.actions.append(PublishEndpoint(self.term))
+            out.actions.append(BecomePrimary(self.term, self._term_start, self._cause))
+
+    # --- evidence of death -----------------------------------------------------------------
+
+    def _probe_due_at(self) -> float:
+        """When to ask for the next probe of the primary we follow: once its heartbeat is
+        `PROBE_AFTER_HEARTBEATS` late, then every `PROBE_EVERY_HEARTBEATS` while we would still
+        refuse votes for it; inf when there is nothing to probe."""
+        leader = self.leader
+        if leader is None or leader == self.node_id or self.role not in _FOLLOWERS:
+            return math.inf
+        t = self.timers
+        overdue = self._leader_contact_at + PROBE_AFTER_HEARTBEATS * t.heartbeat_interval_s
+        due = max(overdue, self._next_probe_at)
+        return due if due < self._leader_contact_at + t.election_timeout_s else math.inf
+
+    def _ask_probe(self, now: float, out: _Out) -> None:
+        assert self.leader is not None
+        self._probing = self.leader
+        self._next_probe_at = now + PROBE_EVERY_HEARTBEATS * self.timers.heartbeat_interval_s
+        self.stats.probes_asked += 1
+        out.actions.append(ProbeLeader(self.leader))
+
+    def _leader_probed(self, event: LeaderProbed, out: _Out) -> None:
+        """Our own probe is in: evidence that started after we last heard the leader ends our
+        stickiness to it (invariant 7); then answer the pre-votes held for it."""
+        if event.leader == self._probing:
+            self._probing = None
+        if event.gone and event.started > self._heard_at.get(event.leader, _NEVER):
+            self.stats.leaders_found_gone += 1
+            self._gone = event.leader
+            if event.leader == self.leader and self.role in _FOLLOWERS:
+                self._leader_left(event.now, "evidence")
+        self._release_held_pre_votes(event.now, out)
+
+    def _hold_for_probe(self, msg: PreVoteRequest, now: float, out: _Out) -> bool:
+        """Hold a pre-vote that only stickiness would refuse, while our primary is a heartbeat
+        late: our own probe decides (`_leader_probed` answers it). False: answer now."""
+        late_s = now - self._leader_contact_at
+        if (
+            self._probe_due_at() == math.inf
+            or late_s <= self.timers.heartbeat_interval_s
+            or not self._sticky(now)
+            or msg.term <= self.term
+            or msg.log < self.log
+            or len(self._held_pre_votes.keys() - {msg.sender}) >= _MAX_HELD_PRE_VOTES
+        ):
+            return False
+        if now >= self._next_probe_at:
+            self._ask_probe(now, out)
+        elif self._probing is None:
+            return False  # our last probe, just now, found no evidence
+        self._held_pre_votes[msg.sender] = msg
+        return True
+
+    def _release_held_pre_votes(self, now: float, out: _Out) -> None:
+        held, self._held_pre_votes = self._held_pre_votes, {}
+        if self.role in _FOLLOWERS:  # a candidate's voters ask again anyway
+            for msg in held.values():
+                self._answer_pre_vote(msg, now, out)
 
     # --- transfer, preemption, eligibility -------------------------------------------------
 
@@ -736,11 +877,12 @@ class Election:
         self.leader = leader
         if leader is not None:
             self._leader_contact_at = now
+            self._cause = "timeout"
         self._election_deadline = now + self._election_timeout()
         self._become(self._follower_role, now, out, reason)
 
     def _become_pre_candidate(self, now: float, out: _Out) -> None:
-        self._become(Role.PRE_CANDIDATE, now, out, "no heartbeat within the election timeout")
+        self._become(Role.PRE_CANDIDATE, now, out, self._campaign_reason())
         self.leader = None
         self._round_term = self._next_term()
         self._grants = {self.node_id}
@@ -754,6 +896,8 @@ class Election:
 
     def _become_candidate(self, now: float, out: _Out, *, transfer: bool) -> None:
         self._become(Role.CANDIDATE, now, out, "transfer" if transfer else "won the pre-vote")
+        if transfer:
+            self._cause = "transfer"
         self.stats.elections_started += 1
         self.term = self._next_term()
         self.voted_for = self.node_id
@@ -767,9 +911,20 @@ class Election:
         for peer in sorted(self.membership.voting_peers):
             out.send.append(Outgoing(peer, request))
 
+    def _campaign_reason(self) -> str:
+        if self._cause == "evidence":
+            return f"{self._gone or 'the primary'} is gone: its ports refuse"
+        if self._cause == "resignation":
+            return "the primary resigned"
+        return "no heartbeat within the election timeout"
+
     def _won_alone(self) -> bool:
-        """A single-voter cluster wins at once; two-node mode first asks its peer (see tick)."""
-        return self.membership.is_quorum(self._grants) and not self.membership.two_node
+        """A single-voter cluster wins at once; two-node mode first asks its peer (see tick),
+        unless our own probe found the peer's process gone since we last heard it."""
+        if not self.membership.is_quorum(self._grants):
+            return False
+        peers = set(self.membership.voting_peers)
+        return not self.membership.two_node or (self._gone is not None and peers <= {self._gone})
 
     def _next_term(self) -> int:
         """The term to campaign in; in two-node mode each node owns every other term.
@@ -793,6 +948,7 @@ class Election:
         # Check-quorum from the start: without a first quorum of acks, give up like any lease.
         self._quorum_deadline = now + self.timers.lease_timeout_s
         self._announced = False
+        self._gone = None
         # The NOOP goes right after our last entry; a lone voter's lease is valid at once, so
         # BecomePrimary may leave with the heartbeat below, before the NOOP is appended.
         self._term_start = self.log.index + 1

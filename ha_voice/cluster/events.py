@@ -33,19 +33,23 @@ from typing import TypeAlias
 from ha_voice.cluster.protocol import Entry, EntryKind, LogPosition, Message, NodeId
 
 __all__ = [
+    "TAKEOVER_CAUSES",
     "Action",
     "BecomePrimary",
     "Compact",
     "Effects",
     "Event",
     "HardState",
+    "LeaderProbed",
     "LogPersisted",
     "LogWrite",
     "MessageReceived",
     "Outgoing",
+    "ProbeLeader",
     "ProposalRefused",
     "Propose",
     "PublishEndpoint",
+    "Readiness",
     "RobotReachability",
     "RobotTermSeen",
     "Role",
@@ -58,6 +62,11 @@ __all__ = [
     "Tick",
     "WithdrawEndpoint",
 ]
+
+
+# Why a node stood for election and won (`BecomePrimary.cause`): its own probe found the old
+# primary's process gone, no heartbeat for the election timeout, a transfer, a resignation.
+TAKEOVER_CAUSES = ("evidence", "timeout", "transfer", "resignation")
 
 
 class Role(enum.Enum):
@@ -125,6 +134,16 @@ class Serviceability:
 
 
 @dataclass(frozen=True)
+class Readiness:
+    """Whether this node has finished starting and its loop keeps time. Until it has, with
+    preempt on, its acks do not offer it as a successor: no primary preempts (or hands over) to
+    it, though it still stands for election when no primary is heard."""
+
+    ready: bool
+    now: float
+
+
+@dataclass(frozen=True)
 class StepDownRequested:
     """An operator asks the primary to hand over, to `target` or to the best backup."""
 
@@ -166,17 +185,35 @@ class LogPersisted:
     now: float
 
 
+@dataclass(frozen=True)
+class LeaderProbed:
+    """What this node's own probe of `leader` found (`ProbeLeader`).
+
+    `gone`: its cluster UDP port answered ICMP port unreachable and (when its API port is
+    known) its API port refused a TCP connection, so no process holds them. A timeout, an
+    accepted connection or anything else is not evidence (`gone` False). `started` is the
+    local time the probe began: evidence counts only if nothing was heard from `leader` since.
+    """
+
+    leader: NodeId
+    gone: bool
+    started: float
+    now: float
+
+
 Event: TypeAlias = (
     Tick
     | MessageReceived
     | RobotReachability
     | RobotTermSeen
     | Serviceability
+    | Readiness
     | StepDownRequested
     | ShutdownRequested
     | Propose
     | Compact
     | LogPersisted
+    | LeaderProbed
 )
 
 
@@ -214,6 +251,18 @@ class BecomePrimary:
 
     term: int
     index: int = 0
+    cause: str = "timeout"  # why this node stood: one of `TAKEOVER_CAUSES`
+
+
+@dataclass(frozen=True)
+class ProbeLeader:
+    """Look for evidence that `leader`'s process is gone, then feed back `LeaderProbed`.
+
+    Bounded below one heartbeat interval and never blocking the core's loop; the shell answers
+    every probe it starts (a timeout is "not gone") and may answer at once "not gone" when it
+    cannot probe (no address known)."""
+
+    leader: NodeId
 
 
 @dataclass(frozen=True)
@@ -252,6 +301,7 @@ Action: TypeAlias = (
     | WithdrawEndpoint
     | BecomePrimary
     | PublishEndpoint
+    | ProbeLeader
     | RoleChanged
     | StepDownRefused
     | ProposalRefused

@@ -12,9 +12,12 @@ Invariants:
 - The journal's state machine (`journal`) lives here and only here: the core hands committed
   entries over in order, and whoever waits for an index learns whether its entry made it.
   At start it is rebuilt from disk up to the stored commit index.
-- `StopRobot` is carried out as soon as this loop gets it; the core hears back (a fence) before
-  it lets another node lead early (TimeoutNow, Resign). Slow actions (making the robot safe,
-  mDNS, the floating IP) run on one worker, in order, so they never hold this loop.
+- `StopRobot` is carried out as soon as this loop gets it, and the endpoint retracted right
+  after (floating IP removed, mDNS answers stopped, within `ADDRESS_RELEASE_WAIT_S`); only
+  then does the core hear back (a fence) and let another node lead early (TimeoutNow,
+  Resign): a successor never adds the address while this node still answers ARP for it.
+  Slow actions (publishing the endpoint, then making the robot safe; mDNS goodbyes) run on
+  one worker, in order, so they never hold this loop.
 """
 
 from __future__ import annotations
@@ -62,13 +65,16 @@ from ha_voice.journal import Journal
 from ha_voice.metrics import ClusterSnapshot, Metrics, PeerSample
 from ha_voice.supervise import guarded, must_not_end
 
-__all__ = ["ClusterNode", "NotPrimary", "NullRoleActions", "RoleActions"]
+__all__ = ["ADDRESS_RELEASE_WAIT_S", "ClusterNode", "NotPrimary", "NullRoleActions", "RoleActions"]
 
 log = logging.getLogger(__name__)
 
 # Terms of recently applied entries, so that a proposer that wakes after its entry was applied
 # learns whether it was its own; a proposer wakes microseconds after, never thousands later.
 _APPLIED_TERMS_KEPT = 4096
+# How long a step-down's TimeoutNow or Resign may wait for the floating IP to go: a netlink
+# delete on an open socket takes ~0.2 ms; a stuck one must not keep the cluster leaderless.
+ADDRESS_RELEASE_WAIT_S = 0.05
 
 
 class RoleActions(Protocol):
@@ -76,6 +82,11 @@ class RoleActions(Protocol):
 
     def stop_robot(self, reason: str) -> None:
         """Stop commanding the robot now; runs inline, must not block."""
+
+    async def retract_endpoint(self) -> None:
+        """Stop answering for the endpoint now (floating IP removed, mDNS answers stopped, no
+        goodbyes yet), right after `stop_robot` and before another node may lead; the caller
+        bounds it by `ADDRESS_RELEASE_WAIT_S`."""
 
     async def become_primary(self, term: int, index: int) -> None:
         """Bring the robot to its safe state (calls carry `index`, the term's first entry);
@@ -95,6 +106,9 @@ class NullRoleActions:
     """Does nothing: for a witness, or a node without robot or endpoint."""
 
     def stop_robot(self, reason: str) -> None:
+        pass
+
+    async def retract_endpoint(self) -> None:
         pass
 
     async def become_primary(self, term: int, index: int) -> None:
@@ -136,6 +150,7 @@ class ClusterNode:
         api_port: int = 0,
         retention: tuple[int, float] = (1000, 86_400.0),
         stall_s: float = 2.0,
+        starting: bool = False,
     ) -> None:
         self.metrics = metrics
         self.timers = timers
@@ -151,6 +166,7 @@ class ClusterNode:
             journal=log_on_disk,
             preempt=preempt,
             api_port=api_port,
+            ready=not starting,
         )
         self._runner = CoreRunner(
             election=election,
@@ -178,6 +194,7 @@ class ClusterNode:
         self._slow_worker: asyncio.Task[None] | None = None
         self._not_leading = asyncio.Event()
         self._not_leading.set()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +221,7 @@ class ClusterNode:
 
     async def stop(self) -> None:
         """Stop the core (queued writes land first) and the worker; `shutdown` hands over."""
+        await asyncio.gather(*self._releasing, return_exceptions=True)  # bounded: 50 ms each
         if self._slow_worker is not None:
             self._slow_worker.remove_done_callback(must_not_end)
             self._slow_worker.cancel()
@@ -261,6 +279,11 @@ class ClusterNode:
         """Where the core reads this node's load as heartbeats, acks and load reports leave:
         called on the core's thread, it must return at once (voice/load.py's sampler)."""
         self._runner.load_source = source
+
+    def started(self) -> None:
+        """The daemon finished starting: with `starting`, this node offers to lead (preemption,
+        the line of succession) only from here, once the core's loop keeps time."""
+        self._runner.started()
 
     def main_loop_alive(self) -> None:
         """Call on the main loop, often (every 0.1 s): the core judges it stuck without."""
@@ -370,6 +393,26 @@ class ClusterNode:
     def _halt(self, reason: str, fence: int) -> None:
         try:
             self._actions.stop_robot(reason)
+        except BaseException:
+            self._runner.fenced(fence)
+            raise
+        task = asyncio.get_running_loop().create_task(
+            self._retract_endpoint_then_fence(fence), name="retract the endpoint"
+        )
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _retract_endpoint_then_fence(self, fence: int) -> None:
+        try:
+            await asyncio.wait_for(self._actions.retract_endpoint(), ADDRESS_RELEASE_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning(
+                "the floating IP was not removed within %.0f ms of stepping down; the successor "
+                "may hold it at the same time for a moment",
+                ADDRESS_RELEASE_WAIT_S * 1000,
+            )
+        except Exception:
+            log.exception("removing the floating IP on stepping down failed")
         finally:
             self._runner.fenced(fence)
 

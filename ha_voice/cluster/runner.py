@@ -29,6 +29,10 @@ Invariants:
   systemd restarts it; the watchdog is fed from this loop only while it turns, its disk moves
   and the main loop runs, so a node stuck anywhere is restarted too.
 - Nothing here waits for the main loop, a log handler (logging goes through a queue), or a peer.
+- A `ProbeLeader` runs as a task on this loop (probe.py: non-blocking, bounded by half a
+  heartbeat interval) and always comes back as a `LeaderProbed`, stamped with when it began.
+- The cluster socket is closed only once this node holds no lease: a closed port is other
+  nodes' evidence that this process is gone (probe.py), so it must not lie while we lead.
 - This node's load (`load_source`: a sampler's latest snapshot, one attribute read) rides on
   every heartbeat and ack as it leaves, and goes to every member in a `LoadReport` within a
   housekeeping turn (0.1 s) of a change of its speech jobs, and every `LOAD_REPORT_S` anyway;
@@ -59,15 +63,19 @@ from ha_voice.cluster.events import (
     Compact,
     Effects,
     Event,
+    LeaderProbed,
     LogPersisted,
     MessageReceived,
     Outgoing,
+    ProbeLeader,
     Propose,
+    Readiness,
     Role,
     Serviceability,
     StopRobot,
     Tick,
 )
+from ha_voice.cluster.probe import async_probe
 from ha_voice.cluster.protocol import (
     Address,
     Codec,
@@ -86,6 +94,7 @@ from ha_voice.cluster.storage import HardStateStore
 from ha_voice.cluster.timers import ElectionTimers, round_trip_problem
 from ha_voice.cluster.transport import UDPTransport
 from ha_voice.cluster.view import Failover, NodeView, PeerInfo
+from ha_voice.loop_lag import LagProbe, StallWatch
 from ha_voice.metrics import Metrics
 from ha_voice.supervise import exit_now, fatal, guarded
 
@@ -97,6 +106,17 @@ EXIT_STORAGE_FAILED = 74  # EX_IOERR
 # Even with nothing due, step the core this often: bounds a missed wakeup, refreshes the view.
 MAX_IDLE_S = 1.0
 _HOUSEKEEPING_S = 0.1
+# The loop's lag is sampled this often: a stall shows up within 50 ms of its end, at 20 wakes
+# a second (a heartbeat profile sends as many).
+_LAG_PROBE_S = 0.05
+# A node that has just started offers to lead (preemption, the line of succession) once its
+# loop has kept time for this long since the daemon finished starting: start-up work (the
+# first full garbage collection alone held the interpreter lock 200-400 ms on a loaded 2-core
+# host) held a fresh primary's heartbeats back past its lease (issue 14).
+_CALM_S = 1.0
+# "Kept time": no wake later than this share of the lease, so a stall like those leaves most of
+# a new lease in hand (a heartbeat interval would never be met beside a CPU hog).
+_CALM_LEASE_SHARE = 0.25
 # Round trips measured before judging the timers against them (warn when the election timeout
 # is under 10x the round trip: docs/operations.md, the metrics table).
 _RTT_SAMPLES = 20
@@ -188,11 +208,23 @@ class CoreRunner:
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ha-voice-disk")
+        self._probes: set[asyncio.Task[None]] = set()
         # This node's latest load (voice/load.py's sampler); called on this thread, never waits.
         self.load_source: Callable[[], Load | None] = _no_load
         self._load_reported_at = -float("inf")
         self._jobs_reported: tuple[bool, int, int] | None = None
         self._loads_counted = dict(codec.loads_dropped)
+        self.lag_probe = LagProbe(
+            "core",
+            metrics,
+            interval_s=_LAG_PROBE_S,
+            warn_s=self.timers.heartbeat_interval_s / 2,
+            why="half a heartbeat interval: heartbeats leave as late, and leases are at risk",
+        )
+        self._stall_watch = StallWatch([self.lag_probe])
+        # Whether the daemon finished starting, and what the core last heard of readiness.
+        self._started = self._ready_told = election.ready
+        self._started_at = clock.monotonic()
         self.view = self._build_view(clock.monotonic())
 
     # --- any thread ------------------------------------------------------------------------
@@ -205,7 +237,9 @@ class CoreRunner:
             target=self._thread_main, args=(host, port, bound), name="ha-voice-core", daemon=True
         )
         self._thread.start()
-        return bound.result()
+        address = bound.result()
+        self._stall_watch.start()
+        return address
 
     def stop(self, timeout_s: float) -> None:
         """Write what is queued, close the socket, end the thread; blocks up to `timeout_s`."""
@@ -215,7 +249,13 @@ class CoreRunner:
                 loop.call_soon_threadsafe(stopping.set)
         if self._thread is not None:
             self._thread.join(timeout_s)
+        self._stall_watch.stop()
         self._disk.shutdown(wait=False)
+
+    def started(self) -> None:
+        """The daemon finished starting (from any thread): once the loop has kept time for
+        `_CALM_S`, this node offers to lead (see `Readiness`)."""
+        self._call(self._set_started)
 
     def post(self, event: Event, done: concurrent.futures.Future[Effects] | None = None) -> None:
         """Queue `event` for the core (from any thread); `done` gets its effects."""
@@ -264,6 +304,7 @@ class CoreRunner:
             asyncio.create_task(self._run_core(), name="election loop"),
             asyncio.create_task(self._write_loop(), name="disk writer"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self.lag_probe.async_run(), name="lag probe"),
         ]
         stop = asyncio.create_task(self._stopping.wait())
         done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -272,7 +313,15 @@ class CoreRunner:
                 exc = task.exception() or RuntimeError(f"{task.get_name()} returned")
                 fatal(exc, f"the cluster core's {task.get_name()}")
         await self._flush(tasks)
+        await self._outlive_lease()
         self._transport.close()
+
+    async def _outlive_lease(self) -> None:
+        """Keep the cluster port bound until our lease has run out (see the invariants)."""
+        remaining_s = self.election.lease_expiry - clock.monotonic()
+        if remaining_s > 0:
+            log.warning("stopping with a lease: port held %.3f s until it ends", remaining_s)
+            await asyncio.sleep(remaining_s)
 
     async def _flush(self, tasks: list[asyncio.Task[None]]) -> None:
         """Stop stepping; let the writer finish what is queued (a clean stop loses nothing)."""
@@ -282,9 +331,9 @@ class CoreRunner:
             assert self._write_wanted is not None
             self._write_wanted.set()
             await asyncio.sleep(0.005)
-        for task in tasks:
+        for task in [*tasks, *self._probes]:
             task.cancel()
-        for task in tasks:
+        for task in [*tasks, *self._probes]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -428,10 +477,13 @@ class CoreRunner:
         if effects.persist is not None or effects.log is not None:
             assert self._write_wanted is not None
             self._write_wanted.set()
-        others = tuple(a for a in effects.actions if not isinstance(a, StopRobot))
+        for action in effects.actions:
+            if isinstance(action, ProbeLeader):
+                self._start_probe(action.leader)
+        others = tuple(a for a in effects.actions if not isinstance(a, StopRobot | ProbeLeader))
         for action in others:
             if isinstance(action, BecomePrimary):
-                self._record_takeover(action.term)
+                self._record_takeover(action.term, action.cause)
         if others:
             self._sink.act(others)
         if effects.restore is not None or effects.committed:
@@ -481,6 +533,44 @@ class CoreRunner:
                 self._transport.send(self.codec.encode(node, report), peer.address)
                 self._metrics.packets_sent.inc()
 
+    # --- evidence of death -----------------------------------------------------------------
+
+    def _start_probe(self, leader: NodeId) -> None:
+        """Probe `leader`'s ports on this loop; the core hears the outcome either way."""
+        started = clock.monotonic()
+        peer = self._peers.get(leader)
+        if peer is None or peer.address is None:
+            self._enqueue(_Request(LeaderProbed(leader, False, started, started)))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._probe(leader, peer.address, peer.api_port, started), name="probe"
+        )
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(
+        self, leader: NodeId, address: Address, api_port: int | None, started: float
+    ) -> None:
+        timeout_s = self.timers.heartbeat_interval_s / 2
+        result = await async_probe(address, api_port, timeout_s)
+        now = clock.monotonic()
+        self._metrics.leader_probes.labels("gone" if result.gone else "no_evidence").inc()
+        if result.gone:
+            log.info(
+                "evidence that %s is gone: %s at %s:%d (API port %s), %.1f ms after the probe "
+                "began, %.0f ms after its last message",
+                leader,
+                result.describe(),
+                address[0],
+                address[1],
+                api_port or "unknown",
+                (now - started) * 1000,
+                (started - (self._peers[leader].last_heard_at or started)) * 1000,
+            )
+        else:
+            log.debug("probe of %s: no evidence (%s)", leader, result.describe())
+        self._enqueue(_Request(LeaderProbed(leader, result.gone, started, now)))
+
     # --- the disk --------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
@@ -517,13 +607,10 @@ class CoreRunner:
         interval = sdnotify.watchdog_interval_s()
         last_ping = -float("inf")
         while True:
-            expected = clock.monotonic() + _HOUSEKEEPING_S
             await asyncio.sleep(_HOUSEKEEPING_S)
             now = clock.monotonic()
-            lag = max(0.0, now - expected)
-            self._metrics.loop_lag.set(lag)
-            self._metrics.loop_lag_hist.observe(lag)
             self._report_load(now)
+            self._maybe_ready(now)
             pending_s = 0.0 if self._write_started is None else now - self._write_started
             main_s = now - self.main_loop_seen
             if pending_s > self._stall_s:
@@ -535,6 +622,27 @@ class CoreRunner:
             if interval is not None and max(pending_s, main_s) < interval <= now - last_ping:
                 sdnotify.watchdog()
                 last_ping = now
+
+    def _set_started(self) -> None:
+        self._started, self._started_at = True, clock.monotonic()
+
+    def _maybe_ready(self, now: float) -> None:
+        """Tell the core once the node has started and its loop has kept time since, for
+        `_CALM_S` in a row (a late wake starts the count again)."""
+        if self._ready_told or not self._started:
+            return
+        bound = self.timers.lease_timeout_s * _CALM_LEASE_SHARE
+        if self.lag_probe.worst_recent(now, _CALM_S) > bound:
+            self._started_at = now
+        if now - self._started_at < _CALM_S:
+            return
+        self._ready_told = True
+        log.info(
+            "started, and the core's loop kept within %.0f ms of time for %g s: offering to lead",
+            bound * 1000,
+            _CALM_S,
+        )
+        self._enqueue(_Request(Readiness(True, now)))
 
     def _stalled(self, part: str, why: str | None) -> None:
         """Note that `part` is stuck (`why`) or moves again (None); the core hears of changes."""
@@ -595,7 +703,7 @@ class CoreRunner:
         e = self.election
         unheard = (
             e.role is Role.BACKUP
-            and e.eligible
+            and e.offers_to_lead  # a node that does not offer is rightly not in line
             and e.leader is not None
             and not e.counted_by_leader
         )
@@ -651,24 +759,25 @@ class CoreRunner:
                 self._metrics.leader_changes.inc()
             self._leader = leader
 
-    def _record_takeover(self, term: int) -> None:
+    def _record_takeover(self, term: int, cause: str) -> None:
         now = clock.monotonic()
         node_id = self.election.node_id
         old = self._leader if self._leader != node_id else None
         heard = self._leader_heard_at
         duration = now - heard if old is not None and heard is not None else None
-        self._last_failover = Failover(old, node_id, term, duration, time.time())
+        self._last_failover = Failover(old, node_id, term, duration, time.time(), cause)
         if old is not None:
-            self._metrics.failovers.inc()
+            self._metrics.failovers.labels(cause).inc()
             if duration is not None:
                 self._metrics.election_duration.observe(duration)
         if self._leader is not None and self._leader != node_id:
             self._metrics.leader_changes.inc()
         self._leader = node_id
         log.info(
-            "primary for term %d%s",
+            "primary for term %d%s, by %s",
             term,
             f" after {old} (last heard {duration:.3f}s ago)" if duration is not None else "",
+            cause,
         )
 
     def _update_role_metrics(self) -> None:

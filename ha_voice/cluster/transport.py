@@ -4,6 +4,8 @@ Invariants:
 - Never raises into the event loop: a send to an unreachable peer or an ICMP error is logged
   at debug and forgotten; the election copes with loss by design.
 - Knows nothing of the protocol: decoding, authentication and drop counting are the node's.
+- Zero-length datagrams are dropped unread and uncounted: they are other nodes' probes for
+  evidence that this process is gone (probe.py), and must cost a live node nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class UDPTransport(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        if not data:
+            return  # a peer's probe (see the module docstring)
         self._on_datagram(data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:

@@ -54,6 +54,7 @@ class Failover:
     term: int
     duration_s: float | None
     at_unix_s: float
+    cause: str = "timeout"  # why this node stood (`events.TAKEOVER_CAUSES`)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,10 @@ class Trace:
                     f"  term {action.term}  ({action.reason})"
                 )
             elif isinstance(action, BecomePrimary):
-                self.lines.append(f"{t:9.3f}  {node.node_id:<3} lease valid, term {action.term}")
+                self.lines.append(
+                    f"{t:9.3f}  {node.node_id:<3} lease valid, term {action.term}"
+                    f" (by {action.cause})"
+                )
             elif isinstance(action, StepDownRefused):
                 self.lines.append(f"{t:9.3f}  {node.node_id:<3} step-down refused: {action.reason}")
 

@@ -14,6 +14,10 @@ A node is up, crashed, or paused. A paused process keeps its clock running but h
 nothing: datagrams and ticks wait in its socket buffer and are handled, in order, when it
 resumes — the way a SIGSTOPped daemon behaves.
 
+A probe for evidence of death (`ProbeLeader`) crosses the network like a datagram: only a
+crashed node's host answers it (ICMP port unreachable, back across the network), a paused or
+cut-off node never does, and the prober hears "not gone" after half a heartbeat interval.
+
 Observers see every step: `(virtual time, node, event, effects)`.
 """
 
@@ -32,9 +36,11 @@ from ha_voice.cluster.events import (
     Effects,
     Event,
     HardState,
+    LeaderProbed,
     LogPersisted,
     MessageReceived,
     Outgoing,
+    ProbeLeader,
     RobotReachability,
     Role,
     ShutdownRequested,
@@ -105,6 +111,17 @@ class ClusterSpec:
 
     def timers(self) -> ElectionTimers:
         return timers_for(self.profile)
+
+
+@dataclass
+class _Probe:
+    """One probe in flight: answered once, by the refusal or by the timeout."""
+
+    node: SimNode
+    boot: int
+    leader: NodeId
+    started: float  # the prober's local clock
+    answered: bool = False
 
 
 @dataclass
@@ -326,8 +343,35 @@ class SimCluster:
         for observer in self.observers:
             observer(self.now, node, event, effects)
         self._transmit(node, ready)
+        for action in effects.actions:
+            if isinstance(action, ProbeLeader):
+                self._probe(node, action.leader)
         self._maybe_write(node)
         self._schedule_tick(node)
+
+    # --- evidence of death -----------------------------------------------------------------
+
+    def _probe(self, node: SimNode, leader: NodeId) -> None:
+        probe = _Probe(node, node.boots, leader, node.local(self.now))
+        for delay, _ in self.network.transmit(node.node_id, leader, b"probe"):
+            self.at(self.now + delay, self._probe_arrives, probe)
+        timeout_s = self.timers.heartbeat_interval_s / 2
+        self.at(self.now + timeout_s, self._probe_answered, probe, False)
+
+    def _probe_arrives(self, probe: _Probe) -> None:
+        if self.nodes[probe.leader].up:
+            return  # bound, if paused: the datagram waits in its buffer; no answer
+        for delay, _ in self.network.transmit(probe.leader, probe.node.node_id, b"icmp"):
+            self.at(self.now + delay, self._probe_answered, probe, True)
+
+    def _probe_answered(self, probe: _Probe, gone: bool) -> None:
+        node = probe.node
+        if probe.answered or node.boots != probe.boot:
+            return
+        probe.answered = True
+        self.inject(
+            node.node_id, LeaderProbed(probe.leader, gone, probe.started, node.local(self.now))
+        )
 
     def _transmit(self, node: SimNode, messages: list[Outgoing]) -> None:
         assert node.codec is not None

@@ -105,6 +105,24 @@ def two_node_partition(cluster: SimCluster, trace: Trace) -> None:
     cluster.run_until(5.0)
 
 
+def crash_alone(cluster: SimCluster, trace: Trace) -> None:
+    cluster.run_until(2.0)
+    old = _primary(cluster)
+    _act(cluster, trace, 2.0, f"SIGKILL {old}: the survivors' own probes find its ports closed")
+    cluster.crash(old)
+    cluster.run_until(3.0)
+
+
+def crash_behind_a_partition(cluster: SimCluster, trace: Trace) -> None:
+    cluster.run_until(2.0)
+    old = _primary(cluster)
+    others = {n for n in cluster.nodes if n != old}
+    _act(cluster, trace, 2.0, f"cut {old} off, then SIGKILL it: no probe reaches it")
+    cluster.network.partition({old}, others)
+    cluster.crash(old)
+    cluster.run_until(3.5)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -137,6 +155,24 @@ SCENARIOS: dict[str, Scenario] = {
             ClusterSpec(2, witness=True),
             "two nodes that cannot see each other: the witness keeps one primary",
             witness_decides,
+        ),
+        Scenario(
+            "two-node-crash",
+            ClusterSpec(2, two_node=True),
+            "two_node mode: the survivor's own evidence spares it the silent round",
+            crash_alone,
+        ),
+        Scenario(
+            "witness-crash",
+            ClusterSpec(2, witness=True),
+            "SIGKILL the primary of two nodes and a witness: the witness probes for itself",
+            crash_alone,
+        ),
+        Scenario(
+            "crash-behind-partition",
+            ClusterSpec(3),
+            "a primary cut off and then killed leaves no evidence: the lease runs its course",
+            crash_behind_a_partition,
         ),
         Scenario(
             "two-node-partition",

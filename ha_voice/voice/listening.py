@@ -13,6 +13,13 @@ Invariants:
 - The same intent heard by several sources within `listen_dedup_s` is one command: the hearing
   with the best confidence runs, the others are `duplicate`. A stop does not wait for the other
   hearings (it runs at once; later stops in the window are duplicates).
+- A stop is decided early: the segmenter's early look at a short utterance (after
+  `listen_early_stop_s` of pause) is recognised at once and, only when it is a stop, run as a
+  hearing of that utterance (same source and start); the full utterance is then a `duplicate`
+  (Hearings' ran window, the journal key). Anything else heard early is dropped: a motion waits
+  for the end of the utterance. At most one early look per utterance is being recognised; when
+  no speech came after it, the full utterance is the same audio and reuses its recognition. An
+  utterance whose stop ran early has one outcome (`ran`), not a second (`duplicate`).
 - Recognition runs in the speech service (other processes or nodes); VAD in a worker thread;
   nothing here blocks the event loop for longer than a block's bookkeeping.
 - Memory is bounded: per source a bounded queue and a bounded segmenter; at most
@@ -23,24 +30,31 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ha_voice import clock
+from ha_voice.api.listen_relay import HearingRelay, Offer, RelayRefused
 from ha_voice.api.robot import run_here
 from ha_voice.cluster.node import NotPrimary
 from ha_voice.commands import Busy, CommandRequest, KeyConflict
-from ha_voice.voice.intents import Intent, Vocabulary, fold
+from ha_voice.voice.hearings import UTTERANCE_OUTCOMES, Heard, Hearing, Hearings, utterance_key
+from ha_voice.voice.intents import Intent, Match, Vocabulary, fold
 from ha_voice.voice.segmenter import Segmenter, SegmenterOptions, Utterance
-from ha_voice.voice.sources import AudioSource, PcmFormat, SourceStats, open_source
+from ha_voice.voice.sources import (
+    AudioSource,
+    PcmFormat,
+    Reopening,
+    SourceStats,
+    open_source,
+    reopens_after_end,
+)
 from ha_voice.voice.speech import Recognition, SpeechUnavailable
 
 if TYPE_CHECKING:
@@ -54,149 +68,21 @@ __all__ = [
     "Hearing",
     "Hearings",
     "Listener",
+    "early_stop",
     "utterance_key",
 ]
 
 log = logging.getLogger(__name__)
 
+_Recognising = asyncio.Task["Recognition | None"]
+
 # How often the listener looks whether it should listen: a new primary opens its sources
 # within this of serving (a failover is 0.5-2 s).
 POLL_S: Final = 0.1
-# A source that did not open is tried again this often while this node listens.
-_RETRY_S: Final = 1.0
 MAX_HEARD: Final = 50  # utterances /api/voice/status remembers
-# How long a hearing waits for the other sources' hearings of the same moment: recognition of
-# a command takes 0.1-0.4 s on two cores (docs/benchmarks.md); past this it decides alone.
-_GROUP_WAIT_S: Final = 5.0
-# ran: a command ran (whatever its robot outcome); duplicate: another source's hearing ran;
-# rejected/no_speech: not a command; no_wake_word: require_wake_word and none said; unavailable:
-# no speech service could take it; refused: the primary could not take the command (busy, no
-# longer primary, its key held another command); lost: cut off by a gap or by closing.
-UTTERANCE_OUTCOMES: Final = (
-    "ran",
-    "duplicate",
-    "rejected",
-    "no_speech",
-    "no_wake_word",
-    "unavailable",
-    "refused",
-    "lost",
-)
-
-
-def utterance_key(source: str, start_s: float, phrase: str) -> str:
-    """The idempotency key of an utterance: its source, its stream start rounded to 100 ms and
-    the phrase, hashed into printable ASCII (a journal key has no spaces)."""
-    tenths = round(start_s * 10)
-    digest = hashlib.sha256(f"{source}\n{tenths}\n{fold(phrase)}".encode()).hexdigest()
-    return f"listen-{digest[:32]}"
-
-
-@dataclass
-class Hearing:
-    """One recognised utterance of one source, waiting to be run or dropped as a duplicate."""
-
-    source: str
-    start_s: float
-    intent: Intent
-    recognition: Recognition
-    verdict: asyncio.Future[bool] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
-class Hearings:
-    """Several sources' hearings of one moment become one command (see the module's
-    invariants); bounded: the last 64 commands are remembered for the window."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._pending: dict[int, tuple[str, float]] = {}  # token -> (source, start_s)
-        self._waiting: list[Hearing] = []
-        self._ran: collections.deque[tuple[str, float]] = collections.deque(maxlen=64)
-        self._changed = asyncio.Condition()
-        self._tokens = 0
-        self._notifying: set[asyncio.Task[None]] = set()
-
-    @contextlib.contextmanager
-    def expecting(self, source: str, start_s: float) -> Iterator[None]:
-        """While inside, a hearing of `source` at `start_s` may come: others wait for it."""
-        self._tokens += 1
-        token = self._tokens
-        self._pending[token] = (source, start_s)
-        try:
-            yield
-        finally:
-            del self._pending[token]
-            task = asyncio.get_running_loop().create_task(self._notify())
-            self._notifying.add(task)
-            task.add_done_callback(self._notifying.discard)
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def async_decide(self, hearing: Hearing, *, wait: bool) -> bool:
-        """Whether `hearing` runs (True) or is a duplicate of one that does."""
-        self._waiting.append(hearing)
-        if wait:
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: not self._others_pending(hearing)),
-                        _GROUP_WAIT_S,
-                    )
-        if not hearing.verdict.done():
-            self._settle(hearing)
-        return hearing.verdict.result()
-
-    def _near(self, a_s: float, b_s: float) -> bool:
-        return abs(a_s - b_s) <= self.window_s
-
-    def _others_pending(self, hearing: Hearing) -> bool:
-        return any(
-            source != hearing.source and self._near(start_s, hearing.start_s)
-            for source, start_s in self._pending.values()
-        )
-
-    def _settle(self, hearing: Hearing) -> None:
-        name = hearing.intent.name
-        group = [
-            h
-            for h in self._waiting
-            if h.intent.name == name and self._near(h.start_s, hearing.start_s)
-        ]
-        self._waiting = [h for h in self._waiting if h not in group]
-        ran = any(n == name and self._near(s, hearing.start_s) for n, s in self._ran)
-        best = max(group, key=lambda h: h.recognition.confidence)
-        for member in group:
-            member.verdict.set_result(member is best and not ran)
-        if not ran:
-            self._ran.append((name, best.start_s))
-
-
-@dataclass(frozen=True)
-class Heard:
-    """One utterance as /api/voice/status shows it."""
-
-    source: str
-    start_s: float
-    duration_s: float
-    heard: str
-    intent: str | None
-    outcome: str
-    key: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "start": round(self.start_s, 3),
-            "duration_s": round(self.duration_s, 3),
-            "heard": self.heard,
-            "intent": self.intent,
-            "outcome": self.outcome,
-            "key": self.key,
-        }
+# Early looks whose recognition is kept for the full utterance: one per source is under way at a
+# time; the rest is for utterances lost before they ended.
+_MAX_LOOKS: Final = 16
 
 
 def segmenter_options(config: Config) -> SegmenterOptions:
@@ -206,6 +92,7 @@ def segmenter_options(config: Config) -> SegmenterOptions:
         min_silence_s=config.vad_min_silence_s,
         pad_s=config.vad_pad_s,
         max_utterance_s=config.vad_max_utterance_s,
+        early_s=config.listen_early_stop_s,
     )
 
 
@@ -227,11 +114,30 @@ class Listener:
         self._make_segmenter = make_segmenter or (lambda: Segmenter(segmenter_options(config)))
         self._sources: dict[str, AudioSource] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closed_stats = {entry: SourceStats(entry) for entry in config.audio_sources}
-        self._totals = {entry: [0, 0, 0] for entry in config.audio_sources}
+        self._entries = (*config.audio_sources, *config.local_audio_sources)
+        self._local = frozenset(config.local_audio_sources)
+        self._local_names = frozenset(f"{config.node_id}/{e}" for e in self._local)
+        self._closed_stats = {entry: SourceStats(entry) for entry in self._entries}
+        self._totals = {entry: [0, 0, 0] for entry in self._entries}
+        self._reopening = {entry: Reopening() for entry in self._entries}
+        self._stopped = dict.fromkeys(self._entries, False)  # stopped by itself once
+        self._opening: set[str] = set()  # being opened now, each in a task
+        self._reopens = dict.fromkeys(self._entries, 0)
         self._heard: collections.deque[Heard] = collections.deque(maxlen=MAX_HEARD)
         self._hearings = Hearings(config.listen_dedup_s)
+        # (source, start_s) -> (samples, its recognition) of the latest early look of each
+        # utterance: the full utterance reuses it when no speech came after the look
+        self._looks: collections.OrderedDict[tuple[str, float], tuple[int, _Recognising]] = (
+            collections.OrderedDict()
+        )
+        # utterances with a stop heard early: their second hearing (early or full, whichever
+        # is decided last) is the same utterance again, not recorded a second time
+        self._early_stops: collections.deque[tuple[str, float]] = collections.deque(
+            maxlen=_MAX_LOOKS
+        )
         self._listening = False
+        self._relay: HearingRelay | None = None  # made when a backup first hands a command over
+        self._since: dict[str, float] = {}  # source -> stream time of this opening's first block
         registry = ctx.metrics.registry
         self._outcomes = Counter(
             "ha_voice_listen_utterances_total",
@@ -253,8 +159,27 @@ class Listener:
             ["reason"],
             registry=registry,
         )
+        self._early = Counter(
+            "ha_voice_listen_early_looks_total",
+            "Early looks at short utterances under way (the early stop), by result: stop (run "
+            "at once), other (dropped: not a stop), skipped (one was still being recognised)",
+            ["result"],
+            registry=registry,
+        )
+        self._since_gauge = Gauge(
+            "ha_voice_listening_since_timestamp_seconds",
+            "Stream time (seconds since the epoch) of the first audio block a source took since "
+            "this node opened it; 0 while closed. A new primary's value minus the old primary's "
+            "death is the listening gap of a failover",
+            ["source"],
+            registry=registry,
+        )
         for outcome in UTTERANCE_OUTCOMES:
             self._outcomes.labels(outcome)
+        for entry in self._entries:
+            self._since_gauge.labels(entry).set(0)
+        for result in ("stop", "other", "skipped"):
+            self._early.labels(result)
         for reason in ("opened", "stream", "closed"):
             self._gaps.labels(reason)
         registry.register(_PacketCollector(self))
@@ -276,69 +201,167 @@ class Listener:
             and ctx.node.journal.settings.listening
         )
 
+    def should_listen_locally(self) -> bool:
+        """Listening on, local sources configured, speech here: whatever this node's role."""
+        ctx = self._ctx
+        return (
+            bool(ctx.config.local_audio_sources)
+            and ctx.speech is not None
+            and ctx.node.journal.settings.listening
+        )
+
+    def _wanted(self) -> list[str]:
+        """The entries this node should have open now (primary's first, then local ones)."""
+        config = self._ctx.config
+        wanted = list(config.audio_sources) if self.should_listen() else []
+        if self.should_listen_locally():
+            wanted.extend(config.local_audio_sources)
+        return wanted
+
     async def async_run(self) -> None:
-        """Open and close the sources as `should_listen` says, until cancelled."""
+        """Open and close the sources as `should_listen` and `should_listen_locally` say,
+        until cancelled."""
         try:
-            retry_at = 0.0
+            opened: set[str] = set()  # wanted at the last poll
             while True:
                 want = self.should_listen()
                 if want and not self._listening:
                     self._listening = True
                     self._gaps.labels("opened").inc()
-                    await self._async_open_missing()
-                    retry_at = clock.monotonic() + _RETRY_S
-                elif want and clock.monotonic() >= retry_at:
-                    await self._async_open_missing()
-                    retry_at = clock.monotonic() + _RETRY_S
                 elif not want and self._listening:
-                    self._close()
+                    self._listening = False
+                    log.info("stopped listening as the primary")
+                wanted = self._wanted()
+                self._close([e for e in self._sources if e not in wanted])
+                for entry in set(wanted) - opened:  # newly wanted: try at once
+                    self._reopening[entry] = Reopening()
+                await self._async_open_missing(wanted)
+                opened = set(wanted)
                 await asyncio.sleep(POLL_S)
         finally:
-            if self._listening:
-                self._close()
+            self._listening = False
+            self._close(list(self._sources))
             for task in list(self._tasks):
                 task.cancel()
+            if self._relay is not None:
+                await self._relay.aclose()
 
-    async def _async_open_missing(self) -> None:
-        """Open every configured source not open yet (a port not bindable until the floating
-        IP arrives, a microphone plugged in later: tried again every _RETRY_S)."""
-        missing = [e for e in self._ctx.config.audio_sources if e not in self._sources]
-        for entry in missing:
+    async def _async_open_missing(self, wanted: list[str]) -> None:
+        """Start opening every wanted source not open yet whose backoff is over (a port not
+        bindable until the floating IP arrives, a microphone plugged in again, a stream back),
+        except a file read to its end. Each opens in a task of its own: a device or URL that
+        takes its time (up to sources.AV_OPEN_TIMEOUT_S) holds up neither the other sources
+        nor this loop, which closes what is no longer wanted."""
+        for entry in wanted:
+            if entry in self._sources or entry in self._opening:
+                continue
+            if self._closed_stats[entry].ended:
+                continue
+            if not self._reopening[entry].due(clock.monotonic()):
+                continue
+            self._opening.add(entry)
+            self._spawn(self._async_open(entry))
+
+    async def _async_open(self, entry: str) -> None:
+        reopening = self._reopening[entry]
+        try:
             source = self._make_source(entry)
             try:
                 await source.async_open()
             except Exception as exc:  # a device gone, a port taken: say so, listen to the rest
-                if self._closed_stats[entry].error != str(exc):
-                    log.warning("audio source %s does not open: %s", entry, exc)
-                self._closed_stats[entry] = SourceStats(entry, error=str(exc))
-                continue
-            self._sources[entry] = source
-            self._spawn(self._async_listen(source))
-            log.info("listening to %s", entry)
-
-    def _close(self) -> None:
-        self._listening = False
-        for entry, source in self._sources.items():
-            stats = source.stats()
-            totals = self._totals[entry]
-            totals[0] += stats.received
-            totals[1] += stats.dropped
-            totals[2] += stats.malformed
-            self._closed_stats[entry] = SourceStats(entry, error=stats.error)
+                wait_s = reopening.failed(clock.monotonic())
+                error = f"does not open: {exc}"
+                if self._closed_stats[entry].error != error:
+                    log.warning("audio source %s %s", entry, error)
+                self._closed_stats[entry] = SourceStats(entry, error=error)
+                log.debug("audio source %s: trying again in %.0f s", entry, wait_s)
+                return
+        finally:
+            self._opening.discard(entry)
+        if entry not in self._wanted():  # switched off (or no longer primary) meanwhile
             source.close()
-        self._sources.clear()
-        log.info("stopped listening")
+            return
+        if self._stopped[entry]:
+            self._reopens[entry] += 1
+            log.info("audio source %s reopened (%d times)", entry, self._reopens[entry])
+        self._sources[entry] = source
+        self._spawn(self._async_listen(source))
+        log.info("listening to %s", entry)
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _close(self, entries: list[str]) -> None:
+        for entry in entries:
+            self._retire(entry)
+            log.info("stopped listening to %s", entry)
+
+    def _retire(self, entry: str) -> SourceStats:
+        """Close `entry`'s open source, keeping its counters and why it ended; its stats."""
+        source = self._sources.pop(entry)
+        stats = source.stats()
+        totals = self._totals[entry]
+        totals[0] += stats.received
+        totals[1] += stats.dropped
+        totals[2] += stats.malformed
+        self._closed_stats[entry] = SourceStats(entry, error=stats.error)
+        source.close()
+        self._since.pop(entry, None)
+        self._since_gauge.labels(entry).set(0)
+        return stats
+
+    def _stopped_by_itself(self, source: AudioSource, failure: str | None = None) -> None:
+        """`source`'s blocks ended while it was wanted: a file is done; anything else is
+        tried again after the backoff (counted in `reopens`, logged)."""
+        entry = source.source
+        if self._sources.get(entry) is not source:
+            return  # closed by us: not a stop
+        stats = self._retire(entry)
+        why = failure or stats.error or "the stream ended"
+        if not reopens_after_end(entry):
+            self._closed_stats[entry] = SourceStats(entry, error=why, ended=True)
+            log.info("audio source %s: %s; not read again", entry, why)
+            return
+        self._stopped[entry] = True
+        wait_s = self._reopening[entry].failed(clock.monotonic(), stats.received > 0)
+        self._closed_stats[entry] = SourceStats(entry, error=f"stopped: {why}")
+        log.warning("audio source %s stopped (%s); reopening in %.0f s", entry, why, wait_s)
+
+    def problem(self) -> str | None:
+        """Why this node does not hear a source it should listen to now (one that does not
+        open or stopped); None when it hears them all. An idle UDP source is silence, not a
+        problem; a file read to its end is done."""
+        faults = [
+            f"{entry} {self._closed_stats[entry].error}"
+            for entry in self._wanted()
+            if entry not in self._sources
+            and self._closed_stats[entry].error
+            and (
+                not self._closed_stats[entry].ended
+                or self._closed_stats[entry].error.startswith("failed:")
+            )
+        ]
+        if not faults:
+            return None
+        more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+        return f"listening: {faults[0]}{more}"
+
+    def _name(self, entry: str) -> str:
+        """The source's name in keys, hearings and the log: a local source is this node's
+        (`n2/alsa:hw:1,0`: the same device name on two Jetsons is two microphones)."""
+        return f"{self._ctx.config.node_id}/{entry}" if entry in self._local else entry
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _async_listen(self, source: AudioSource) -> None:
-        segmenter = await asyncio.to_thread(self._make_segmenter)  # loads the VAD model
-        name = source.source
+        name = self._name(source.source)
+        segmenter: Segmenter | None = None
+        failure: str | None = None
         try:
+            segmenter = await asyncio.to_thread(self._make_segmenter)  # loads the VAD model
             async for block in source.blocks():
+                self._maybe_mark_since(source, block.start_s)
                 if block.gap_s > 0:
                     self._gaps.labels("stream").inc()
                 lost = segmenter.lost
@@ -348,12 +371,26 @@ class Listener:
                 for _ in range(segmenter.lost - lost):
                     self._record(Heard(name, block.start_s, 0.0, "", None, "lost"))
                 for utterance in cut:
+                    if utterance.early:
+                        self._maybe_look(name, utterance)
+                        continue
                     self._segments.labels(name).inc()
                     self._spawn(self._async_hear(name, utterance))
+        except Exception as exc:  # the VAD, a block: this source stops, the others go on
+            failure = f"failed: {type(exc).__name__}: {exc}"
+            log.exception("audio source %s: listening to it failed", source.source)
         finally:
-            if segmenter.in_speech:
+            if segmenter is not None and segmenter.in_speech:
                 self._gaps.labels("closed").inc()
                 self._record(Heard(name, segmenter.position_s, 0.0, "", None, "lost"))
+            self._stopped_by_itself(source, failure)
+
+    def _maybe_mark_since(self, source: AudioSource, start_s: float) -> None:
+        """Remember the first block of this opening (not of a source closed since)."""
+        name = source.source
+        if name not in self._since and self._sources.get(name) is source:
+            self._since[name] = start_s
+            self._since_gauge.labels(name).set(start_s)
 
     async def _async_hear(self, source: str, utterance: Utterance) -> None:
         with self._hearings.expecting(source, utterance.start_s):
@@ -375,7 +412,61 @@ class Listener:
             return
         await self._async_run(hearing, utterance)
 
+    def _maybe_look(self, source: str, utterance: Utterance) -> None:
+        """Recognise an early look, unless one of the same utterance still is."""
+        look = (source, utterance.start_s)
+        pending = self._looks.get(look)
+        if pending is not None and not pending[1].done():
+            self._early.labels("skipped").inc()
+            return
+        recognising: _Recognising = self._spawn(self._async_recognise_look(utterance))
+        self._looks[look] = (len(utterance.samples), recognising)
+        self._looks.move_to_end(look)
+        while len(self._looks) > _MAX_LOOKS:
+            self._looks.popitem(last=False)
+        self._spawn(self._async_look(source, utterance, recognising))
+
+    async def _async_recognise_look(self, utterance: Utterance) -> Recognition | None:
+        speech = self._ctx.speech
+        assert speech is not None
+        language = self._ctx.active_vocabulary().language
+        try:
+            return await speech.async_recognise(utterance.samples, language, priority="command")
+        except SpeechUnavailable:
+            return None  # the full utterance is tried, and reported, in its turn
+
+    async def _async_look(
+        self, source: str, utterance: Utterance, recognising: _Recognising
+    ) -> None:
+        """Run a stop heard in an early look at once; drop anything else."""
+        recognition = await asyncio.shield(recognising)
+        if recognition is None:
+            return
+        vocabulary = self._ctx.active_vocabulary()
+        intent = early_stop(vocabulary, recognition, self._ctx.config.require_wake_word)
+        if intent is None:
+            self._early.labels("other").inc()
+            return
+        self._early.labels("stop").inc()
+        self._early_stops.append((source, utterance.start_s))
+        hearing = Hearing(source, utterance.start_s, intent, recognition)
+        if not await self._hearings.async_decide(hearing, wait=False):
+            self._heard_as(source, utterance, recognition, "duplicate")
+            return
+        await self._async_run(hearing, utterance)
+
+    async def _async_looked(self, source: str, utterance: Utterance) -> Recognition | None:
+        """The recognition of an early look that saw all of `utterance` (no speech came after
+        it: the same samples), or None."""
+        found = self._looks.pop((source, utterance.start_s), None)
+        if found is None or found[0] != len(utterance.samples):
+            return None
+        return await asyncio.shield(found[1])
+
     async def _async_recognise(self, source: str, utterance: Utterance) -> Recognition | None:
+        looked = await self._async_looked(source, utterance)
+        if looked is not None:
+            return looked
         speech = self._ctx.speech
         assert speech is not None
         language = self._ctx.active_vocabulary().language
@@ -394,6 +485,11 @@ class Listener:
         if intent.action is None:
             self._heard_as(hearing.source, utterance, recognition, "ran", key)
             return
+        if not intent.stop and not self._ctx.node.journal.settings.listening:
+            # Switched off while this was being recognised: what was said before the switch
+            # does not run after it (a stop still does: it only makes the robot safe).
+            self._heard_as(hearing.source, utterance, recognition, "listening_off", key)
+            return
         command = CommandRequest(
             key,
             intent.action,
@@ -402,6 +498,9 @@ class Listener:
             recognition.heard,
             f"listen:{hearing.source}",
         )
+        if hearing.source in self._local_names and not self._serving():
+            await self._async_hand_over(hearing, utterance, phrase, key)
+            return
         try:
             answer = await run_here(self._ctx, command)
         except (NotPrimary, KeyConflict, Busy) as exc:
@@ -411,6 +510,75 @@ class Listener:
         outcome = "duplicate" if answer.duplicate else "ran"
         self._heard_as(hearing.source, utterance, recognition, outcome, answer.record.key)
 
+    def _serving(self) -> bool:
+        commands = self._ctx.commands
+        return commands is not None and commands.ready()
+
+    async def _async_hand_over(
+        self, hearing: Hearing, utterance: Utterance, phrase: str, key: str
+    ) -> None:
+        """A backup's hearing (a local source): the primary decides and runs it."""
+        if self._relay is None:
+            self._relay = HearingRelay(self._ctx)
+        recognition = hearing.recognition
+        offer = Offer(phrase, key, hearing.source, hearing.start_s, recognition.confidence)
+        try:
+            outcome, record_key = await self._relay.async_offer(offer)
+        except RelayRefused as exc:
+            log.warning("%s: %r not run: %s", hearing.source, recognition.heard, exc)
+            self._heard_as(hearing.source, utterance, recognition, "refused", key)
+            return
+        self._heard_as(hearing.source, utterance, recognition, outcome, record_key)
+
+    async def async_take(self, offer: Offer) -> tuple[str, str | None]:
+        """A member's hearing (`Offer`) decided and run here, the primary, as this node's own
+        hearings are: (outcome "ran" or "duplicate", the journal key that ran or None);
+        LookupError if the phrase names no command, NotPrimary/KeyConflict/Busy as
+        `run_here`."""
+        vocabulary = self._ctx.active_vocabulary()
+        found = vocabulary.match(offer.text)
+        intent = found.intent if isinstance(found, Match) else None
+        if intent is None:
+            raise LookupError(f"{offer.text[:40]!r} names no command")
+        if not self._serving():
+            raise NotPrimary("this node is not the primary")
+        recognition = Recognition(
+            offer.text, intent.name, offer.text, offer.confidence, (), None, "", "", 0.0
+        )
+        hearing = Hearing(offer.source, offer.start_s, intent, recognition)
+        if not await self._hearings.async_decide(hearing, wait=not intent.stop):
+            self._record(
+                Heard(offer.source, offer.start_s, 0.0, offer.text, intent.name, "duplicate")
+            )
+            return "duplicate", None
+        if intent.action is None:
+            self._record(
+                Heard(offer.source, offer.start_s, 0.0, offer.text, intent.name, "ran", offer.key)
+            )
+            return "ran", offer.key
+        command = CommandRequest(
+            offer.key,
+            intent.action,
+            intent.action_params,
+            intent.duration_s,
+            offer.text,
+            f"listen:{offer.source}",
+        )
+        answer = await run_here(self._ctx, command)
+        outcome = "duplicate" if answer.duplicate else "ran"
+        self._record(
+            Heard(
+                offer.source,
+                offer.start_s,
+                0.0,
+                offer.text,
+                intent.name,
+                outcome,
+                answer.record.key,
+            )
+        )
+        return outcome, answer.record.key
+
     def _heard_as(
         self,
         source: str,
@@ -419,6 +587,9 @@ class Listener:
         outcome: str,
         key: str | None = None,
     ) -> None:
+        if outcome == "duplicate" and (source, utterance.start_s) in self._early_stops:
+            self._early_stops.remove((source, utterance.start_s))
+            return  # one utterance, one outcome: its other hearing ran
         heard = Heard(
             source,
             utterance.start_s,
@@ -440,9 +611,18 @@ class Listener:
     def source_stats(self) -> list[SourceStats]:
         """Every configured source, open or not, now."""
         return [
-            self._sources[entry].stats() if entry in self._sources else self._closed_stats[entry]
-            for entry in self._ctx.config.audio_sources
+            replace(
+                self._sources[entry].stats()
+                if entry in self._sources
+                else self._closed_stats[entry],
+                reopens=self._reopens[entry],
+            )
+            for entry in self._entries
         ]
+
+    def reopen_totals(self) -> dict[str, int]:
+        """Times each source was opened again after it stopped by itself, since the start."""
+        return dict(self._reopens)
 
     def packet_totals(self) -> dict[str, tuple[int, int, int]]:
         """Packets (received, dropped, malformed) per source since the daemon started."""
@@ -465,12 +645,29 @@ class Listener:
             listener: str | None = view.node_id
         else:
             listener = view.leader if listening and self._ctx.config.audio_sources else None
+        sources = []
+        for stats in self.source_stats():
+            scope = "local" if stats.source in self._local else "primary"
+            since = self._since.get(stats.source)
+            sources.append({**stats.to_json(), "scope": scope, "listening_since": since})
         return {
             "listener": listener,
             "listening_here": self._listening,
-            "sources": [stats.to_json() for stats in self.source_stats()],
+            "sources": sources,
             "utterances": [heard.to_json() for heard in reversed(self._heard)],
         }
+
+
+def early_stop(
+    vocabulary: Vocabulary, recognition: Recognition, require_wake_word: bool
+) -> Intent | None:
+    """The stop intent an early look heard, or None: anything else waits for the utterance."""
+    intent = _intent(vocabulary, recognition)
+    if intent is None or not intent.stop:
+        return None
+    if require_wake_word and not _woken(vocabulary, recognition):
+        return None
+    return intent
 
 
 def _intent(vocabulary: Vocabulary, recognition: Recognition) -> Intent | None:
@@ -486,7 +683,7 @@ def _woken(vocabulary: Vocabulary, recognition: Recognition) -> bool:
 
 
 class _PacketCollector(Collector):
-    """Packets per source, read from the listener at scrape time."""
+    """Packets and reopens per source, read from the listener at scrape time."""
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
@@ -503,9 +700,18 @@ class _PacketCollector(Collector):
             "malformed (a size no whole number of frames has)",
             labels=["source", "reason"],
         )
+        reopens = CounterMetricFamily(
+            "ha_voice_audio_source_reopens",
+            "Times a source that stopped by itself (the end of a stream, an unplugged device, a "
+            "dropped connection) was opened again, by source",
+            labels=["source"],
+        )
         for entry, (got, full, malformed) in self._listener.packet_totals().items():
             received.add_metric([entry], got)
             dropped.add_metric([entry, "full"], full)
             dropped.add_metric([entry, "malformed"], malformed)
+        for entry, count in self._listener.reopen_totals().items():
+            reopens.add_metric([entry], count)
         yield received
         yield dropped
+        yield reopens

@@ -3,6 +3,9 @@
 Blocks of any length go in (`Segmenter.push`), utterances come out: (start_s, samples) from the
 first speech frame less `pad_s` to the last speech frame plus `pad_s`, once `min_silence_s` of
 silence follows, or at `max_utterance_s` (then the next utterance starts where it was cut).
+With `early_s` > 0 it also gives an *early look* at a short utterance under way (`early=True`):
+the speech so far once `early_s` of silence follows it, long before `min_silence_s` ends it, so
+that a spoken "stop" can be decided at once (voice/listening.py runs only a stop from one).
 
 Invariants:
 - Bounded memory: at most max_utterance_s of speech, pad_s of lead-in and one partial frame are
@@ -11,6 +14,9 @@ Invariants:
   streaming iterator does, so cutting a stream into blocks does not change what is heard.
 - A jump in stream time (a gap: `push(..., gap_s>0)`) ends the frame run: an utterance under way
   is dropped and counted in `lost` (it was cut by the gap), never glued to what follows.
+- Early looks are bounded: at most one per pause, none once more than `early_max_voiced_s` of
+  speech was heard (a sentence, not a stop); each has the start of the utterance it looks at,
+  which still ends in one full (`early=False`) utterance of that start.
 - Pure apart from the VAD model, which is a `FrameVad` (`SileroVad` by default).
 """
 
@@ -80,6 +86,10 @@ class SegmenterOptions:
     pad_s: float = 0.1  # kept on either side of the speech
     min_speech_s: float = 0.1  # shorter runs are clicks; a Dutch "stop" is ~0.15 s voiced
     max_utterance_s: float = 10.0  # an utterance is cut here (a command is a few seconds)
+    # 0: no early looks. 0.12 s is 4 frames: Dutch stops inside a word ("sta op", "stop") are
+    # under 0.1 s (docs/voice.md, "Live listening"), so a pause this long ends a word.
+    early_s: float = 0.0
+    early_max_voiced_s: float = 1.2  # "stop", "halt", "hou op" are < 0.8 s voiced
 
     @property
     def neg_threshold(self) -> float:
@@ -95,6 +105,7 @@ class Utterance:
     start_s: float  # seconds since the epoch of samples[0]
     samples: Audio
     cut: bool = False  # True: max_utterance_s reached, the speech went on
+    early: bool = False  # True: an early look, the utterance is still under way
 
     @property
     def duration_s(self) -> float:
@@ -115,6 +126,9 @@ class Segmenter:
         self._silence_end = max(1, math.ceil(options.min_silence_s / FRAME_S))
         self._min_speech = max(1, math.ceil(options.min_speech_s / FRAME_S))
         self._max_frames = max(2, int(options.max_utterance_s / FRAME_S))
+        # frames of pause before an early look (0: none; at min_silence_s the utterance ends)
+        self._early = 0 if options.early_s <= 0 else max(1, math.ceil(options.early_s / FRAME_S))
+        self._early_max_voiced = int(options.early_max_voiced_s / FRAME_S)
         self._lead: collections.deque[npt.NDArray[np.float32]] = collections.deque(maxlen=self._pad)
         self._partial: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self._time_s: float | None = None  # stream time of the next whole frame
@@ -122,7 +136,9 @@ class Segmenter:
         self._speech_start_s = 0.0
         self._voiced = 0  # frames at or above threshold in it
         self._silent = 0  # trailing frames below neg_threshold
+        self._looked = False  # this pause had its early look
         self.segments = 0  # utterances emitted
+        self.early_looks = 0  # early looks emitted
         self.lost = 0  # utterances under way dropped by a gap or `reset`
 
     @property
@@ -139,7 +155,8 @@ class Segmenter:
 
     def push(self, samples: Audio, start_s: float, gap_s: float = 0.0) -> list[Utterance]:
         """Utterances completed by `samples` (mono float32, SAMPLE_RATE) starting at stream
-        time `start_s`; `gap_s` > 0 says samples were missing before them."""
+        time `start_s`, and early looks (`early=True`) in stream order; `gap_s` > 0 says
+        samples were missing before them."""
         if gap_s > 0 or self._time_s is None:
             if gap_s > 0:
                 self.reset()
@@ -182,19 +199,31 @@ class Segmenter:
             self._speech = [*self._lead, frame]
             self._speech_start_s = at_s - len(self._lead) * FRAME_S
             self._lead.clear()
-            self._voiced, self._silent = 1, 0
+            self._voiced, self._silent, self._looked = 1, 0, False
             return None
         self._speech.append(frame)
         if p >= self.options.threshold:
             self._voiced += 1
             self._silent = 0
+            self._looked = False  # a new pause may come
         elif p < self.options.neg_threshold:
             self._silent += 1
         if self._silent >= self._silence_end:
             return self._end(trailing=self._silent)
         if len(self._speech) >= self._max_frames:
             return self._end(trailing=0, cut=True)
-        return None
+        return self._maybe_early()
+
+    def _maybe_early(self) -> Utterance | None:
+        """An early look when this frame makes the pause `early_s` long in a short utterance."""
+        if self._looked or not self._early or self._silent < self._early:
+            return None
+        self._looked = True
+        if not self._min_speech <= self._voiced <= self._early_max_voiced:
+            return None
+        self.early_looks += 1
+        keep = len(self._speech) - max(0, self._silent - self._pad)
+        return Utterance(self._speech_start_s, np.concatenate(self._speech[:keep]), early=True)
 
     def _end(self, trailing: int, cut: bool = False) -> Utterance | None:
         utterance = self._emit(trailing, cut)
@@ -215,3 +244,4 @@ class Segmenter:
     def _clear(self) -> None:
         self._speech = []
         self._voiced = self._silent = 0
+        self._looked = False

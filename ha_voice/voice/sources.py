@@ -14,7 +14,12 @@ Invariants:
   it is the arrival time. So an utterance's start does not jitter with the network.
   A PyAV source's stream time is its opening time plus the samples decoded (the device's
   clock, or a file's own time).
-- A PyAV source reads in a thread of its own and never on the event loop.
+- A PyAV source reads in a thread of its own and never on the event loop; opening a device or a
+  stream waits at most `AV_OPEN_TIMEOUT_S`, and a read that gets nothing for
+  `AV_READ_TIMEOUT_S` ends the source (a stalled RTSP stream is a stopped one).
+- A source that stopped (the end of a stream, an unplugged microphone, a dropped connection) or
+  did not open is tried again with `Reopening`'s backoff, except a `file:` once opened: read
+  again it would replay its commands under new stream times (`reopens_after_end`).
 """
 
 from __future__ import annotations
@@ -38,15 +43,20 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 __all__ = [
+    "AV_OPEN_TIMEOUT_S",
+    "AV_READ_TIMEOUT_S",
     "MAX_DATAGRAM_BYTES",
     "REANCHOR_S",
     "AudioSource",
     "AvSource",
     "Block",
     "PcmFormat",
+    "Reopening",
     "SourceStats",
+    "StreamResampler",
     "UdpSource",
     "open_source",
+    "reopens_after_end",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +66,11 @@ MAX_DATAGRAM_BYTES: Final = 65_507
 # A block arriving further than this from where the stream should be is a new start (the
 # sender paused, or restarted): 0.5 s is ten times the jitter of Wi-Fi with retries.
 REANCHOR_S: Final = 0.5
+# FFmpeg's own defaults wait forever on a stream that never answers. A device opens in well
+# under a second; an RTSP stream over Wi-Fi in a few: 10 s. A microphone delivers a frame every
+# 10-100 ms and a stream as fast as it is spoken, so 5 s without data means it stalled.
+AV_OPEN_TIMEOUT_S: Final = 10.0
+AV_READ_TIMEOUT_S: Final = 5.0
 _SAMPLE_TYPES: Final = {1: np.uint8, 2: np.int16, 4: np.int32}
 _END: Final = object()
 
@@ -85,6 +100,8 @@ class SourceStats:
     malformed: int = 0  # packets of a size no whole number of frames has
     level_dbfs: float | None = None  # RMS of the last block, dB relative to full scale
     error: str = ""  # why the source is not open, or what ended it
+    reopens: int = 0  # times opened again after it stopped, while this node listened
+    ended: bool = False  # a file read to its end: done, not reopened, no fault
 
     def to_json(self) -> dict[str, Any]:
         level = None if self.level_dbfs is None else round(self.level_dbfs, 1)
@@ -96,6 +113,8 @@ class SourceStats:
             "packets_dropped": self.dropped,
             "packets_malformed": self.malformed,
             "error": self.error,
+            "reopens": self.reopens,
+            "ended": self.ended,
         }
 
 
@@ -143,6 +162,35 @@ def open_source(entry: str, pcm: PcmFormat, queue_blocks: int) -> AudioSource:
     return AvSource(entry, kind, target, queue_blocks)
 
 
+def reopens_after_end(entry: str) -> bool:
+    """Whether `entry` is opened again once it stopped: every source but a `file:`."""
+    return parse_source(entry)[0] != "file"
+
+
+@dataclass
+class Reopening:
+    """When a source that did not open or stopped is tried again (times: monotonic seconds):
+    `first_s` after the first failure, doubling up to `max_s` while it keeps failing without
+    delivering audio; `first_s` again once it delivered some."""
+
+    first_s: float = 1.0
+    max_s: float = 8.0
+    failures: int = 0
+    due_s: float = 0.0  # the next attempt, not before
+
+    def failed(self, now_s: float, delivered: bool = False) -> float:
+        """Record a failure (or a stop, having `delivered` audio since opening) at `now_s`;
+        the seconds until the next attempt."""
+        self.failures = 1 if delivered else self.failures + 1
+        wait_s = min(self.max_s, self.first_s * 2.0 ** min(self.failures - 1, 16))
+        self.due_s = now_s + wait_s
+        return wait_s
+
+    def due(self, now_s: float) -> bool:
+        """Whether an attempt may be made at `now_s`."""
+        return now_s >= self.due_s
+
+
 def level_dbfs(samples: Audio) -> float:
     """RMS of `samples` in dB relative to full scale; -120 for digital silence."""
     if len(samples) == 0:
@@ -164,13 +212,33 @@ def pcm_to_mono(data: bytes, pcm: PcmFormat) -> npt.NDArray[np.float32]:
     return mono
 
 
-def resample(samples: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
-    """Mono float32 at `rate` Hz to SAMPLE_RATE (linear interpolation; the identity at 16 kHz)."""
-    if rate == SAMPLE_RATE or len(samples) == 0:
-        return samples
-    count = max(1, round(len(samples) * SAMPLE_RATE / rate))
-    positions = np.arange(count, dtype=np.float64) * (rate / SAMPLE_RATE)
-    return np.interp(positions, np.arange(len(samples)), samples).astype(np.float32)
+class StreamResampler:
+    """Mono float32 at `rate` Hz to SAMPLE_RATE, block after block of one stream: FFmpeg's
+    swresample (PyAV), whose filter state runs across blocks, so a stream cut into datagrams
+    sounds as it would whole and what is above 8 kHz is filtered out rather than folded into
+    the speech band. At SAMPLE_RATE it is the identity. It holds back a few milliseconds (the
+    filter's delay): a block may come out a little shorter than its length at 16 kHz."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._resampler = (
+            None
+            if rate == SAMPLE_RATE
+            else av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        )
+
+    def __call__(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if self._resampler is None or len(samples) == 0:
+            return samples
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, dtype=np.float32)[None, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = self.rate
+        frame.pts = None  # resample by count, as voice/audio.py does
+        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        if not out:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
 
 
 async def _queued(queue: asyncio.Queue[Block | object]) -> AsyncIterator[Block]:
@@ -223,6 +291,7 @@ class UdpSource:
         self._transport: asyncio.DatagramTransport | None = None
         self._stats = SourceStats(source)
         self._clock = _Clocked()
+        self._resample = StreamResampler(pcm.rate)
         self._warned = False
 
     async def async_open(self) -> None:
@@ -250,7 +319,9 @@ class UdpSource:
             log.log(level, "%s: dropped a datagram of %d bytes", self.source, len(data))
             self._warned = True
             return
-        samples = resample(pcm_to_mono(data, self.pcm), self.pcm.rate)
+        samples = self._resample(pcm_to_mono(data, self.pcm))
+        if len(samples) == 0:  # held in the resampler's filter: it comes with the next
+            return
         start_s, gap_s = self._clock.place(clock.wall_clock_us() / 1e6, len(samples) / SAMPLE_RATE)
         stats.level_dbfs = level_dbfs(samples)
         try:
@@ -295,7 +366,8 @@ class AvSource:
 
     async def async_open(self) -> None:
         fmt = self.kind if self.kind in ("alsa", "pulse") else None
-        container = await asyncio.to_thread(av.open, self.target, "r", format=fmt)
+        timeout = None if self.kind == "file" else (AV_OPEN_TIMEOUT_S, AV_READ_TIMEOUT_S)
+        container = await asyncio.to_thread(av.open, self.target, "r", format=fmt, timeout=timeout)
         loop = asyncio.get_running_loop()
         self._stop.clear()
         self._thread = threading.Thread(
@@ -315,6 +387,9 @@ class AvSource:
                     samples = out.to_ndarray().reshape(-1).astype(np.float32)
                     self._put(loop, Block(self.source, opened_s + taken / SAMPLE_RATE, samples))
                     taken += len(samples)
+            if not self._stop.is_set():
+                self._stats.error = "end of file" if self.kind == "file" else "the stream ended"
+                log.info("%s: %s", self.source, self._stats.error)
         except (av.error.FFmpegError, OSError) as exc:
             self._stats.error = str(exc)
             log.warning("%s: %s", self.source, exc)

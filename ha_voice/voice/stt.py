@@ -12,8 +12,10 @@ waits on its pipe; the event loop only awaits futures.
 
 Invariants:
 - Every "command" job is handed to a worker before any "batch" job; among equals, first come
-  first served. At most `max_queue` jobs wait; one more is refused at once (SpeechUnavailable,
-  503 with Retry-After), as is any job while no worker is ready.
+  first served. With two workers or more, batch jobs hold at most all but one of them, so a
+  command never waits for batch work under way (with one worker it waits for the job running).
+  At most `max_queue` jobs wait; one more is refused at once (SpeechUnavailable, 503 with
+  Retry-After), as is any job while no worker is ready.
 - Every job is answered by its deadline (`job_timeout_s` after submission): with its result,
   or SpeechUnavailable. A worker still busy at the deadline is killed and started again.
 - A worker that dies is started again after a bounded backoff; its job is retried once (by the
@@ -377,6 +379,7 @@ class SpeechService:
             finally:
                 with self._lock:
                     slot.job = None
+                    self._lock.notify_all()  # a batch job held back may run now
 
     def _take(self, slot: _Slot) -> _Pending | None:
         """The next job for `slot`, now marked as its job; None on close()."""
@@ -392,8 +395,12 @@ class SpeechService:
         return None
 
     def _pop_live(self) -> _Pending | None:
-        """The first queued job still wanted and in time; late ones are failed on the way."""
+        """The first queued job still wanted and in time; late ones are failed on the way.
+        With two workers or more, batch jobs run on all but one of them: a command arriving
+        while batch work (Wyoming, transcriptions) is under way finds a worker free."""
         while self._queue:
+            if self._queue[0][2].priority == "batch" and not self._batch_may_run():
+                return None
             _, _, pending = heapq.heappop(self._queue)
             if not pending.started:
                 if not pending.future.set_running_or_notify_cancel():
@@ -404,6 +411,11 @@ class SpeechService:
                 continue
             return pending
         return None
+
+    def _batch_may_run(self) -> bool:
+        """Whether a worker may take a batch job now (called under the lock)."""
+        batch = sum(s.job is not None and s.job.priority == "batch" for s in self._slots)
+        return batch < max(1, len(self._slots) - 1)
 
     def _work(self, slot: _Slot, pending: _Pending) -> None:
         assert slot.conn is not None

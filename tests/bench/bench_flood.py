@@ -4,7 +4,7 @@ Not a pass/fail test. Prints one JSON object per run; docs/benchmarks.md ("The h
 under a flood") tabulates the runs it lists. Run:
 
     python tests/bench/bench_flood.py [--commands 1000] [--settings 1000] [--fsync-ms 10]
-                                      [--no-limits] [--realtime]
+                                      [--no-limits] [--realtime] [--timers HB/ET]
 
 Three `ha-voice run` processes and one `ha-voice sim-robot` on 127.0.0.1, all on this machine's
 two cores together with the load generator (`tests/loadgen.py`). After 5 s idle:
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 import time
@@ -165,6 +166,12 @@ def main() -> int:
     parser.add_argument(
         "--realtime", action="store_true", help="the nodes at SCHED_RR 10, as the units run them"
     )
+    parser.add_argument(
+        "--timers",
+        metavar="HB/ET",
+        help="the nodes' heartbeat and election timeout in seconds, e.g. 0.03/0.25 "
+        "(default: the default profile's)",
+    )
     parser.add_argument("--label", default="this commit")
     args = parser.parse_args()
     result: dict[str, object] = {
@@ -172,17 +179,25 @@ def main() -> int:
         "fsync_ms": args.fsync_ms,
         "limits": "raised" if args.no_limits else "default",
         "realtime": args.realtime,
+        "timers": args.timers or "defaults",
     }
     realtime = ("chrt", "--rr", "10") if args.realtime else ()
     prefix = [*realtime, *(slowdisk.prefix(args.fsync_ms) if args.fsync_ms else ())]
     slow = [prefix] * 3 if prefix else []
     raised = ("--api-rate-per-s=10000", "--api-rate-burst=100000", "--max-pending-commands=4096")
+    heartbeat, _, election = (args.timers or "").partition("/")
+    timers = (
+        (f"--heartbeat-interval-s={heartbeat}", f"--election-timeout-s={election}")
+        if args.timers
+        else ()
+    )
     with (
         SimRobotProcess() as sim,
         LocalCluster(
             3,
-            extra_flags=(f"--robot={sim.spec}", *(raised if args.no_limits else ())),
+            extra_flags=(f"--robot={sim.spec}", *(raised if args.no_limits else ()), *timers),
             prefixes=slow,
+            keep_dir=bool(os.environ.get("BENCH_KEEP_LOGS")),
         ) as cluster,
     ):
         cluster.start()

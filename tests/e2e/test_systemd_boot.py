@@ -230,7 +230,9 @@ def config(node_id: str, api: int, udp: int, peers: list[str], extra: str = "") 
     return (
         f'node_id = "{node_id}"\ncluster = "nspawn-{os.getpid()}"\npeers = [{listed}]\n'
         'cluster_key_file = "/etc/ha-voice/cluster.key"\nstate_dir = "/var/lib/ha-voice"\n'
-        f"stt_enabled = false\nport = {api}\ncluster_port = {udp}\n{extra}"
+        f"stt_enabled = false\nport = {api}\ncluster_port = {udp}\n"
+        # The containers share the host's network: no fixed port (Wyoming's 10300) on it.
+        f"wyoming_port = {free_port()}\n{extra}"
     )
 
 
@@ -286,7 +288,12 @@ def install(
 ) -> subprocess.CompletedProcess[str]:
     """The docs' block `name`, run inside `container` from the source tree (no sudo: root)."""
     script = f"cd /opt/ha-voice/src\n{block(name).replace('sudo ', '')}"
-    return container.run("bash", "-euo", "pipefail", "-c", script, timeout_s=120, check=check)
+    result = container.run("bash", "-euo", "pipefail", "-c", script, timeout_s=120, check=False)
+    if check:  # a unit that did not start: say why, from its journal
+        units = " ".join(f"-u {u}" for u in ("ha-voice", "ha-voice-witness"))
+        why = container.run("bash", "-c", f"journalctl --no-pager -n 60 {units}", check=False)
+        assert result.returncode == 0, (name, result.stdout, result.stderr, why.stdout)
+    return result
 
 
 def test_the_units_start_restart_and_stop_under_systemd(machines: dict[str, Container]) -> None:

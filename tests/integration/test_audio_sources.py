@@ -113,13 +113,51 @@ def test_other_rates_widths_and_channels_are_mixed_to_16khz_mono() -> None:
         source = await _udp(PcmFormat(rate=48_000, width=4, channels=2))
         stereo = np.repeat(np.full(4800, 0.25, dtype=np.float32), 2)  # 0.1 s at 48 kHz
         with _sender() as sender:
-            sender.sendto((stereo * 2**31).astype("<i4").tobytes(), source.address)
-            (block,) = await _take(source, 1)
+            for _ in range(5):
+                sender.sendto((stereo * 2**31).astype("<i4").tobytes(), source.address)
+            blocks = await _take(source, 5)
         source.close()
-        assert len(block.samples) == 1600
-        assert np.allclose(block.samples, 0.25, atol=1e-3)
+        audio = np.concatenate([b.samples for b in blocks])
+        # The resampler's filter holds back a few milliseconds; the rest is 0.25, mono.
+        assert 5 * 1600 - 64 <= len(audio) <= 5 * 1600
+        assert np.allclose(audio[200:], 0.25, atol=1e-3)
 
     asyncio.run(scenario())
+
+
+def _tone(rate: int, hz: float, seconds: float) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("hz", "kept"), [(1000.0, True), (12_000.0, False), (20_000.0, False)])
+def test_a_48khz_stream_keeps_the_speech_band_and_does_not_fold_what_is_above_it(
+    hz: float, kept: bool
+) -> None:
+    # Cut into the seed streamer's 32 ms datagrams: a tone below 8 kHz comes out whole, one
+    # above it is filtered out, not folded into the speech band (12 kHz would alias to 4 kHz).
+    async def scenario() -> np.ndarray:
+        source = await _udp(PcmFormat(rate=48_000))
+        data = _pcm16(_tone(48_000, hz, 1.0))
+        step = 3 * 1024  # 32 ms at 48 kHz
+        with _sender() as sender:
+            for offset in range(0, len(data), step):
+                sender.sendto(data[offset : offset + step], source.address)
+                await asyncio.sleep(0)
+            blocks = await _take(source, -(-len(data) // step) - 1)
+        source.close()
+        return np.concatenate([b.samples for b in blocks])
+
+    audio = asyncio.run(scenario())[1600:]  # past the filter's start
+    rms = float(np.sqrt(np.mean(np.square(audio))))
+    if kept:
+        assert rms == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
+        spectrum = np.abs(np.fft.rfft(audio))
+        assert np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)[spectrum.argmax()] == pytest.approx(
+            hz, abs=5
+        )
+    else:
+        assert rms < 0.01, f"{hz:g} Hz folded into the band at {20 * np.log10(rms):.0f} dBFS"
 
 
 def test_a_file_is_read_through_pyav_resampled_to_16khz_mono(tmp_path: Path) -> None:
@@ -175,4 +213,5 @@ def test_the_documented_sources_are_a_valid_configuration() -> None:
     section = text.split("## Live listening", 1)[1]
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     config = Config(node_id="n1", **tomllib.loads(example))
-    assert [parse_source(s)[0] for s in config.audio_sources] == ["udp", "alsa"]
+    assert [parse_source(s)[0] for s in config.audio_sources] == ["udp"]
+    assert [parse_source(s)[0] for s in config.local_audio_sources] == ["alsa"]

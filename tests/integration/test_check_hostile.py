@@ -5,6 +5,7 @@ too much, or a byte at a time. The check must report, never crash, and end withi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 from zeroconf import ServiceInfo, Zeroconf
+from zeroconf.asyncio import AsyncZeroconf
 
+from ha_voice import diagnose
 from ha_voice.cluster.discovery import NODE_SERVICE_TYPE, node_instance
 from ha_voice.interfaces import local_ipv4
 from ha_voice.local_cluster import free_port
@@ -218,3 +221,37 @@ def test_a_closed_port_is_still_just_not_running(tmp_path: Path, secrets: dict[s
         code, report = _check("--config", _config(tmp_path, _values(secrets, port)))
     _assert_shape(code, report)
     assert _only(report, "node")["detail"].startswith("no ha-voice node answers at ")
+
+
+def test_mdns_names_beyond_a_cluster_s_size_are_not_all_resolved(lan_address: str) -> None:
+    # A host on the LAN can announce any number of names, in our cluster and in others:
+    # `find_records` resolves only ours, and only the first _MAX_RESOLVED of them.
+    cluster = f"flood{free_port()}"
+
+    async def flood_and_find() -> list[Any]:
+        azc = AsyncZeroconf()
+        try:
+            pending = []
+            for i in range(40):
+                for name in (cluster, f"{cluster}x"):
+                    txt = {"cluster": name, "node": f"n{i}", "priority": "100", "api_port": "9"}
+                    txt["version"] = "1"
+                    info = ServiceInfo(
+                        NODE_SERVICE_TYPE,
+                        f"{node_instance(name, f'n{i}')}.{NODE_SERVICE_TYPE}",
+                        port=1000 + i,
+                        properties=txt,
+                        server=f"n{i}-{name}.local.",
+                        parsed_addresses=[lan_address],
+                    )
+                    pending.append(
+                        await azc.async_register_service(info, cooperating_responders=True)
+                    )
+            await asyncio.gather(*pending)
+            return await asyncio.to_thread(diagnose.find_records, cluster, 1.5)
+        finally:
+            await azc.async_close()
+
+    records = asyncio.run(flood_and_find())
+    assert 0 < len(records) <= diagnose._MAX_RESOLVED
+    assert {r.cluster for r in records} == {cluster}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -116,3 +117,24 @@ def test_the_api_answers_at_every_address_while_the_cluster_binds_one() -> None:
         answer = httpx.get(f"http://127.0.0.2:{node.api_port}/health", timeout=5)
         assert answer.status_code == 200
         assert answer.json()["node"] == "n1"
+
+
+def test_a_node_starts_with_only_its_heartbeat_changed(tmp_path: Path) -> None:
+    # The issue's example: heartbeat_interval_s = 1.0 alone with the wired profile was refused
+    # (the election timeout stayed 0.5 s); now the profile's timers follow the heartbeat.
+    config = tmp_path / "timers.toml"
+    config.write_text('timer_profile = "wired"\nheartbeat_interval_s = 1.0\n', encoding="utf-8")
+    with LocalCluster(1, api_token=False, extra_flags=(f"--config={config}",)) as cluster:
+        node = cluster.nodes["n1"]
+        cluster.start()
+        deadline = time.monotonic() + 30
+        metrics = node.get("/metrics")
+        while metrics is None and time.monotonic() < deadline:
+            assert node.running, node.log_path.read_text()
+            time.sleep(0.1)
+            metrics = node.get("/metrics")
+        assert metrics is not None, node.log_path.read_text()
+        timers = dict(re.findall(r'ha_voice_timer_seconds\{timer="(\w+)"\} (\S+)', metrics.text))
+        assert float(timers["heartbeat_interval"]) == 1.0
+        assert float(timers["election_timeout"]) == 10.0
+        assert 2.0 <= float(timers["lease"]) < 10.0

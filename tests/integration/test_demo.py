@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from ha_voice.demo import Voice
+from tests.doc_commands import block
 from tests.integration.test_speech_cluster import PARTS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -99,3 +101,75 @@ def test_readme_first_command_installs_what_the_demo_needs() -> None:
     assert "pip install -q -e '.[demo]'" in first[1]
     assert first[1].endswith("ha-voice demo")
     assert shutil.which("espeak-ng") is None or Voice.of_this_machine().why_not == ""
+
+
+VOICE_DOC = README.parent / "docs" / "voice.md"
+
+
+@pytest.fixture(scope="module")
+def listen_demo() -> tuple[int, list[str]]:
+    """docs/voice.md's `ha-voice demo --listen`, run as written: its exit status and lines."""
+    if Voice.of_this_machine().why_not:
+        pytest.skip(f"the demo cannot listen here: {Voice.of_this_machine().why_not}")
+    script = block("demo-listen", VOICE_DOC)
+    assert script.strip() == "ha-voice demo --listen"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-e", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    return result.returncode, (result.stdout + result.stderr).splitlines()
+
+
+def _line(lines: list[str], pattern: str) -> re.Match[str]:
+    found = next((m for line in lines if (m := re.search(pattern, line))), None)
+    assert found is not None, (pattern, lines)
+    return found
+
+
+def test_demo_listen_hears_the_stream_and_listens_on_through_a_failover(
+    listen_demo: tuple[int, list[str]],
+) -> None:
+    code, lines = listen_demo
+    assert code == 0, "\n".join(lines)
+    first = _line(lines, r"(n\d) listens to udp://127\.0\.0\.1:\d+ \(waited")[1]
+    assert _line(lines, rf'{first} heard "ga liggen" \(lie_down\): ran')
+    assert _line(lines, rf'SIGKILL {first} 0\.3 s into "opstaan"')
+    second = _line(lines, r"(n\d) took over: failover \d+ ms")[1]
+    assert second != first
+    gap = _line(
+        lines, rf"{second} listens to udp://\S+ \(waited [\d.]+ s, ([\d.]+) s after the kill"
+    )
+    assert float(gap[1]) > 0
+    assert _line(lines, rf'{second} heard "opstaan" \(stand_up\): ran')
+    assert _line(lines, rf'{second} heard "stop" \(stop\): ran')
+    assert _line(lines, rf'journal: "ga liggen" -> stand_down by {first} \(done')
+    assert _line(lines, rf"-> stop_move by {second} \(done")
+    script = _line(lines, r"ran (\d), lost (\d) .* not heard 0, duplicated 0$")
+    assert (int(script[1]), int(script[2])) in ((3, 1), (4, 0))  # "opstaan" lost or run once
+    assert _line(lines, r"overlapping writers / stale terms / after lease: 0$")
+    assert _line(lines, r"SIGTERM to all: every node exited 0")
+    directory = _line(lines, r"in (/\S+ha-voice-cluster-\S+)$")[1]
+    assert not Path(directory).exists()  # nothing left behind
+
+
+def test_demo_listen_without_espeak_says_why_and_starts_nothing(tmp_path: Path) -> None:
+    """On a machine without espeak-ng (here: a PATH without it) the listening demo cannot
+    speak: it says so and exits 2 before starting a node."""
+    env = {**os.environ, "PATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "ha_voice", "demo", "--listen", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    (event,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert event["event"] == "unavailable"
+    assert "espeak-ng is not installed" in event["why"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from ha_voice.config import Config, read_accepted_keys, read_cluster_key
 from ha_voice.tokens import read_token_file
 from tests.doc_commands import OPERATIONS, block, blocks, run, system_replacements
+from tests.e2e.test_netns_drill import RUN_HERE as DRILL_RUN_HERE
 from tests.e2e.test_netns_walkthrough import RUN_HERE as WALKTHROUGH_RUN_HERE
 from tests.e2e.test_systemd_boot import RUN_HERE as SYSTEMD_RUN_HERE
 
@@ -25,6 +26,7 @@ RUN_BY = {
     "prometheus-check": "test_prometheus_rules.py",
     **dict.fromkeys(WALKTHROUGH_RUN_HERE, "../e2e/test_netns_walkthrough.py"),
     **dict.fromkeys(SYSTEMD_RUN_HERE, "../e2e/test_systemd_boot.py"),
+    **dict.fromkeys(DRILL_RUN_HERE, "../e2e/test_netns_drill.py"),
 }
 # The sections whose every shell block must be marked (and so run).
 SECTIONS = ("## Secret files", "## Who may command the robot", "## Run")

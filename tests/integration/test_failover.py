@@ -52,7 +52,7 @@ def _logs(cluster: LocalCluster) -> str:
 def _metric(cluster: LocalCluster, node_id: str, name: str) -> float:
     response = cluster.nodes[node_id].get("/metrics")
     assert response is not None
-    match = re.search(rf"^{name} ([0-9.e+-]+)$", response.text, re.MULTILINE)
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", response.text, re.MULTILINE)
     assert match, f"{name} not in /metrics"
     return float(match.group(1))
 
@@ -78,7 +78,11 @@ def test_sigkill_of_the_primary_elects_exactly_one_new_primary(cluster: LocalClu
     assert view["term"] > term_before
     assert view["last_failover"]["old"] == old
     assert view["last_failover"]["new"] == new
-    assert _metric(cluster, new, "ha_voice_failovers_total") == 1
+    # The process is gone, its ports refuse: the voters' own probes say so.
+    assert view["last_failover"]["cause"] == "evidence"
+    assert _metric(cluster, new, 'ha_voice_failovers_total{cause="evidence"}') == 1
+    assert _metric(cluster, new, 'ha_voice_failovers_total{cause="timeout"}') == 0
+    assert "evidence that " + old + " is gone" in cluster.nodes[new].log_path.read_text()
 
 
 def test_a_paused_primary_steps_down_and_never_acts_in_the_new_term(
@@ -89,6 +93,12 @@ def test_a_paused_primary_steps_down_and_never_acts_in_the_new_term(
     found = cluster.wait_for_primary(BOUND_S, exclude=old)
     assert found is not None, _logs(cluster)
     new = found[0]
+    new_view = cluster.nodes[new].cluster()
+    assert new_view is not None
+    # A paused process keeps its ports bound: no evidence, the lease ran its course.
+    assert new_view["last_failover"]["cause"] == "timeout"
+    assert _metric(cluster, new, 'ha_voice_leader_probes_total{result="gone"}') == 0
+    assert _metric(cluster, new, 'ha_voice_leader_probes_total{result="no_evidence"}') >= 1
     time.sleep(TIMERS.election_timeout_s)  # well past the old lease
     cluster.kill(old, signal.SIGCONT)
     view = cluster.wait_for(

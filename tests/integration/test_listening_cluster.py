@@ -114,13 +114,24 @@ class ListeningRig(Rig):
 
 
 @contextlib.contextmanager
-def _rig() -> Iterator[ListeningRig]:
+def _rig(flags: tuple[str, ...] = (), local_mics: bool = False) -> Iterator[ListeningRig]:
+    """The three nodes and the robot; `flags` go to every node. Each node's "microphone" is a
+    second source of the primary's, or with `local_mics` a local source (local_audio_sources:
+    every member hears its own)."""
     model = str(packaged_model("base"))
     ports = {n: free_port(socket.SOCK_DGRAM) for n in NODES}
     mics = {n: free_port(socket.SOCK_DGRAM) for n in NODES}
+
+    def sources(n: str) -> list[str]:
+        stream, mic = f"udp://127.0.0.1:{ports[n]}", f"udp://127.0.0.1:{mics[n]}"
+        if local_mics:
+            return [f"--audio-sources={stream}", f"--local-audio-sources={mic}"]
+        return [f"--audio-sources={stream},{mic}"]
+
     node_flags = {
         n: [
-            f"--audio-sources=udp://127.0.0.1:{ports[n]},udp://127.0.0.1:{mics[n]}",
+            *sources(n),
+            *flags,
             *([f"--whisper-model={model}"] if n != "n3" else []),
         ]
         for n in NODES

@@ -151,7 +151,7 @@ def test_prometheus_shows_a_killed_primarys_failover(
     # Scraped at 0 before the kill, so that increase() sees the takeover.
     for node in nodes.values():
         if node.node_id != old:
-            expr = f'ha_voice_failovers_total{{instance="{_instance(node)}"}}'
+            expr = f'sum(ha_voice_failovers_total{{instance="{_instance(node)}"}})'
             _wait(lambda e=expr: _value(prometheus, e) == 0, f"no {expr} sample")
     cluster.kill(old)
     found = cluster.wait_for_primary(30.0, exclude=old)
@@ -172,7 +172,10 @@ def test_prometheus_shows_a_killed_primarys_failover(
     assert "the takeover took" in alert["annotations"]["description"]
 
     new_sel = f'{{instance="{_instance(new)}"}}'
-    assert _value(prometheus, f"ha_voice_failovers_total{new_sel}") == 1
+    assert _value(prometheus, f"sum(ha_voice_failovers_total{new_sel})") == 1
+    # A killed process leaves its ports closed: the survivors' own probes said so.
+    evidence = f'ha_voice_failovers_total{{instance="{_instance(new)}",cause="evidence"}}'
+    assert _value(prometheus, evidence) == 1
     assert _value(prometheus, f"ha_voice_election_duration_seconds_count{new_sel}") == 1
     measured = _value(prometheus, f"ha_voice_election_duration_seconds_sum{new_sel}")
     assert measured == pytest.approx(duration_s)

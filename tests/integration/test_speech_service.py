@@ -153,6 +153,24 @@ async def test_every_command_is_served_before_any_batch_job() -> None:
 
 
 @on_loop
+async def test_batch_work_leaves_a_worker_for_commands() -> None:
+    # Two workers, two long transcriptions (Wyoming clients, say): one runs, one waits, and a
+    # spoken command submitted meanwhile runs on the worker kept for it, before either ends.
+    async with running(_options(workers=2)) as service:
+        await until(lambda: service.status().ready and service.status().workers == 2)
+        first = asyncio.ensure_future(service.async_transcribe(long_speech(), "nl"))
+        second = asyncio.ensure_future(service.async_transcribe(long_speech(), "nl"))
+        await until(lambda: service.status().running == 1 and service.status().queued == 1, 5.0)
+        await asyncio.sleep(0.3)  # had a second worker taken the batch job, it would have
+        assert (service.status().running, service.status().queued) == (1, 1)
+        recognition = await service.async_recognise(command(), "nl")
+        assert recognition.intent == "stop"
+        assert not first.done()
+        assert not second.done()
+        await asyncio.gather(first, second)  # the held-back job runs once a worker frees
+
+
+@on_loop
 async def test_a_full_queue_refuses_at_once_but_a_command_pushes_out_a_batch_job() -> None:
     async with running(_options(max_queue=2)) as service:
         await until(lambda: service.status().ready)

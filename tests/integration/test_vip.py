@@ -174,6 +174,106 @@ def test_acquire_and_release_are_idempotent(pair: Pair) -> None:
     assert _addresses(pair) == ["10.214.0.1/24"]
 
 
+def test_one_netlink_socket_serves_every_role_change(pair: Pair) -> None:
+    # A takeover must not pay for opening sockets: the object keeps one for its whole life.
+    script = textwrap.dedent(f"""\
+        async def main():
+            vip = FloatingIP({CIDR!r}, {pair.veth_a!r}, garp_count=1, garp_repeat_count=0)
+            held = []
+            for _ in range(5):
+                await vip.async_acquire()
+                held.append(await vip.async_held())
+                await vip.async_release()
+                held.append(await vip.async_held())
+            print(json.dumps({{"held": held, "opened": vip.netlink_sockets_opened}}))
+            await vip.async_close()
+        asyncio.run(main())
+        """)
+    assert _run_in(pair.ns_a, script) == {"held": [True, False] * 5, "opened": 1}
+    assert _addresses(pair) == ["10.214.0.1/24"]
+
+
+def test_an_interface_created_again_is_found_again(pair: Pair) -> None:
+    # The interface is deleted and made again under the same name (a driver reload, a VLAN
+    # re-created): it gets a new index, and the open sockets must follow it.
+    recreate = [
+        ["ip", "link", "del", pair.veth_a],
+        [
+            "ip",
+            "link",
+            "add",
+            pair.veth_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.ns_b,
+            "netns",
+            pair.ns_b,
+        ],
+        ["ip", "addr", "add", "10.214.0.1/24", "dev", pair.veth_a],
+        ["ip", "link", "set", pair.veth_a, "up"],
+        ["ip", "-n", pair.ns_b, "link", "set", pair.ns_b, "up"],
+    ]
+    script = textwrap.dedent(f"""\
+        import socket, subprocess
+        async def main():
+            vip = FloatingIP({CIDR!r}, {pair.veth_a!r}, garp_count=1, garp_repeat_count=0)
+            before = socket.if_nametoindex({pair.veth_a!r})
+            await vip.async_acquire()
+            for _ in range(200):
+                if vip.garps_sent:
+                    break
+                await asyncio.sleep(0.01)
+            await vip.async_release()
+            for argv in {recreate!r}:
+                subprocess.run(argv, check=True)
+            after = socket.if_nametoindex({pair.veth_a!r})
+            await vip.async_acquire()
+            for _ in range(200):
+                if vip.garps_sent >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            print(json.dumps({{"moved": before != after, "held": await vip.async_held(),
+                               "sent": vip.garps_sent}}))
+        asyncio.run(main())
+        """)
+    assert _run_in(pair.ns_a, script) == {"moved": True, "held": True, "sent": 2}
+    assert CIDR in _addresses(pair)
+
+
+def test_a_lifetime_is_renewed_while_announcing_and_runs_out_after(pair: Pair) -> None:
+    # A primary that dies (SIGKILL) or stops renewing (no lease) must not keep the address
+    # for ever: the kernel drops it once its lifetime runs out.
+    script = textwrap.dedent(f"""\
+        import os, time
+        async def main():
+            vip = FloatingIP({CIDR!r}, {pair.veth_a!r}, garp_count=1, garp_repeat_count=0,
+                             lifetime_s=2)
+            await vip.async_acquire()
+            await asyncio.sleep(3.0)  # past one lifetime: renewals keep it
+            renewed = {{"held": await vip.async_held(), "renewals": vip.renewals}}
+            vip.may_announce = lambda: False  # the lease is gone: no more renewals
+            began = time.monotonic()
+            while await vip.async_held() and time.monotonic() - began < 10:
+                await asyncio.sleep(0.05)
+            renewed["gone"] = not await vip.async_held()
+            await vip.async_acquire()
+            print(json.dumps(renewed), flush=True)
+            os._exit(0)  # as SIGKILL: no release
+        asyncio.run(main())
+        """)
+    report = _run_in(pair.ns_a, script)
+    assert report["held"] is True
+    assert isinstance(report["renewals"], int)
+    assert report["renewals"] >= 1
+    assert report["gone"] is True
+    began = time.monotonic()
+    while CIDR in _addresses(pair) and time.monotonic() - began < 10:
+        time.sleep(0.05)
+    assert CIDR not in _addresses(pair), "the address outlived its lifetime"
+
+
 def _start_capture(pair: Pair, want: int) -> subprocess.Popen[str]:
     """An ARP capture on veth B, returned once it listens."""
     arguments = [pair.veth_b, str(want), "8"]

@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import io
 import json
+import signal
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -79,8 +81,16 @@ def _pcm(samples: npt.NDArray[np.float32], rate: int, width: int, channels: int)
     return bytes(interleaved.astype(np.dtype(kind).newbyteorder("<")).tobytes())
 
 
-async def _transcribe(port: int, pcm: bytes, rate: int, width: int, channels: int) -> Event:
-    """What the node on `port` answers a transcribe of `pcm`, sent as Home Assistant sends it."""
+async def _transcribe(
+    port: int,
+    pcm: bytes,
+    rate: int,
+    width: int,
+    channels: int,
+    before_stop: Callable[[], None] | None = None,
+) -> Event:
+    """What the node on `port` answers a transcribe of `pcm`, sent as Home Assistant sends it
+    (`before_stop` called before audio-stop)."""
     async with AsyncTcpClient("127.0.0.1", port, read_timeout=_TIMEOUT_S) as client:
         await client.write_event(Transcribe(language="nl").event())
         await client.write_event(AudioStart(rate, width, channels).event())
@@ -88,6 +98,8 @@ async def _transcribe(port: int, pcm: bytes, rate: int, width: int, channels: in
         for at in range(0, len(pcm), step):
             chunk = AudioChunk(rate, width, channels, pcm[at : at + step])
             await client.write_event(chunk.event())
+        if before_stop is not None:
+            before_stop()
         await client.write_event(AudioStop().event())
         event = await client.read_event()
     assert event is not None, "the connection closed without an answer"
@@ -322,3 +334,42 @@ def test_the_primary_alone_advertises_wyoming_and_it_moves_on_a_failover(rig: Ri
     assert _browsed(cluster) == {name}
     # And the advertised server answers.
     assert asyncio.run(_describe(moved[0])).asr
+
+
+def test_a_command_heard_while_the_primary_is_dying_runs_once_on_its_successor(rig: Rig) -> None:
+    """Said to a backup's Wyoming server as the primary dies, and no successor elected for a
+    while (the third node paused, so the backup alone has no quorum): the backup offers the
+    command again until a successor takes it, under the same key, instead of giving up."""
+    for node in rig.cluster.nodes.values():  # the node the failover test killed, back
+        if not node.running:
+            node.start()
+            wait_speech_ready(node)
+    primary, (target, paused) = rig.roles()
+    spoken = _pcm(say("ga liggen", "nl+f3"), 16_000, 2, 1)
+    before = rig.robot_commands(Action.STAND_DOWN)
+    known = {e["key"] for e in _wyoming_entries(rig, primary)}
+
+    def fail_over() -> None:
+        rig.cluster.nodes[paused].signal(signal.SIGSTOP)
+        rig.kill_node(primary)
+        resume = threading.Timer(1.5, rig.cluster.nodes[paused].signal, (signal.SIGCONT,))
+        resume.start()
+
+    try:
+        answer = asyncio.run(
+            _transcribe(rig.cluster.nodes[target].wyoming_port, spoken, 16_000, 2, 1, fail_over)
+        )
+    finally:
+        rig.cluster.nodes[paused].signal(signal.SIGCONT)
+    assert Transcript.is_type(answer.type), answer
+    found = rig.cluster.wait_for_primary(30.0, exclude=primary)
+    assert found is not None
+    successor = found[0]
+    deadline = time.monotonic() + _TIMEOUT_S
+    while len(rig.robot_commands(Action.STAND_DOWN)) == len(before):
+        assert time.monotonic() < deadline, "the command heard mid-failover never ran"
+        time.sleep(0.2)
+    time.sleep(1.0)  # a second run, were there one, would come within this
+    assert rig.robot_commands(Action.STAND_DOWN)[len(before) :] == [successor]
+    ran = [e for e in _wyoming_entries(rig, successor) if e["key"] not in known]
+    assert [e["executed_by"] for e in ran] == [successor], ran

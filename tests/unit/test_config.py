@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import pytest
 from annotated_types import Ge, Le, MaxLen
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
 from ha_voice import config as config_module
@@ -170,6 +172,78 @@ def test_election_timers_follow_profile_and_overrides() -> None:
     assert timers.preempt_delay_s == config.preempt_delay_s
 
 
+def test_the_issues_example_heartbeat_alone_loads_with_timers_that_follow(tmp_path: Path) -> None:
+    path = write(tmp_path, 'timer_profile = "wired"\nheartbeat_interval_s = 1.0\n')
+    timers = load_config(path, env={}).election_timers()
+    assert (timers.heartbeat_interval_s, timers.election_timeout_s) == (1.0, 10.0)
+    assert (timers.priority_skew_s, timers.election_jitter_s) == (1.0, 0.4)
+
+
+@pytest.mark.parametrize("profile", ["wired", "fast", "wifi"])
+@settings(max_examples=100, deadline=None)
+@given(heartbeat=st.floats(min_value=0.01, max_value=5.0, allow_nan=False))
+def test_any_heartbeat_the_config_allows_is_a_valid_configuration_alone(
+    profile: str, heartbeat: float
+) -> None:
+    flags = {"timer_profile": profile, "heartbeat_interval_s": heartbeat}
+    timers = load_config(env={}, flags=flags).election_timers()
+    assert timers.heartbeat_interval_s == heartbeat
+    assert timers.problems() == []
+
+
+_ALLOWED = re.compile(
+    r"election timeout\): (?P<key>[a-z_]+) = [^;]*; allowed: "
+    r"(?:(?P<lo>[0-9.]+) to (?P<hi>[0-9.]+) s|(?P<floor>[0-9.]+) s or more)"
+)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"heartbeat_interval_s": 1.0, "election_timeout_s": 0.5},
+        {"heartbeat_interval_s": 0.1, "election_timeout_s": 0.2},
+        {"election_timeout_s": 0.1},
+        {"lease_timeout_s": 0.6},
+        {"timer_profile": "wifi", "lease_timeout_s": 2.5},
+        {"heartbeat_interval_s": 0.2, "lease_timeout_s": 0.3},
+        {"election_jitter_s": 0.3},
+        {"election_timeout_s": 0.3, "lease_timeout_s": 0.29, "clock_drift_ppm": 100000},
+    ],
+    ids=str,
+)
+def test_a_timer_error_names_the_key_and_a_range_whose_values_load(flags: dict[str, Any]) -> None:
+    message = load_error(flags=flags)
+    problems = [line for line in message.splitlines()[1:] if "unsafe election timers" in line]
+    assert len(problems) == 1, message
+    found = _ALLOWED.search(problems[0])
+    assert found is not None, message
+    key = found["key"]
+    assert "fix:" in problems[0]
+    if found["floor"] is not None:
+        inside = float(found["floor"]) * 1.01
+    else:
+        lo, hi = float(found["lo"]), float(found["hi"])
+        assert lo <= hi, message
+        inside = (lo + hi) / 2
+    load_config(env={}, flags={**flags, key: inside})
+
+
+def test_no_lease_works_then_the_error_says_which_other_keys_to_change() -> None:
+    flags = {"heartbeat_interval_s": 0.5, "election_timeout_s": 1.0, "lease_timeout_s": 0.9}
+    message = load_error(flags=flags)
+    assert "lease_timeout_s = 0.9" in message
+    assert "allowed: none with election_timeout_s = 1 and heartbeat_interval_s = 0.5" in message
+    fix = re.search(r"fix: election_timeout_s ([0-9.]+) s or more", message)
+    assert fix is not None, message
+    # Following the fix, lease_timeout_s has a range again, and a value inside it loads.
+    flags["election_timeout_s"] = float(fix[1]) * 1.01
+    found = _ALLOWED.search(load_error(flags=flags))
+    assert found is not None
+    assert found["key"] == "lease_timeout_s"
+    assert float(found["lo"]) <= float(found["hi"])
+    load_config(env={}, flags={**flags, "lease_timeout_s": float(found["lo"])})
+
+
 # --- errors --------------------------------------------------------------------------------
 
 WIRED_LIMIT = f"{max_safe_lease_s(PROFILES['wired'].election_timeout_s, 0.01):.4f}"
@@ -233,12 +307,12 @@ BAD: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
             "lease_timeout_s",
             "election_timeout_s",
             "clock_drift_ppm",
-            f"< {WIRED_LIMIT} s",
-            "fix: unset lease_timeout_s",
+            f"= {WIRED_LIMIT} s",
+            "unset it so that it follows election_timeout_s",
         ),
     ),
     "election timeout under three heartbeats": (
-        {"flags": {"heartbeat_interval_s": 0.5}},
+        {"flags": {"heartbeat_interval_s": 0.5, "election_timeout_s": 1.0}},
         ("flag --heartbeat-interval-s", "heartbeat_interval_s", "3 heartbeat intervals"),
     ),
     "bad language": (
@@ -259,7 +333,10 @@ BAD: dict[str, tuple[Mapping[str, Any], tuple[str, ...]]] = {
         {"env": {"HA_VOICE_WHISPER_MODEL": "huge"}},
         ("whisper_model", "'huge'", "large-v3", "'/'"),
     ),
-    "bad profile": ({"env": {"HA_VOICE_TIMER_PROFILE": "lte"}}, ("timer_profile", "wired, wifi")),
+    "bad profile": (
+        {"env": {"HA_VOICE_TIMER_PROFILE": "lte"}},
+        ("timer_profile", "wired, fast, wifi"),
+    ),
     "too many peers": (
         {"env": {"HA_VOICE_PEERS": ",".join(f"n{i}" for i in range(16))}},
         ("peers", "at most 15 entries"),
@@ -571,3 +648,12 @@ def test_robot_none_with_the_robot_keys_at_their_defaults_is_a_config_without_a_
 ) -> None:
     text = 'robot = "none"\nrobot_ip = "192.168.123.161"\nnetwork_interface = "eth0"\n'
     assert load_config(write(tmp_path, text), env={}).robot == "none"
+
+
+def test_an_early_stop_at_or_past_the_end_of_speech_wait_is_refused() -> None:
+    error = load_error(
+        env={"HA_VOICE_LISTEN_EARLY_STOP_S": "0.3", "HA_VOICE_VAD_MIN_SILENCE_S": "0.3"}
+    )
+    assert "listen_early_stop_s" in error
+    assert "vad_min_silence_s" in error
+    assert load_config(env={}, flags={"listen_early_stop_s": 0}).listen_early_stop_s == 0

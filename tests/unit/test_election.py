@@ -13,6 +13,7 @@ from ha_voice.cluster.events import (
     HardState,
     MessageReceived,
     PublishEndpoint,
+    Readiness,
     Role,
     RoleChanged,
     Serviceability,
@@ -76,13 +77,15 @@ def settled(ids=("n1", "n2", "n3"), **kw) -> Harness:  # type: ignore[no-untyped
 # --- elections ------------------------------------------------------------------------------
 
 
-def test_single_node_elects_itself_and_makes_robot_safe_before_publishing() -> None:
+def test_single_node_elects_itself_and_publishes_before_making_the_robot_safe() -> None:
+    # The endpoint first (clients reach the new primary while it stops the robot; commands
+    # wait for that), so a robot that does not answer never hides the endpoint.
     h = Harness(["n1"])
     h.run(1.5)
     assert h.only_primary() == "n1"
     actions = [a for _, fx in h.log for a in fx.actions]
     kinds = [type(a) for a in actions if isinstance(a, BecomePrimary | PublishEndpoint)]
-    assert kinds == [BecomePrimary, PublishEndpoint]
+    assert kinds == [PublishEndpoint, BecomePrimary]
 
 
 def test_three_nodes_elect_exactly_one_primary_that_the_others_follow() -> None:
@@ -342,6 +345,47 @@ def test_preemption_waits_for_the_delay_then_hands_over() -> None:
     assert h.only_primary() == primary
     h.run(h.now + 1.0)
     assert h.only_primary() == "n1"
+
+
+def test_no_preemption_to_a_node_still_starting_and_the_delay_counts_from_ready() -> None:
+    timers = WIRED.with_(preempt_delay_s=2.0)
+    priorities = {"n1": 250, "n2": 100, "n3": 100}
+    h = Harness(["n1", "n2", "n3"], timers=timers, priorities=priorities, preempt=True)
+    h.isolate("n1")
+    h.run(2.0)
+    primary = h.only_primary()
+    h.step("n1", Readiness(False, h.now))  # as a restarted daemon begins
+    assert h.nodes["n1"].eligible
+    assert not h.nodes["n1"].offers_to_lead
+    h.blocked.clear()
+    h.run(h.now + 5.0)  # healthy far past the delay, but still starting
+    assert h.only_primary() == primary
+    assert "n1" not in h.nodes[primary]._followers.succession()
+    h.step("n1", Readiness(True, h.now))
+    h.run(h.now + 1.5)
+    assert h.only_primary() == primary  # the delay runs from readiness
+    h.run(h.now + 1.0)
+    assert h.only_primary() == "n1"
+
+
+def test_a_node_still_starting_stands_when_no_primary_is_heard() -> None:
+    h = Harness(["n1", "n2", "n3"], preempt=True)
+    for node in h.nodes:
+        h.step(node, Readiness(False, 0.0))
+    h.run(3.0)
+    assert h.only_primary() is not None
+
+
+def test_without_preempt_a_node_still_starting_is_offered_for_a_handover() -> None:
+    h = settled()
+    primary = h.only_primary()
+    for node in h.nodes:
+        if node != primary:
+            h.step(node, Readiness(False, h.now))
+    h.run(h.now + 0.5)
+    h.step(primary, StepDownRequested(h.now))
+    h.deliver()
+    assert h.only_primary() not in (None, primary)
 
 
 def test_shutdown_of_the_primary_hands_over_and_leaves_it_in_fault() -> None:

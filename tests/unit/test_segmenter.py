@@ -100,3 +100,67 @@ def test_a_gap_drops_the_utterance_under_way_and_counts_it_lost() -> None:
     assert segmenter.lost == 1
     assert len(rest) == 1
     assert rest[0].start_s >= after
+
+
+class LoudnessVad:
+    """A FrameVad twin: P(speech) is a frame's peak amplitude (a tone of 1.0 is speech, 0.4
+    is between the thresholds, silence is not)."""
+
+    def probability(self, frame: np.ndarray) -> float:
+        return float(np.max(np.abs(frame)))
+
+    def reset(self) -> None:
+        pass
+
+
+def _tone(seconds: float, level: float = 1.0) -> np.ndarray:
+    return np.full(int(seconds * SAMPLE_RATE), level, dtype=np.float32)
+
+
+def _looks(audio: np.ndarray, **options: float) -> list[tuple[bool, float, float]]:
+    """(early, start_s, stream time when it came out) of each utterance and early look."""
+    segmenter = Segmenter(SegmenterOptions(early_s=0.12, **options), LoudnessVad())
+    out = []
+    for offset in range(0, len(audio), FRAME):
+        for u in segmenter.push(audio[offset : offset + FRAME], T0 + offset / SAMPLE_RATE):
+            out.append((u.early, u.start_s, offset / SAMPLE_RATE))
+    return out
+
+
+def test_a_short_utterance_gets_one_early_look_before_it_ends_with_the_same_start() -> None:
+    out = _looks(np.concatenate([_silence(0.5), _tone(0.4), _silence(1.0)]))
+    assert [early for early, _, _ in out] == [True, False]
+    (_, early_start, early_at), (_, start, end_at) = out
+    assert early_start == start
+    # the look comes early_s (4 frames) after the speech, the end min_silence_s (13 frames)
+    assert 0.9 - 0.01 < early_at < 0.9 + 5 * FRAME / SAMPLE_RATE
+    assert end_at - early_at > 0.25
+
+
+def test_one_early_look_per_pause_however_long_and_whatever_lies_between_thresholds() -> None:
+    pause = np.concatenate([_silence(0.15), _tone(0.05, 0.4), _silence(0.1)])
+    audio = np.concatenate([_silence(0.5), _tone(0.3), pause, _tone(0.3), _silence(1.0)])
+    assert [early for early, _, _ in _looks(audio)] == [True, True, False]
+
+
+def test_no_early_look_in_a_long_utterance_nor_when_off_nor_for_a_click() -> None:
+    sentence = np.concatenate([_tone(0.7), _silence(0.2), _tone(0.7), _silence(1.0)])
+    assert [early for early, _, _ in _looks(sentence)] == [True, False]  # not after 1.4 s
+    sentence = np.concatenate([_tone(1.3), _silence(0.2), _tone(0.3), _silence(1.0)])
+    assert [early for early, _, _ in _looks(sentence)] == [False]
+    click = np.concatenate([_silence(0.5), _tone(0.03), _silence(1.0)])
+    assert _looks(click) == []
+    off = Segmenter(SegmenterOptions(), LoudnessVad())
+    assert [u.early for u in off.push(np.concatenate([_tone(0.4), _silence(1.0)]), T0)] == [False]
+
+
+def test_spoken_commands_get_one_early_look_each_and_none_inside_a_phrase() -> None:
+    """Dutch pauses inside a phrase ("sta op", "ga liggen") are shorter than early_s."""
+    audio, _ = _script()
+    segmenter = Segmenter(SegmenterOptions(early_s=0.12))
+    utterances = _stream(segmenter, audio, 512)
+    early = [u.start_s for u in utterances if u.early]
+    full = [u.start_s for u in utterances if not u.early]
+    assert early == full
+    assert len(full) == len(PHRASES)
+    assert segmenter.early_looks == len(PHRASES)
