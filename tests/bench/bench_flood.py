@@ -20,6 +20,8 @@ idle against flood. `--fsync-ms` makes every fsync of the nodes that much slower
 figure, run this script from an older checkout's directory with its own venv's Python: the nodes
 run `python -m ha_voice` from the working directory (the "before" rows: commit bd2d790).
 `--realtime` runs the nodes at SCHED_RR 10, as the systemd units do (`chrt`; needs root).
+`BENCH_KEEP_LOGS=1` keeps the cluster's directory: every node's log, and its /metrics after
+each phase (`<node>-idle.metrics`, `-flood.metrics`, `-end.metrics`).
 """
 
 from __future__ import annotations
@@ -216,6 +218,10 @@ def main() -> int:
         time.sleep(1.0)
         terms_after = terms(cluster)
         end = scrape(cluster)
+        if os.environ.get("BENCH_KEEP_LOGS"):  # every node's /metrics after each phase
+            for phase, texts in (("idle", idle_1), ("flood", flood_1), ("end", end)):
+                for node_id, text in texts.items():
+                    (cluster.dir / f"{node_id}-{phase}.metrics").write_text(text)
         result["terms"] = {"before": terms_before, "after": terms_after}
         changes = "ha_voice_leader_changes"
         result["leader_changes"] = sum(
