@@ -222,9 +222,14 @@ def ran(rig: Rig, key: str) -> list[tuple[str, str | None]]:
     return [(e["status"], e["executed_by"]) for e in entries if e["key"] == key]
 
 
-def ran_once(rig: Rig, *keys: str) -> None:
+def ran_once(rig: Rig, *keys: str, by: tuple[str, ...] = ("n1",)) -> None:
+    """Each key's command ran once, done, by one of `by` (n1, the primary, unless a test lets
+    leadership move)."""
     for key in keys:
-        assert ran(rig, key) == [("done", "n1")], key
+        entries = ran(rig, key)
+        assert len(entries) == 1, (key, entries)
+        assert entries[0][0] == "done", (key, entries)
+        assert entries[0][1] in by, (key, entries)
 
 
 def test_a_node_whose_speech_is_not_ready_is_never_chosen(rig: Rig) -> None:
@@ -282,7 +287,10 @@ def test_a_node_killed_mid_job_the_job_is_done_elsewhere_and_runs_once(rig: Rig)
     rig.kill("n2")
     rig.release_workers()
     body = second.result()
-    assert (body["stt_node"], body["executed_by"]) == ("n3", "n1")
+    # Run by the primary: n1, unless the load of two workers transcribing beside the killed
+    # node's restart cost n1 its lease and n3 took over (CI, once); never by the dead n2.
+    assert body["stt_node"] == "n3"
+    assert body["executed_by"] in ("n1", "n3")
     assert first.result()["stt_node"] == "n3"
     assert counter(rig.node("n3"), "ha_voice_speech_handoffs_total", "outcome", "retried") >= 1
-    ran_once(rig, "placement-kill-1", "placement-kill-2")
+    ran_once(rig, "placement-kill-1", "placement-kill-2", by=("n1", "n3"))

@@ -30,9 +30,12 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def speech_of(node: LocalNode, member: str) -> dict[str, Any] | None:
-    # Two xdist workers and three starting nodes share two cores: allow more than a poll's 0.5 s.
+    """`member`'s speech as `node` has it; None if not heard yet, or if `node` did not answer
+    in time (two xdist workers and three starting nodes share two cores: CI once had no
+    answer within 5 s; the caller's deadline decides, a slow answer is not a missing load)."""
     response = node.get("/cluster", timeout_s=5.0)
-    assert response is not None
+    if response is None:
+        return None
     assert response.status_code == 200, response.text
     view = response.json()
     (entry,) = [m for m in view["members"] if m["node"] == member]
@@ -43,7 +46,7 @@ def speech_of(node: LocalNode, member: str) -> dict[str, Any] | None:
 def test_every_member_hears_every_other_members_load(cluster: LocalCluster) -> None:
     found = cluster.wait_for_primary(10.0)
     assert found is not None
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + 30.0
     missing: list[tuple[str, str]] = []
     while time.monotonic() < deadline:
         missing = [
