@@ -66,6 +66,8 @@ _RANK: Final[dict[Priority, int]] = {"command": 0, "batch": 1}
 # worker may take to exit when asked before it is killed.
 _IDLE_CHECK_S: Final = 0.5
 _EXIT_GRACE_S: Final = 2.0
+# A worker whose pipe ended is given this long to be reaped, so its death is named (`_exit_text`).
+_REAP_WAIT_S: Final = 0.5
 # Backoff before starting a worker again: doubling from the first to the last, reset once a
 # worker has answered a job (a crash loop costs one model load per minute at most). A model that
 # did not load (a wrong path, no internet) is tried again from the slower start: it rarely
@@ -551,7 +553,13 @@ def _fail(pending: _Pending, reason: str, retry_after_s: float = 1.0) -> None:
 
 
 def _exit_text(process: BaseProcess) -> str:
+    """Why a worker's pipe ended. Called on the slot's own thread: a worker that has just died
+    closes its pipe a moment before it can be reaped (CI: a SIGKILL once read "stopped
+    answering"), so wait up to `_REAP_WAIT_S` for its exit status before calling it hung."""
     code = process.exitcode
+    if code is None:
+        process.join(_REAP_WAIT_S)
+        code = process.exitcode
     if code is None:
         return "stopped answering"
     if code < 0:
