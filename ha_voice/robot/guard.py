@@ -11,7 +11,12 @@ Invariants:
 - A motion is a stream of MOVE at `stream_hz` for its duration, then STOP_MOVE. The stream ends
   the moment the lease is gone (nothing more is sent: the robot's own watchdog halts it within
   ~1 s), on `stop()` (which then sends STOP_MOVE), or on `halt()`.
-- `stop()` preempts: the stream and every command still waiting for its turn are cancelled.
+- `stop()` preempts: the stream and every command still waiting for its turn are cancelled, and
+  so is every command of an earlier journal index that has not begun (journal order, not the
+  order the tasks happen to run in). Preemption does not rest on cancellation alone: a stream
+  looks at the stop epoch before each call, because Python before 3.12 can lose a cancellation
+  (`asyncio.wait_for` returns its inner result when the cancel lands as the inner call ends,
+  cpython gh-86296) and a lost one let a 30 s walk run on after its stop.
 - After `take_over()` — STOP_MOVE, then BALANCE_STAND if the robot stands — and only then,
   commands are accepted; stepping down (`halt`) closes the gate again.
 - A posture command reaches its posture from every posture the robot can be in: the guard reads
@@ -202,6 +207,9 @@ class Guard:
         # None until it has: above our term, another primary commands the robot.
         self.robot_term: int | None = None
         self._epoch = 0  # bumped by stop() and halt(): commands of an older epoch are dropped
+        # The journal index of the newest stop run: a command of an earlier index that has not
+        # begun yet is preempted by it (0: none; index 0 is a call outside the journal).
+        self._stopped_at = 0
         self._stream: asyncio.Task[Outcome] | None = None
 
     @property
@@ -234,8 +242,10 @@ class Guard:
         log.info("robot commands halted: %s", reason)
 
     async def stop(self, index: int = 0) -> Outcome:
-        """Preempt whatever runs or waits, then STOP_MOVE; NotLeading if we may not command."""
+        """Preempt whatever runs or waits (and every command of a journal index below `index`
+        that has not begun), then STOP_MOVE; NotLeading if we may not command."""
         self._epoch += 1
+        self._stopped_at = max(self._stopped_at, index)
         if self._stream is not None:
             self._stream.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -253,16 +263,22 @@ class Guard:
         async with self._turn:
             if epoch != self._epoch:
                 return Outcome("stopped", None, "preempted by stop")
+            if 0 < index < self._stopped_at:
+                return Outcome(
+                    "stopped", None, f"preempted by the stop at journal index {self._stopped_at}"
+                )
             if not self.ready:
                 raise NotLeading(self._why_not())
             if command.action is Action.MOVE:
-                return await self._run_stream(command, duration_s or 0.0, index)
+                return await self._run_stream(command, duration_s or 0.0, index, epoch)
             if command.action in POSTURE_GOALS:
                 return await self._reach_posture(command, index, epoch)
             return await self._once(command, index)
 
-    async def _run_stream(self, command: Command, duration_s: float, index: int) -> Outcome:
-        stream = asyncio.ensure_future(self._move(command, duration_s, index))
+    async def _run_stream(
+        self, command: Command, duration_s: float, index: int, epoch: int
+    ) -> Outcome:
+        stream = asyncio.ensure_future(self._move(command, duration_s, index, epoch))
         self._stream = stream
         try:
             await asyncio.wait([stream])
@@ -318,12 +334,14 @@ class Guard:
         except RobotError:
             return None
 
-    async def _move(self, command: Command, duration_s: float, index: int) -> Outcome:
+    async def _move(self, command: Command, duration_s: float, index: int, epoch: int) -> Outcome:
         end = self._now() + duration_s
         sent = 0
         first: FencingToken | None = None
         try:
             while self._now() < end:
+                if epoch != self._epoch:  # a stop, even if its cancellation got lost
+                    return Outcome("stopped", first, "motion stopped", sent)
                 token = await self._send(command, index)
                 first = first or token
                 sent += 1
