@@ -233,16 +233,7 @@ def _story(cluster: LocalCluster, robot: DemoRobot, emit: Printer, voice: Voice)
     cluster.nodes[old].start()
     rejoined = cluster.wait_for(old, lambda v: v["role"] == "backup", _START_TIMEOUT_S)
     emit("rejoined", f"{old} rejoined as backup", node=old, ok=rejoined is not None)
-    verdict = robot.verdict()
-    emit(
-        "verdict",
-        f"robot journal: {verdict.accepted} commands from {', '.join(verdict.senders)};"
-        f" overlapping writers / stale terms / after lease: {len(verdict.violations)}",
-        violations=len(verdict.violations),
-        commands=verdict.accepted,
-    )
-    stopped = stop_all(cluster)
-    emit("stopped", "SIGTERM to all: " + ("every node exited 0" if stopped else "not all exited 0"))
+    verdict, stopped = verdict_and_stop(cluster, robot, emit)
     ok = (
         rejoined is not None
         and verdict.ok
@@ -420,6 +411,24 @@ def _wait_until(condition: Any, timeout_s: float) -> float:
     while time.monotonic() < deadline and not condition():
         time.sleep(0.05)
     return time.monotonic()
+
+
+def verdict_and_stop(
+    cluster: LocalCluster, robot: DemoRobot, emit: Printer
+) -> tuple[Verdict, bool]:
+    """A demo's end: the robot's verdict on its journal, then SIGTERM to every node (printed);
+    the verdict, and whether every node exited 0."""
+    verdict = robot.verdict()
+    emit(
+        "verdict",
+        f"robot journal: {verdict.accepted} commands from {', '.join(verdict.senders)};"
+        f" overlapping writers / stale terms / after lease: {len(verdict.violations)}",
+        violations=len(verdict.violations),
+        commands=verdict.accepted,
+    )
+    stopped = stop_all(cluster)
+    emit("stopped", "SIGTERM to all: " + ("every node exited 0" if stopped else "not all exited 0"))
+    return verdict, stopped
 
 
 def stop_all(cluster: LocalCluster) -> bool:

@@ -32,7 +32,15 @@ from typing import Any, Final, TextIO
 
 import numpy as np
 
-from ha_voice.demo import DemoRobot, Printer, Voice, speech_unready, spoken_wav, stop_all
+from ha_voice.demo import (
+    DemoRobot,
+    Printer,
+    Voice,
+    speech_unready,
+    spoken_wav,
+    stop_all,
+    verdict_and_stop,
+)
 from ha_voice.local_cluster import LocalCluster, LocalNode, free_port
 from ha_voice.voice.audio import decode_upload
 from ha_voice.voice.speech import SAMPLE_RATE, Audio
@@ -317,15 +325,7 @@ def _judge(cluster: LocalCluster, robot: DemoRobot, emit: Printer, first: str, s
         "the robot did: " + ", ".join(f"{action} ({node})" for action, node in did),
         commands=[{"action": action, "node": node} for action, node in did],
     )
-    verdict = robot.verdict()
-    emit(
-        "verdict",
-        f"robot journal: {verdict.accepted} commands from {', '.join(verdict.senders)};"
-        f" overlapping writers / stale terms / after lease: {len(verdict.violations)}",
-        violations=len(verdict.violations),
-    )
-    stopped = stop_all(cluster)
-    emit("stopped", "SIGTERM to all: " + ("every node exited 0" if stopped else "not all exited 0"))
+    verdict, stopped = verdict_and_stop(cluster, robot, emit)
     ok = duplicates == 0 and missing == 0 and verdict.ok and stopped
     summary = {
         "old_primary": first,

@@ -39,7 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tests.integration.netns import Netns, NsProcess
+from ha_voice.local_cluster import LocalCluster
+from tests.integration.netns import Lan, Netns, NsProcess
 
 __all__ = [
     "ArpCapture",
@@ -211,14 +212,22 @@ class MdnsView:
 
     def close(self) -> None:
         """Stop the browser (it says goodbye to nothing: it only listened)."""
-        process = self._process.process
-        if process.poll() is None and process.stdin is not None:
-            process.stdin.close()
-            try:
-                process.wait(5.0)
-            except Exception:
-                process.kill()
-                process.wait()
+        self._process.end_input()
+
+
+def witness_pair(lan: Lan, vip: str, *, keep_dir: bool = False) -> LocalCluster:
+    """Two nodes sharing the floating IP `vip` (a /24 on eth0) and a witness, in namespaces 0-2
+    of `lan`, with mDNS on (not started)."""
+    flags = (f"--vip={vip}/24", "--vip-interface=eth0")
+    return LocalCluster(
+        2,
+        witness=True,
+        hosts=[lan.address(i) for i in range(3)],
+        prefixes=[lan[i].exec_argv([]) for i in range(3)],
+        mdns=True,
+        node_flags={"n1": flags, "n2": flags},
+        keep_dir=keep_dir,
+    )
 
 
 def mac_of(netns: Netns, interface: str = "eth0") -> str:
@@ -333,11 +342,4 @@ class ArpCapture:
         return [f for f in self.frames(since) if f.ip == address and f.mac == mac.lower()]
 
     def close(self) -> None:
-        process = self._process.process
-        if process.poll() is None and process.stdin is not None:
-            process.stdin.close()
-            try:
-                process.wait(5.0)
-            except Exception:
-                process.kill()
-                process.wait()
+        self._process.end_input()

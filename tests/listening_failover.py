@@ -34,7 +34,7 @@ from ha_voice.local_cluster import LocalCluster
 from ha_voice.voice.intents import Vocabulary
 from ha_voice.voice.listening import utterance_key
 from ha_voice.voice.models import packaged_model
-from tests.integration.netns import Lan, NsProcess, created
+from tests.integration.netns import Lan, NsProcess, created, http_probe
 from tests.speech_corpus import SAMPLE_RATE
 from tests.speech_script import Ran, Score, Script, score
 
@@ -51,18 +51,6 @@ _READY_TIMEOUT_S = 150.0
 _FAILOVER_TIMEOUT_S = 30.0
 _SETTLE_TIMEOUT_S = 120.0  # the last utterances recognised on a loaded 2-core machine
 
-# Runs in the client namespace: GET each URL read from stdin, one JSON line per answer.
-_PROBE = """
-import json, sys, httpx
-client = httpx.Client(timeout=5.0)
-for line in sys.stdin:
-    url = line.strip()
-    try:
-        r = client.get(url)
-        print(json.dumps({"url": url, "status": r.status_code, "body": r.text}), flush=True)
-    except Exception as exc:
-        print(json.dumps({"url": url, "status": None, "error": str(exc)}), flush=True)
-"""
 # Runs in the client namespace: streams s16le files to VIP ports in 32 ms datagrams, paced in
 # real time; prints when it started (wall and monotonic clock) and how many datagrams it sent.
 _STREAMER = """
@@ -367,7 +355,7 @@ def listening_lan() -> Iterator[ListeningLan]:
         listen = f"{robot_address}:{ROBOT_PORT}"
         sim = lan[CLIENT].spawn([sys.executable, "-m", "ha_voice", "sim-robot", "--listen", listen])
         sim.wait_for(lambda line: line.startswith("listening"), 15.0)
-        probe = lan[CLIENT].spawn([sys.executable, "-c", _PROBE])
+        probe = lan[CLIENT].spawn([sys.executable, "-c", http_probe(timeout_s=5.0)])
         node_flags = {f"n{i}": [f"--whisper-model={model}"] if i != 3 else [] for i in range(1, 4)}
         cluster = LocalCluster(
             3,

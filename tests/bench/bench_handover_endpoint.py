@@ -34,6 +34,7 @@ from bench_sim_failover import write_section  # run as a script: its directory i
 from ha_voice.local_cluster import LocalCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: for `tests`
+from tests.client_view import witness_pair
 from tests.integration.netns import Lan, NsProcess, created
 
 START, END = "<!-- bench_handover_endpoint:start -->", "<!-- bench_handover_endpoint:end -->"
@@ -251,16 +252,7 @@ def main() -> int:
     args = parser.parse_args()
     results: dict[str, list[dict[str, float]]] = {"SIGTERM": [], "step-down": []}
     with created(Lan(4, subnet="10.220.0.0/24", prefix="hbe")) as lan:
-        vip = (f"--vip={VIP}/24", "--vip-interface=eth0")
-        cluster = LocalCluster(
-            2,
-            witness=True,
-            hosts=[lan.address(i) for i in range(3)],
-            prefixes=[lan[i].exec_argv([]) for i in range(3)],
-            mdns=True,
-            node_flags={"n1": vip, "n2": vip},
-            keep_dir=args.keep,
-        )
+        cluster = witness_pair(lan, VIP, keep_dir=args.keep)
         try:
             cluster.start()
             rig = Rig(lan, cluster)

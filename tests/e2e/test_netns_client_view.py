@@ -26,7 +26,14 @@ import pytest
 
 from ha_voice.cluster.discovery import ENDPOINT_SERVICE_TYPE, endpoint_name
 from ha_voice.local_cluster import LocalCluster
-from tests.client_view import ArpCapture, MdnsView, arp_owners, mac_of, neighbour_mac
+from tests.client_view import (
+    ArpCapture,
+    MdnsView,
+    arp_owners,
+    mac_of,
+    neighbour_mac,
+    witness_pair,
+)
 from tests.integration.netns import HTTP_PROBE, Lan, NsProcess, created
 
 pytestmark = pytest.mark.slow
@@ -107,15 +114,7 @@ def _state(process: subprocess.Popen[bytes] | None) -> str:
 @pytest.fixture
 def net() -> Iterator[Net]:
     with created(Lan(4, subnet="10.219.0.0/24", prefix="hcv")) as lan:
-        vip = (f"--vip={VIP}/24", "--vip-interface=eth0")
-        cluster = LocalCluster(
-            2,
-            witness=True,
-            hosts=[lan.address(i) for i in range(3)],
-            prefixes=[lan[i].exec_argv([]) for i in range(3)],
-            mdns=True,
-            node_flags={"n1": vip, "n2": vip},
-        )
+        cluster = witness_pair(lan, VIP)
         view = MdnsView.start(lan[CLIENT], [ENDPOINT_SERVICE_TYPE])
         try:
             probe = lan[CLIENT].spawn([sys.executable, "-c", HTTP_PROBE])

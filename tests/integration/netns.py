@@ -197,6 +197,18 @@ class NsProcess:
         """Wait for the process to exit on its own; its exit code."""
         return self.process.wait(timeout_s)
 
+    def end_input(self, timeout_s: float = 5.0) -> None:
+        """Close its stdin (a line-driven helper's cue to exit) and wait `timeout_s` for it to
+        go, then kill it; nothing if it has exited already."""
+        if self.process.poll() is not None or self.process.stdin is None:
+            return
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
 
 class Lan:
     """`size` namespaces on one bridge, node i at `address(i)` in `subnet`."""
@@ -289,16 +301,20 @@ def created(network: Lan) -> Iterator[Lan]:
         network.close()
 
 
-# A client in a namespace: reads URLs on stdin, prints one JSON line per GET (status and body,
-# or the error), each within 0.5 s.
-HTTP_PROBE = """
+def http_probe(timeout_s: float = 0.5) -> str:
+    """A client to run in a namespace (`python -c`): reads URLs on stdin, prints one JSON line
+    per GET (status and body, or the error), each within `timeout_s` seconds."""
+    return f"""
 import json, sys, httpx
-client = httpx.Client(timeout=0.5)
+client = httpx.Client(timeout={timeout_s!r})
 for line in sys.stdin:
     url = line.strip()
     try:
         r = client.get(url)
-        print(json.dumps({"url": url, "status": r.status_code, "body": r.text}), flush=True)
+        print(json.dumps({{"url": url, "status": r.status_code, "body": r.text}}), flush=True)
     except Exception as exc:
-        print(json.dumps({"url": url, "status": None, "error": str(exc)}), flush=True)
+        print(json.dumps({{"url": url, "status": None, "error": str(exc)}}), flush=True)
 """
+
+
+HTTP_PROBE = http_probe()

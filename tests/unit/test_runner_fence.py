@@ -8,9 +8,14 @@ its way out of the main loop.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import random
 
+import pytest
+
+from ha_voice import clock
 from ha_voice.cluster.election import Election
 from ha_voice.cluster.events import (
     Action,
@@ -147,3 +152,44 @@ def test_the_stop_is_handed_over_at_once_and_the_role_change_after_it() -> None:
     step(core, Effects(actions=(change, StopRobot("lease expired"))))
     assert sink.halts == [("lease expired", 1)]
     assert sink.acted == [change]
+
+
+# --- a stopping primary keeps its port until its lease ends -------------------------------------
+
+
+class _Leased:
+    """The election, as far as `_outlive_lease` reads it."""
+
+    def __init__(self, lease_expiry: float) -> None:
+        self.lease_expiry = lease_expiry
+
+
+def test_a_stopping_primary_holds_its_port_until_its_lease_has_run_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A closed cluster port is the other nodes' evidence that this process is gone (probe.py):
+    while our lease runs, it must not say so."""
+    core, _, _ = runner()
+    start = clock.monotonic()
+    core.election = _Leased(start + 0.3)  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="ha_voice.cluster.runner"):
+        asyncio.run(core._outlive_lease())
+    assert clock.monotonic() >= start + 0.3  # a lower bound: a sleep never ends early
+    assert "port held" in caplog.text
+
+
+def test_a_stopping_node_without_a_lease_lets_its_port_go_at_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core, _, _ = runner()
+    core.election = _Leased(clock.monotonic() - 1.0)  # type: ignore[assignment]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    with caplog.at_level(logging.WARNING, logger="ha_voice.cluster.runner"):
+        asyncio.run(core._outlive_lease())
+    assert slept == []
+    assert "port held" not in caplog.text
