@@ -415,19 +415,27 @@ class Metrics:
             self.loads_dropped.labels(reason)
         self.node_id = node_id
 
-    def watch_gc(self) -> None:
-        """Time every garbage collection from now on (`gc.callbacks`)."""
+    def watch_gc(self) -> Callable[[str, dict[str, int]], None]:
+        """Time every garbage collection from now on (`gc.callbacks`); the callback added (to
+        remove it again).
+
+        A collection can start inside any allocation, also one made while this thread holds
+        the histogram's own lock (a scrape copying its children): the callback must not take
+        that lock, so it observes into children resolved here, whose locks guard float sums
+        only (nothing in there allocates, so no collection starts while they are held)."""
+        children = {gen: self.gc_pause.labels(str(gen)) for gen in range(3)}
         started: list[float] = []
 
         def observe(phase: str, info: dict[str, int]) -> None:
             if phase == "start":
                 started[:] = [time.perf_counter()]
             elif started:
-                self.gc_pause.labels(str(info["generation"])).observe(
-                    time.perf_counter() - started[0]
-                )
+                child = children.get(info["generation"])
+                if child is not None:
+                    child.observe(time.perf_counter() - started[0])
 
         gc.callbacks.append(observe)
+        return observe
 
     def attach(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
         """Export the node's scrape-time values."""
