@@ -222,9 +222,11 @@ def ran(rig: Rig, key: str) -> list[tuple[str, str | None]]:
     return [(e["status"], e["executed_by"]) for e in entries if e["key"] == key]
 
 
-def ran_once(rig: Rig, *keys: str, by: tuple[str, ...] = ("n1",)) -> None:
-    """Each key's command ran once, done, by one of `by` (n1, the primary, unless a test lets
-    leadership move)."""
+def ran_once(rig: Rig, *keys: str, by: tuple[str, ...] = ("n1", "n2", "n3")) -> None:
+    """Each key's command ran once, done, by one of `by`: whichever node led when it ran. n1
+    leads by priority, but on a loaded CI machine (two test workers, three Whisper workers) it
+    can lose its lease and n3 take over (CI, Python 3.10, twice); where a command is
+    transcribed is what these tests are about, and who runs it follows the lease."""
     for key in keys:
         entries = ran(rig, key)
         assert len(entries) == 1, (key, entries)
